@@ -75,6 +75,12 @@ static void c_port_read_outside(void) { (void)us_inl(0x1234); }
 static void c_mmio_read(void) { (void)*(volatile uint32_t *)(uintptr_t)0xd0000000u; }
 static void c_mmio_write(void) { *(volatile uint32_t *)(uintptr_t)0xd0000000u = 0xdeadbeef; }
 
+/* Not hypercalls, but hostile all the same: the runtime reports CPU exceptions
+ * with an abort where the IDT is honored (hardware virtualization, TCG); under
+ * KVM's PVM backend they end the VM with a shutdown instead. */
+static void c_fault_ud2(void) { __asm__ volatile("ud2"); }
+static void c_fault_pf(void) { (void)*(volatile uint64_t *)(uintptr_t)(boot->map_end + 4096); }
+
 static const struct {
     const char *name;
     void (*run)(void);
@@ -87,7 +93,8 @@ static const struct {
     {"abort_file_oob", c_abort_file_oob},     {"abort_len_max", c_abort_len_max},
     {"hc_undefined", c_hc_undefined},         {"port_outside", c_port_outside},
     {"port_read_outside", c_port_read_outside}, {"mmio_read", c_mmio_read},
-    {"mmio_write", c_mmio_write},
+    {"mmio_write", c_mmio_write},             {"fault_ud2", c_fault_ud2},
+    {"fault_pf", c_fault_pf},
 };
 
 void guest_main(const struct guest_boot *b)

@@ -85,11 +85,13 @@ long_mode:
     add     $US_SEL_TSS0, %ecx
     ltr     %cx
 
-    /* iretq to CPL3: ss, rsp, rflags, cs, rip. Stack = us_stacks[ticket + 1]. */
+    /* iretq to CPL3: ss, rsp, rflags, cs, rip. The PVH entry state has no stack,
+     * so the frame goes just below the top of this vCPU's own CPL3 stack. */
     lea     1(%rsi), %eax
     shl     $16, %rax                   /* * US_STACK_SIZE */
     lea     us_stacks(%rip), %rdx
     add     %rdx, %rax
+    mov     %rax, %rsp
     pushq   $(US_SEL_UDATA | 3)
     push    %rax
     pushq   $US_USER_RFLAGS
