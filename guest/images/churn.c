@@ -140,8 +140,8 @@ void guest_main(const struct guest_boot *boot)
     store_iteration_cursor(slot, 1, 0);
     __atomic_fetch_add(&header->nr_vcpus, 1, __ATOMIC_RELEASE);
     us_report(US_REPORT_READY, vcpu);
-    us_printf("churn: vcpu %u ws=%lu pages at %#lx rate=%lu content=%s seconds=%lu\n", vcpu, pages, ws, rate,
-              content_names[content], seconds);
+    us_printf("churn: vcpu %u (apic %u) ws=%lu pages at %#lx rate=%lu content=%s seconds=%lu\n", vcpu,
+              boot->apic_id, pages, ws, rate, content_names[content], seconds);
 
     const uint64_t hz = us_tsc_hz();
     const uint64_t interval = rate ? hz / rate : 0;

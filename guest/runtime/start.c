@@ -109,6 +109,9 @@ void us_runtime_start(const struct pvh_start_info *si, uint32_t ticket)
     }
     struct guest_boot mine = boot_info;
     mine.vcpu = ticket;
+    uint32_t r[4];
+    us_cpuid(1, 0, r);
+    mine.apic_id = r[1] >> 24;
     guest_main(&mine);
     us_exit(0);
 }

@@ -15,7 +15,8 @@ struct us_mem_region {
 };
 
 struct guest_boot {
-    uint32_t vcpu;              /* this vCPU's index: 0 is the boot vCPU */
+    uint32_t vcpu;              /* this vCPU's index in arrival order: 0 is the boot vCPU */
+    uint32_t apic_id;           /* initial APIC ID (CPUID 1), the VMM's own vCPU number */
     uint32_t nr_ram;            /* RAM (E820 type 1) regions, sorted by base */
     struct us_mem_region ram[US_MAX_RAM_REGIONS];
     const char *cmdline;        /* never NULL; "" when none was given */
