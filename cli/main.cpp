@@ -1,0 +1,37 @@
+// The `understudy` command: one binary, one subcommand per thing a user does.
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cli/run_command.hpp"
+
+namespace {
+
+const char* kUsage =
+    "usage: understudy COMMAND [options]\n"
+    "\n"
+    "commands:\n"
+    "  run IMAGE         boot a PVH guest image and run it until it stops\n"
+    "  restore SNAPSHOT  restore a VM saved with `run --snapshot-to` and run it on\n"
+    "\n"
+    "`understudy COMMAND --help` describes each command's options.\n"
+    "Exit codes: 0 success, 1 the guest failed, 2 bad usage or input, 3 host error.\n";
+
+} // namespace
+
+int main(int argc, char** argv) {
+    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+    if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+        std::fputs(kUsage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    std::string cmd = argv[1];
+    std::vector<std::string> args(argv + 2, argv + argc);
+    if (cmd == "run") return understudy::cli::run_command(args);
+    if (cmd == "restore") return understudy::cli::restore_command(args);
+    std::fprintf(stderr, "understudy: unknown command '%s'\n%s", cmd.c_str(), kUsage);
+    return 2;
+}

@@ -1,0 +1,205 @@
+#include "cli/run_command.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <thread>
+
+#include "cli/vm_options.hpp"
+#include "hv/pvh_loader.hpp"
+#include "hv/snapshot.hpp"
+
+namespace understudy::cli {
+
+namespace po = boost::program_options;
+using namespace std::chrono;
+
+namespace {
+
+struct SuperviseOptions {
+    double timeout_s = 0;      // 0: until the guest stops
+    unsigned sample_ms = 100;  // dirty harvest period for the summary
+    double snapshot_after_s = -1;
+    std::string snapshot_to;
+    bool stop_after_snapshot = false;
+};
+
+void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
+    d.add_options()
+        ("timeout", po::value(&o.timeout_s)->default_value(0), "stop the VM after this many seconds (0: wait for the guest)")
+        ("sample-ms", po::value(&o.sample_ms)->default_value(o.sample_ms), "dirty-page sampling period for the summary, in ms")
+        ("snapshot-after", po::value(&o.snapshot_after_s), "after this many seconds, pause the VM and save a snapshot")
+        ("snapshot-to", po::value(&o.snapshot_to), "file for --snapshot-after")
+        ("stop-after-snapshot", po::bool_switch(&o.stop_after_snapshot), "stop the VM once the snapshot is saved");
+}
+
+// Exit codes (docs/cli.md): 0 guest exited with status 0; 1 guest failed or exited non-zero;
+// 2 bad usage or input; 3 host error.
+int exit_code(const hv::VmStop& s) {
+    switch (s.kind) {
+    case hv::VmStopKind::exited: return s.status == 0 ? 0 : 1;
+    case hv::VmStopKind::stopped: return 0;
+    case hv::VmStopKind::aborted:
+    case hv::VmStopKind::guest_fault: return 1;
+    case hv::VmStopKind::host_error: return 3;
+    }
+    return 3;
+}
+
+int fail(const Error& e) {
+    std::fprintf(stderr, "understudy: %s\n", e.describe().c_str());
+    return e.code == Errc::invalid_input || e.code == Errc::unsupported ? 2 : 3;
+}
+
+// Runs the VM, sampling dirty pages, until it stops; prints the summary.
+int supervise(hv::Vm& vm, const SuperviseOptions& o) {
+    const bool tracking = vm.config().dirty.mode != hv::DirtyMode::none;
+    std::vector<uint64_t> per_sample;
+    Bitmap sample(vm.memory().page_count()), distinct(vm.memory().page_count());
+    auto start = steady_clock::now();
+    bool snapshot_done = o.snapshot_after_s < 0;
+    if (auto r = vm.start(); !r) return fail(r.error());
+
+    std::optional<hv::VmStop> stop;
+    while (!(stop = vm.wait_for(milliseconds(o.sample_ms)))) {
+        double elapsed = duration<double>(steady_clock::now() - start).count();
+        if (tracking) {
+            sample.clear_all();
+            if (auto r = vm.harvest_dirty(sample); !r) {
+                vm.stop();
+                std::fprintf(stderr, "understudy: dirty harvest failed: %s\n", r.error().describe().c_str());
+                return 3;
+            }
+            per_sample.push_back(sample.count());
+            for (size_t w = 0; w < sample.words().size(); ++w) distinct.words()[w] |= sample.words()[w];
+        }
+        if (!snapshot_done && elapsed >= o.snapshot_after_s) {
+            snapshot_done = true;
+            vm.pause_all();
+            auto info = hv::save_snapshot(vm, o.snapshot_to);
+            if (!info) {
+                vm.stop();
+                return fail(info.error());
+            }
+            std::printf("snapshot: %s (%llu non-zero pages) at %.3f s\n", o.snapshot_to.c_str(),
+                        static_cast<unsigned long long>(info->pages_written), elapsed);
+            if (o.stop_after_snapshot) {
+                vm.stop();
+                vm.resume_all();
+                continue;
+            }
+            vm.resume_all();
+        }
+        if (o.timeout_s > 0 && elapsed >= o.timeout_s) vm.stop();
+    }
+    double elapsed = duration<double>(steady_clock::now() - start).count();
+    std::printf("\n== VM stopped: %s (status %llu) after %.2f s: %s\n", hv::vm_stop_kind_name(stop->kind),
+                static_cast<unsigned long long>(stop->status), elapsed, stop->message.c_str());
+    if (tracking && !per_sample.empty()) {
+        auto sorted = per_sample;
+        std::sort(sorted.begin(), sorted.end());
+        uint64_t total = 0;
+        for (auto v : per_sample) total += v;
+        std::printf("== dirty pages (%s tracking, %zu samples every %u ms): per sample min %llu, p50 %llu, max %llu; "
+                    "total %llu; distinct %zu of %llu pages (%.1f%%)\n",
+                    vm.dirty_tracker().name(), per_sample.size(), o.sample_ms, (unsigned long long)sorted.front(),
+                    (unsigned long long)sorted[sorted.size() / 2], (unsigned long long)sorted.back(), (unsigned long long)total,
+                    distinct.count(), (unsigned long long)vm.memory().page_count(),
+                    100.0 * double(distinct.count()) / double(vm.memory().page_count()));
+    }
+    for (unsigned i = 0; i < vm.vcpu_count(); ++i)
+        if (auto d = vm.report(i, 1)) std::printf("== vCPU %u reported digest %016llx\n", i, (unsigned long long)*d);
+    return exit_code(*stop);
+}
+
+// Parses args; returns nullopt and an exit code through `code` on --help or an error.
+bool parse(const std::vector<std::string>& args, po::options_description& desc, po::positional_options_description& pos,
+           const char* usage, int& code) {
+    desc.add_options()("help,h", "show this help");
+    po::variables_map vm;
+    try {
+        po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
+        po::notify(vm);
+    } catch (const po::error& e) {
+        std::fprintf(stderr, "understudy: %s\n%s\n", e.what(), usage);
+        code = 2;
+        return false;
+    }
+    if (vm.count("help")) {
+        std::cout << usage << "\n" << desc << "\n";
+        code = 0;
+        return false;
+    }
+    return true;
+}
+
+bool check_snapshot_options(const SuperviseOptions& s, int& code) {
+    if (s.snapshot_after_s >= 0 && s.snapshot_to.empty()) {
+        std::fprintf(stderr, "understudy: --snapshot-after needs --snapshot-to FILE\n");
+        code = 2;
+        return false;
+    }
+    return true;
+}
+
+} // namespace
+
+int run_command(const std::vector<std::string>& args) {
+    VmOptions vo;
+    SuperviseOptions so;
+    std::string image, cmdline;
+    po::options_description desc("Options");
+    add_vm_options(desc, vo);
+    add_supervise_options(desc, so);
+    desc.add_options()("image", po::value(&image)->required(), "PVH guest image (ELF)")
+        ("cmdline,c", po::value(&cmdline)->default_value(""), "guest command line");
+    po::positional_options_description pos;
+    pos.add("image", 1);
+    const char* usage = "usage: understudy run IMAGE [options]\n  Boots a PVH guest image and runs it until it stops.";
+    int code = 0;
+    if (!parse(args, desc, pos, usage, code) || !check_snapshot_options(so, code)) return code;
+
+    auto cfg = to_vm_config(vo);
+    if (!cfg) return fail(cfg.error());
+    auto file = hv::read_file(image, 64 << 20);
+    if (!file) return fail(file.error());
+    auto vm = hv::Vm::create(*cfg);
+    if (!vm) return fail(vm.error());
+    auto img = hv::load_pvh_image(**vm, *file, cmdline);
+    if (!img) return fail(std::move(img.error()).wrap(image));
+    std::printf("== booting %s: %s RAM, %u vCPU(s), dirty tracking %s\n", image.c_str(), vo.memory.c_str(), vo.vcpus,
+                (*vm)->dirty_tracker().name());
+    return supervise(**vm, so);
+}
+
+int restore_command(const std::vector<std::string>& args) {
+    VmOptions vo;
+    SuperviseOptions so;
+    std::string path;
+    po::options_description desc("Options");
+    add_vm_options(desc, vo);
+    add_supervise_options(desc, so);
+    desc.add_options()("snapshot", po::value(&path)->required(), "snapshot file written by --snapshot-to");
+    po::positional_options_description pos;
+    pos.add("snapshot", 1);
+    const char* usage = "usage: understudy restore SNAPSHOT [options]\n  Restores a VM from a snapshot and runs it until it stops.\n"
+                        "  Memory size and vCPU count come from the snapshot; --memory and --vcpus are ignored.";
+    int code = 0;
+    if (!parse(args, desc, pos, usage, code) || !check_snapshot_options(so, code)) return code;
+    auto dirty = hv::parse_dirty_mode(vo.dirty);
+    if (!dirty) return fail(dirty.error());
+    hv::VmConfig base;
+    base.dirty = {*dirty, vo.ring_entries};
+    hv::SnapshotInfo info;
+    auto vm = hv::restore_snapshot(path, base, &info);
+    if (!vm) return fail(vm.error());
+    std::printf("== restored %s: %llu MiB RAM, %u vCPU(s), %llu non-zero pages\n", path.c_str(),
+                (unsigned long long)(info.memory_bytes >> 20), info.vcpus, (unsigned long long)info.pages_written);
+    return supervise(**vm, so);
+}
+
+} // namespace understudy::cli

@@ -1,0 +1,35 @@
+// A whole VM to and from a file: header, VM clock, vCPU and device state, then guest
+// memory as runs of non-zero pages, then an END record. Spec: docs/snapshot-format.md.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "common/error.hpp"
+#include "hv/vm.hpp"
+
+namespace understudy::hv {
+
+inline constexpr uint32_t kSnapshotVersion = 1;
+
+struct SnapshotInfo {
+    uint64_t memory_bytes = 0;
+    unsigned vcpus = 0;
+    uint64_t pages_written = 0; // non-zero pages stored
+    uint64_t file_bytes = 0;
+};
+
+// Called as memory is written or read: (bytes done, bytes total).
+using ProgressFn = std::function<void(uint64_t, uint64_t)>;
+
+// The VM must be paused. The file appears under `path` only once complete.
+Result<SnapshotInfo> save_snapshot(Vm& vm, const std::string& path, const ProgressFn& progress = {});
+
+// Builds a new VM from a snapshot; `base` supplies host-side settings (console, dirty
+// tracking); memory size and vCPU count come from the file. The VM is returned paused
+// and not started: call start() to continue the guest.
+Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig base, SnapshotInfo* info = nullptr,
+                                             const ProgressFn& progress = {});
+
+} // namespace understudy::hv

@@ -1,0 +1,311 @@
+#include "hv/vcpu.hpp"
+
+#include <signal.h>
+#include <sys/mman.h>
+
+#include <spdlog/spdlog.h>
+#include <fmt/format.h>
+
+#include <cstring>
+#include <memory>
+
+#include "hv/kvm_flex.hpp"
+#include "hv/vm.hpp"
+
+namespace understudy::hv {
+
+namespace {
+
+// The signal that kicks a vCPU thread out of KVM_RUN. It is blocked in the thread
+// except inside KVM_RUN (KVM_SET_SIGNAL_MASK), so it can only interrupt the guest.
+int kick_signal() { return SIGRTMIN + 3; }
+
+void install_kick_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa {};
+        sa.sa_handler = [](int) {};
+        sigemptyset(&sa.sa_mask);
+        sigaction(kick_signal(), &sa, nullptr);
+    });
+}
+
+// Discards a kick that arrived outside KVM_RUN, so the next KVM_RUN does not return at once.
+void consume_kick() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, kick_signal());
+    timespec zero{0, 0};
+    while (sigtimedwait(&set, nullptr, &zero) > 0) {
+    }
+}
+
+void store_immediate_exit(kvm_run* r, uint8_t v) { std::atomic_ref<uint8_t>(r->immediate_exit).store(v); }
+
+} // namespace
+
+Result<std::unique_ptr<Vcpu>> Vcpu::create(Vm& vm, unsigned index) {
+    std::unique_ptr<Vcpu> v(new Vcpu(vm, index));
+    v->fd_ = UniqueFd(US_TRY(kvm_ioctl(vm.fd(), KVM_CREATE_VCPU, index, "KVM_CREATE_VCPU")));
+    v->run_size_ = static_cast<size_t>(vm.kvm().vcpu_mmap_size());
+    void* p = ::mmap(nullptr, v->run_size_, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd(), 0);
+    if (p == MAP_FAILED) return sys_error("mapping kvm_run of vCPU " + std::to_string(index));
+    v->run_ = static_cast<kvm_run*>(p);
+    US_TRYV(v->setup_cpuid());
+    return v;
+}
+
+Vcpu::~Vcpu() {
+    request_stop();
+    join();
+    if (run_) ::munmap(run_, run_size_);
+}
+
+Result<void> Vcpu::setup_cpuid() {
+    cpuid_ = vm_.kvm().supported_cpuid();
+    for (auto& e : cpuid_) {
+        if (e.function == 1) {
+            e.ebx = (e.ebx & 0x00ffffff) | (index_ << 24); // initial APIC ID
+        } else if (e.function == 0xb || e.function == 0x1f) {
+            e.edx = index_; // x2APIC ID
+        }
+    }
+    CpuidBuffer c(cpuid_);
+    US_TRYV(kvm_ioctl(fd(), kKvmSetCpuid2, c.ptr(), "KVM_SET_CPUID2"));
+    return {};
+}
+
+Result<void> Vcpu::set_pvh_boot_state(uint32_t entry, uint32_t start_info) {
+    kvm_sregs s{};
+    US_TRYV(kvm_ioctl(fd(), KVM_GET_SREGS, &s, "KVM_GET_SREGS"));
+    kvm_segment code{};
+    code.base = 0;
+    code.limit = 0xffffffff;
+    code.selector = 0x8;
+    code.type = 0xb; // execute/read, accessed
+    code.present = 1;
+    code.s = 1;
+    code.db = 1;
+    code.g = 1;
+    kvm_segment data = code;
+    data.selector = 0x10;
+    data.type = 0x3; // read/write, accessed
+    s.cs = code;
+    s.ds = s.es = s.fs = s.gs = s.ss = data;
+    s.cr0 = 0x11; // PE | ET
+    s.cr4 = 0;
+    s.efer = 0;
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_SREGS, &s, "KVM_SET_SREGS"));
+    kvm_regs r{};
+    r.rip = entry;
+    r.rbx = start_info;
+    r.rflags = 0x2;
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_REGS, &r, "KVM_SET_REGS"));
+    return {};
+}
+
+// Save order: MP state first (KVM settles pending events into it), vCPU events last
+// (they reflect everything before them). Restore order mirrors Firecracker's: CPUID,
+// MP state, registers, special registers, XSAVE, XCRs, debug registers, MSRs, events.
+Result<VcpuState> Vcpu::save_state() const {
+    VcpuState s;
+    s.cpuid = cpuid_;
+    US_TRYV(kvm_ioctl(fd(), KVM_GET_MP_STATE, &s.mp_state, "KVM_GET_MP_STATE"));
+    US_TRYV(kvm_ioctl(fd(), KVM_GET_REGS, &s.regs, "KVM_GET_REGS"));
+    US_TRYV(kvm_ioctl(fd(), KVM_GET_SREGS, &s.sregs, "KVM_GET_SREGS"));
+    int xsave_size = vm_.kvm().check(KVM_CAP_XSAVE2);
+    if (xsave_size > static_cast<int>(sizeof(kvm_xsave))) {
+        s.xsave.assign(static_cast<size_t>(xsave_size), 0);
+        US_TRYV(kvm_ioctl(fd(), KVM_GET_XSAVE2, s.xsave.data(), "KVM_GET_XSAVE2"));
+    } else {
+        s.xsave.assign(sizeof(kvm_xsave), 0);
+        US_TRYV(kvm_ioctl(fd(), KVM_GET_XSAVE, s.xsave.data(), "KVM_GET_XSAVE"));
+    }
+    US_TRYV(kvm_ioctl(fd(), KVM_GET_XCRS, &s.xcrs, "KVM_GET_XCRS"));
+    US_TRYV(kvm_ioctl(fd(), KVM_GET_DEBUGREGS, &s.debugregs, "KVM_GET_DEBUGREGS"));
+
+    const auto& indices = vm_.kvm().msr_indices();
+    MsrBuffer msrs(indices.size());
+    for (size_t i = 0; i < indices.size(); ++i) msrs.data()[i] = kvm_msr_entry{indices[i], 0, 0};
+    int n = US_TRY(kvm_ioctl(fd(), kKvmGetMsrs, msrs.ptr(), "KVM_GET_MSRS"));
+    if (n != static_cast<int>(indices.size()))
+        return make_error(Errc::system, "KVM_GET_MSRS read " + std::to_string(n) + " of " + std::to_string(indices.size()) +
+                                            fmt::format(" MSRs; stopped at {:#x}", indices[static_cast<size_t>(n)]));
+    for (size_t i = 0; i < indices.size(); ++i) s.msrs.push_back({msrs.data()[i].index, msrs.data()[i].data});
+
+    US_TRYV(kvm_ioctl(fd(), KVM_GET_VCPU_EVENTS, &s.events, "KVM_GET_VCPU_EVENTS"));
+    return s;
+}
+
+Result<void> Vcpu::restore_state(const VcpuState& s) {
+    if (!s.cpuid.empty()) {
+        CpuidBuffer c(s.cpuid);
+        US_TRYV(kvm_ioctl(fd(), kKvmSetCpuid2, c.ptr(), "KVM_SET_CPUID2 (restore)"));
+        cpuid_ = s.cpuid;
+    }
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_MP_STATE, &s.mp_state, "KVM_SET_MP_STATE"));
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_REGS, &s.regs, "KVM_SET_REGS"));
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_SREGS, &s.sregs, "KVM_SET_SREGS"));
+    int xsave_size = std::max<int>(vm_.kvm().check(KVM_CAP_XSAVE2), sizeof(kvm_xsave));
+    if (s.xsave.size() > static_cast<size_t>(xsave_size))
+        return make_error(Errc::unsupported, "saved XSAVE area (" + std::to_string(s.xsave.size()) +
+                                                 " bytes) is larger than this host's (" + std::to_string(xsave_size) + ")");
+    std::vector<uint8_t> xsave(static_cast<size_t>(xsave_size), 0);
+    std::memcpy(xsave.data(), s.xsave.data(), s.xsave.size());
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_XSAVE, xsave.data(), "KVM_SET_XSAVE"));
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_XCRS, &s.xcrs, "KVM_SET_XCRS"));
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_DEBUGREGS, &s.debugregs, "KVM_SET_DEBUGREGS"));
+
+    MsrBuffer msrs(s.msrs.size());
+    for (size_t i = 0; i < s.msrs.size(); ++i) msrs.data()[i] = kvm_msr_entry{s.msrs[i].index, 0, s.msrs[i].value};
+    int n = US_TRY(kvm_ioctl(fd(), kKvmSetMsrs, msrs.ptr(), "KVM_SET_MSRS"));
+    if (n != static_cast<int>(s.msrs.size()))
+        return make_error(Errc::unsupported, "KVM_SET_MSRS accepted " + std::to_string(n) + " of " +
+                                                 std::to_string(s.msrs.size()) + " saved MSRs");
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_VCPU_EVENTS, &s.events, "KVM_SET_VCPU_EVENTS"));
+    return {};
+}
+
+Result<void> Vcpu::start() {
+    install_kick_handler();
+    // KVM_RUN runs with the thread's mask minus the kick signal.
+    sigset_t mask;
+    pthread_sigmask(SIG_SETMASK, nullptr, &mask);
+    sigdelset(&mask, kick_signal());
+    KvmFlex<KvmCountHeader32, uint8_t> km(8); // the kernel's sigset_t is 8 bytes
+    std::memcpy(km.data(), &mask, 8);
+    US_TRYV(kvm_ioctl(fd(), kKvmSetSignalMask, km.ptr(), "KVM_SET_SIGNAL_MASK"));
+
+    store_immediate_exit(run_, 1);
+    pause_requested_.store(true);
+    // Block the kick in the new thread from its first instruction: it inherits our mask.
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, kick_signal());
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    try {
+        thread_ = std::thread([this] { thread_main(); });
+    } catch (const std::system_error& e) {
+        pthread_sigmask(SIG_SETMASK, &old, nullptr);
+        return make_error(Errc::system, std::string("starting vCPU thread: ") + e.what());
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    thread_handle_ = thread_.native_handle();
+    wait_parked();
+    return {};
+}
+
+void Vcpu::kick() {
+    if (thread_.joinable()) pthread_kill(thread_handle_, kick_signal());
+}
+
+void Vcpu::request_pause() {
+    // immediate_exit first: it stops a thread that is about to enter KVM_RUN; the signal
+    // stops one that is already inside.
+    store_immediate_exit(run_, 1);
+    pause_requested_.store(true, std::memory_order_seq_cst);
+    kick();
+}
+
+void Vcpu::request_resume() {
+    pause_requested_.store(false, std::memory_order_seq_cst);
+    pause_requested_.notify_all();
+}
+
+void Vcpu::request_stop() {
+    stop_requested_.store(true, std::memory_order_seq_cst);
+    store_immediate_exit(run_, 1);
+    pause_requested_.notify_all();
+    kick();
+}
+
+void Vcpu::wait_parked() const {
+    for (int spin = 0;; ++spin) {
+        VcpuRunState s = state_.load(std::memory_order_acquire);
+        if (s == VcpuRunState::paused || s == VcpuRunState::exited) return;
+        if (spin < 2000) {
+            __builtin_ia32_pause();
+            continue;
+        }
+        state_.wait(s, std::memory_order_acquire);
+    }
+}
+
+void Vcpu::join() {
+    if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+void Vcpu::park() {
+    // Re-enter once with immediate_exit set: KVM finishes a pending port or MMIO read
+    // (copies the data into the guest's registers) and returns without running guest code.
+    store_immediate_exit(run_, 1);
+    if (::ioctl(fd(), KVM_RUN, 0) < 0 && errno != EINTR)
+        spdlog::warn("vCPU {}: completing the pending exit before pausing failed: {}", index_, strerror(errno));
+    consume_kick();
+    state_.store(VcpuRunState::paused, std::memory_order_release);
+    state_.notify_all();
+    vm_.vcpu_parked();
+    while (pause_requested_.load(std::memory_order_acquire) && !stop_requested_.load()) pause_requested_.wait(true);
+    store_immediate_exit(run_, 0);
+    state_.store(VcpuRunState::running, std::memory_order_release);
+}
+
+void Vcpu::thread_main() {
+    for (;;) {
+        if (stop_requested_.load()) break;
+        if (pause_requested_.load(std::memory_order_seq_cst)) {
+            park();
+            continue;
+        }
+        if (::ioctl(fd(), KVM_RUN, 0) < 0) {
+            if (errno == EINTR || errno == EAGAIN) {
+                consume_kick();
+                continue;
+            }
+            vm_.stop_with({VmStopKind::host_error, 0, "vCPU " + std::to_string(index_) + ": KVM_RUN: " + strerror(errno)});
+            break;
+        }
+        if (auto r = handle_exit(); !r) {
+            VmStopKind kind = r.error().code == Errc::guest_fault ? VmStopKind::guest_fault : VmStopKind::host_error;
+            vm_.stop_with({kind, 0, "vCPU " + std::to_string(index_) + ": " + r.error().describe()});
+            break;
+        }
+    }
+    state_.store(VcpuRunState::exited, std::memory_order_release);
+    state_.notify_all();
+    vm_.vcpu_parked();
+}
+
+Result<void> Vcpu::handle_exit() {
+    switch (run_->exit_reason) {
+    case KVM_EXIT_IO: {
+        auto& io = run_->io;
+        if (io.size != 1 && io.size != 2 && io.size != 4)
+            return make_error(Errc::guest_fault, "port I/O of size " + std::to_string(io.size));
+        uint64_t bytes = uint64_t(io.size) * io.count;
+        if (io.data_offset < sizeof(kvm_run) || io.data_offset > run_size_ || bytes > run_size_ - io.data_offset)
+            return make_error(Errc::system, "KVM reported port I/O data outside kvm_run");
+        auto* data = reinterpret_cast<uint8_t*>(run_) + io.data_offset;
+        for (uint32_t i = 0; i < io.count; ++i)
+            US_TRYV(vm_.pio().dispatch(*this, io.port, {data + i * io.size, io.size}, io.direction == KVM_EXIT_IO_OUT));
+        return {};
+    }
+    case KVM_EXIT_MMIO: {
+        auto& m = run_->mmio;
+        if (m.len == 0 || m.len > 8) return make_error(Errc::guest_fault, "MMIO access of length " + std::to_string(m.len));
+        return vm_.mmio().dispatch(*this, m.phys_addr, {m.data, m.len}, m.is_write != 0);
+    }
+    case KVM_EXIT_DIRTY_RING_FULL: return vm_.dirty_tracker().drain_vcpu(index_);
+    case KVM_EXIT_INTR: return {};
+    case KVM_EXIT_HLT:
+        return make_error(Errc::guest_fault, "the guest executed HLT with no interrupt source; guests halt with the HALT hypercall");
+    case KVM_EXIT_SHUTDOWN: return make_error(Errc::guest_fault, "the guest shut down the CPU (triple fault)");
+    case KVM_EXIT_FAIL_ENTRY:
+        return make_error(Errc::guest_fault, fmt::format("KVM could not enter the guest (hardware reason {:#x})", run_->fail_entry.hardware_entry_failure_reason));
+    case KVM_EXIT_INTERNAL_ERROR:
+        return make_error(Errc::guest_fault, "KVM internal error, suberror " + std::to_string(run_->internal.suberror));
+    default: return make_error(Errc::system, "unexpected KVM exit reason " + std::to_string(run_->exit_reason));
+    }
+}
+
+} // namespace understudy::hv

@@ -1,0 +1,75 @@
+// One vCPU: its fd, its kvm_run mapping, and its thread. The thread is a small state
+// machine (running -> paused -> running ... -> exited) driven by the VM's pause and
+// resume requests. An exit is always handled to completion, and KVM is re-entered once
+// with immediate_exit before parking, so that a paused vCPU never holds a half-done
+// port or MMIO instruction: saved state is always at an instruction boundary.
+#pragma once
+
+#include <linux/kvm.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <cstdint>
+#include <thread>
+
+#include "common/error.hpp"
+#include "common/unique_fd.hpp"
+#include "hv/vcpu_state.hpp"
+
+namespace understudy::hv {
+
+class Vm;
+
+enum class VcpuRunState : uint32_t { created, running, paused, exited };
+
+class Vcpu {
+public:
+    static Result<std::unique_ptr<Vcpu>> create(Vm& vm, unsigned index);
+    ~Vcpu();
+    Vcpu(const Vcpu&) = delete;
+    Vcpu& operator=(const Vcpu&) = delete;
+
+    unsigned index() const { return index_; }
+    int fd() const { return fd_.get(); }
+    VcpuRunState run_state() const { return state_.load(std::memory_order_acquire); }
+
+    // PVH entry state: 32-bit flat protected mode, paging off, EBX = start_info.
+    Result<void> set_pvh_boot_state(uint32_t entry, uint32_t start_info);
+
+    // Only while paused (or before start).
+    Result<VcpuState> save_state() const;
+    Result<void> restore_state(const VcpuState& s);
+
+    // Thread control, used by Vm. start() launches the thread in the paused state.
+    Result<void> start();
+    void request_pause();
+    void request_resume();
+    void request_stop();
+    // Blocks until the thread is paused or exited.
+    void wait_parked() const;
+    void join();
+    // True while a pause is requested; halting hypercalls return early when it is.
+    bool pause_requested() const { return pause_requested_.load(std::memory_order_acquire); }
+
+private:
+    Vcpu(Vm& vm, unsigned index) : vm_(vm), index_(index) {}
+    void thread_main();
+    void park();
+    Result<void> handle_exit();
+    Result<void> setup_cpuid();
+    void kick();
+
+    Vm& vm_;
+    unsigned index_;
+    UniqueFd fd_;
+    kvm_run* run_ = nullptr;
+    size_t run_size_ = 0;
+    std::vector<kvm_cpuid_entry2> cpuid_;
+    std::thread thread_;
+    pthread_t thread_handle_{};
+    std::atomic<VcpuRunState> state_{VcpuRunState::created};
+    std::atomic<bool> pause_requested_{true};
+    std::atomic<bool> stop_requested_{false};
+};
+
+} // namespace understudy::hv

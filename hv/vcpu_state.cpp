@@ -1,0 +1,161 @@
+#include "hv/vcpu_state.hpp"
+
+#include "common/codec.hpp"
+
+namespace understudy::hv {
+
+namespace {
+// Field tags of the vCPU state encoding. Never reuse a number.
+enum VcpuTag : uint32_t {
+    kTagVersion = 1,
+    kTagCpuid = 2,
+    kTagMpState = 3,
+    kTagRegs = 4,
+    kTagSregs = 5,
+    kTagXsave = 6,
+    kTagXcrs = 7,
+    kTagDebugregs = 8,
+    kTagMsrs = 9,
+    kTagEvents = 10,
+};
+enum VmTag : uint32_t { kTagVmVersion = 1, kTagGuestTime = 2, kTagKvmClock = 3 };
+enum DeviceTag : uint32_t { kTagDevName = 1, kTagDevVersion = 2, kTagDevData = 3 };
+
+template <class T>
+std::span<const uint8_t> as_bytes_of(const std::vector<T>& v) {
+    return {reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(T)};
+}
+} // namespace
+
+void encode_vcpu_state(const VcpuState& s, std::vector<uint8_t>& out) {
+    Encoder e(out);
+    e.field_pod(kTagVersion, kVcpuStateVersion);
+    e.field(kTagCpuid, as_bytes_of(s.cpuid));
+    e.field_pod(kTagMpState, s.mp_state);
+    e.field_pod(kTagRegs, s.regs);
+    e.field_pod(kTagSregs, s.sregs);
+    e.field(kTagXsave, s.xsave);
+    e.field_pod(kTagXcrs, s.xcrs);
+    e.field_pod(kTagDebugregs, s.debugregs);
+    std::vector<uint8_t> msrs;
+    Encoder m(msrs);
+    for (const auto& v : s.msrs) {
+        m.u32(v.index);
+        m.u32(0);
+        m.u64(v.value);
+    }
+    e.field(kTagMsrs, msrs);
+    e.field_pod(kTagEvents, s.events);
+}
+
+Result<VcpuState> decode_vcpu_state(std::span<const uint8_t> in) {
+    const std::string what = "vCPU state";
+    Decoder d(in, what);
+    VcpuState s;
+    uint32_t seen = 0;
+    while (!d.done()) {
+        auto f = US_TRY(d.field());
+        if (f.tag < 32) seen |= 1u << f.tag;
+        switch (f.tag) {
+        case kTagVersion: {
+            auto v = US_TRY(Decoder::as_pod<uint32_t>(f, what));
+            if (v != kVcpuStateVersion) return d.error("version " + std::to_string(v) + " is not supported");
+            break;
+        }
+        case kTagCpuid:
+            if (f.body.size() % sizeof(kvm_cpuid_entry2) != 0 || f.body.size() / sizeof(kvm_cpuid_entry2) > 4096)
+                return d.error("CPUID field has a bad size");
+            s.cpuid.resize(f.body.size() / sizeof(kvm_cpuid_entry2));
+            std::memcpy(s.cpuid.data(), f.body.data(), f.body.size());
+            break;
+        case kTagMpState: s.mp_state = US_TRY(Decoder::as_pod<kvm_mp_state>(f, what)); break;
+        case kTagRegs: s.regs = US_TRY(Decoder::as_pod<kvm_regs>(f, what)); break;
+        case kTagSregs: s.sregs = US_TRY(Decoder::as_pod<kvm_sregs>(f, what)); break;
+        case kTagXsave:
+            if (f.body.size() < sizeof(kvm_xsave) || f.body.size() > (1u << 20)) return d.error("XSAVE field has a bad size");
+            s.xsave.assign(f.body.begin(), f.body.end());
+            break;
+        case kTagXcrs: s.xcrs = US_TRY(Decoder::as_pod<kvm_xcrs>(f, what)); break;
+        case kTagDebugregs: s.debugregs = US_TRY(Decoder::as_pod<kvm_debugregs>(f, what)); break;
+        case kTagMsrs: {
+            if (f.body.size() % 16 != 0) return d.error("MSR field has a bad size");
+            Decoder md(f.body, "MSR list");
+            while (!md.done()) {
+                uint32_t idx = US_TRY(md.u32());
+                US_TRYV(md.u32());
+                uint64_t val = US_TRY(md.u64());
+                s.msrs.push_back({idx, val});
+            }
+            break;
+        }
+        case kTagEvents: s.events = US_TRY(Decoder::as_pod<kvm_vcpu_events>(f, what)); break;
+        default: break; // a newer writer's field: skip
+        }
+    }
+    for (uint32_t tag : {kTagVersion, kTagCpuid, kTagMpState, kTagRegs, kTagSregs, kTagXsave, kTagXcrs, kTagDebugregs,
+                         kTagMsrs, kTagEvents})
+        if (!(seen & (1u << tag))) return d.error("field " + std::to_string(tag) + " is missing");
+    return s;
+}
+
+void encode_vm_clock(const VmState& s, std::vector<uint8_t>& out) {
+    Encoder e(out);
+    e.field_pod(kTagVmVersion, kVmStateVersion);
+    e.field_pod(kTagGuestTime, s.guest_time_ns);
+    e.field_pod(kTagKvmClock, s.kvmclock);
+}
+
+Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s) {
+    const std::string what = "VM state";
+    Decoder d(in, what);
+    bool have_time = false;
+    while (!d.done()) {
+        auto f = US_TRY(d.field());
+        switch (f.tag) {
+        case kTagVmVersion: {
+            auto v = US_TRY(Decoder::as_pod<uint32_t>(f, what));
+            if (v != kVmStateVersion) return d.error("version " + std::to_string(v) + " is not supported");
+            break;
+        }
+        case kTagGuestTime:
+            s.guest_time_ns = US_TRY(Decoder::as_pod<uint64_t>(f, what));
+            have_time = true;
+            break;
+        case kTagKvmClock: s.kvmclock = US_TRY(Decoder::as_pod<kvm_clock_data>(f, what)); break;
+        default: break;
+        }
+    }
+    if (!have_time) return d.error("guest time is missing");
+    return {};
+}
+
+void encode_device_state(const DeviceState& dev, std::vector<uint8_t>& out) {
+    Encoder e(out);
+    e.field(kTagDevName, {reinterpret_cast<const uint8_t*>(dev.name.data()), dev.name.size()});
+    e.field_pod(kTagDevVersion, dev.version);
+    e.field(kTagDevData, dev.data);
+}
+
+Result<DeviceState> decode_device_state(std::span<const uint8_t> in) {
+    const std::string what = "device state";
+    Decoder d(in, what);
+    DeviceState dev;
+    bool have_name = false;
+    while (!d.done()) {
+        auto f = US_TRY(d.field());
+        switch (f.tag) {
+        case kTagDevName:
+            if (f.body.empty() || f.body.size() > 64) return d.error("device name has a bad length");
+            dev.name.assign(f.body.begin(), f.body.end());
+            have_name = true;
+            break;
+        case kTagDevVersion: dev.version = US_TRY(Decoder::as_pod<uint32_t>(f, what)); break;
+        case kTagDevData: dev.data.assign(f.body.begin(), f.body.end()); break;
+        default: break;
+        }
+    }
+    if (!have_name) return d.error("device name is missing");
+    return dev;
+}
+
+} // namespace understudy::hv

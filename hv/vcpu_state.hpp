@@ -1,0 +1,60 @@
+// Plain, versioned vCPU and VM state, separate from the live objects that produce it.
+// Kernel structures are kept as the kernel's fixed UAPI layouts; the encoding wraps
+// each in a tagged field so that fields can be added without breaking old readers.
+// Spec: docs/snapshot-format.md.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/error.hpp"
+
+namespace understudy::hv {
+
+struct MsrValue {
+    uint32_t index;
+    uint64_t value;
+};
+
+struct VcpuState {
+    std::vector<kvm_cpuid_entry2> cpuid;
+    kvm_mp_state mp_state{};
+    kvm_regs regs{};
+    kvm_sregs sregs{};
+    std::vector<uint8_t> xsave; // KVM_GET_XSAVE2 size, at least sizeof(kvm_xsave)
+    kvm_xcrs xcrs{};
+    kvm_debugregs debugregs{};
+    std::vector<MsrValue> msrs;
+    kvm_vcpu_events events{};
+};
+
+// State of one device, produced and consumed by the device's own save/restore hooks.
+struct DeviceState {
+    std::string name;
+    uint32_t version = 0;
+    std::vector<uint8_t> data;
+};
+
+struct VmState {
+    uint64_t guest_time_ns = 0; // the hypercall clock at capture
+    kvm_clock_data kvmclock{};
+    std::vector<VcpuState> vcpus;
+    std::vector<DeviceState> devices;
+};
+
+inline constexpr uint32_t kVcpuStateVersion = 1;
+inline constexpr uint32_t kVmStateVersion = 1;
+
+void encode_vcpu_state(const VcpuState& s, std::vector<uint8_t>& out);
+Result<VcpuState> decode_vcpu_state(std::span<const uint8_t> in);
+// VM-wide part only (clock); vCPUs and devices travel in records of their own.
+void encode_vm_clock(const VmState& s, std::vector<uint8_t>& out);
+Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s);
+void encode_device_state(const DeviceState& d, std::vector<uint8_t>& out);
+Result<DeviceState> decode_device_state(std::span<const uint8_t> in);
+
+} // namespace understudy::hv

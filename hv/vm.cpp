@@ -1,0 +1,263 @@
+#include "hv/vm.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+
+#include "guest/abi/understudy_abi.h"
+#include "hv/kvm_flex.hpp"
+
+namespace understudy::hv {
+
+const char* vm_stop_kind_name(VmStopKind k) {
+    switch (k) {
+    case VmStopKind::exited: return "exited";
+    case VmStopKind::aborted: return "aborted";
+    case VmStopKind::guest_fault: return "guest fault";
+    case VmStopKind::host_error: return "host error";
+    case VmStopKind::stopped: return "stopped";
+    }
+    return "?";
+}
+
+Result<void> validate_vm_config(const VmConfig& c) {
+    US_TRYV(validate_memory_size(c.memory_bytes));
+    if (c.vcpus < 1 || c.vcpus > kMaxVcpus)
+        return make_error(Errc::invalid_input,
+                          "vCPU count " + std::to_string(c.vcpus) + " is not allowed: 1 to " + std::to_string(kMaxVcpus));
+    return {};
+}
+
+// Keeps only the MSRs this host lets us read, so that save_state() reads them all.
+static Result<std::vector<uint32_t>> readable_msrs(int vcpu_fd, std::vector<uint32_t> indices) {
+    while (!indices.empty()) {
+        MsrBuffer msrs(indices.size());
+        for (size_t i = 0; i < indices.size(); ++i) msrs.data()[i] = kvm_msr_entry{indices[i], 0, 0};
+        int n = US_TRY(kvm_ioctl(vcpu_fd, kKvmGetMsrs, msrs.ptr(), "KVM_GET_MSRS (probe)"));
+        if (n == static_cast<int>(indices.size())) break;
+        indices.erase(indices.begin() + n);
+    }
+    return indices;
+}
+
+Result<std::unique_ptr<Vm>> Vm::create(VmConfig cfg) {
+    US_TRYV(validate_vm_config(cfg));
+    auto kvm = US_TRY(Kvm::open());
+    UniqueFd fd(US_TRY(kvm_ioctl(kvm.fd(), KVM_CREATE_VM, 0, "KVM_CREATE_VM")));
+    auto mem = US_TRY(GuestMemory::create(cfg.memory_bytes));
+    std::unique_ptr<Vm> vm(new Vm(std::move(cfg), std::move(kvm), std::move(fd), std::move(mem)));
+    US_TRYV(vm->setup());
+    return vm;
+}
+
+Vm::Vm(VmConfig cfg, Kvm kvm, UniqueFd fd, GuestMemory mem)
+    : cfg_(std::move(cfg)), kvm_(std::move(kvm)), fd_(std::move(fd)), memory_(std::move(mem)) {}
+
+Result<void> Vm::setup() {
+    // Intel needs a TSS region for real-mode emulation; it goes into the MMIO window.
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_TSS_ADDR, 0xfffbd000ul, "KVM_SET_TSS_ADDR"));
+    // The dirty ring must be enabled before the first vCPU exists.
+    dirty_ = US_TRY(make_dirty_tracker(kvm_, fd(), memory_, cfg_.dirty));
+    for (size_t i = 0; i < memory_.regions().size(); ++i) {
+        const auto& r = memory_.regions()[i];
+        kvm_userspace_memory_region slot{};
+        slot.slot = static_cast<uint32_t>(i);
+        slot.flags = dirty_->memslot_flags();
+        slot.guest_phys_addr = r.gpa.value;
+        slot.memory_size = r.size;
+        slot.userspace_addr = reinterpret_cast<uint64_t>(memory_.host_base() + r.file_offset);
+        US_TRYV(kvm_ioctl(fd(), KVM_SET_USER_MEMORY_REGION, &slot, "KVM_SET_USER_MEMORY_REGION"));
+    }
+    hypercalls_ = US_TRY(Hypercalls::install(*this));
+    for (unsigned i = 0; i < cfg_.vcpus; ++i) {
+        vcpus_.push_back(US_TRY(Vcpu::create(*this, i)));
+        US_TRYV(dirty_->attach_vcpu(i, vcpus_.back()->fd()));
+        if (i == 0) kvm_.set_msr_indices(US_TRY(readable_msrs(vcpus_[0]->fd(), kvm_.msr_indices())));
+    }
+    return {};
+}
+
+Vm::~Vm() {
+    for (auto& v : vcpus_) v->request_stop();
+    for (auto& v : vcpus_) v->join();
+}
+
+Result<void> Vm::add_device(std::unique_ptr<Device> d) {
+    for (const auto& other : devices_)
+        if (other->name() == d->name()) return make_error(Errc::invalid_input, "a device named " + d->name() + " exists");
+    US_TRYV(d->attach(*this));
+    devices_.push_back(std::move(d));
+    return {};
+}
+
+Result<void> Vm::start() {
+    std::lock_guard lock(control_mu_);
+    if (started_) return make_error(Errc::state, "the VM is already started");
+    for (auto& v : vcpus_) US_TRYV(v->start());
+    started_ = true;
+    paused_ = true;
+    for (auto& v : vcpus_) v->request_resume();
+    paused_ = false;
+    return {};
+}
+
+void Vm::pause_all() {
+    std::lock_guard lock(control_mu_);
+    if (!started_ || paused_) return;
+    for (auto& v : vcpus_) v->request_pause();
+    notify_guest_event(); // halted vCPUs return from the HALT hypercall to park
+    for (auto& v : vcpus_) v->wait_parked();
+    paused_ = true;
+}
+
+void Vm::resume_all() {
+    std::lock_guard lock(control_mu_);
+    if (!started_ || !paused_) return;
+    paused_ = false;
+    for (auto& v : vcpus_) v->request_resume();
+}
+
+Result<void> Vm::harvest_dirty(Bitmap& out) {
+    if (out.size() != memory_.page_count()) return make_error(Errc::state, "dirty bitmap size does not match guest memory");
+    US_TRYV(dirty_->harvest(out));
+    memory_.vmm_dirty().drain_into(out);
+    return {};
+}
+
+Result<VmState> Vm::save_state() {
+    std::lock_guard lock(control_mu_);
+    if (started_ && !paused_) return make_error(Errc::state, "saving VM state needs every vCPU paused");
+    VmState s;
+    s.guest_time_ns = clock_.now_ns();
+    US_TRYV(kvm_ioctl(fd(), KVM_GET_CLOCK, &s.kvmclock, "KVM_GET_CLOCK"));
+    for (auto& v : vcpus_) s.vcpus.push_back(US_TRY(v->save_state()));
+    for (auto& d : devices_) s.devices.push_back(d->save());
+    return s;
+}
+
+Result<void> Vm::restore_state(const VmState& s) {
+    std::lock_guard lock(control_mu_);
+    if (started_ && !paused_) return make_error(Errc::state, "restoring VM state needs every vCPU paused");
+    if (s.vcpus.size() != vcpus_.size())
+        return make_error(Errc::invalid_input, "state has " + std::to_string(s.vcpus.size()) + " vCPUs, the VM has " +
+                                                   std::to_string(vcpus_.size()));
+    for (const auto& ds : s.devices) {
+        bool found = false;
+        for (auto& d : devices_)
+            if (d->name() == ds.name) {
+                US_TRYV(d->restore(ds));
+                found = true;
+            }
+        if (!found) return make_error(Errc::invalid_input, "state names device '" + ds.name + "', which this VM lacks");
+    }
+    kvm_clock_data clock = s.kvmclock;
+    clock.flags = 0; // KVM accepts no flags it reported on GET
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_CLOCK, &clock, "KVM_SET_CLOCK"));
+    for (size_t i = 0; i < vcpus_.size(); ++i) US_TRYV(vcpus_[i]->restore_state(s.vcpus[i]));
+    clock_.set(s.guest_time_ns);
+    return {};
+}
+
+void Vm::stop_with(VmStop why) {
+    {
+        std::lock_guard lock(mu_);
+        if (stop_) return;
+        if (why.kind == VmStopKind::guest_fault || why.kind == VmStopKind::host_error || why.kind == VmStopKind::aborted)
+            spdlog::error("VM stopped ({}): {}", vm_stop_kind_name(why.kind), why.message);
+        stop_ = std::move(why);
+    }
+    for (auto& v : vcpus_) v->request_stop();
+    cv_.notify_all();
+}
+
+void Vm::stop() { stop_with({VmStopKind::stopped, 0, "stopped by the host"}); }
+
+std::optional<VmStop> Vm::stop_reason() const {
+    std::lock_guard lock(mu_);
+    return stop_;
+}
+
+VmStop Vm::wait() {
+    for (auto& v : vcpus_) v->join();
+    std::lock_guard lock(mu_);
+    return stop_.value_or(VmStop{VmStopKind::stopped, 0, "no vCPU ran"});
+}
+
+std::optional<VmStop> Vm::wait_for(std::chrono::milliseconds limit) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    std::unique_lock lock(mu_);
+    auto all_exited = [&] {
+        for (auto& v : vcpus_)
+            if (v->run_state() != VcpuRunState::exited) return false;
+        return true;
+    };
+    while (!all_exited()) {
+        if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && !all_exited()) return std::nullopt;
+    }
+    lock.unlock();
+    return wait();
+}
+
+void Vm::vcpu_parked() {
+    std::lock_guard lock(mu_);
+    cv_.notify_all();
+}
+
+void Vm::console_write(std::string_view bytes) {
+    std::lock_guard lock(mu_);
+    for (char c : bytes) {
+        if (c == '\n' || console_line_.size() >= 4096) {
+            if (cfg_.console)
+                cfg_.console(console_line_);
+            else
+                std::printf("%s\n", console_line_.c_str());
+            console_line_.clear();
+            if (c == '\n') continue;
+        }
+        if (c != '\r') console_line_ += c;
+    }
+    if (!cfg_.console) std::fflush(stdout);
+}
+
+void Vm::publish_report(unsigned vcpu, uint64_t key, uint64_t value) {
+    std::lock_guard lock(mu_);
+    reports_[{vcpu, key}] = value;
+    cv_.notify_all();
+}
+
+std::optional<uint64_t> Vm::report(unsigned vcpu, uint64_t key) const {
+    std::lock_guard lock(mu_);
+    auto it = reports_.find({vcpu, key});
+    if (it == reports_.end()) return std::nullopt;
+    return it->second;
+}
+
+std::optional<uint64_t> Vm::wait_report(unsigned vcpu, uint64_t key, std::chrono::milliseconds limit) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, limit, [&] { return reports_.count({vcpu, key}) > 0 || stop_.has_value(); });
+    auto it = reports_.find({vcpu, key});
+    if (it == reports_.end()) return std::nullopt;
+    return it->second;
+}
+
+void Vm::notify_guest_event() {
+    {
+        std::lock_guard lock(mu_);
+        ++event_seq_;
+    }
+    cv_.notify_all();
+}
+
+uint64_t Vm::halt(Vcpu& v, uint64_t deadline_ns) {
+    std::unique_lock lock(mu_);
+    uint64_t seen = event_seq_;
+    auto host_deadline = clock_.host_deadline(deadline_ns);
+    for (;;) {
+        if (v.pause_requested() || stop_) return abi::US_HALT_SPURIOUS;
+        if (event_seq_ != seen) return abi::US_HALT_EVENT;
+        if (std::chrono::steady_clock::now() >= host_deadline) return abi::US_HALT_TIMEOUT;
+        cv_.wait_until(lock, host_deadline);
+    }
+}
+
+} // namespace understudy::hv

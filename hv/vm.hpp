@@ -1,0 +1,143 @@
+// A virtual machine: KVM's VM fd, guest memory, vCPUs, the I/O buses, the hypercalls,
+// devices and dirty tracking, and the controls the replicator needs: pause every vCPU,
+// harvest the dirty set, capture or restore state, resume.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/bitmap.hpp"
+#include "common/error.hpp"
+#include "hv/device.hpp"
+#include "hv/dirty_tracker.hpp"
+#include "hv/guest_clock.hpp"
+#include "hv/guest_memory.hpp"
+#include "hv/hypercalls.hpp"
+#include "hv/io_bus.hpp"
+#include "hv/kvm.hpp"
+#include "hv/vcpu.hpp"
+
+namespace understudy::hv {
+
+inline constexpr unsigned kMaxVcpus = 8;
+
+struct VmConfig {
+    uint64_t memory_bytes = 256 * kMiB;
+    unsigned vcpus = 1;
+    DirtyConfig dirty;
+    // Receives the guest's console output a line at a time. Default: stdout.
+    std::function<void(std::string_view)> console;
+};
+
+Result<void> validate_vm_config(const VmConfig& c);
+
+enum class VmStopKind {
+    exited,      // the guest called EXIT; status is its status
+    aborted,     // the guest called ABORT (assertion failure)
+    guest_fault, // the guest did something illegal (bad hypercall, triple fault, ...)
+    host_error,  // the VMM failed (a KVM call, ...)
+    stopped,     // the host asked the VM to stop
+};
+const char* vm_stop_kind_name(VmStopKind k);
+
+struct VmStop {
+    VmStopKind kind;
+    uint64_t status = 0;
+    std::string message;
+};
+
+class Vm {
+public:
+    static Result<std::unique_ptr<Vm>> create(VmConfig cfg);
+    ~Vm();
+    Vm(const Vm&) = delete;
+    Vm& operator=(const Vm&) = delete;
+
+    const VmConfig& config() const { return cfg_; }
+    int fd() const { return fd_.get(); }
+    const Kvm& kvm() const { return kvm_; }
+    GuestMemory& memory() { return memory_; }
+    const GuestMemory& memory() const { return memory_; }
+    IoBus& pio() { return pio_; }
+    IoBus& mmio() { return mmio_; }
+    Hypercalls& hypercalls() { return *hypercalls_; }
+    DirtyTracker& dirty_tracker() { return *dirty_; }
+    GuestClock& clock() { return clock_; }
+    unsigned vcpu_count() const { return static_cast<unsigned>(vcpus_.size()); }
+    Vcpu& vcpu(unsigned i) { return *vcpus_.at(i); }
+
+    Result<void> add_device(std::unique_ptr<Device> d);
+
+    // Launches the vCPU threads; they run until paused or stopped.
+    Result<void> start();
+    // Returns once every vCPU is out of KVM_RUN (paused or exited).
+    void pause_all();
+    void resume_all();
+    bool paused() const { return paused_; }
+
+    // Every page written since the previous harvest (by vCPUs or by the VMM), ORed into out.
+    Result<void> harvest_dirty(Bitmap& out);
+
+    // Whole-VM state except memory. Requires the VM paused (or not started).
+    Result<VmState> save_state();
+    Result<void> restore_state(const VmState& s);
+
+    // Asks every vCPU to stop; wait() then returns kind `stopped` unless the guest stopped first.
+    void stop();
+    // Blocks until every vCPU thread has exited; returns why the VM stopped.
+    VmStop wait();
+    // As wait(), with a limit; nullopt if the VM is still running.
+    std::optional<VmStop> wait_for(std::chrono::milliseconds limit);
+    std::optional<VmStop> stop_reason() const;
+
+    // Values the guest published with the REPORT hypercall, per (vCPU, key).
+    std::optional<uint64_t> report(unsigned vcpu, uint64_t key) const;
+    // Waits until (vcpu, key) has been reported at least once.
+    std::optional<uint64_t> wait_report(unsigned vcpu, uint64_t key, std::chrono::milliseconds limit);
+
+    // --- used by vCPU threads and devices ---
+    void stop_with(VmStop why);
+    void console_write(std::string_view bytes);
+    void publish_report(unsigned vcpu, uint64_t key, uint64_t value);
+    // Wakes halted vCPUs because a device has work for the guest.
+    void notify_guest_event();
+    // Waits for an event, a pause or stop request, or the guest-time deadline.
+    uint64_t halt(Vcpu& v, uint64_t deadline_ns);
+    void vcpu_parked();
+
+private:
+    Vm(VmConfig cfg, Kvm kvm, UniqueFd fd, GuestMemory mem);
+    Result<void> setup();
+
+    VmConfig cfg_;
+    Kvm kvm_;
+    UniqueFd fd_;
+    GuestMemory memory_;
+    IoBus pio_{"port I/O"};
+    IoBus mmio_{"MMIO"};
+    std::unique_ptr<DirtyTracker> dirty_;
+    std::unique_ptr<Hypercalls> hypercalls_;
+    std::vector<std::unique_ptr<Vcpu>> vcpus_;
+    std::vector<std::unique_ptr<Device>> devices_;
+    GuestClock clock_;
+    bool started_ = false;
+    bool paused_ = true;
+    std::mutex control_mu_; // serialises start/pause/resume/save/restore
+
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    uint64_t event_seq_ = 0;
+    std::optional<VmStop> stop_;
+    std::map<std::pair<unsigned, uint64_t>, uint64_t> reports_;
+    std::string console_line_;
+};
+
+} // namespace understudy::hv
