@@ -6,7 +6,7 @@ void Encoder::field(uint32_t tag, std::span<const uint8_t> body) {
     u32(tag);
     u32(static_cast<uint32_t>(body.size()));
     bytes(body);
-    pad_to(8);
+    out_.insert(out_.end(), (8 - body.size() % 8) % 8, 0);
 }
 
 Result<std::span<const uint8_t>> Decoder::bytes(size_t n) {

@@ -28,13 +28,11 @@ public:
     }
     template <class T>
     void pod(const T& v) { raw(&v, sizeof v); }
-    // A tagged field: {u32 tag; u32 length; bytes; pad to 8}. Readers skip unknown tags.
+    // A tagged field: {u32 tag; u32 length; bytes; zero padding to a multiple of 8 bytes}.
+    // Readers skip unknown tags.
     void field(uint32_t tag, std::span<const uint8_t> body);
     template <class T>
     void field_pod(uint32_t tag, const T& v) { field(tag, {reinterpret_cast<const uint8_t*>(&v), sizeof v}); }
-    void pad_to(size_t align) {
-        while (out_.size() % align) out_.push_back(0);
-    }
 
 private:
     std::vector<uint8_t>& out_;

@@ -1,5 +1,5 @@
 // KVM's variable-length ioctl structures (kvm_cpuid2, kvm_msrs, kvm_msr_list,
-// kvm_signal_mask) as C++ can use them. Debian 12's headers declare their arrays with
+// kvm_signal_mask, kvm_xsave) as C++ can use them. Debian 12's headers declare their arrays with
 // __DECLARE_FLEX_ARRAY, which in C++ adds an empty member: sizeof grows and the array
 // moves, so the ioctl numbers built from those structs are ones the kernel does not
 // know (EINVAL). These headers have the kernel's real layout, checked below.
@@ -28,6 +28,15 @@ inline constexpr unsigned long kKvmGetMsrs = _IOWR(KVMIO, 0x88, KvmCountHeader64
 inline constexpr unsigned long kKvmSetMsrs = _IOW(KVMIO, 0x89, KvmCountHeader64);
 inline constexpr unsigned long kKvmSetSignalMask = _IOW(KVMIO, 0x8b, KvmCountHeader32);
 inline constexpr unsigned long kKvmSetCpuid2 = _IOW(KVMIO, 0x90, KvmCountHeader64);
+
+// kvm_xsave: 4096 bytes of region, then (with KVM_CAP_XSAVE2) a flexible tail.
+struct KvmXsaveRegion {
+    uint32_t region[1024];
+};
+static_assert(sizeof(KvmXsaveRegion) == 4096);
+inline constexpr unsigned long kKvmGetXsave = _IOR(KVMIO, 0xa4, KvmXsaveRegion);
+inline constexpr unsigned long kKvmSetXsave = _IOW(KVMIO, 0xa5, KvmXsaveRegion);
+inline constexpr unsigned long kKvmGetXsave2 = _IOR(KVMIO, 0xcf, KvmXsaveRegion);
 
 // A header followed by `count` entries, in one 8-byte-aligned buffer.
 template <class Header, class Entry>

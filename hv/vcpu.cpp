@@ -114,12 +114,12 @@ Result<VcpuState> Vcpu::save_state() const {
     US_TRYV(kvm_ioctl(fd(), KVM_GET_REGS, &s.regs, "KVM_GET_REGS"));
     US_TRYV(kvm_ioctl(fd(), KVM_GET_SREGS, &s.sregs, "KVM_GET_SREGS"));
     int xsave_size = vm_.kvm().check(KVM_CAP_XSAVE2);
-    if (xsave_size > static_cast<int>(sizeof(kvm_xsave))) {
+    if (xsave_size > static_cast<int>(sizeof(KvmXsaveRegion))) {
         s.xsave.assign(static_cast<size_t>(xsave_size), 0);
-        US_TRYV(kvm_ioctl(fd(), KVM_GET_XSAVE2, s.xsave.data(), "KVM_GET_XSAVE2"));
+        US_TRYV(kvm_ioctl(fd(), kKvmGetXsave2, s.xsave.data(), "KVM_GET_XSAVE2"));
     } else {
-        s.xsave.assign(sizeof(kvm_xsave), 0);
-        US_TRYV(kvm_ioctl(fd(), KVM_GET_XSAVE, s.xsave.data(), "KVM_GET_XSAVE"));
+        s.xsave.assign(sizeof(KvmXsaveRegion), 0);
+        US_TRYV(kvm_ioctl(fd(), kKvmGetXsave, s.xsave.data(), "KVM_GET_XSAVE"));
     }
     US_TRYV(kvm_ioctl(fd(), KVM_GET_XCRS, &s.xcrs, "KVM_GET_XCRS"));
     US_TRYV(kvm_ioctl(fd(), KVM_GET_DEBUGREGS, &s.debugregs, "KVM_GET_DEBUGREGS"));
@@ -146,13 +146,13 @@ Result<void> Vcpu::restore_state(const VcpuState& s) {
     US_TRYV(kvm_ioctl(fd(), KVM_SET_MP_STATE, &s.mp_state, "KVM_SET_MP_STATE"));
     US_TRYV(kvm_ioctl(fd(), KVM_SET_REGS, &s.regs, "KVM_SET_REGS"));
     US_TRYV(kvm_ioctl(fd(), KVM_SET_SREGS, &s.sregs, "KVM_SET_SREGS"));
-    int xsave_size = std::max<int>(vm_.kvm().check(KVM_CAP_XSAVE2), sizeof(kvm_xsave));
+    int xsave_size = std::max<int>(vm_.kvm().check(KVM_CAP_XSAVE2), sizeof(KvmXsaveRegion));
     if (s.xsave.size() > static_cast<size_t>(xsave_size))
         return make_error(Errc::unsupported, "saved XSAVE area (" + std::to_string(s.xsave.size()) +
                                                  " bytes) is larger than this host's (" + std::to_string(xsave_size) + ")");
     std::vector<uint8_t> xsave(static_cast<size_t>(xsave_size), 0);
     std::memcpy(xsave.data(), s.xsave.data(), s.xsave.size());
-    US_TRYV(kvm_ioctl(fd(), KVM_SET_XSAVE, xsave.data(), "KVM_SET_XSAVE"));
+    US_TRYV(kvm_ioctl(fd(), kKvmSetXsave, xsave.data(), "KVM_SET_XSAVE"));
     US_TRYV(kvm_ioctl(fd(), KVM_SET_XCRS, &s.xcrs, "KVM_SET_XCRS"));
     US_TRYV(kvm_ioctl(fd(), KVM_SET_DEBUGREGS, &s.debugregs, "KVM_SET_DEBUGREGS"));
 

@@ -72,7 +72,7 @@ Result<VcpuState> decode_vcpu_state(std::span<const uint8_t> in) {
         case kTagRegs: s.regs = US_TRY(Decoder::as_pod<kvm_regs>(f, what)); break;
         case kTagSregs: s.sregs = US_TRY(Decoder::as_pod<kvm_sregs>(f, what)); break;
         case kTagXsave:
-            if (f.body.size() < sizeof(kvm_xsave) || f.body.size() > (1u << 20)) return d.error("XSAVE field has a bad size");
+            if (f.body.size() < 4096 || f.body.size() > (1u << 20)) return d.error("XSAVE field has a bad size");
             s.xsave.assign(f.body.begin(), f.body.end());
             break;
         case kTagXcrs: s.xcrs = US_TRY(Decoder::as_pod<kvm_xcrs>(f, what)); break;

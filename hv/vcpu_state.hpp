@@ -25,7 +25,7 @@ struct VcpuState {
     kvm_mp_state mp_state{};
     kvm_regs regs{};
     kvm_sregs sregs{};
-    std::vector<uint8_t> xsave; // KVM_GET_XSAVE2 size, at least sizeof(kvm_xsave)
+    std::vector<uint8_t> xsave; // KVM_GET_XSAVE2 size, at least 4096 bytes
     kvm_xcrs xcrs{};
     kvm_debugregs debugregs{};
     std::vector<MsrValue> msrs;

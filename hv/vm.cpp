@@ -28,16 +28,28 @@ Result<void> validate_vm_config(const VmConfig& c) {
     return {};
 }
 
-// Keeps only the MSRs this host lets us read, so that save_state() reads them all.
-static Result<std::vector<uint32_t>> readable_msrs(int vcpu_fd, std::vector<uint32_t> indices) {
-    while (!indices.empty()) {
+// Keeps only the MSRs this host lets us both read and write back, so that save_state()
+// and restore_state() handle them all. The probe writes each MSR's own reset value to
+// the fresh vCPU, which changes nothing.
+static Result<std::vector<uint32_t>> saveable_msrs(int vcpu_fd, std::vector<uint32_t> indices) {
+    std::vector<uint32_t> keep;
+    for (;;) {
         MsrBuffer msrs(indices.size());
         for (size_t i = 0; i < indices.size(); ++i) msrs.data()[i] = kvm_msr_entry{indices[i], 0, 0};
         int n = US_TRY(kvm_ioctl(vcpu_fd, kKvmGetMsrs, msrs.ptr(), "KVM_GET_MSRS (probe)"));
+        for (int i = 0; i < n; ++i) {
+            MsrBuffer one(1);
+            one.data()[0] = msrs.data()[i];
+            if (::ioctl(vcpu_fd, kKvmSetMsrs, one.ptr()) == 1)
+                keep.push_back(indices[static_cast<size_t>(i)]);
+            else
+                spdlog::debug("MSR {:#x} cannot be written back; it is left out of saved state", indices[static_cast<size_t>(i)]);
+        }
         if (n == static_cast<int>(indices.size())) break;
-        indices.erase(indices.begin() + n);
+        spdlog::debug("MSR {:#x} cannot be read; it is left out of saved state", indices[static_cast<size_t>(n)]);
+        indices.erase(indices.begin(), indices.begin() + n + 1);
     }
-    return indices;
+    return keep;
 }
 
 Result<std::unique_ptr<Vm>> Vm::create(VmConfig cfg) {
@@ -72,7 +84,7 @@ Result<void> Vm::setup() {
     for (unsigned i = 0; i < cfg_.vcpus; ++i) {
         vcpus_.push_back(US_TRY(Vcpu::create(*this, i)));
         US_TRYV(dirty_->attach_vcpu(i, vcpus_.back()->fd()));
-        if (i == 0) kvm_.set_msr_indices(US_TRY(readable_msrs(vcpus_[0]->fd(), kvm_.msr_indices())));
+        if (i == 0) kvm_.set_msr_indices(US_TRY(saveable_msrs(vcpus_[0]->fd(), kvm_.msr_indices())));
     }
     return {};
 }

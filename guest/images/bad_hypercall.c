@@ -76,10 +76,11 @@ static void c_mmio_read(void) { (void)*(volatile uint32_t *)(uintptr_t)0xd000000
 static void c_mmio_write(void) { *(volatile uint32_t *)(uintptr_t)0xd0000000u = 0xdeadbeef; }
 
 /* Not hypercalls, but hostile all the same: the runtime reports CPU exceptions
- * with an abort where the IDT is honored (hardware virtualization, TCG); under
- * KVM's PVM backend they end the VM with a shutdown instead. */
+ * with an abort naming the vector, rip and cr2 (seen under KVM's PVM backend too). */
 static void c_fault_ud2(void) { __asm__ volatile("ud2"); }
 static void c_fault_pf(void) { (void)*(volatile uint64_t *)(uintptr_t)(boot->map_end + 4096); }
+/* Not hostile: an ordinary failed assertion, which must reach the host with its place. */
+static void c_assert_fail(void) { US_ASSERT(boot->vcpu == 12345); }
 
 static const struct {
     const char *name;
@@ -94,7 +95,7 @@ static const struct {
     {"hc_undefined", c_hc_undefined},         {"port_outside", c_port_outside},
     {"port_read_outside", c_port_read_outside}, {"mmio_read", c_mmio_read},
     {"mmio_write", c_mmio_write},             {"fault_ud2", c_fault_ud2},
-    {"fault_pf", c_fault_pf},
+    {"fault_pf", c_fault_pf},                 {"assert_fail", c_assert_fail},
 };
 
 void guest_main(const struct guest_boot *b)

@@ -1,0 +1,82 @@
+#include "tests/support/test_vm.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+namespace understudy::test {
+
+std::string guest_image(const std::string& name) { return std::string(US_GUEST_DIR) + "/" + name + ".elf"; }
+std::string cli_path() { return US_CLI_PATH; }
+
+std::string temp_path(const std::string& name) {
+    static std::string dir = [] {
+        char tmpl[] = "/tmp/understudy-test-XXXXXX";
+        const char* d = ::mkdtemp(tmpl);
+        return std::string(d ? d : "/tmp");
+    }();
+    return dir + "/" + name;
+}
+
+std::unique_ptr<hv::Vm> boot(const std::string& image, const std::string& cmdline, hv::VmConfig cfg,
+                             std::shared_ptr<std::string> console) {
+    if (console) cfg.console = [console](std::string_view line) { *console += std::string(line) + "\n"; };
+    else cfg.console = [](std::string_view) {};
+    auto vm = hv::Vm::create(cfg);
+    if (!vm) FAIL("creating the VM: " << vm.error().describe());
+    auto file = hv::read_file(guest_image(image), 64 << 20);
+    if (!file) FAIL(file.error().describe());
+    auto img = hv::load_pvh_image(**vm, *file, cmdline);
+    if (!img) FAIL(img.error().describe());
+    return std::move(*vm);
+}
+
+std::string check_churn(const hv::GuestMemory& mem, uint64_t header_gpa, ChurnProgress* progress) {
+    auto h = mem.read_obj<abi::us_churn_header>(hv::Gpa{header_gpa});
+    if (!h) return h.error().describe();
+    if (h->magic != US_CHURN_MAGIC) return "churn header has a bad magic";
+    if (h->nr_vcpus > US_CHURN_MAX_VCPUS) return "churn header names too many vCPUs";
+    ChurnProgress p;
+    p.vcpus = static_cast<unsigned>(h->nr_vcpus);
+    for (unsigned v = 0; v < h->nr_vcpus; ++v) {
+        const auto& slot = h->vcpu[v];
+        if (slot.iteration == 0 || slot.cursor >= slot.ws_pages + 1) return "vCPU slot " + std::to_string(v) + " is malformed";
+        for (uint64_t j = 0; j < slot.ws_pages; ++j) {
+            uint64_t gpa = slot.ws_gpa + j * hv::kPageSize;
+            auto st = mem.read_obj<abi::us_churn_stamp>(hv::Gpa{gpa});
+            if (!st) return st.error().describe();
+            if (j == slot.cursor) continue; // may be mid-write at the moment of the pause
+            uint64_t want = j < slot.cursor ? slot.iteration : slot.iteration - 1;
+            char where[160];
+            std::snprintf(where, sizeof where, "vCPU %u page %llu (gpa %#llx) at iteration %llu cursor %llu: ", v,
+                          (unsigned long long)j, (unsigned long long)gpa, (unsigned long long)slot.iteration,
+                          (unsigned long long)slot.cursor);
+            if (st->iteration != want)
+                return std::string(where) + "stamp says iteration " + std::to_string(st->iteration) + ", expected " +
+                       std::to_string(want);
+            if (want == 0) continue;
+            if (st->gpa != gpa || st->check != (st->iteration ^ gpa ^ US_CHURN_MAGIC))
+                return std::string(where) + "stamp is corrupt";
+        }
+        p.pages_stamped += (slot.iteration - 1) * slot.ws_pages + slot.cursor;
+    }
+    if (progress) *progress = p;
+    return {};
+}
+
+int run_shell(const std::string& cmd, std::string* output) {
+    FILE* f = ::popen((cmd + " 2>&1").c_str(), "r");
+    if (!f) return -1;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0)
+        if (output) output->append(buf, n);
+    int st = ::pclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+} // namespace understudy::test

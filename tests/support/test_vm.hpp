@@ -1,0 +1,37 @@
+// Helpers shared by the KVM test suites: guest image paths, booting an image, and
+// reading churn's stamps back.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "guest/abi/understudy_abi.h"
+#include "hv/pvh_loader.hpp"
+#include "hv/vm.hpp"
+
+namespace understudy::test {
+
+std::string guest_image(const std::string& name); // build/guest/NAME.elf
+std::string cli_path();                           // the understudy binary
+std::string temp_path(const std::string& name);   // a fresh path in a per-run temp dir
+
+// A VM with `image` loaded; console output is collected into `console` if given.
+std::unique_ptr<hv::Vm> boot(const std::string& image, const std::string& cmdline, hv::VmConfig cfg = {},
+                             std::shared_ptr<std::string> console = nullptr);
+
+struct ChurnProgress {
+    uint64_t pages_stamped = 0; // over all vCPUs: completed passes * ws + cursor
+    unsigned vcpus = 0;
+};
+
+// Checks churn's stamps against its header: every page is consistent with one single
+// moment of each vCPU's progress. Returns a description of the first inconsistency,
+// or an empty string and the progress.
+std::string check_churn(const hv::GuestMemory& mem, uint64_t header_gpa, ChurnProgress* progress);
+
+// Runs `cmd` in a shell, returns its exit status and stdout+stderr.
+int run_shell(const std::string& cmd, std::string* output);
+
+} // namespace understudy::test

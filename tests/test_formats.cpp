@@ -1,0 +1,162 @@
+// Unit tests that need no KVM: byte codecs, record framing, bitmaps, the I/O bus, the
+// vCPU state encoding, and option parsing.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+
+#include "common/codec.hpp"
+#include "common/records.hpp"
+#include "hv/dirty_tracker.hpp"
+#include "hv/guest_memory.hpp"
+#include "hv/io_bus.hpp"
+#include "hv/vcpu_state.hpp"
+
+using namespace understudy;
+using namespace understudy::hv;
+
+TEST_CASE("decoder refuses to read past its input", "[codec]") {
+    std::vector<uint8_t> buf;
+    Encoder e(buf);
+    e.u32(7);
+    e.field_pod(3, uint64_t(42));
+    Decoder d(buf, "test");
+    CHECK(*d.u32() == 7);
+    auto f = d.field();
+    REQUIRE(f);
+    CHECK(f->tag == 3);
+    CHECK(*Decoder::as_pod<uint64_t>(*f, "x") == 42);
+    CHECK(d.done());
+    CHECK(!d.u32());
+    CHECK_THAT(d.u32().error().message, Catch::Contains("truncated"));
+
+    // A field whose length runs past the end.
+    std::vector<uint8_t> bad;
+    Encoder b(bad);
+    b.u32(1);
+    b.u32(1000);
+    b.u64(0);
+    Decoder bd(bad, "test");
+    CHECK(!bd.field());
+    // A field of the wrong size for its type.
+    CHECK(!Decoder::as_pod<uint32_t>(*f, "x"));
+}
+
+TEST_CASE("records carry a checksum and are 8-byte aligned", "[records]") {
+    std::vector<uint8_t> out;
+    std::vector<uint8_t> body = {1, 2, 3, 4, 5};
+    append_record(out, 9, body);
+    REQUIRE(out.size() == sizeof(RecordHeader) + 8);
+    RecordHeader h;
+    std::memcpy(&h, out.data(), sizeof h);
+    CHECK(h.type == 9);
+    CHECK(h.length == 5);
+    CHECK(h.checksum == checksum64(body));
+    CHECK(out[sizeof h + 5] == 0);
+}
+
+TEST_CASE("bitmaps: set, iterate, drain", "[bitmap]") {
+    Bitmap b(200);
+    for (size_t i : {0, 63, 64, 199}) b.set(i);
+    std::vector<size_t> seen;
+    b.for_each_set([&](size_t i) { seen.push_back(i); });
+    CHECK(seen == std::vector<size_t>{0, 63, 64, 199});
+    CHECK(b.count() == 4);
+    AtomicBitmap a(200);
+    a.set_range(10, 3);
+    Bitmap out(200);
+    a.drain_into(out);
+    CHECK(out.count() == 3);
+    Bitmap again(200);
+    a.drain_into(again);
+    CHECK(again.count() == 0);
+}
+
+TEST_CASE("the I/O bus refuses overlaps and absorbs unclaimed accesses", "[io-bus]") {
+    IoBus bus("test");
+    int hits = 0;
+    REQUIRE(bus.add(0x100, 0x10, "a", [&](IoAccess& a) {
+        ++hits;
+        CHECK(a.offset == 4);
+        return Result<void>{};
+    }));
+    CHECK(!bus.add(0x10f, 1, "b", nullptr));
+    CHECK(!bus.add(0xf0, 0x11, "c", nullptr));
+    CHECK(bus.add(0x110, 1, "d", [](IoAccess&) { return Result<void>{}; }));
+    CHECK(!bus.add(~0ull - 1, 4, "wrap", nullptr));
+    uint8_t data[4] = {};
+    auto* fake_vcpu = reinterpret_cast<Vcpu*>(&data); // never dereferenced by these handlers
+    REQUIRE(bus.dispatch(*fake_vcpu, 0x104, data, true));
+    CHECK(hits == 1);
+    REQUIRE(bus.dispatch(*fake_vcpu, 0x200, data, false));
+    CHECK(data[0] == 0xff);
+    CHECK(bus.unclaimed_accesses() == 1);
+    // An access that starts inside a range but runs past its end is not the owner's.
+    REQUIRE(bus.dispatch(*fake_vcpu, 0x10e, data, false));
+    CHECK(hits == 1);
+    CHECK(bus.unclaimed_accesses() == 2);
+}
+
+TEST_CASE("vCPU state round-trips through its encoding and rejects damage", "[state]") {
+    VcpuState s;
+    s.cpuid.resize(3);
+    s.cpuid[1].function = 7;
+    s.regs.rip = 0x1234;
+    s.regs.rax = 99;
+    s.sregs.cr3 = 0x5000;
+    s.xsave.assign(4096, 0xab);
+    s.msrs = {{0x10, 123}, {0xc0000080, 0x500}};
+    s.events.exception.nr = 6;
+    std::vector<uint8_t> buf;
+    encode_vcpu_state(s, buf);
+    auto back = decode_vcpu_state(buf);
+    REQUIRE(back);
+    CHECK(back->regs.rip == 0x1234);
+    CHECK(back->regs.rax == 99);
+    CHECK(back->sregs.cr3 == 0x5000);
+    CHECK(back->cpuid.size() == 3);
+    CHECK(back->cpuid[1].function == 7);
+    CHECK(back->xsave == s.xsave);
+    REQUIRE(back->msrs.size() == 2);
+    CHECK(back->msrs[1].index == 0xc0000080);
+    CHECK(back->msrs[1].value == 0x500);
+    CHECK(back->events.exception.nr == 6);
+
+    // Truncation anywhere is an error, never a crash.
+    for (size_t cut = 0; cut < buf.size(); cut += 97) {
+        auto r = decode_vcpu_state(std::span(buf).first(cut));
+        CHECK(!r);
+    }
+    // An unknown field from a newer writer is skipped.
+    std::vector<uint8_t> extended = buf;
+    Encoder e(extended);
+    e.field_pod(1000, uint64_t(1));
+    CHECK(decode_vcpu_state(extended));
+}
+
+TEST_CASE("device state and VM clock round-trip", "[state]") {
+    DeviceState d{"virtio-net", 3, {1, 2, 3}};
+    std::vector<uint8_t> buf;
+    encode_device_state(d, buf);
+    auto back = decode_device_state(buf);
+    REQUIRE(back);
+    CHECK(back->name == "virtio-net");
+    CHECK(back->version == 3);
+    CHECK(back->data == d.data);
+    VmState vs;
+    vs.guest_time_ns = 123456789;
+    buf.clear();
+    encode_vm_clock(vs, buf);
+    VmState out;
+    REQUIRE(decode_vm_clock(buf, out));
+    CHECK(out.guest_time_ns == 123456789);
+}
+
+TEST_CASE("memory sizes and dirty modes are validated", "[config]") {
+    CHECK(validate_memory_size(256 * kMiB));
+    CHECK(!validate_memory_size(0));
+    CHECK(!validate_memory_size(kMaxMemory + kMemoryGranule));
+    CHECK(!validate_memory_size(17 * kMiB));
+    CHECK(*parse_dirty_mode("ring") == DirtyMode::ring);
+    CHECK(*parse_dirty_mode("auto") == DirtyMode::automatic);
+    CHECK(!parse_dirty_mode("rings"));
+}
