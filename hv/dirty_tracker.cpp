@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <bit>
+#include <chrono>
 
 namespace understudy::hv {
 
@@ -25,6 +26,11 @@ Result<DirtyMode> parse_dirty_mode(const std::string& s) {
 
 namespace {
 
+uint64_t now_ns() {
+    return static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
+
 class NoTracker final : public DirtyTracker {
 public:
     const char* name() const override { return "none"; }
@@ -32,6 +38,7 @@ public:
     Result<void> attach_vcpu(unsigned, int) override { return {}; }
     Result<void> drain_vcpu(unsigned) override { return {}; }
     Result<void> harvest(Bitmap&) override { return {}; }
+    DirtyStats stats() const override { return {}; }
 };
 
 // Memslot n is GuestMemory region n; a slot offset becomes a page index through it.
@@ -65,14 +72,25 @@ public:
     Result<void> drain_vcpu(unsigned index) override {
         std::lock_guard lock(mu_);
         if (index >= rings_.size()) return make_error(Errc::state, "dirty ring of an unknown vCPU");
+        ++stats_.ring_full_exits;
+        uint64_t t0 = now_ns();
         US_TRYV(collect(rings_[index], pending_));
-        return reset();
+        uint64_t t1 = now_ns();
+        US_TRYV(reset());
+        stats_.collect_ns += t1 - t0;
+        stats_.reprotect_ns += now_ns() - t1;
+        return {};
     }
 
     Result<void> harvest(Bitmap& out) override {
         std::lock_guard lock(mu_);
+        uint64_t t0 = now_ns();
         for (auto& r : rings_) US_TRYV(collect(r, pending_));
+        uint64_t t1 = now_ns();
         US_TRYV(reset());
+        stats_.collect_ns += t1 - t0;
+        stats_.reprotect_ns += now_ns() - t1;
+        ++stats_.harvests;
         auto& ow = out.words();
         auto& pw = pending_.words();
         for (size_t i = 0; i < pw.size(); ++i) {
@@ -80,6 +98,11 @@ public:
             pw[i] = 0;
         }
         return {};
+    }
+
+    DirtyStats stats() const override {
+        std::lock_guard lock(mu_);
+        return stats_;
     }
 
 private:
@@ -103,6 +126,7 @@ private:
             std::atomic_ref<uint32_t>(e.flags).store(KVM_DIRTY_GFN_F_RESET, std::memory_order_release);
             ++r.fetch;
             ++unreset_;
+            ++stats_.pages_reported;
         }
         return {};
     }
@@ -117,10 +141,11 @@ private:
     int vm_fd_;
     uint32_t entries_;
     std::vector<uint64_t> slot_first_;
-    std::mutex mu_;
+    mutable std::mutex mu_;
     std::vector<Ring> rings_;
     Bitmap pending_; // collected from rings (some by vCPU threads on ring-full), not yet harvested
     uint64_t unreset_ = 0;
+    DirtyStats stats_;
 };
 
 class BitmapTracker final : public DirtyTracker {
@@ -135,7 +160,9 @@ public:
 
     Result<void> harvest(Bitmap& out) override {
         std::lock_guard lock(mu_);
+        ++stats_.harvests;
         for (size_t s = 0; s < slots_.size(); ++s) {
+            uint64_t t0 = now_ns();
             auto& slot = slots_[s];
             std::vector<uint64_t> bits((slot.pages + 63) / 64, 0);
             kvm_dirty_log log{};
@@ -149,8 +176,11 @@ public:
                 while (word) {
                     out.set(slot.first_page + w * 64 + std::countr_zero(word));
                     word &= word - 1;
+                    ++stats_.pages_reported;
                 }
             }
+            uint64_t t1 = now_ns();
+            stats_.collect_ns += t1 - t0;
             if (!any) continue;
             kvm_clear_dirty_log clear{};
             clear.slot = static_cast<uint32_t>(s);
@@ -158,8 +188,14 @@ public:
             clear.num_pages = static_cast<uint32_t>(slot.pages);
             clear.dirty_bitmap = bits.data();
             US_TRYV(kvm_ioctl(vm_fd_, KVM_CLEAR_DIRTY_LOG, &clear, "KVM_CLEAR_DIRTY_LOG"));
+            stats_.reprotect_ns += now_ns() - t1;
         }
         return {};
+    }
+
+    DirtyStats stats() const override {
+        std::lock_guard lock(mu_);
+        return stats_;
     }
 
 private:
@@ -169,7 +205,8 @@ private:
     };
     int vm_fd_;
     std::vector<Slot> slots_;
-    std::mutex mu_;
+    mutable std::mutex mu_;
+    DirtyStats stats_;
 };
 
 Result<std::unique_ptr<DirtyTracker>> make_ring(const Kvm& kvm, int vm_fd, const GuestMemory& mem, uint32_t entries) {

@@ -21,6 +21,15 @@
 namespace understudy::hv {
 
 enum class DirtyMode { none, ring, bitmap, automatic };
+
+// Cumulative cost of tracking, for metrics and bench/bench_dirty.
+struct DirtyStats {
+    uint64_t harvests = 0;
+    uint64_t pages_reported = 0;  // ring entries or bitmap bits collected
+    uint64_t collect_ns = 0;      // reading ring entries or fetching bitmaps
+    uint64_t reprotect_ns = 0;    // KVM_RESET_DIRTY_RINGS or KVM_CLEAR_DIRTY_LOG
+    uint64_t ring_full_exits = 0; // vCPU exits because its ring filled up
+};
 const char* dirty_mode_name(DirtyMode m);
 Result<DirtyMode> parse_dirty_mode(const std::string& s);
 
@@ -36,6 +45,7 @@ public:
     virtual Result<void> drain_vcpu(unsigned index) = 0;
     // ORs every page dirtied since the last harvest into out and re-arms tracking.
     virtual Result<void> harvest(Bitmap& out) = 0;
+    virtual DirtyStats stats() const = 0;
 };
 
 struct DirtyConfig {
