@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what Understudy needs from Debian 12's archive, and nothing that is already
+# there. Idempotent; run as root.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config git
+  liburing-dev liblz4-dev libxxhash-dev libboost-dev libboost-program-options-dev
+  libspdlog-dev libfmt-dev catch2
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "== dependencies: all present"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: these packages are missing and installing them needs root: ${missing[*]}" >&2
+  exit 1
+fi
+echo "== installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install what is missing, build, and run the whole test suite: once on the normal
+# build and once on the ASan+UBSan build. Suites that need /dev/kvm report themselves
+# skipped (not passed) on machines without it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+echo "== build"
+scripts/build.sh
+echo "== tests"
+(cd build && ctest --output-on-failure --timeout 600)
+
+if [ "${UNDERSTUDY_SKIP_SANITIZERS:-0}" != 1 ]; then
+  echo "== build with AddressSanitizer and UndefinedBehaviorSanitizer"
+  BUILD_DIR=build-asan scripts/build.sh -DUNDERSTUDY_SANITIZE=ON
+  echo "== tests under sanitizers"
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+     ctest --output-on-failure --timeout 900)
+fi
