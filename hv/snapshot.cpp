@@ -118,7 +118,7 @@ Result<SnapshotInfo> save_snapshot(Vm& vm, const std::string& path, const Progre
 }
 
 Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig base, SnapshotInfo* info,
-                                             const ProgressFn& progress) {
+                                             const ProgressFn& progress, const AttachDevicesFn& attach) {
     auto in = US_TRY(FileReader::open(path));
     SnapshotHeader h;
     US_TRYV(in.read_exact({reinterpret_cast<uint8_t*>(&h), sizeof h}, "the snapshot header"));
@@ -136,6 +136,7 @@ Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig b
     auto vm = US_TRY(Vm::create(std::move(base)));
     auto& mem = vm->memory();
     if (layout_digest(mem) != h.layout_digest) return bad("guest memory layout differs from this VMM's");
+    if (attach) US_TRYV(attach(*vm));
 
     VmState state;
     state.vcpus.resize(h.vcpus);

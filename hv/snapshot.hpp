@@ -26,10 +26,13 @@ using ProgressFn = std::function<void(uint64_t, uint64_t)>;
 // The VM must be paused. The file appears under `path` only once complete.
 Result<SnapshotInfo> save_snapshot(Vm& vm, const std::string& path, const ProgressFn& progress = {});
 
+// Attaches the devices a restored VM needs before their state is restored.
+using AttachDevicesFn = std::function<Result<void>(Vm&)>;
+
 // Builds a new VM from a snapshot; `base` supplies host-side settings (console, dirty
 // tracking); memory size and vCPU count come from the file. The VM is returned paused
 // and not started: call start() to continue the guest.
 Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig base, SnapshotInfo* info = nullptr,
-                                             const ProgressFn& progress = {});
+                                             const ProgressFn& progress = {}, const AttachDevicesFn& attach = {});
 
 } // namespace understudy::hv
