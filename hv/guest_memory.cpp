@@ -75,13 +75,13 @@ Result<std::span<const uint8_t>> GuestMemory::span(Gpa gpa, uint64_t len) const 
 
 Result<void> GuestMemory::read(Gpa gpa, std::span<uint8_t> out) const {
     auto s = US_TRY(span(gpa, out.size()));
-    std::memcpy(out.data(), s.data(), s.size());
+    if (!out.empty()) std::memcpy(out.data(), s.data(), s.size());
     return {};
 }
 
 Result<void> GuestMemory::write(Gpa gpa, std::span<const uint8_t> in) {
     auto s = US_TRY(span(gpa, in.size()));
-    std::memcpy(s.data(), in.data(), in.size());
+    if (!in.empty()) std::memcpy(s.data(), in.data(), in.size());
     mark_dirty(gpa, in.size());
     return {};
 }
