@@ -32,16 +32,6 @@ enum RecordType : uint32_t {
     kRecEnd = 5,
 };
 
-uint64_t layout_digest(const GuestMemory& mem) {
-    std::vector<uint8_t> b;
-    Encoder e(b);
-    for (const auto& r : mem.regions()) {
-        e.u64(r.gpa.value);
-        e.u64(r.size);
-    }
-    return checksum64(b);
-}
-
 bool page_is_zero(const uint8_t* p) {
     const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
     uint64_t acc = 0;
@@ -51,9 +41,23 @@ bool page_is_zero(const uint8_t* p) {
 
 } // namespace
 
+uint64_t memory_layout_digest(const GuestMemory& mem) {
+    std::vector<uint8_t> b;
+    Encoder e(b);
+    for (const auto& r : mem.regions()) {
+        e.u64(r.gpa.value);
+        e.u64(r.size);
+    }
+    return checksum64(b);
+}
+
 Result<SnapshotInfo> save_snapshot(Vm& vm, const std::string& path, const ProgressFn& progress) {
     auto state = US_TRY(vm.save_state());
-    auto& mem = vm.memory();
+    return write_snapshot(vm.memory(), state, path, progress);
+}
+
+Result<SnapshotInfo> write_snapshot(const GuestMemory& mem, const VmState& state, const std::string& path,
+                                    const ProgressFn& progress) {
     auto out = US_TRY(FileWriter::create(path));
 
     SnapshotHeader h{};
@@ -61,8 +65,8 @@ Result<SnapshotInfo> save_snapshot(Vm& vm, const std::string& path, const Progre
     h.version = kSnapshotVersion;
     h.page_size = kPageSize;
     h.memory_bytes = mem.size();
-    h.vcpus = vm.vcpu_count();
-    h.layout_digest = layout_digest(mem);
+    h.vcpus = static_cast<uint32_t>(state.vcpus.size());
+    h.layout_digest = memory_layout_digest(mem);
     US_TRYV(out.write({reinterpret_cast<const uint8_t*>(&h), sizeof h}));
 
     uint64_t records = 0;
@@ -114,7 +118,7 @@ Result<SnapshotInfo> save_snapshot(Vm& vm, const std::string& path, const Progre
     US_TRYV(out.record(kRecEnd, body));
     US_TRYV(out.commit());
     if (progress) progress(mem.size(), mem.size());
-    return SnapshotInfo{mem.size(), vm.vcpu_count(), pages_written, 0};
+    return SnapshotInfo{mem.size(), static_cast<unsigned>(state.vcpus.size()), pages_written, 0};
 }
 
 Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig base, SnapshotInfo* info,
@@ -135,7 +139,7 @@ Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig b
     if (auto r = validate_vm_config(base); !r) return bad(r.error().message);
     auto vm = US_TRY(Vm::create(std::move(base)));
     auto& mem = vm->memory();
-    if (layout_digest(mem) != h.layout_digest) return bad("guest memory layout differs from this VMM's");
+    if (memory_layout_digest(mem) != h.layout_digest) return bad("guest memory layout differs from this VMM's");
     if (attach) US_TRYV(attach(*vm));
 
     VmState state;

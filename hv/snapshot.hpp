@@ -25,6 +25,11 @@ using ProgressFn = std::function<void(uint64_t, uint64_t)>;
 
 // The VM must be paused. The file appears under `path` only once complete.
 Result<SnapshotInfo> save_snapshot(Vm& vm, const std::string& path, const ProgressFn& progress = {});
+// The same from memory and state held elsewhere (a backup's committed replica).
+Result<SnapshotInfo> write_snapshot(const GuestMemory& mem, const VmState& state, const std::string& path,
+                                    const ProgressFn& progress = {});
+// XXH3-64 of the RAM regions' (gpa, size) pairs: two VMs with equal digests lay memory out alike.
+uint64_t memory_layout_digest(const GuestMemory& mem);
 
 // Attaches the devices a restored VM needs before their state is restored.
 using AttachDevicesFn = std::function<Result<void>(Vm&)>;

@@ -223,7 +223,7 @@ void Vcpu::wait_parked() const {
     for (int spin = 0;; ++spin) {
         VcpuRunState s = state_.load(std::memory_order_acquire);
         if (s == VcpuRunState::paused || s == VcpuRunState::exited) return;
-        if (spin < 2000) {
+        if (spin < 100) {
             __builtin_ia32_pause();
             continue;
         }

@@ -68,6 +68,14 @@ std::string check_churn(const hv::GuestMemory& mem, uint64_t header_gpa, ChurnPr
     return {};
 }
 
+std::optional<uint64_t> churn_header_gpa(const hv::GuestMemory& mem) {
+    for (uint64_t gpa = 1 * hv::kMiB; gpa < 4 * hv::kMiB; gpa += hv::kPageSize) {
+        auto magic = mem.read_obj<uint64_t>(hv::Gpa{gpa});
+        if (magic && *magic == US_CHURN_MAGIC) return gpa;
+    }
+    return std::nullopt;
+}
+
 int run_shell(const std::string& cmd, std::string* output) {
     FILE* f = ::popen((cmd + " 2>&1").c_str(), "r");
     if (!f) return -1;

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,10 @@ struct ChurnProgress {
 // moment of each vCPU's progress. Returns a description of the first inconsistency,
 // or an empty string and the progress.
 std::string check_churn(const hv::GuestMemory& mem, uint64_t header_gpa, ChurnProgress* progress);
+
+// Finds churn's header in guest memory by its magic (it sits at the first free page
+// after the image, below 4 MiB), for replicas that cannot ask the guest.
+std::optional<uint64_t> churn_header_gpa(const hv::GuestMemory& mem);
 
 // Runs `cmd` in a shell, returns its exit status and stdout+stderr.
 int run_shell(const std::string& cmd, std::string* output);
