@@ -1,0 +1,69 @@
+#include "replicator/backup.hpp"
+
+#include <spdlog/spdlog.h>
+
+namespace understudy::replicator {
+
+Result<std::unique_ptr<BackupServer>> BackupServer::listen(const Endpoint& at, BackupHooks hooks) {
+    auto l = US_TRY(Listener::listen(at));
+    return std::unique_ptr<BackupServer>(new BackupServer(std::move(l), std::move(hooks)));
+}
+
+void BackupServer::stop() {
+    std::lock_guard lock(mu_);
+    stopped_ = true;
+    if (current_) current_->shutdown();
+}
+
+Result<void> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
+    auto conn = US_TRY(listener_.accept(accept_timeout));
+    {
+        std::lock_guard lock(mu_);
+        if (stopped_) return make_error(Errc::state, "the backup is stopping");
+        current_ = conn.get();
+    }
+    auto r = run_session(*conn);
+    {
+        std::lock_guard lock(mu_);
+        current_ = nullptr;
+    }
+    if (replica_) replica_->abort_open_checkpoint();
+    return r;
+}
+
+Result<void> BackupServer::run_session(Connection& conn) {
+    StreamHeader h;
+    US_TRYV(conn.recv_exact({reinterpret_cast<uint8_t*>(&h), sizeof h}));
+    auto accepted = [&]() -> Result<void> {
+        US_TRYV(check_stream_header(h));
+        if (!replica_) replica_ = US_TRY(BackupReplica::create(h.memory_bytes, h.vcpus));
+        return replica_->begin_session(h);
+    }();
+    if (!accepted) {
+        std::string why = accepted.error().message;
+        (void)conn.send_record(kReject, {reinterpret_cast<const uint8_t*>(why.data()), why.size()});
+        return accepted;
+    }
+    US_TRYV(conn.send_record(kAccept, encode_u64s({replica_->committed_epoch()})));
+    spdlog::info("backup: primary {} connected ({} MiB, {} vCPUs)", conn.peer(), h.memory_bytes >> 20, h.vcpus);
+    for (;;) {
+        auto rec = conn.recv_record();
+        if (!rec) {
+            // Between checkpoints a close is an orderly end; inside one it tore the stream.
+            if (rec.error().code == Errc::system && !replica_->receiving()) return {};
+            return std::move(rec.error()).wrap(replica_->receiving() ? "stream torn inside a checkpoint" : "session");
+        }
+        auto committed = replica_->feed(*rec);
+        if (!committed) {
+            std::string why = committed.error().message;
+            (void)conn.send_record(kReject, {reinterpret_cast<const uint8_t*>(why.data()), why.size()});
+            return committed.error();
+        }
+        if (*committed) {
+            if (hooks_.on_commit) hooks_.on_commit(**committed, *replica_);
+            US_TRYV(conn.send_record(kAck, encode_u64s({**committed})));
+        }
+    }
+}
+
+} // namespace understudy::replicator

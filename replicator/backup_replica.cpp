@@ -1,0 +1,155 @@
+#include "replicator/backup_replica.hpp"
+
+#include <cstring>
+
+#include "common/codec.hpp"
+#include "hv/snapshot.hpp"
+
+namespace understudy::replicator {
+
+namespace {
+Error stream_error(const std::string& why) { return make_error(Errc::invalid_input, "replication stream: " + why); }
+} // namespace
+
+Result<std::unique_ptr<BackupReplica>> BackupReplica::create(uint64_t memory_bytes, uint32_t vcpus) {
+    if (vcpus < 1 || vcpus > 8) return stream_error("vCPU count " + std::to_string(vcpus) + " is not allowed");
+    auto mem = US_TRY(hv::GuestMemory::create(memory_bytes));
+    return std::unique_ptr<BackupReplica>(new BackupReplica(std::move(mem), vcpus));
+}
+
+BackupReplica::BackupReplica(hv::GuestMemory mem, uint32_t vcpus)
+    : memory_(std::move(mem)), vcpus_(vcpus), layout_digest_(hv::memory_layout_digest(memory_)),
+      staged_slot_(memory_.page_count(), -1) {}
+
+Result<void> BackupReplica::begin_session(const StreamHeader& h) {
+    US_TRYV(check_stream_header(h));
+    if (h.memory_bytes != memory_.size())
+        return stream_error("the primary's guest has " + std::to_string(h.memory_bytes >> 20) + " MiB of memory, this backup " +
+                            std::to_string(memory_.size() >> 20) + " MiB");
+    if (h.vcpus != vcpus_)
+        return stream_error("the primary's guest has " + std::to_string(h.vcpus) + " vCPUs, this backup " + std::to_string(vcpus_));
+    if (h.layout_digest != layout_digest_) return stream_error("the primary lays out guest memory differently");
+    abort_open_checkpoint();
+    decoder_ = US_TRY(PageDecoder::create({memory_.page_count(), h.session_id}));
+    return {};
+}
+
+void BackupReplica::abort_open_checkpoint() {
+    if (open_) ++stats_.checkpoints_rejected;
+    for (uint64_t idx : staged_.indices) staged_slot_[idx] = -1;
+    staged_.clear();
+    staged_state_ = {};
+    staged_vcpu_.assign(vcpus_, false);
+    staged_vm_ = false;
+    digest_.clear();
+    open_ = false;
+}
+
+const uint8_t* BackupReplica::base_page(uint64_t index) const {
+    // A page sent twice in one checkpoint (pre-copy rounds) is decoded against its
+    // newest staged version; otherwise against the committed replica.
+    int64_t slot = staged_slot_[index];
+    if (slot >= 0) return staged_.data.data() + static_cast<uint64_t>(slot) * hv::kPageSize;
+    return memory_.page_ptr(index);
+}
+
+Result<std::optional<uint64_t>> BackupReplica::feed(const Record& r) {
+    if (!decoder_) return stream_error("a record arrived before the stream header");
+    auto result = [&]() -> Result<std::optional<uint64_t>> {
+        Decoder d(r.body, std::string(record_type_name(r.type)) + " record");
+        if (r.type == kHeartbeat) return std::nullopt;
+        if (r.type == kCheckpointBegin) {
+            if (open_) return stream_error("CHECKPOINT_BEGIN for a new epoch while epoch " + std::to_string(open_epoch_) + " is open");
+            uint64_t epoch = US_TRY(d.u64());
+            uint32_t flags = US_TRY(d.u32());
+            US_TRYV(d.u32());
+            if (flags & ~kCheckpointInitial) return stream_error("unknown checkpoint flags");
+            bool initial = flags & kCheckpointInitial;
+            if (!initial && (!has_committed_ || epoch != committed_epoch_ + 1))
+                return stream_error("checkpoint " + std::to_string(epoch) + " out of order (committed: " +
+                                    (has_committed_ ? std::to_string(committed_epoch_) : std::string("none")) + ")");
+            abort_open_checkpoint();
+            open_ = true;
+            open_epoch_ = epoch;
+            open_flags_ = flags;
+            return std::nullopt;
+        }
+        if (!open_) {
+            if (!(r.type & kRecordOptional))
+                return stream_error(std::string(record_type_name(r.type)) + " record outside a checkpoint");
+            return std::nullopt;
+        }
+        if (r.type == kCheckpointEnd) return std::optional<uint64_t>(US_TRY(commit(d)));
+        digest_.add(r.type, r.body);
+        US_TRYV(feed_open(r, d));
+        return std::nullopt;
+    }();
+    if (!result) abort_open_checkpoint();
+    return result;
+}
+
+Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
+    if (r.type & kRecordOptional) return {};
+    uint64_t epoch = US_TRY(d.u64());
+    if (epoch != open_epoch_)
+        return stream_error(std::string(record_type_name(r.type)) + " record of epoch " + std::to_string(epoch) +
+                            " inside checkpoint " + std::to_string(open_epoch_));
+    auto rest = std::span(r.body).subspan(8);
+    switch (r.type) {
+    case kPages: {
+        size_t before = staged_.indices.size();
+        US_TRYV(decoder_->decode(rest, [this](uint64_t i) { return base_page(i); }, staged_));
+        for (size_t i = before; i < staged_.indices.size(); ++i) staged_slot_[staged_.indices[i]] = static_cast<int64_t>(i);
+        return {};
+    }
+    case kVcpuState: {
+        uint32_t index = US_TRY(d.u32());
+        US_TRYV(d.u32());
+        if (index >= vcpus_) return stream_error("vCPU state for vCPU " + std::to_string(index) + " of " + std::to_string(vcpus_));
+        if (staged_vcpu_[index]) return stream_error("vCPU " + std::to_string(index) + " sent twice in one checkpoint");
+        if (staged_state_.vcpus.size() < vcpus_) staged_state_.vcpus.resize(vcpus_);
+        staged_state_.vcpus[index] = US_TRY(hv::decode_vcpu_state(rest.subspan(8)));
+        staged_vcpu_[index] = true;
+        return {};
+    }
+    case kVmState:
+        if (staged_vm_) return stream_error("VM state sent twice in one checkpoint");
+        US_TRYV(hv::decode_vm_clock(rest, staged_state_));
+        staged_vm_ = true;
+        return {};
+    case kDeviceState: staged_state_.devices.push_back(US_TRY(hv::decode_device_state(rest))); return {};
+    default: return stream_error("unknown mandatory record type " + std::to_string(r.type));
+    }
+}
+
+Result<uint64_t> BackupReplica::commit(Decoder& d) {
+    uint64_t epoch = US_TRY(d.u64());
+    uint64_t records = US_TRY(d.u64());
+    uint64_t digest = US_TRY(d.u64());
+    if (epoch != open_epoch_) return stream_error("CHECKPOINT_END for epoch " + std::to_string(epoch) + " closes checkpoint " + std::to_string(open_epoch_));
+    if (records != digest_.records())
+        return stream_error("checkpoint " + std::to_string(epoch) + " announced " + std::to_string(records) + " records, " +
+                            std::to_string(digest_.records()) + " arrived");
+    if (digest != digest_.value()) return stream_error("checkpoint " + std::to_string(epoch) + " fails its digest");
+    if (!staged_vm_) return stream_error("checkpoint " + std::to_string(epoch) + " has no VM state");
+    for (uint32_t i = 0; i < vcpus_; ++i)
+        if (!staged_vcpu_[i]) return stream_error("checkpoint " + std::to_string(epoch) + " lacks vCPU " + std::to_string(i));
+
+    // Everything is verified: apply. Nothing below can fail.
+    for (size_t i = 0; i < staged_.indices.size(); ++i) {
+        uint64_t idx = staged_.indices[i];
+        if (staged_slot_[idx] != static_cast<int64_t>(i)) continue; // superseded later in this checkpoint
+        std::memcpy(memory_.page_ptr(idx), staged_.data.data() + i * hv::kPageSize, hv::kPageSize);
+        ++stats_.pages_applied;
+    }
+    state_ = std::move(staged_state_);
+    committed_epoch_ = epoch;
+    has_committed_ = true;
+    ++stats_.checkpoints_committed;
+    stats_.committed_epoch = epoch;
+    open_ = false; // committed, not rejected
+    abort_open_checkpoint();
+    return epoch;
+}
+
+} // namespace understudy::replicator

@@ -1,0 +1,82 @@
+// The backup's replica: guest memory (a memfd laid out like the primary's) plus the
+// committed vCPU, VM and device state, advanced one whole checkpoint at a time.
+// Records are fed in arrival order; a checkpoint is staged and verified as it arrives
+// and applied only on a valid CHECKPOINT_END (DESIGN.md invariants 2 and 6). Any error
+// discards the open checkpoint and leaves the committed one untouched.
+// Knows no sockets: the network loop (replicator/backup.cpp) feeds it.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+
+#include "common/codec.hpp"
+#include "common/records.hpp"
+#include "hv/guest_memory.hpp"
+#include "hv/vcpu_state.hpp"
+#include "replicator/page_codec.hpp"
+#include "replicator/wire.hpp"
+
+namespace understudy::replicator {
+
+struct ReplicaStats {
+    uint64_t committed_epoch = 0;
+    uint64_t checkpoints_committed = 0;
+    uint64_t checkpoints_rejected = 0;
+    uint64_t pages_applied = 0;
+};
+
+class BackupReplica {
+public:
+    // Memory of the given shape, all zero, nothing committed.
+    static Result<std::unique_ptr<BackupReplica>> create(uint64_t memory_bytes, uint32_t vcpus);
+
+    // A new session from a primary: checks the header against this replica's shape and
+    // starts decoding with the session's hash seed. Committed state is kept until the
+    // new session's first checkpoint commits.
+    Result<void> begin_session(const StreamHeader& h);
+
+    // Feeds one record. Returns the epoch it committed (on CHECKPOINT_END), else nullopt.
+    // On error the open checkpoint is discarded; the caller should end the session.
+    Result<std::optional<uint64_t>> feed(const Record& r);
+
+    // Drops a checkpoint that was being received (the connection broke).
+    void abort_open_checkpoint();
+
+    bool has_committed() const { return has_committed_; }
+    // True between a CHECKPOINT_BEGIN and its END.
+    bool receiving() const { return open_; }
+    uint64_t committed_epoch() const { return committed_epoch_; }
+    const hv::GuestMemory& memory() const { return memory_; }
+    const hv::VmState& state() const { return state_; }
+    ReplicaStats stats() const { return stats_; }
+
+private:
+    BackupReplica(hv::GuestMemory mem, uint32_t vcpus);
+    Result<void> feed_open(const Record& r, Decoder& d);
+    Result<uint64_t> commit(Decoder& d);
+    const uint8_t* base_page(uint64_t index) const;
+
+    hv::GuestMemory memory_;
+    uint32_t vcpus_;
+    uint64_t layout_digest_;
+    std::optional<PageDecoder> decoder_;
+
+    bool has_committed_ = false;
+    uint64_t committed_epoch_ = 0;
+    hv::VmState state_;
+    ReplicaStats stats_;
+
+    // The open checkpoint.
+    bool open_ = false;
+    uint64_t open_epoch_ = 0;
+    uint32_t open_flags_ = 0;
+    CheckpointDigest digest_;
+    StagedPages staged_;
+    std::vector<int64_t> staged_slot_; // page index -> newest slot in staged_, or -1
+    hv::VmState staged_state_;
+    std::vector<bool> staged_vcpu_;
+    bool staged_vm_ = false;
+};
+
+} // namespace understudy::replicator

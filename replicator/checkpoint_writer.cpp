@@ -1,0 +1,98 @@
+#include "replicator/checkpoint_writer.hpp"
+
+#include <chrono>
+
+#include "common/codec.hpp"
+
+namespace understudy::replicator {
+
+namespace {
+constexpr size_t kSendChunk = 4u << 20; // gather about this much before each send
+
+uint64_t now_ns() {
+    return static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
+} // namespace
+
+Result<void> CheckpointWriter::record(uint32_t type, std::span<const uint8_t> body) {
+    if (body.size() > kMaxRecordLength) return make_error(Errc::state, "a record body exceeds the maximum record length");
+    if (type != kCheckpointBegin && type != kCheckpointEnd) digest_.add(type, body);
+    append_record(out_, type, body);
+    if (out_.size() >= kSendChunk) US_TRYV(flush());
+    return {};
+}
+
+Result<void> CheckpointWriter::flush() {
+    if (out_.empty()) return {};
+    uint64_t t0 = now_ns();
+    std::span<const uint8_t> one(out_);
+    US_TRYV(conn_.send({&one, 1}));
+    stats_.transmit_ns += now_ns() - t0;
+    stats_.wire_bytes += out_.size();
+    out_.clear();
+    return {};
+}
+
+Result<void> CheckpointWriter::begin(uint64_t epoch, uint32_t flags) {
+    epoch_ = epoch;
+    digest_.clear();
+    stats_ = {};
+    body_.clear();
+    Encoder e(body_);
+    e.u64(epoch);
+    e.u32(flags);
+    e.u32(0);
+    return record(kCheckpointBegin, body_);
+}
+
+Result<void> CheckpointWriter::pages(std::span<const uint64_t> indices, std::span<const uint8_t> data) {
+    for (size_t first = 0; first < indices.size(); first += batch_pages_) {
+        size_t n = std::min(batch_pages_, indices.size() - first);
+        body_.clear();
+        Encoder e(body_);
+        e.u64(epoch_);
+        uint64_t t0 = now_ns();
+        auto cs = US_TRY(encoder_.encode(indices.subspan(first, n), data.subspan(first * 4096, n * 4096), body_));
+        stats_.encode_ns += now_ns() - t0;
+        for (size_t k = 0; k < stats_.codec.pages.size(); ++k) stats_.codec.pages[k] += cs.pages[k];
+        stats_.codec.raw_bytes += cs.raw_bytes;
+        stats_.codec.encoded_bytes += cs.encoded_bytes;
+        stats_.pages += n;
+        stats_.raw_bytes += n * 4096;
+        US_TRYV(record(kPages, body_));
+    }
+    return {};
+}
+
+Result<void> CheckpointWriter::state(const hv::VmState& s) {
+    for (uint32_t i = 0; i < s.vcpus.size(); ++i) {
+        body_.clear();
+        Encoder e(body_);
+        e.u64(epoch_);
+        e.u32(i);
+        e.u32(0);
+        hv::encode_vcpu_state(s.vcpus[i], body_);
+        US_TRYV(record(kVcpuState, body_));
+    }
+    body_.clear();
+    Encoder(body_).u64(epoch_);
+    hv::encode_vm_clock(s, body_);
+    US_TRYV(record(kVmState, body_));
+    for (const auto& d : s.devices) {
+        body_.clear();
+        Encoder(body_).u64(epoch_);
+        hv::encode_device_state(d, body_);
+        US_TRYV(record(kDeviceState, body_));
+    }
+    return {};
+}
+
+Result<WriterStats> CheckpointWriter::end() {
+    auto body = encode_u64s({epoch_, digest_.records(), digest_.value()});
+    US_TRYV(record(kCheckpointEnd, body));
+    US_TRYV(flush());
+    return stats_;
+}
+
+} // namespace understudy::replicator

@@ -1,0 +1,53 @@
+// Turns one checkpoint into records on the wire: BEGIN, page batches encoded by the
+// PageEncoder, vCPU/VM/device state, END with the record count and running digest.
+// Records are gathered into large sends. Used by the initial synchronization and by
+// the primary's sender thread, one checkpoint at a time.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "hv/vcpu_state.hpp"
+#include "replicator/page_codec.hpp"
+#include "replicator/transport.hpp"
+#include "replicator/wire.hpp"
+
+namespace understudy::replicator {
+
+struct WriterStats {
+    uint64_t pages = 0;
+    uint64_t raw_bytes = 0;  // page bytes before encoding
+    uint64_t wire_bytes = 0; // every byte sent, framing included
+    uint64_t encode_ns = 0;
+    uint64_t transmit_ns = 0;
+    CodecStats codec;
+};
+
+class CheckpointWriter {
+public:
+    CheckpointWriter(Connection& conn, PageEncoder& encoder, size_t batch_pages)
+        : conn_(conn), encoder_(encoder), batch_pages_(batch_pages) {}
+
+    Result<void> begin(uint64_t epoch, uint32_t flags);
+    // `indices[i]` names the page whose 4096 bytes start at pages[i * 4096].
+    Result<void> pages(std::span<const uint64_t> indices, std::span<const uint8_t> pages);
+    Result<void> state(const hv::VmState& s);
+    // Writes END and flushes everything; returns this checkpoint's figures.
+    Result<WriterStats> end();
+
+private:
+    Result<void> record(uint32_t type, std::span<const uint8_t> body);
+    Result<void> flush();
+
+    Connection& conn_;
+    PageEncoder& encoder_;
+    size_t batch_pages_;
+    uint64_t epoch_ = 0;
+    CheckpointDigest digest_;
+    std::vector<uint8_t> out_;   // framed records not yet sent
+    std::vector<uint8_t> body_;  // scratch for one record body
+    WriterStats stats_;
+};
+
+} // namespace understudy::replicator

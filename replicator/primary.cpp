@@ -1,0 +1,362 @@
+#include "replicator/primary.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+#include <random>
+
+#include "common/codec.hpp"
+#include "hv/snapshot.hpp"
+#include "replicator/checkpoint_writer.hpp"
+
+namespace understudy::replicator {
+
+using namespace std::chrono;
+
+namespace {
+uint64_t now_ns() { return static_cast<uint64_t>(duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count()); }
+constexpr size_t kFiguresKept = 4096;
+} // namespace
+
+struct Primary::Checkpoint {
+    uint64_t epoch = 0;
+    uint32_t flags = 0;
+    std::vector<uint64_t> indices;
+    std::vector<uint8_t> pages;
+    hv::VmState state;
+    uint64_t pause_ns = 0;
+    uint64_t copied_at_pause = 0;
+};
+
+Result<void> validate(const PrimaryConfig& c) {
+    if (c.epoch < milliseconds(1) || c.epoch > seconds(10))
+        return make_error(Errc::invalid_input, "epoch length " + std::to_string(c.epoch.count()) + " µs is outside 1 ms .. 10 s");
+    if (c.max_in_flight < 1 || c.max_in_flight > 64)
+        return make_error(Errc::invalid_input, "checkpoints in flight must be 1 .. 64");
+    if (c.batch_pages < 1 || c.batch_pages > 8192) return make_error(Errc::invalid_input, "pages per record must be 1 .. 8192");
+    return {};
+}
+
+Result<std::unique_ptr<Primary>> Primary::start(hv::Vm& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg,
+                                                PrimaryHooks hooks) {
+    US_TRYV(validate(cfg));
+    if (vm.config().dirty.mode == hv::DirtyMode::none)
+        return make_error(Errc::invalid_input, "replication needs dirty tracking; the VM was created with --dirty none");
+    uint64_t session = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
+    auto enc = US_TRY(PageEncoder::create({vm.memory().page_count(), cfg.cache_pages, session}));
+    std::unique_ptr<Primary> p(new Primary(vm, std::move(conn), cfg, std::move(hooks), std::move(enc)));
+    p->session_id_ = session;
+    p->control_ = std::thread([raw = p.get()] { raw->control_main(); });
+    return p;
+}
+
+Primary::Primary(hv::Vm& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg, PrimaryHooks hooks, PageEncoder enc)
+    : vm_(vm), conn_(std::move(conn)), cfg_(cfg), hooks_(std::move(hooks)), encoder_(std::move(enc)),
+      dirty_(vm.memory().page_count()), slot_of_page_(vm.memory().page_count(), -1) {}
+
+Primary::~Primary() {
+    stop();
+    (void)wait();
+}
+
+void Primary::fail(Error e) {
+    {
+        std::lock_guard lock(mu_);
+        if (!error_ && !stopping_) error_ = std::move(e);
+        stopping_ = true;
+    }
+    cv_.notify_all();
+    conn_->shutdown();
+}
+
+void Primary::stop() {
+    stopping_ = true;
+    cv_.notify_all();
+    conn_->shutdown();
+}
+
+Result<void> Primary::wait() {
+    for (auto* t : {&control_, &sender_, &receiver_})
+        if (t->joinable()) t->join();
+    std::lock_guard lock(mu_);
+    if (error_) return *error_;
+    return {};
+}
+
+std::vector<EpochFigures> Primary::recent_epochs() const {
+    std::lock_guard lock(mu_);
+    return {done_.begin(), done_.end()};
+}
+
+Result<void> Primary::handshake() {
+    auto& mem = vm_.memory();
+    StreamHeader h = make_stream_header(mem.size(), vm_.vcpu_count(), hv::memory_layout_digest(mem), session_id_);
+    std::span<const uint8_t> hb(reinterpret_cast<const uint8_t*>(&h), sizeof h);
+    US_TRYV(conn_->send({&hb, 1}));
+    auto r = US_TRY(conn_->recv_record());
+    if (r.type == kReject)
+        return make_error(Errc::invalid_input, "the backup refused the stream: " + std::string(r.body.begin(), r.body.end()));
+    if (r.type != kAccept) return make_error(Errc::invalid_input, std::string("the backup answered with ") + record_type_name(r.type));
+    return {};
+}
+
+void Primary::copy_dirty(Checkpoint& cp, const Bitmap& dirty) {
+    auto& mem = vm_.memory();
+    dirty.for_each_set([&](size_t idx) {
+        int32_t slot = slot_of_page_[idx];
+        if (slot < 0) {
+            slot = static_cast<int32_t>(cp.indices.size());
+            slot_of_page_[idx] = slot;
+            cp.indices.push_back(idx);
+            cp.pages.resize(cp.pages.size() + hv::kPageSize);
+        }
+        std::memcpy(cp.pages.data() + size_t(slot) * hv::kPageSize, mem.page_ptr(idx), hv::kPageSize);
+    });
+}
+
+// Pause, take what changed since the last harvest and the whole state, resume.
+Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch) {
+    auto cp = std::move(building_);
+    if (!cp) cp = std::make_unique<Checkpoint>();
+    cp->epoch = epoch;
+    uint64_t t0 = now_ns();
+    vm_.pause_all();
+    dirty_.clear_all();
+    auto harvested = vm_.harvest_dirty(dirty_);
+    Result<hv::VmState> state = harvested ? vm_.save_state() : Result<hv::VmState>(harvested.error());
+    if (state) {
+        copy_dirty(*cp, dirty_);
+        cp->copied_at_pause = dirty_.count();
+        if (hooks_.on_capture) hooks_.on_capture(epoch, vm_);
+    }
+    vm_.resume_all();
+    cp->pause_ns = now_ns() - t0;
+    if (!state) return std::move(state.error()).wrap("capturing checkpoint " + std::to_string(epoch));
+    cp->state = std::move(*state);
+    for (uint64_t idx : cp->indices) slot_of_page_[idx] = -1;
+    return cp;
+}
+
+Result<void> Primary::initial_sync() {
+    auto& mem = vm_.memory();
+    const uint64_t n = mem.page_count();
+    CheckpointWriter w(*conn_, encoder_, cfg_.batch_pages);
+    US_TRYV(w.begin(1, kCheckpointInitial));
+    SyncProgress prog;
+    prog.bytes_total = mem.size();
+    auto t_start = steady_clock::now();
+    std::vector<uint64_t> idx;
+    std::vector<uint8_t> buf;
+    auto send_pages = [&](auto&& for_each_page) -> Result<void> {
+        idx.clear();
+        buf.clear();
+        Result<void> r;
+        for_each_page([&](uint64_t p) {
+            if (!r) return;
+            idx.push_back(p);
+            buf.insert(buf.end(), mem.page_ptr(p), mem.page_ptr(p) + hv::kPageSize);
+            if (idx.size() == 4096) {
+                r = w.pages(idx, buf);
+                prog.bytes_sent += idx.size() * hv::kPageSize;
+                idx.clear();
+                buf.clear();
+            }
+        });
+        US_TRYV(std::move(r));
+        if (!idx.empty()) US_TRYV(w.pages(idx, buf));
+        prog.bytes_sent += idx.size() * hv::kPageSize;
+        prog.rate_bytes_per_s = double(prog.bytes_sent) / std::max(1e-9, duration<double>(steady_clock::now() - t_start).count());
+        if (hooks_.on_sync_progress) hooks_.on_sync_progress(prog);
+        return {};
+    };
+
+    // Round 0: everything, while the guest runs. Tracking restarts first, so that every
+    // page written from here on is sent again in a later round or at the pause.
+    dirty_.clear_all();
+    US_TRYV(vm_.harvest_dirty(dirty_));
+    prog.pages_this_round = n;
+    US_TRYV(send_pages([&](auto&& f) {
+        for (uint64_t p = 0; p < n; ++p) f(p);
+    }));
+    uint64_t previous = n;
+    for (unsigned round = 1; round <= cfg_.max_sync_rounds && !stopping_; ++round) {
+        dirty_.clear_all();
+        US_TRYV(vm_.harvest_dirty(dirty_));
+        uint64_t count = dirty_.count();
+        prog.round = round;
+        prog.pages_this_round = count;
+        US_TRYV(send_pages([&](auto&& f) { dirty_.for_each_set([&](size_t p) { f(p); }); }));
+        // Stop when the dirty set no longer shrinks much, or is already small.
+        if (count <= 1024 || count * 10 > previous * 9) break;
+        previous = count;
+    }
+    auto cp = US_TRY(capture(1));
+    US_TRYV(w.pages(cp->indices, cp->pages));
+    US_TRYV(w.state(cp->state));
+    {
+        std::lock_guard lock(mu_);
+        EpochFigures f;
+        f.epoch = 1;
+        f.pause_ns = cp->pause_ns;
+        f.dirty_pages = cp->indices.size();
+        f.copied_at_pause = cp->copied_at_pause;
+        f.ack_ns = now_ns();
+        in_flight_.push_back(f);
+    }
+    auto ws = US_TRY(w.end());
+    std::lock_guard lock(mu_);
+    for (auto& f : in_flight_)
+        if (f.epoch == 1) {
+            f.raw_bytes = ws.raw_bytes;
+            f.wire_bytes = ws.wire_bytes;
+            f.encode_ns = ws.encode_ns;
+            f.transmit_ns = ws.transmit_ns;
+            f.codec = ws.codec;
+        }
+    return {};
+}
+
+Result<void> Primary::epoch_loop() {
+    for (uint64_t epoch = 2; !stopping_; ++epoch) {
+        auto start = steady_clock::now();
+        std::unique_lock lock(mu_);
+        if (cfg_.in_epoch_copy) {
+            cv_.wait_until(lock, start + cfg_.epoch / 2, [&] { return stopping_.load(); });
+            if (stopping_) break;
+            lock.unlock();
+            // Copy what is dirty so far while the guest runs; whatever it writes after
+            // this harvest is logged again and copied at the pause.
+            if (!building_) building_ = std::make_unique<Checkpoint>();
+            dirty_.clear_all();
+            US_TRYV(vm_.harvest_dirty(dirty_));
+            copy_dirty(*building_, dirty_);
+            lock.lock();
+        }
+        cv_.wait_until(lock, start + cfg_.epoch, [&] { return stopping_.load(); });
+        // Backpressure: no more than max_in_flight unacknowledged checkpoints.
+        cv_.wait(lock, [&] { return stopping_ || in_flight_.size() < cfg_.max_in_flight; });
+        if (stopping_) break;
+        lock.unlock();
+        if (vm_.stop_reason()) break; // the guest is gone; nothing left to protect
+        auto cp = US_TRY(capture(epoch));
+        lock.lock();
+        EpochFigures f;
+        f.epoch = epoch;
+        f.pause_ns = cp->pause_ns;
+        f.dirty_pages = cp->indices.size();
+        f.copied_at_pause = cp->copied_at_pause;
+        f.ack_ns = now_ns(); // resume time until the ACK replaces it with the delay
+        in_flight_.push_back(f);
+        to_send_.push_back(std::move(cp));
+        cv_.notify_all();
+    }
+    return {};
+}
+
+void Primary::control_main() {
+    auto r = handshake();
+    if (r) {
+        receiver_ = std::thread([this] { receiver_main(); });
+        r = initial_sync();
+    }
+    if (r) {
+        sender_ = std::thread([this] { sender_main(); });
+        r = epoch_loop();
+    }
+    if (!r) fail(std::move(r.error()));
+    else {
+        std::lock_guard lock(mu_);
+        finished_ = true;
+    }
+    stop();
+}
+
+void Primary::sender_main() {
+    CheckpointWriter w(*conn_, encoder_, cfg_.batch_pages);
+    for (;;) {
+        std::unique_ptr<Checkpoint> cp;
+        {
+            std::unique_lock lock(mu_);
+            cv_.wait(lock, [&] { return stopping_ || !to_send_.empty(); });
+            if (stopping_) return;
+            cp = std::move(to_send_.front());
+            to_send_.pop_front();
+        }
+        auto r = [&]() -> Result<WriterStats> {
+            US_TRYV(w.begin(cp->epoch, 0));
+            US_TRYV(w.pages(cp->indices, cp->pages));
+            US_TRYV(w.state(cp->state));
+            return w.end();
+        }();
+        if (!r) {
+            fail(std::move(r.error()).wrap("sending checkpoint " + std::to_string(cp->epoch)));
+            return;
+        }
+        std::lock_guard lock(mu_);
+        auto fill = [&](EpochFigures& f) {
+            f.raw_bytes = r->raw_bytes;
+            f.wire_bytes = r->wire_bytes;
+            f.encode_ns = r->encode_ns;
+            f.transmit_ns = r->transmit_ns;
+            f.codec = r->codec;
+        };
+        // The ACK may beat us here: then the figures are already in done_.
+        for (auto& f : in_flight_)
+            if (f.epoch == cp->epoch) fill(f);
+        for (auto& f : done_)
+            if (f.epoch == cp->epoch) fill(f);
+    }
+}
+
+void Primary::receiver_main() {
+    for (;;) {
+        auto r = conn_->recv_record();
+        if (!r) {
+            if (!stopping_) fail(std::move(r.error()).wrap("the backup connection"));
+            return;
+        }
+        if (r->type == kHeartbeat) continue;
+        if (r->type == kReject) {
+            fail(make_error(Errc::invalid_input, "the backup rejected the stream: " + std::string(r->body.begin(), r->body.end())));
+            return;
+        }
+        if (r->type != kAck) {
+            fail(make_error(Errc::invalid_input, std::string("unexpected ") + record_type_name(r->type) + " from the backup"));
+            return;
+        }
+        Decoder d(r->body, "ACK");
+        auto epoch = d.u64();
+        if (!epoch) {
+            fail(std::move(epoch.error()));
+            return;
+        }
+        std::vector<EpochFigures> acked;
+        bool bogus = false;
+        {
+            std::lock_guard lock(mu_);
+            if (in_flight_.empty() || *epoch < in_flight_.front().epoch || *epoch > in_flight_.back().epoch) {
+                bogus = true;
+            } else {
+                uint64_t now = now_ns();
+                while (!in_flight_.empty() && in_flight_.front().epoch <= *epoch) {
+                    EpochFigures f = in_flight_.front();
+                    in_flight_.pop_front();
+                    f.ack_ns = f.ack_ns ? now - f.ack_ns : 0;
+                    done_.push_back(f);
+                    if (done_.size() > kFiguresKept) done_.pop_front();
+                    acked.push_back(f);
+                }
+                acked_ = *epoch;
+            }
+        }
+        cv_.notify_all();
+        if (bogus) {
+            fail(make_error(Errc::invalid_input, "the backup acknowledged epoch " + std::to_string(*epoch) + ", which is not in flight"));
+            return;
+        }
+        if (hooks_.on_acked)
+            for (const auto& f : acked) hooks_.on_acked(f);
+    }
+}
+
+} // namespace understudy::replicator

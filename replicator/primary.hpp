@@ -1,0 +1,116 @@
+// The primary's epoch engine (Remus): synchronize the backup while the guest runs, then
+// every epoch pause the vCPUs, harvest the dirty set, capture state, copy the changed
+// pages, resume; encode and send while the next epoch runs; count a checkpoint safe
+// when the backup ACKs it. At most `max_in_flight` checkpoints are unacknowledged;
+// beyond that the next pause waits (the epoch lengthens) instead of buffering more.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "hv/vm.hpp"
+#include "replicator/page_codec.hpp"
+#include "replicator/transport.hpp"
+
+namespace understudy::replicator {
+
+struct PrimaryConfig {
+    std::chrono::microseconds epoch{25000}; // 1 ms .. 10 s
+    unsigned max_in_flight = 3;
+    uint64_t cache_pages = 16384; // last-sent page copies kept for XOR deltas (64 MiB)
+    size_t batch_pages = 1024;    // pages per PAGES record
+    bool in_epoch_copy = true;    // harvest and copy at mid-epoch too, to shorten the pause
+    unsigned max_sync_rounds = 8; // pre-copy rounds of the initial synchronization
+};
+Result<void> validate(const PrimaryConfig& c);
+
+// One epoch's figures, complete once the backup acknowledged it.
+struct EpochFigures {
+    uint64_t epoch = 0;
+    uint64_t pause_ns = 0;
+    uint64_t dirty_pages = 0;     // distinct pages in the checkpoint
+    uint64_t copied_at_pause = 0; // of those, copied while paused
+    uint64_t raw_bytes = 0;
+    uint64_t wire_bytes = 0;
+    uint64_t encode_ns = 0;
+    uint64_t transmit_ns = 0;
+    uint64_t ack_ns = 0; // from resume to ACK
+    CodecStats codec;
+};
+
+struct SyncProgress {
+    unsigned round = 0;
+    uint64_t bytes_sent = 0;  // raw page bytes sent so far
+    uint64_t bytes_total = 0; // guest memory
+    uint64_t pages_this_round = 0;
+    double rate_bytes_per_s = 0;
+};
+
+struct PrimaryHooks {
+    // While paused, right after capture (tests record the state to compare with the backup).
+    std::function<void(uint64_t epoch, hv::Vm&)> on_capture;
+    std::function<void(const SyncProgress&)> on_sync_progress;
+    std::function<void(const EpochFigures&)> on_acked;
+};
+
+class Primary {
+public:
+    // The VM must be started. Returns once the threads run; the initial synchronization
+    // proceeds in the background (protected() turns true when its checkpoint is ACKed).
+    static Result<std::unique_ptr<Primary>> start(hv::Vm& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg,
+                                                  PrimaryHooks hooks = {});
+    ~Primary();
+
+    // Ends replication; the VM keeps running.
+    void stop();
+    // Blocks until replication ends; an error says why it failed (backup lost, ...).
+    Result<void> wait();
+
+    bool is_protected() const { return acked_.load() > 0; }
+    uint64_t acked_epoch() const { return acked_.load(); }
+    std::vector<EpochFigures> recent_epochs() const;
+
+private:
+    struct Checkpoint;
+    Primary(hv::Vm& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg, PrimaryHooks hooks, PageEncoder enc);
+    void control_main();
+    void sender_main();
+    void receiver_main();
+    Result<void> handshake();
+    Result<void> initial_sync();
+    Result<void> epoch_loop();
+    Result<std::unique_ptr<Checkpoint>> capture(uint64_t epoch);
+    void copy_dirty(Checkpoint& cp, const Bitmap& dirty);
+    void fail(Error e);
+
+    hv::Vm& vm_;
+    std::unique_ptr<Connection> conn_;
+    PrimaryConfig cfg_;
+    PrimaryHooks hooks_;
+    PageEncoder encoder_;
+    uint64_t session_id_;
+
+    std::atomic<bool> stopping_{false};
+    std::atomic<uint64_t> acked_{0};
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::unique_ptr<Checkpoint>> to_send_;
+    std::deque<EpochFigures> in_flight_; // sent or queued, not yet ACKed, in epoch order
+    std::deque<EpochFigures> done_;      // recent ACKed epochs
+    std::optional<Error> error_;
+    bool finished_ = false;
+
+    Bitmap dirty_;
+    std::vector<int32_t> slot_of_page_; // page index -> slot in the checkpoint being built
+    std::unique_ptr<Checkpoint> building_;
+
+    std::thread control_, sender_, receiver_;
+};
+
+} // namespace understudy::replicator

@@ -1,0 +1,66 @@
+#include "replicator/wire.hpp"
+
+#include <cstring>
+
+#include "common/codec.hpp"
+
+namespace understudy::replicator {
+
+namespace {
+constexpr char kMagic[8] = {'U', 'S', 'R', 'E', 'P', 'L', '\r', '\n'};
+}
+
+StreamHeader make_stream_header(uint64_t memory_bytes, uint32_t vcpus, uint64_t layout_digest, uint64_t session_id) {
+    StreamHeader h{};
+    std::memcpy(h.magic, kMagic, 8);
+    h.version = kWireVersion;
+    h.page_size = 4096;
+    h.memory_bytes = memory_bytes;
+    h.vcpus = vcpus;
+    h.layout_digest = layout_digest;
+    h.session_id = session_id;
+    return h;
+}
+
+Result<void> check_stream_header(const StreamHeader& h) {
+    auto bad = [](const std::string& why) { return make_error(Errc::invalid_input, "replication stream header: " + why); };
+    if (std::memcmp(h.magic, kMagic, 8) != 0) return bad("bad magic; the peer is not an Understudy primary");
+    if (h.version != kWireVersion)
+        return bad("format version " + std::to_string(h.version) + " is not supported (this build speaks " +
+                   std::to_string(kWireVersion) + ")");
+    if (h.page_size != 4096) return bad("page size " + std::to_string(h.page_size) + " is not supported");
+    if (h.flags != 0) return bad("unknown flags " + std::to_string(h.flags));
+    if (h.reserved[0] != 0 || h.reserved[1] != 0) return bad("reserved fields are not zero");
+    return {};
+}
+
+const char* record_type_name(uint32_t type) {
+    switch (type) {
+    case kCheckpointBegin: return "CHECKPOINT_BEGIN";
+    case kPages: return "PAGES";
+    case kVcpuState: return "VCPU_STATE";
+    case kVmState: return "VM_STATE";
+    case kDeviceState: return "DEVICE_STATE";
+    case kCheckpointEnd: return "CHECKPOINT_END";
+    case kAck: return "ACK";
+    case kAccept: return "ACCEPT";
+    case kReject: return "REJECT";
+    case kHeartbeat: return "HEARTBEAT";
+    }
+    return "unknown";
+}
+
+void CheckpointDigest::add(uint32_t type, std::span<const uint8_t> body) { checksums_.push_back(checksum64(body) ^ type); }
+
+uint64_t CheckpointDigest::value() const {
+    return checksum64({reinterpret_cast<const uint8_t*>(checksums_.data()), checksums_.size() * 8});
+}
+
+std::vector<uint8_t> encode_u64s(std::initializer_list<uint64_t> v) {
+    std::vector<uint8_t> out;
+    Encoder e(out);
+    for (uint64_t x : v) e.u64(x);
+    return out;
+}
+
+} // namespace understudy::replicator

@@ -1,0 +1,201 @@
+// End to end over loopback: a protected churn guest, a backup that applies whole
+// checkpoints only, and a primary killed at random moments.
+#include <catch2/catch.hpp>
+
+#include <xxhash.h>
+
+#include <map>
+#include <random>
+#include <thread>
+
+#include "hv/snapshot.hpp"
+#include "replicator/backup.hpp"
+#include "replicator/primary.hpp"
+#include "tests/support/test_vm.hpp"
+
+using namespace understudy;
+using namespace understudy::hv;
+using namespace understudy::abi;
+using namespace understudy::replicator;
+using namespace std::chrono;
+
+namespace {
+
+// Memory digest plus the registers that say where each vCPU was.
+uint64_t image_digest(const GuestMemory& mem, const VmState& s) {
+    XXH3_state_t* st = XXH3_createState();
+    XXH3_64bits_reset(st);
+    for (uint64_t p = 0; p < mem.page_count(); ++p) XXH3_64bits_update(st, mem.page_ptr(p), hv::kPageSize);
+    for (const auto& v : s.vcpus) {
+        XXH3_64bits_update(st, &v.regs, sizeof v.regs);
+        XXH3_64bits_update(st, &v.sregs.cr3, sizeof v.sregs.cr3);
+    }
+    uint64_t d = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    return d;
+}
+
+struct BackupThread {
+    std::unique_ptr<BackupServer> server;
+    std::thread thread;
+    std::atomic<int> sessions{0};
+    std::vector<std::string> session_errors;
+    std::mutex mu;
+
+    explicit BackupThread(BackupHooks hooks = {}) {
+        auto s = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), std::move(hooks));
+        REQUIRE(s);
+        server = std::move(*s);
+        thread = std::thread([this] {
+            for (;;) {
+                auto r = server->serve_one(seconds(30));
+                if (!r && r.error().code == Errc::timeout) return;
+                if (!r && r.error().code == Errc::state) return;
+                std::lock_guard lock(mu);
+                if (!r) session_errors.push_back(r.error().message);
+                ++sessions;
+            }
+        });
+    }
+    ~BackupThread() {
+        server->stop();
+        if (thread.joinable()) thread.join();
+    }
+    void wait_sessions(int n) {
+        auto deadline = steady_clock::now() + seconds(30);
+        while (sessions.load() < n && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(2));
+    }
+};
+
+std::unique_ptr<Connection> connect_to(const BackupServer& s) {
+    auto c = Connection::connect(s.local(), seconds(5));
+    REQUIRE(c);
+    return std::move(*c);
+}
+
+} // namespace
+
+TEST_CASE("the backup's committed replica equals the primary at sampled checkpoints", "[replication][kvm]") {
+    std::mutex mu;
+    std::map<uint64_t, uint64_t> primary_digest, backup_digest;
+    BackupHooks bh;
+    bh.on_commit = [&](uint64_t epoch, const BackupReplica& r) {
+        if (epoch % 25 != 1) return;
+        uint64_t d = image_digest(r.memory(), r.state());
+        std::lock_guard lock(mu);
+        backup_digest[epoch] = d;
+    };
+    BackupThread backup(bh);
+
+    VmConfig cfg;
+    cfg.memory_bytes = 64 * kMiB;
+    cfg.vcpus = 2;
+    auto vm = test::boot("churn", "pages=2048 rate=100000 content=pattern", cfg);
+    REQUIRE(vm->start());
+    PrimaryConfig pc;
+    pc.epoch = milliseconds(5);
+    PrimaryHooks ph;
+    ph.on_capture = [&](uint64_t epoch, Vm& v) {
+        if (epoch % 25 != 1) return;
+        auto s = v.save_state();
+        REQUIRE(s);
+        uint64_t d = image_digest(v.memory(), *s);
+        std::lock_guard lock(mu);
+        primary_digest[epoch] = d;
+    };
+    auto primary = Primary::start(*vm, connect_to(*backup.server), pc, ph);
+    REQUIRE(primary);
+    auto deadline = steady_clock::now() + seconds(120);
+    while ((*primary)->acked_epoch() < 520 && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(20));
+    REQUIRE((*primary)->acked_epoch() >= 520);
+    auto figures = (*primary)->recent_epochs();
+    (*primary)->stop();
+    CHECK((*primary)->wait());
+    vm->stop();
+    vm->resume_all();
+
+    std::lock_guard lock(mu);
+    size_t compared = 0;
+    for (auto [epoch, d] : backup_digest) {
+        auto it = primary_digest.find(epoch);
+        REQUIRE(it != primary_digest.end());
+        INFO("epoch " << epoch);
+        CHECK(it->second == d);
+        ++compared;
+    }
+    CHECK(compared >= 20);
+    // Something was actually replicated each epoch, and deltas were used.
+    uint64_t dirty = 0, xor_pages = 0;
+    for (const auto& f : figures) {
+        dirty += f.dirty_pages;
+        xor_pages += f.codec.count(PageEncoding::xor_lz4);
+    }
+    CHECK(dirty > 1000);
+    CHECK(xor_pages > 0);
+}
+
+TEST_CASE("killing the primary at random moments leaves one whole checkpoint on the backup", "[replication][kvm]") {
+    BackupThread backup;
+    std::mt19937 rng(std::random_device{}());
+    int killed_in_sync = 0, killed_protected = 0;
+    uint64_t last_committed = 0;
+    for (int round = 0; round < 50; ++round) {
+        VmConfig cfg;
+        cfg.memory_bytes = 16 * kMiB;
+        cfg.vcpus = 2;
+        auto vm = test::boot("churn", "pages=512 content=pattern", cfg);
+        REQUIRE(vm->start());
+        PrimaryConfig pc;
+        pc.epoch = milliseconds(2 + rng() % 20);
+        auto primary = Primary::start(*vm, connect_to(*backup.server), pc);
+        REQUIRE(primary);
+        if (round % 2 == 0) {
+            // Anywhere: during the initial synchronization or soon after.
+            std::this_thread::sleep_for(microseconds(rng() % 1500000));
+        } else {
+            // While protected: between checkpoints or in the middle of sending one.
+            auto deadline = steady_clock::now() + seconds(30);
+            while (!(*primary)->is_protected() && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(1));
+            std::this_thread::sleep_for(microseconds(rng() % 100000));
+        }
+        if ((*primary)->is_protected()) ++killed_protected; else ++killed_in_sync;
+        (*primary)->stop(); // the connection drops wherever the stream is
+        (void)(*primary)->wait();
+        vm->stop();
+        vm->resume_all();
+        vm->wait();
+        backup.wait_sessions(round + 1);
+
+        const BackupReplica* r = backup.server->replica();
+        if (!r || !r->has_committed()) continue;
+        INFO("round " << round << ", committed epoch " << r->committed_epoch());
+        auto header = test::churn_header_gpa(r->memory());
+        REQUIRE(header.has_value());
+        test::ChurnProgress p{};
+        CHECK(test::check_churn(r->memory(), *header, &p) == "");
+        last_committed = r->committed_epoch();
+    }
+    INFO("killed during sync " << killed_in_sync << ", while protected " << killed_protected);
+    CHECK(killed_protected >= 10);
+    CHECK(last_committed > 0);
+
+    // The committed image restores as a snapshot and the guest runs on from it.
+    std::string snap = test::temp_path("backup.snap");
+    const BackupReplica* r = backup.server->replica();
+    REQUIRE(write_snapshot(r->memory(), r->state(), snap));
+    VmConfig quiet;
+    quiet.console = [](std::string_view) {};
+    auto restored = restore_snapshot(snap, quiet);
+    REQUIRE(restored);
+    auto header = test::churn_header_gpa((*restored)->memory());
+    REQUIRE(header.has_value());
+    test::ChurnProgress before{}, after{};
+    REQUIRE(test::check_churn((*restored)->memory(), *header, &before) == "");
+    REQUIRE((*restored)->start());
+    std::this_thread::sleep_for(milliseconds(200));
+    (*restored)->pause_all();
+    REQUIRE(test::check_churn((*restored)->memory(), *header, &after) == "");
+    CHECK(after.pages_stamped > before.pages_stamped);
+    (*restored)->stop();
+    (*restored)->resume_all();
+}
