@@ -90,6 +90,8 @@ Result<std::optional<uint64_t>> BackupReplica::feed(const Record& r) {
 
 Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
     if (r.type & kRecordOptional) return {};
+    if (r.type != kPages && r.type != kVcpuState && r.type != kVmState && r.type != kDeviceState)
+        return stream_error("unknown mandatory record type " + std::to_string(r.type));
     uint64_t epoch = US_TRY(d.u64());
     if (epoch != open_epoch_)
         return stream_error(std::string(record_type_name(r.type)) + " record of epoch " + std::to_string(epoch) +
@@ -118,8 +120,9 @@ Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
         staged_vm_ = true;
         return {};
     case kDeviceState: staged_state_.devices.push_back(US_TRY(hv::decode_device_state(rest))); return {};
-    default: return stream_error("unknown mandatory record type " + std::to_string(r.type));
+    default: break;
     }
+    return stream_error("unknown mandatory record type " + std::to_string(r.type));
 }
 
 Result<uint64_t> BackupReplica::commit(Decoder& d) {

@@ -1,0 +1,278 @@
+// Hostile replication streams: each is rejected with a clear error, the backup keeps its
+// last committed checkpoint, and a later valid stream is still accepted.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <thread>
+
+#include "common/codec.hpp"
+#include "hv/snapshot.hpp"
+#include "replicator/backup.hpp"
+#include "replicator/backup_replica.hpp"
+#include "replicator/wire.hpp"
+
+using namespace understudy;
+using namespace understudy::replicator;
+
+namespace {
+
+constexpr uint64_t kMem = 16 * hv::kMiB;
+constexpr uint64_t kGuestPages = kMem / hv::kPageSize;
+
+Record rec(uint32_t type, std::vector<uint8_t> body) { return Record{type, std::move(body)}; }
+
+// Produces the records of valid checkpoints, as a primary would.
+struct StreamBuilder {
+    uint64_t session = 42;
+    PageEncoder enc = *PageEncoder::create({kGuestPages, 64, 42});
+    std::vector<uint8_t> memory = std::vector<uint8_t>(kMem, 0);
+
+    StreamHeader header(uint32_t vcpus = 1) const {
+        auto mem = hv::GuestMemory::create(kMem);
+        return make_stream_header(kMem, vcpus, hv::memory_layout_digest(*mem), session);
+    }
+
+    // Changes `pages` pages (value-stamped) and returns the checkpoint's records.
+    std::vector<Record> checkpoint(uint64_t epoch, uint32_t flags, std::vector<uint64_t> pages, uint64_t stamp) {
+        std::vector<Record> out;
+        CheckpointDigest digest;
+        auto add = [&](uint32_t type, std::vector<uint8_t> body) {
+            digest.add(type, body);
+            out.push_back(rec(type, std::move(body)));
+        };
+        out.push_back(rec(kCheckpointBegin, [&] {
+            std::vector<uint8_t> b;
+            Encoder e(b);
+            e.u64(epoch);
+            e.u32(flags);
+            e.u32(0);
+            return b;
+        }()));
+        std::vector<uint8_t> data;
+        for (uint64_t p : pages) {
+            std::memset(memory.data() + p * 4096, static_cast<int>(stamp), 64);
+            data.insert(data.end(), memory.begin() + long(p * 4096), memory.begin() + long((p + 1) * 4096));
+        }
+        std::vector<uint8_t> body;
+        Encoder(body).u64(epoch);
+        REQUIRE(enc.encode(pages, data, body));
+        add(replicator::kPages, body);
+        body.clear();
+        Encoder e(body);
+        e.u64(epoch);
+        e.u32(0);
+        e.u32(0);
+        hv::VcpuState vs;
+        vs.regs.rip = epoch;
+        vs.xsave.assign(4096, 0);
+        hv::encode_vcpu_state(vs, body);
+        add(kVcpuState, body);
+        body.clear();
+        Encoder(body).u64(epoch);
+        hv::VmState vm;
+        vm.guest_time_ns = epoch * 1000;
+        hv::encode_vm_clock(vm, body);
+        add(kVmState, body);
+        out.push_back(rec(kCheckpointEnd, encode_u64s({epoch, digest.records(), digest.value()})));
+        return out;
+    }
+};
+
+Result<std::optional<uint64_t>> feed_all(BackupReplica& r, const std::vector<Record>& recs) {
+    std::optional<uint64_t> last;
+    for (const auto& x : recs) {
+        auto c = r.feed(x);
+        if (!c) return c;
+        if (*c) last = *c;
+    }
+    return last;
+}
+
+// A replica with epochs 1 and 2 committed.
+std::unique_ptr<BackupReplica> committed_replica(StreamBuilder& b) {
+    auto r = BackupReplica::create(kMem, 1);
+    REQUIRE(r);
+    REQUIRE((*r)->begin_session(b.header()));
+    auto first = feed_all(**r, b.checkpoint(1, kCheckpointInitial, {0, 1, 2, 100}, 1));
+    INFO((first ? std::string("ok") : first.error().message));
+    REQUIRE(first);
+    REQUIRE(*first == 1u);
+    REQUIRE(*feed_all(**r, b.checkpoint(2, 0, {1, 200}, 2)) == 2u);
+    return std::move(*r);
+}
+
+bool replica_matches(const BackupReplica& r, const StreamBuilder& b, uint64_t epoch) {
+    return r.committed_epoch() == epoch && std::memcmp(r.memory().page_ptr(0), b.memory.data(), kMem) == 0 &&
+           r.state().vcpus.at(0).regs.rip == epoch;
+}
+
+} // namespace
+
+TEST_CASE("a valid stream commits checkpoint by checkpoint", "[stream]") {
+    StreamBuilder b;
+    auto r = committed_replica(b);
+    CHECK(replica_matches(*r, b, 2));
+    CHECK(r->stats().checkpoints_committed == 2);
+}
+
+TEST_CASE("bad stream headers are refused with a clear error", "[stream]") {
+    StreamBuilder b;
+    auto r = *BackupReplica::create(kMem, 1);
+    auto h = b.header();
+    h.magic[0] = 'X';
+    CHECK_THAT(r->begin_session(h).error().message, Catch::Contains("bad magic"));
+    h = b.header();
+    h.version = 7;
+    CHECK_THAT(r->begin_session(h).error().message, Catch::Contains("version 7"));
+    h = b.header();
+    h.memory_bytes = 2 * kMem;
+    CHECK_THAT(r->begin_session(h).error().message, Catch::Contains("MiB of memory"));
+    CHECK_THAT(r->begin_session(b.header(2)).error().message, Catch::Contains("vCPUs"));
+    h = b.header();
+    h.flags = 1;
+    CHECK_THAT(r->begin_session(h).error().message, Catch::Contains("flags"));
+    CHECK(r->begin_session(b.header()));
+}
+
+TEST_CASE("hostile records leave the committed checkpoint intact", "[stream]") {
+    StreamBuilder b;
+    auto r = committed_replica(b);
+    auto snapshot = b.memory; // the committed image
+    auto expect_rejected = [&](const std::vector<Record>& recs, const char* why) {
+        auto res = feed_all(*r, recs);
+        REQUIRE(!res);
+        CHECK(res.error().code == Errc::invalid_input);
+        CHECK_THAT(res.error().message, Catch::Contains(why));
+        CHECK(r->committed_epoch() == 2);
+        CHECK(std::memcmp(r->memory().page_ptr(0), snapshot.data(), kMem) == 0);
+        CHECK(!r->receiving());
+    };
+    StreamBuilder scratch; // changes that must never reach the replica (fresh encoder: no deltas)
+    scratch.memory = b.memory;
+
+    SECTION("a truncated page batch") {
+        auto recs = scratch.checkpoint(3, 0, {5, 6}, 3);
+        recs[1].body.resize(recs[1].body.size() / 2);
+        expect_rejected(recs, "");
+    }
+    SECTION("a truncated END") {
+        auto recs = scratch.checkpoint(3, 0, {5}, 3);
+        recs.back().body.resize(12);
+        expect_rejected(recs, "truncated");
+    }
+    SECTION("an unknown mandatory record") {
+        auto recs = scratch.checkpoint(3, 0, {5}, 3);
+        recs.insert(recs.begin() + 1, rec(77, {1, 2, 3}));
+        expect_rejected(recs, "unknown mandatory record type 77");
+    }
+    SECTION("records of two epochs interleaved") {
+        auto recs = scratch.checkpoint(3, 0, {5}, 3);
+        auto other = scratch.checkpoint(4, 0, {6}, 4);
+        recs.insert(recs.begin() + 2, other[1]);
+        expect_rejected(recs, "of epoch 4 inside checkpoint 3");
+    }
+    SECTION("a checkpoint out of order") { expect_rejected(scratch.checkpoint(5, 0, {5}, 5), "out of order"); }
+    SECTION("a BEGIN inside an open checkpoint") {
+        auto recs = scratch.checkpoint(3, 0, {5}, 3);
+        recs.insert(recs.begin() + 2, recs[0]);
+        expect_rejected(recs, "while epoch 3 is open");
+    }
+    SECTION("a record count that does not match") {
+        auto recs = scratch.checkpoint(3, 0, {5}, 3);
+        recs.erase(recs.begin() + 2); // drop the vCPU state
+        expect_rejected(recs, "announced");
+    }
+    SECTION("a digest that does not match") {
+        auto recs = scratch.checkpoint(3, 0, {5}, 3);
+        auto& end = recs.back().body;
+        end[16] ^= 1;
+        expect_rejected(recs, "digest");
+    }
+    SECTION("a checkpoint missing its vCPU state") {
+        auto recs = scratch.checkpoint(3, 0, {5}, 3);
+        recs.erase(recs.begin() + 2);
+        CheckpointDigest d;
+        for (size_t i = 1; i + 1 < recs.size(); ++i) d.add(recs[i].type, recs[i].body);
+        recs.back().body = encode_u64s({3, d.records(), d.value()});
+        expect_rejected(recs, "lacks vCPU 0");
+    }
+    SECTION("pages for a page index beyond guest memory") {
+        auto recs = scratch.checkpoint(3, 0, {5}, 3);
+        // PAGES body: u64 epoch, batch header (8), then the page header's u64 index.
+        uint64_t bogus = kGuestPages + 10;
+        std::memcpy(recs[1].body.data() + 16, &bogus, 8);
+        expect_rejected(recs, "");
+    }
+    // After any of these, a new session with a fresh initial checkpoint still works.
+    REQUIRE(r->begin_session(b.header()));
+    StreamBuilder fresh;
+    fresh.memory = b.memory;
+    REQUIRE(*feed_all(*r, fresh.checkpoint(9, kCheckpointInitial, {7}, 9)) == 9u);
+    CHECK(replica_matches(*r, fresh, 9));
+}
+
+TEST_CASE("unknown optional records are skipped", "[stream]") {
+    StreamBuilder b;
+    auto r = committed_replica(b);
+    auto recs = b.checkpoint(3, 0, {9}, 3);
+    recs.insert(recs.begin(), rec(kRecordOptional | 500, {1, 2, 3, 4}));
+    recs.insert(recs.begin(), rec(kHeartbeat, encode_u64s({1, 2})));
+    REQUIRE(*feed_all(*r, recs) == 3u);
+    CHECK(replica_matches(*r, b, 3));
+}
+
+TEST_CASE("a corrupt record on the wire ends the session; the backup keeps running", "[stream]") {
+    StreamBuilder b;
+    auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"));
+    REQUIRE(server);
+    std::vector<Result<void>> results;
+    std::thread t([&] {
+        for (int i = 0; i < 3; ++i) results.push_back((*server)->serve_one(std::chrono::seconds(20)));
+    });
+    auto send_session = [&](auto&& mutate) {
+        auto c = Connection::connect((*server)->local(), std::chrono::seconds(5));
+        REQUIRE(c);
+        auto h = b.header();
+        std::span<const uint8_t> hb(reinterpret_cast<const uint8_t*>(&h), sizeof h);
+        REQUIRE((*c)->send({&hb, 1}));
+        auto accept = (*c)->recv_record();
+        REQUIRE(accept);
+        REQUIRE(accept->type == kAccept);
+        mutate(**c);
+        (*c)->shutdown();
+    };
+    // 1: a valid initial checkpoint, ACKed.
+    send_session([&](Connection& c) {
+        for (const auto& x : b.checkpoint(1, kCheckpointInitial, {3}, 1)) REQUIRE(c.send_record(x.type, x.body));
+        auto ack = c.recv_record();
+        REQUIRE(ack);
+        CHECK(ack->type == kAck);
+    });
+    // 2: a record whose checksum does not match its body.
+    send_session([&](Connection& c) {
+        StreamBuilder other;
+        auto recs = other.checkpoint(2, 0, {4}, 2);
+        std::vector<uint8_t> raw;
+        append_record(raw, recs[0].type, recs[0].body);
+        raw[20] ^= 0xff; // inside the body, after the header's checksum was computed
+        std::span<const uint8_t> s(raw);
+        REQUIRE(c.send({&s, 1}));
+        (void)c.recv_record(); // the backup answers REJECT or closes
+    });
+    // 3: a header claiming more than the maximum record length.
+    send_session([&](Connection& c) {
+        RecordHeader h{replicator::kPages, kMaxRecordLength + 8, 0};
+        std::span<const uint8_t> s(reinterpret_cast<const uint8_t*>(&h), sizeof h);
+        REQUIRE(c.send({&s, 1}));
+        (void)c.recv_record();
+    });
+    t.join();
+    REQUIRE(results.size() == 3);
+    CHECK(results[0]);
+    REQUIRE(!results[1]);
+    CHECK_THAT(results[1].error().message, Catch::Contains("checksum"));
+    REQUIRE(!results[2]);
+    CHECK(results[2].error().code == Errc::invalid_input);
+    REQUIRE((*server)->replica());
+    CHECK((*server)->replica()->committed_epoch() == 1);
+}
