@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/backup_command.hpp"
 #include "cli/run_command.hpp"
 
 namespace {
@@ -16,6 +17,7 @@ const char* kUsage =
     "commands:\n"
     "  run IMAGE         boot a PVH guest image and run it until it stops\n"
     "  restore SNAPSHOT  restore a VM saved with `run --snapshot-to` and run it on\n"
+    "  backup            receive checkpoints from a protected VM's primary\n"
     "\n"
     "`understudy COMMAND --help` describes each command's options.\n"
     "Exit codes: 0 success, 1 the guest failed, 2 bad usage or input, 3 host error.\n";
@@ -32,6 +34,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> args(argv + 2, argv + argc);
     if (cmd == "run") return understudy::cli::run_command(args);
     if (cmd == "restore") return understudy::cli::restore_command(args);
+    if (cmd == "backup") return understudy::cli::backup_command(args);
     std::fprintf(stderr, "understudy: unknown command '%s'\n%s", cmd.c_str(), kUsage);
     return 2;
 }

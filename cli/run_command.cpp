@@ -9,6 +9,7 @@
 #include <optional>
 #include <thread>
 
+#include "cli/protection.hpp"
 #include "cli/vm_options.hpp"
 #include "hv/pvh_loader.hpp"
 #include "hv/snapshot.hpp"
@@ -26,6 +27,9 @@ struct SuperviseOptions {
     double snapshot_after_s = -1;
     std::string snapshot_to;
     bool stop_after_snapshot = false;
+    std::string backup;        // HOST:PORT of `understudy backup`; empty: unprotected
+    double epoch_ms = 25;
+    unsigned max_in_flight = 3;
 };
 
 void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
@@ -34,7 +38,10 @@ void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
         ("sample-ms", po::value(&o.sample_ms)->default_value(o.sample_ms), "dirty-page sampling period for the summary, in ms")
         ("snapshot-after", po::value(&o.snapshot_after_s), "after this many seconds, pause the VM and save a snapshot")
         ("snapshot-to", po::value(&o.snapshot_to), "file for --snapshot-after")
-        ("stop-after-snapshot", po::bool_switch(&o.stop_after_snapshot), "stop the VM once the snapshot is saved");
+        ("stop-after-snapshot", po::bool_switch(&o.stop_after_snapshot), "stop the VM once the snapshot is saved")
+        ("backup", po::value(&o.backup), "protect the VM: stream checkpoints to `understudy backup` at HOST:PORT")
+        ("epoch-ms", po::value(&o.epoch_ms)->default_value(o.epoch_ms), "checkpoint epoch length with --backup, 1 to 10000 ms")
+        ("max-in-flight", po::value(&o.max_in_flight)->default_value(o.max_in_flight), "unacknowledged checkpoints before the guest waits");
 }
 
 // Exit codes (docs/cli.md): 0 guest exited with status 0; 1 guest failed or exited non-zero;
@@ -55,18 +62,43 @@ int fail(const Error& e) {
     return e.code == Errc::invalid_input || e.code == Errc::unsupported ? 2 : 3;
 }
 
-// Runs the VM, sampling dirty pages, until it stops; prints the summary.
+// Runs the VM until it stops: protected through a backup, or sampling dirty pages for
+// the summary (never both: the primary owns every harvest while it runs).
 int supervise(hv::Vm& vm, const SuperviseOptions& o) {
-    const bool tracking = vm.config().dirty.mode != hv::DirtyMode::none;
+    const bool protect = !o.backup.empty();
+    const bool tracking = vm.config().dirty.mode != hv::DirtyMode::none && !protect;
     std::vector<uint64_t> per_sample;
     Bitmap sample(vm.memory().page_count()), distinct(vm.memory().page_count());
     auto start = steady_clock::now();
     bool snapshot_done = o.snapshot_after_s < 0;
     if (auto r = vm.start(); !r) return fail(r.error());
+    std::unique_ptr<Protection> protection;
+    if (protect) {
+        replicator::PrimaryConfig pc;
+        pc.epoch = microseconds(static_cast<int64_t>(o.epoch_ms * 1000));
+        pc.max_in_flight = o.max_in_flight;
+        auto p = Protection::start(vm, o.backup, pc);
+        if (!p) {
+            vm.stop();
+            vm.resume_all();
+            return fail(p.error());
+        }
+        protection = std::move(*p);
+    }
+    bool reported_loss = false;
+    auto last_print = steady_clock::now();
 
     std::optional<hv::VmStop> stop;
     while (!(stop = vm.wait_for(milliseconds(o.sample_ms)))) {
         double elapsed = duration<double>(steady_clock::now() - start).count();
+        if (protection && steady_clock::now() - last_print >= seconds(1)) {
+            last_print = steady_clock::now();
+            protection->print_window();
+            if (auto f = protection->failure(); f && !reported_loss) {
+                reported_loss = true;
+                std::printf("UNPROTECTED: replication failed: %s; the VM keeps running\n", f->describe().c_str());
+            }
+        }
         if (tracking) {
             sample.clear_all();
             if (auto r = vm.harvest_dirty(sample); !r) {
@@ -95,6 +127,10 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o) {
             vm.resume_all();
         }
         if (o.timeout_s > 0 && elapsed >= o.timeout_s) vm.stop();
+    }
+    if (protection) {
+        if (auto r = protection->finish(); !r && !reported_loss)
+            std::printf("UNPROTECTED: replication failed: %s\n", r.error().describe().c_str());
     }
     double elapsed = duration<double>(steady_clock::now() - start).count();
     std::printf("\n== VM stopped: %s (status %llu) after %.2f s: %s\n", hv::vm_stop_kind_name(stop->kind),
@@ -138,6 +174,11 @@ bool parse(const std::vector<std::string>& args, po::options_description& desc, 
 }
 
 bool check_snapshot_options(const SuperviseOptions& s, int& code) {
+    if (!s.backup.empty() && (s.epoch_ms < 1 || s.epoch_ms > 10000)) {
+        std::fprintf(stderr, "understudy: --epoch-ms must be between 1 and 10000\n");
+        code = 2;
+        return false;
+    }
     if (s.snapshot_after_s >= 0 && s.snapshot_to.empty()) {
         std::fprintf(stderr, "understudy: --snapshot-after needs --snapshot-to FILE\n");
         code = 2;

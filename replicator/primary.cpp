@@ -24,9 +24,22 @@ struct Primary::Checkpoint {
     std::vector<uint64_t> indices;
     std::vector<uint8_t> pages;
     hv::VmState state;
-    uint64_t pause_ns = 0;
+    uint64_t pause_ns = 0, stop_ns = 0, harvest_ns = 0, state_ns = 0, copy_ns = 0;
     uint64_t copied_at_pause = 0;
 };
+
+namespace {
+template <class C>
+void fill_pause(EpochFigures& f, const C& cp) {
+    f.pause_ns = cp.pause_ns;
+    f.stop_ns = cp.stop_ns;
+    f.harvest_ns = cp.harvest_ns;
+    f.state_ns = cp.state_ns;
+    f.copy_ns = cp.copy_ns;
+    f.dirty_pages = cp.indices.size();
+    f.copied_at_pause = cp.copied_at_pause;
+}
+} // namespace
 
 Result<void> validate(const PrimaryConfig& c) {
     if (c.epoch < milliseconds(1) || c.epoch > seconds(10))
@@ -83,6 +96,11 @@ Result<void> Primary::wait() {
     return {};
 }
 
+std::optional<Error> Primary::failure() const {
+    std::lock_guard lock(mu_);
+    return error_;
+}
+
 std::vector<EpochFigures> Primary::recent_epochs() const {
     std::lock_guard lock(mu_);
     return {done_.begin(), done_.end()};
@@ -114,23 +132,47 @@ void Primary::copy_dirty(Checkpoint& cp, const Bitmap& dirty) {
     });
 }
 
+std::unique_ptr<Primary::Checkpoint> Primary::take_buffer() {
+    std::lock_guard lock(mu_);
+    if (spare_.empty()) return std::make_unique<Checkpoint>();
+    auto cp = std::move(spare_.back());
+    spare_.pop_back();
+    return cp;
+}
+
+void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
+    cp->indices.clear();
+    cp->pages.clear(); // keeps its capacity, already faulted in
+    cp->state = {};
+    std::lock_guard lock(mu_);
+    if (spare_.size() < cfg_.max_in_flight + 2) spare_.push_back(std::move(cp));
+}
+
 // Pause, take what changed since the last harvest and the whole state, resume.
 Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch) {
     auto cp = std::move(building_);
-    if (!cp) cp = std::make_unique<Checkpoint>();
+    if (!cp) cp = take_buffer();
     cp->epoch = epoch;
     uint64_t t0 = now_ns();
     vm_.pause_all();
+    uint64_t t1 = now_ns();
     dirty_.clear_all();
     auto harvested = vm_.harvest_dirty(dirty_);
+    uint64_t t2 = now_ns();
     Result<hv::VmState> state = harvested ? vm_.save_state() : Result<hv::VmState>(harvested.error());
+    uint64_t t3 = now_ns(), t4 = t3;
     if (state) {
         copy_dirty(*cp, dirty_);
         cp->copied_at_pause = dirty_.count();
+        t4 = now_ns();
         if (hooks_.on_capture) hooks_.on_capture(epoch, vm_);
     }
     vm_.resume_all();
     cp->pause_ns = now_ns() - t0;
+    cp->stop_ns = t1 - t0;
+    cp->harvest_ns = t2 - t1;
+    cp->state_ns = t3 - t2;
+    cp->copy_ns = t4 - t3;
     if (!state) return std::move(state.error()).wrap("capturing checkpoint " + std::to_string(epoch));
     cp->state = std::move(*state);
     for (uint64_t idx : cp->indices) slot_of_page_[idx] = -1;
@@ -197,9 +239,7 @@ Result<void> Primary::initial_sync() {
         std::lock_guard lock(mu_);
         EpochFigures f;
         f.epoch = 1;
-        f.pause_ns = cp->pause_ns;
-        f.dirty_pages = cp->indices.size();
-        f.copied_at_pause = cp->copied_at_pause;
+        fill_pause(f, *cp);
         f.ack_ns = now_ns();
         in_flight_.push_back(f);
     }
@@ -226,7 +266,7 @@ Result<void> Primary::epoch_loop() {
             lock.unlock();
             // Copy what is dirty so far while the guest runs; whatever it writes after
             // this harvest is logged again and copied at the pause.
-            if (!building_) building_ = std::make_unique<Checkpoint>();
+            if (!building_) building_ = take_buffer();
             dirty_.clear_all();
             US_TRYV(vm_.harvest_dirty(dirty_));
             copy_dirty(*building_, dirty_);
@@ -242,9 +282,7 @@ Result<void> Primary::epoch_loop() {
         lock.lock();
         EpochFigures f;
         f.epoch = epoch;
-        f.pause_ns = cp->pause_ns;
-        f.dirty_pages = cp->indices.size();
-        f.copied_at_pause = cp->copied_at_pause;
+        fill_pause(f, *cp);
         f.ack_ns = now_ns(); // resume time until the ACK replaces it with the delay
         in_flight_.push_back(f);
         to_send_.push_back(std::move(cp));
@@ -292,6 +330,8 @@ void Primary::sender_main() {
             fail(std::move(r.error()).wrap("sending checkpoint " + std::to_string(cp->epoch)));
             return;
         }
+        uint64_t epoch = cp->epoch;
+        return_buffer(std::move(cp));
         std::lock_guard lock(mu_);
         auto fill = [&](EpochFigures& f) {
             f.raw_bytes = r->raw_bytes;
@@ -302,9 +342,9 @@ void Primary::sender_main() {
         };
         // The ACK may beat us here: then the figures are already in done_.
         for (auto& f : in_flight_)
-            if (f.epoch == cp->epoch) fill(f);
+            if (f.epoch == epoch) fill(f);
         for (auto& f : done_)
-            if (f.epoch == cp->epoch) fill(f);
+            if (f.epoch == epoch) fill(f);
     }
 }
 

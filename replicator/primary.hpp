@@ -33,7 +33,11 @@ Result<void> validate(const PrimaryConfig& c);
 // One epoch's figures, complete once the backup acknowledged it.
 struct EpochFigures {
     uint64_t epoch = 0;
-    uint64_t pause_ns = 0;
+    uint64_t pause_ns = 0;        // vCPUs stopped: the sum of the four parts below, about
+    uint64_t stop_ns = 0;         //   until every vCPU is out of KVM_RUN
+    uint64_t harvest_ns = 0;      //   dirty-set harvest
+    uint64_t state_ns = 0;        //   vCPU, VM and device state capture
+    uint64_t copy_ns = 0;         //   copying the pages dirtied since the last harvest
     uint64_t dirty_pages = 0;     // distinct pages in the checkpoint
     uint64_t copied_at_pause = 0; // of those, copied while paused
     uint64_t raw_bytes = 0;
@@ -73,6 +77,8 @@ public:
     Result<void> wait();
 
     bool is_protected() const { return acked_.load() > 0; }
+    // Why replication failed, once it has.
+    std::optional<Error> failure() const;
     uint64_t acked_epoch() const { return acked_.load(); }
     std::vector<EpochFigures> recent_epochs() const;
 
@@ -86,6 +92,9 @@ private:
     Result<void> initial_sync();
     Result<void> epoch_loop();
     Result<std::unique_ptr<Checkpoint>> capture(uint64_t epoch);
+    // Checkpoint buffers are reused: growing fresh ones costs page faults in the pause.
+    std::unique_ptr<Checkpoint> take_buffer();
+    void return_buffer(std::unique_ptr<Checkpoint> cp);
     void copy_dirty(Checkpoint& cp, const Bitmap& dirty);
     void fail(Error e);
 
@@ -109,6 +118,7 @@ private:
     Bitmap dirty_;
     std::vector<int32_t> slot_of_page_; // page index -> slot in the checkpoint being built
     std::unique_ptr<Checkpoint> building_;
+    std::vector<std::unique_ptr<Checkpoint>> spare_; // guarded by mu_
 
     std::thread control_, sender_, receiver_;
 };

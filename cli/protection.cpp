@@ -1,0 +1,102 @@
+#include "cli/protection.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+namespace understudy::cli {
+
+using namespace std::chrono;
+
+namespace {
+
+double quantile_us(std::vector<uint64_t> ns, double q) {
+    if (ns.empty()) return 0;
+    std::sort(ns.begin(), ns.end());
+    return double(ns[std::min(ns.size() - 1, size_t(q * double(ns.size())))]) / 1000.0;
+}
+
+void print_figures(const char* label, const std::vector<replicator::EpochFigures>& v, double seconds) {
+    if (v.empty()) {
+        std::printf("%s: no checkpoint acknowledged\n", label);
+        return;
+    }
+    std::vector<uint64_t> pause, ack, stop, harvest, state, copy;
+    uint64_t dirty = 0, raw = 0, wire = 0;
+    for (const auto& f : v) {
+        pause.push_back(f.pause_ns);
+        stop.push_back(f.stop_ns);
+        harvest.push_back(f.harvest_ns);
+        state.push_back(f.state_ns);
+        copy.push_back(f.copy_ns);
+        ack.push_back(f.ack_ns);
+        dirty += f.dirty_pages;
+        raw += f.raw_bytes;
+        wire += f.wire_bytes;
+    }
+    std::printf("%s: epoch %llu | %.1f ckpt/s | pause p50 %.0f us p99 %.0f us max %.0f us | %.0f dirty pages/ckpt | "
+                "raw %.1f MB/s, wire %.1f MB/s (%.1f%%) | ACK p50 %.1f ms\n",
+                label, (unsigned long long)v.back().epoch, double(v.size()) / seconds, quantile_us(pause, 0.5),
+                quantile_us(pause, 0.99), quantile_us(pause, 1.0), double(dirty) / double(v.size()), double(raw) / seconds / 1e6,
+                double(wire) / seconds / 1e6, raw ? 100.0 * double(wire) / double(raw) : 0.0, quantile_us(ack, 0.5) / 1000.0);
+    std::printf("  pause parts p50/p99 (us): stop %.0f/%.0f, harvest %.0f/%.0f, state %.0f/%.0f, copy %.0f/%.0f\n",
+                quantile_us(stop, 0.5), quantile_us(stop, 0.99), quantile_us(harvest, 0.5), quantile_us(harvest, 0.99),
+                quantile_us(state, 0.5), quantile_us(state, 0.99), quantile_us(copy, 0.5), quantile_us(copy, 0.99));
+    std::fflush(stdout);
+}
+
+} // namespace
+
+Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::string& backup, replicator::PrimaryConfig cfg) {
+    auto ep = US_TRY(replicator::Endpoint::parse(backup));
+    // The backup may still be starting: retry for a few seconds.
+    Result<std::unique_ptr<replicator::Connection>> conn = make_error(Errc::timeout, "");
+    for (int attempt = 0; attempt < 50; ++attempt) {
+        conn = replicator::Connection::connect(ep, seconds(2));
+        if (conn) break;
+        std::this_thread::sleep_for(milliseconds(100));
+    }
+    if (!conn) return std::move(conn.error()).wrap("connecting to the backup at " + backup);
+    auto p = std::make_unique<Protection>();
+    Protection* self = p.get();
+    replicator::PrimaryHooks hooks;
+    auto sync_start = steady_clock::now();
+    hooks.on_sync_progress = [sync_start](const replicator::SyncProgress& s) {
+        std::printf("sync: round %u, %llu pages; %llu of %llu MiB sent, %.0f MB/s, %.1f s\n", s.round,
+                    (unsigned long long)s.pages_this_round, (unsigned long long)(s.bytes_sent >> 20),
+                    (unsigned long long)(s.bytes_total >> 20), s.rate_bytes_per_s / 1e6,
+                    duration<double>(steady_clock::now() - sync_start).count());
+        std::fflush(stdout);
+    };
+    hooks.on_acked = [self](const replicator::EpochFigures& f) {
+        std::lock_guard lock(self->mu_);
+        if (f.epoch == 1) std::printf("protected: initial checkpoint acknowledged (stop-and-copy pause %.1f ms)\n", double(f.pause_ns) / 1e6);
+        self->window_.push_back(f);
+        if (f.epoch == 1) return;
+        if (self->all_.empty()) self->first_ack_ = steady_clock::now();
+        self->last_ack_ = steady_clock::now();
+        self->all_.push_back(f);
+    };
+    p->primary_ = US_TRY(replicator::Primary::start(vm, std::move(*conn), cfg, hooks));
+    return p;
+}
+
+void Protection::print_window() {
+    std::vector<replicator::EpochFigures> w;
+    {
+        std::lock_guard lock(mu_);
+        w.swap(window_);
+    }
+    if (!w.empty()) print_figures("checkpoints", w, 1.0);
+}
+
+Result<void> Protection::finish() {
+    primary_->stop();
+    auto r = primary_->wait();
+    std::lock_guard lock(mu_);
+    if (all_.size() > 1) print_figures("== protected run", all_, duration<double>(last_ack_ - first_ack_).count());
+    return r;
+}
+
+} // namespace understudy::cli

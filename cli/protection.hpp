@@ -1,0 +1,34 @@
+// `run --backup`: connects to the backup, starts the primary's epoch engine, and prints
+// the initial synchronization's progress and one line of checkpoint figures a second.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "hv/vm.hpp"
+#include "replicator/primary.hpp"
+
+namespace understudy::cli {
+
+class Protection {
+public:
+    static Result<std::unique_ptr<Protection>> start(hv::Vm& vm, const std::string& backup, replicator::PrimaryConfig cfg);
+    // The figures of the checkpoints acknowledged since the last call, as one line.
+    void print_window();
+    // Ends replication and prints the totals; returns why it ended if it failed.
+    Result<void> finish();
+    // Why replication failed, once it has (the VM keeps running unprotected).
+    std::optional<Error> failure() const { return primary_->failure(); }
+
+private:
+    std::unique_ptr<replicator::Primary> primary_;
+    mutable std::mutex mu_;
+    std::vector<replicator::EpochFigures> window_, all_;
+    std::chrono::steady_clock::time_point first_ack_, last_ack_;
+};
+
+} // namespace understudy::cli
