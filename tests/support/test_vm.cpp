@@ -41,10 +41,14 @@ std::string check_churn(const hv::GuestMemory& mem, uint64_t header_gpa, ChurnPr
     if (h->magic != US_CHURN_MAGIC) return "churn header has a bad magic";
     if (h->nr_vcpus > US_CHURN_MAX_VCPUS) return "churn header names too many vCPUs";
     ChurnProgress p;
-    p.vcpus = static_cast<unsigned>(h->nr_vcpus);
-    for (unsigned v = 0; v < h->nr_vcpus; ++v) {
+    // vCPUs claim slots in arrival order and may finish setting them up out of order: a
+    // slot counts once its first pass has begun (iteration >= 1); before that its pages
+    // are still being cleared.
+    for (unsigned v = 0; v < US_CHURN_MAX_VCPUS; ++v) {
         const auto& slot = h->vcpu[v];
-        if (slot.iteration == 0 || slot.cursor >= slot.ws_pages + 1) return "vCPU slot " + std::to_string(v) + " is malformed";
+        if (slot.ws_pages == 0 || slot.iteration == 0) continue;
+        ++p.vcpus;
+        if (slot.cursor > slot.ws_pages) return "vCPU slot " + std::to_string(v) + " has a cursor beyond its working set";
         for (uint64_t j = 0; j < slot.ws_pages; ++j) {
             uint64_t gpa = slot.ws_gpa + j * hv::kPageSize;
             auto st = mem.read_obj<abi::us_churn_stamp>(hv::Gpa{gpa});

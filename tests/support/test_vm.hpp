@@ -24,7 +24,7 @@ std::unique_ptr<hv::Vm> boot(const std::string& image, const std::string& cmdlin
 
 struct ChurnProgress {
     uint64_t pages_stamped = 0; // over all vCPUs: completed passes * ws + cursor
-    unsigned vcpus = 0;
+    unsigned vcpus = 0;         // slots whose first pass has begun
 };
 
 // Checks churn's stamps against its header: every page is consistent with one single
