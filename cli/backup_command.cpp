@@ -2,11 +2,17 @@
 
 #include <spdlog/spdlog.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <iostream>
+#include <memory>
 
 #include <boost/program_options.hpp>
 
+#include "common/unique_fd.hpp"
 #include "hv/snapshot.hpp"
 #include "replicator/backup.hpp"
 
@@ -14,13 +20,50 @@ namespace understudy::cli {
 
 namespace po = boost::program_options;
 
+namespace {
+// `--capture FILE`: the bytes of each session as received, one file per session: FILE,
+// then FILE.1, FILE.2, ... (created 0600; an existing file is overwritten). A write
+// error stops capturing until the next session; the backup itself carries on.
+class Capture {
+public:
+    explicit Capture(std::string path) : path_(std::move(path)) {}
+    void receive(std::span<const uint8_t> bytes, bool session_start) {
+        if (session_start) {
+            std::string p = sessions_ == 0 ? path_ : path_ + "." + std::to_string(sessions_);
+            ++sessions_;
+            fd_ = UniqueFd(::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+            if (!fd_.valid() || ::fchmod(fd_.get(), 0600) < 0) return stop(sys_error("creating capture " + p));
+            current_ = p;
+            spdlog::info("backup: capturing this session's stream to {}", p);
+        }
+        for (size_t done = 0; fd_.valid() && done < bytes.size();) {
+            ssize_t n = ::write(fd_.get(), bytes.data() + done, bytes.size() - done);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) return stop(sys_error("writing capture " + current_));
+            done += static_cast<size_t>(n);
+        }
+    }
+
+private:
+    void stop(const Error& e) {
+        spdlog::warn("backup: {}; not capturing the rest of this session", e.describe());
+        fd_ = UniqueFd();
+    }
+    std::string path_, current_;
+    unsigned sessions_ = 0;
+    UniqueFd fd_;
+};
+} // namespace
+
 int backup_command(const std::vector<std::string>& args) {
-    std::string listen, snapshot_to;
+    std::string listen, snapshot_to, capture;
     unsigned sessions = 0;
     po::options_description desc("Options");
     desc.add_options()("help,h", "show this help")
         ("listen", po::value(&listen)->required(), "address to accept the primary on, HOST:PORT")
         ("snapshot-to", po::value(&snapshot_to), "after each session, write the committed replica to this snapshot file")
+        ("capture", po::value(&capture), "write every byte received from the primary to this file, for "
+                                          "`understudy verify-stream` (one file per session: FILE, FILE.1, ...)")
         ("sessions", po::value(&sessions)->default_value(0), "exit after this many sessions (0: serve forever)");
     const char* usage = "usage: understudy backup --listen HOST:PORT [options]\n"
                         "  Receives checkpoints from a primary and keeps the last committed one.";
@@ -41,7 +84,10 @@ int backup_command(const std::vector<std::string>& args) {
         std::fprintf(stderr, "understudy: %s\n", ep.error().describe().c_str());
         return 2;
     }
-    auto server = replicator::BackupServer::listen(*ep);
+    replicator::BackupHooks hooks;
+    auto cap = std::make_shared<Capture>(capture);
+    if (!capture.empty()) hooks.on_receive = [cap](std::span<const uint8_t> b, bool start) { cap->receive(b, start); };
+    auto server = replicator::BackupServer::listen(*ep, std::move(hooks));
     if (!server) {
         std::fprintf(stderr, "understudy: %s\n", server.error().describe().c_str());
         return 3;

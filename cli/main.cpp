@@ -8,6 +8,7 @@
 
 #include "cli/backup_command.hpp"
 #include "cli/run_command.hpp"
+#include "cli/verify_command.hpp"
 
 namespace {
 
@@ -18,6 +19,7 @@ const char* kUsage =
     "  run IMAGE         boot a PVH guest image and run it until it stops\n"
     "  restore SNAPSHOT  restore a VM saved with `run --snapshot-to` and run it on\n"
     "  backup            receive checkpoints from a protected VM's primary\n"
+    "  verify-stream FILE  check a stream captured with `backup --capture` against the spec\n"
     "\n"
     "`understudy COMMAND --help` describes each command's options.\n"
     "Exit codes: 0 success, 1 the guest failed, 2 bad usage or input, 3 host error.\n";
@@ -35,6 +37,7 @@ int main(int argc, char** argv) {
     if (cmd == "run") return understudy::cli::run_command(args);
     if (cmd == "restore") return understudy::cli::restore_command(args);
     if (cmd == "backup") return understudy::cli::backup_command(args);
+    if (cmd == "verify-stream") return understudy::cli::verify_stream_command(args);
     std::fprintf(stderr, "understudy: unknown command '%s'\n%s", cmd.c_str(), kUsage);
     return 2;
 }

@@ -34,6 +34,8 @@ Result<void> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
 Result<void> BackupServer::run_session(Connection& conn) {
     StreamHeader h;
     US_TRYV(conn.recv_exact({reinterpret_cast<uint8_t*>(&h), sizeof h}));
+    if (hooks_.on_receive) hooks_.on_receive({reinterpret_cast<const uint8_t*>(&h), sizeof h}, true);
+    std::vector<uint8_t> framed; // for on_receive
     auto accepted = [&]() -> Result<void> {
         US_TRYV(check_stream_header(h));
         if (!replica_) replica_ = US_TRY(BackupReplica::create(h.memory_bytes, h.vcpus));
@@ -52,6 +54,13 @@ Result<void> BackupServer::run_session(Connection& conn) {
             // Between checkpoints a close is an orderly end; inside one it tore the stream.
             if (rec.error().code == Errc::system && !replica_->receiving()) return {};
             return std::move(rec.error()).wrap(replica_->receiving() ? "stream torn inside a checkpoint" : "session");
+        }
+        if (hooks_.on_receive) {
+            // recv_record checked the length bound, zero padding and checksum, so framing
+            // the record again yields exactly the bytes that arrived.
+            framed.clear();
+            append_record(framed, rec->type, rec->body);
+            hooks_.on_receive(framed, false);
         }
         auto committed = replica_->feed(*rec);
         if (!committed) {

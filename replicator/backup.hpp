@@ -15,6 +15,10 @@ namespace understudy::replicator {
 struct BackupHooks {
     // After each commit, before the ACK (tests compare the replica with the primary).
     std::function<void(uint64_t epoch, const BackupReplica&)> on_commit;
+    // Every byte received from the primary, as received (`backup --capture`): the 64-byte
+    // stream header (session_start, before it is checked), then each record that passed
+    // its framing checks, before the replica sees it.
+    std::function<void(std::span<const uint8_t> bytes, bool session_start)> on_receive;
 };
 
 class BackupServer {

@@ -1,0 +1,584 @@
+// The independent stream verifier: a valid hand-built stream passes; each kind of
+// violation is found with its message and byte offset; a torn tail is reported as such.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+#include "common/codec.hpp"
+#include "common/records.hpp"
+#include "hv/snapshot.hpp"
+#include "hv/vcpu_state.hpp"
+#include "replicator/page_codec.hpp"
+#include "replicator/stream_verifier.hpp"
+#include "replicator/wire.hpp"
+
+using namespace understudy;
+using namespace understudy::replicator;
+
+namespace {
+
+constexpr uint64_t kMem = 16 * hv::kMiB;
+constexpr uint64_t kGuestPages = kMem / hv::kPageSize;
+constexpr uint32_t kVcpus = 2;
+
+struct Rec {
+    uint32_t type;
+    std::vector<uint8_t> body;
+};
+using Checkpoint = std::vector<Rec>; // BEGIN .. END
+
+// One page of a hand-built batch.
+struct Page {
+    uint64_t index;
+    uint8_t encoding;
+    uint32_t length; // payload bytes
+};
+
+StreamHeader header(uint64_t session = 7) {
+    auto mem = hv::GuestMemory::create(kMem);
+    REQUIRE(mem);
+    return make_stream_header(kMem, kVcpus, hv::memory_layout_digest(*mem), session);
+}
+
+// u64 epoch, then a page batch built byte by byte from the README's layout.
+std::vector<uint8_t> pages_body(uint64_t epoch, const std::vector<Page>& pages) {
+    std::vector<uint8_t> b;
+    Encoder e(b);
+    e.u64(epoch);
+    e.u32(1);
+    e.u32(static_cast<uint32_t>(pages.size()));
+    for (const auto& p : pages) {
+        e.u64(p.index);
+        e.u64(0x1234 ^ p.index); // the check: not verified (needs the page content)
+        uint8_t enc[4] = {p.encoding, 0, 0, 0};
+        e.raw(enc, 4);
+        e.u32(p.length);
+        b.insert(b.end(), p.length, 0xA5);
+        b.insert(b.end(), (8 - p.length % 8) % 8, 0);
+    }
+    return b;
+}
+
+std::vector<uint8_t> begin_body(uint64_t epoch, uint32_t flags) {
+    std::vector<uint8_t> b;
+    Encoder e(b);
+    e.u64(epoch);
+    e.u32(flags);
+    e.u32(0);
+    return b;
+}
+
+std::vector<uint8_t> vcpu_body(uint64_t epoch, uint32_t index) {
+    std::vector<uint8_t> b;
+    Encoder e(b);
+    e.u64(epoch);
+    e.u32(index);
+    e.u32(0);
+    hv::VcpuState vs;
+    vs.regs.rip = epoch;
+    vs.xsave.assign(4096, 0);
+    vs.cpuid.resize(3);
+    vs.msrs = {{0x10, 5}, {0xc0000080, 0x500}};
+    hv::encode_vcpu_state(vs, b);
+    return b;
+}
+
+std::vector<uint8_t> vm_body(uint64_t epoch) {
+    std::vector<uint8_t> b;
+    Encoder(b).u64(epoch);
+    hv::VmState vm;
+    vm.guest_time_ns = epoch * 1000;
+    hv::encode_vm_clock(vm, b);
+    return b;
+}
+
+std::vector<uint8_t> device_body(uint64_t epoch) {
+    std::vector<uint8_t> b;
+    Encoder(b).u64(epoch);
+    hv::encode_device_state({"uart", 1, {1, 2, 3, 4, 5}}, b);
+    return b;
+}
+
+// Recomputes END's count and digest over the records between BEGIN and END.
+void reseal(Checkpoint& cp) {
+    CheckpointDigest d;
+    uint64_t epoch;
+    std::memcpy(&epoch, cp.front().body.data(), 8);
+    for (size_t i = 1; i + 1 < cp.size(); ++i)
+        if (cp[i].type != kHeartbeat) d.add(cp[i].type, cp[i].body);
+    cp.back().body = encode_u64s({epoch, d.records(), d.value()});
+}
+
+Checkpoint checkpoint(uint64_t epoch, bool initial, std::vector<Page> pages) {
+    Checkpoint cp;
+    cp.push_back({kCheckpointBegin, begin_body(epoch, initial ? kCheckpointInitial : 0)});
+    cp.push_back({kPages, pages_body(epoch, pages)});
+    for (uint32_t i = 0; i < kVcpus; ++i) cp.push_back({kVcpuState, vcpu_body(epoch, i)});
+    cp.push_back({kVmState, vm_body(epoch)});
+    cp.push_back({kDeviceState, device_body(epoch)});
+    cp.push_back({kCheckpointEnd, {}});
+    reseal(cp);
+    return cp;
+}
+
+// Record indices within a checkpoint.
+constexpr size_t kBeginAt = 0, kPagesAt = 1, kVcpu0At = 2, kVcpu1At = 3, kVmAt = 4;
+
+// Three valid checkpoints with every encoding.
+std::vector<Checkpoint> valid_checkpoints() {
+    std::vector<Checkpoint> cps;
+    cps.push_back(checkpoint(1, true, {{0, 4, 4096}, {1, 0, 0}, {2, 3, 100}, {0, 4, 4096}})); // initial: resend allowed
+    cps.push_back(checkpoint(2, false, {{0, 2, 37}, {5, 1, 0}, {kGuestPages - 1, 4, 4096}}));
+    cps.push_back(checkpoint(3, false, {{7, 3, 4095}, {8, 2, 1}}));
+    return cps;
+}
+
+// The serialized stream and where each record starts: offsets[c][i] for record i of checkpoint c.
+struct Stream {
+    std::vector<uint8_t> bytes;
+    std::vector<std::vector<uint64_t>> offsets;
+};
+
+Stream serialize(const StreamHeader& h, const std::vector<Checkpoint>& cps) {
+    Stream s;
+    auto* hp = reinterpret_cast<const uint8_t*>(&h);
+    s.bytes.assign(hp, hp + sizeof h);
+    for (const auto& cp : cps) {
+        s.offsets.emplace_back();
+        for (const auto& r : cp) {
+            s.offsets.back().push_back(s.bytes.size());
+            append_record(s.bytes, r.type, r.body);
+        }
+    }
+    return s;
+}
+
+Stream serialize(const std::vector<Checkpoint>& cps) { return serialize(header(), cps); }
+
+// Expects the first violation at `offset` with a message containing `what`.
+void expect_violation(const StreamReport& r, uint64_t offset, const std::string& what) {
+    INFO(format_report(r));
+    REQUIRE(r.violation);
+    CHECK_THAT(r.violation->message, Catch::Contains(what));
+    CHECK(r.violation->offset == offset);
+}
+
+template <class T>
+void put(std::vector<uint8_t>& b, size_t at, T v) {
+    std::memcpy(b.data() + at, &v, sizeof v);
+}
+
+} // namespace
+
+TEST_CASE("a valid stream passes, with its figures", "[verifier]") {
+    auto cps = valid_checkpoints();
+    // Optional records anywhere: a heartbeat (not counted by END) and an unknown optional
+    // record (counted), inside a checkpoint; and both between checkpoints.
+    cps[1].insert(cps[1].begin() + 1, Rec{kHeartbeat, encode_u64s({1, 2})});
+    cps[1].insert(cps[1].begin() + 2, Rec{kRecordOptional | 500, {1, 2, 3}});
+    reseal(cps[1]);
+    cps[1].push_back(Rec{kHeartbeat, encode_u64s({3, 4})}); // after END: between checkpoints
+    auto s = serialize(cps);
+    auto r = verify_stream(s.bytes);
+    INFO(format_report(r));
+    CHECK(r.valid());
+    CHECK(r.checkpoints == 3);
+    CHECK(r.first_epoch == 1u);
+    CHECK(r.last_epoch == 3u);
+    CHECK(r.first_initial);
+    CHECK(r.pages == 9);
+    CHECK(r.pages_by_encoding == std::array<uint64_t, 5>{1, 1, 2, 2, 3});
+    CHECK(r.payload_bytes == 3 * 4096 + 100 + 37 + 4095 + 1);
+    CHECK(r.heartbeats == 2);
+    CHECK(r.optional_records == 1);
+    CHECK(r.device_states == 3);
+    CHECK(r.bytes == s.bytes.size());
+    CHECK(!r.torn_epoch);
+    CHECK(!r.torn_record);
+    CHECK(r.memory_bytes == kMem);
+    CHECK(r.vcpus == kVcpus);
+    CHECK(r.session_id == 7);
+    CHECK_THAT(format_report(r), Catch::Contains("result: valid"));
+}
+
+TEST_CASE("the writer's own page batches pass", "[verifier]") {
+    // Batches from the real PageEncoder (content-dependent encodings, deltas) must agree
+    // with the verifier's reading of the README.
+    auto enc = PageEncoder::create({kGuestPages, 64, 7});
+    REQUIRE(enc);
+    std::vector<uint8_t> memory(kMem, 0);
+    std::mt19937 noise(1);
+    std::vector<Checkpoint> cps;
+    for (uint64_t epoch = 1; epoch <= 4; ++epoch) {
+        std::vector<uint64_t> idx;
+        std::vector<uint8_t> data;
+        for (uint64_t p = epoch; p < 200; p += epoch) {
+            for (size_t k = 0; k < 4096; k += 64) memory[p * 4096 + k] = static_cast<uint8_t>(epoch * p + k / 64);
+            if (p % 7 == 0) std::memset(&memory[p * 4096], 0, 4096);
+            if (p % 11 == 0) // incompressible: RAW
+                for (size_t k = 0; k < 4096; ++k) memory[p * 4096 + k] = static_cast<uint8_t>(noise());
+            idx.push_back(p);
+            data.insert(data.end(), memory.begin() + long(p * 4096), memory.begin() + long((p + 1) * 4096));
+        }
+        if (epoch == 3) { // an unchanged page: SAME
+            idx.push_back(300 + epoch);
+            data.insert(data.end(), memory.begin() + 300 * 4096, memory.begin() + 301 * 4096);
+        }
+        auto cp = checkpoint(epoch, epoch == 1, {});
+        std::vector<uint8_t> body;
+        Encoder(body).u64(epoch);
+        REQUIRE(enc->encode(idx, data, body));
+        cp[kPagesAt].body = body;
+        reseal(cp);
+        cps.push_back(cp);
+    }
+    auto r = verify_stream(serialize(cps).bytes);
+    INFO(format_report(r));
+    CHECK(r.valid());
+    CHECK(r.checkpoints == 4);
+    CHECK(r.pages_by_encoding[0] > 0);
+    CHECK(r.pages_by_encoding[2] > 0);
+    CHECK(r.pages_by_encoding[4] > 0);
+}
+
+TEST_CASE("bad stream headers", "[verifier]") {
+    auto cps = valid_checkpoints();
+    auto h = header();
+    SECTION("bad magic") {
+        h.magic[0] = 'X';
+        expect_violation(verify_stream(serialize(h, cps).bytes), 0, "bad magic \"XSREPL\\r\\n\"");
+    }
+    SECTION("wrong version") {
+        h.version = 7;
+        expect_violation(verify_stream(serialize(h, cps).bytes), 8, "format version 7");
+    }
+    SECTION("wrong page size") {
+        h.page_size = 8192;
+        expect_violation(verify_stream(serialize(h, cps).bytes), 12, "page size 8192");
+    }
+    SECTION("memory not a multiple of 2 MiB") {
+        h.memory_bytes += 4096;
+        expect_violation(verify_stream(serialize(h, cps).bytes), 16, "multiple of 2 MiB");
+    }
+    SECTION("flags") {
+        h.flags = 1;
+        expect_violation(verify_stream(serialize(h, cps).bytes), 28, "unknown flags 0x1");
+    }
+    SECTION("layout digest") {
+        h.layout_digest ^= 1;
+        expect_violation(verify_stream(serialize(h, cps).bytes), 32, "layout digest");
+    }
+    SECTION("reserved") {
+        h.reserved[1] = 1ull << 8;
+        expect_violation(verify_stream(serialize(h, cps).bytes), 57, "reserved byte 57");
+    }
+    SECTION("a stream shorter than its header") {
+        auto b = serialize(h, cps).bytes;
+        b.resize(40);
+        expect_violation(verify_stream(b), 40, "inside its 64-byte header");
+    }
+}
+
+TEST_CASE("corrupt record framing", "[verifier]") {
+    auto cps = valid_checkpoints();
+    SECTION("bad checksum") {
+        auto s = serialize(cps);
+        uint64_t at = s.offsets[1][kPagesAt];
+        s.bytes[at + 16 + 30] ^= 0x40; // a bit in the body
+        expect_violation(verify_stream(s.bytes), at + 8, "(PAGES, ");
+        expect_violation(verify_stream(s.bytes), at + 8, "fails its checksum");
+    }
+    SECTION("non-zero padding") {
+        cps[1].insert(cps[1].end() - 1, Rec{kRecordOptional | 77, {1, 2, 3}}); // 3 bytes + 5 padding
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        uint64_t at = s.offsets[1][cps[1].size() - 2];
+        s.bytes[at + 16 + 3 + 2] = 9;
+        expect_violation(verify_stream(s.bytes), at + 16 + 5, "non-zero padding");
+    }
+    SECTION("oversized length") {
+        auto s = serialize(cps);
+        uint64_t at = s.offsets[2][kVmAt];
+        put<uint32_t>(s.bytes, at + 4, (64u << 20) + 1);
+        expect_violation(verify_stream(s.bytes), at + 4, "over the 64 MiB limit");
+    }
+}
+
+TEST_CASE("record and checkpoint structure", "[verifier]") {
+    auto cps = valid_checkpoints();
+    SECTION("unknown mandatory record") {
+        cps[1].insert(cps[1].begin() + 2, Rec{77, {1, 2, 3, 4, 5, 6, 7, 8}});
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][2], "unknown mandatory record type 77");
+    }
+    SECTION("a backup-to-primary record in the primary's stream") {
+        cps[1].insert(cps[1].begin(), Rec{kAck, encode_u64s({1})});
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][0], "ACK record");
+    }
+    SECTION("interleaved epochs") {
+        cps[1].insert(cps[1].begin() + 2, cps[2][kPagesAt]); // a PAGES(3) inside checkpoint 2
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][2] + 16, "PAGES record of epoch 3 inside checkpoint 2");
+    }
+    SECTION("a BEGIN inside an open checkpoint") {
+        cps[1].insert(cps[1].begin() + 2, cps[2][kBeginAt]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][2], "CHECKPOINT_BEGIN(3) while checkpoint 2");
+    }
+    SECTION("wrong END count") {
+        auto& end = cps[1].back().body;
+        uint64_t n;
+        std::memcpy(&n, end.data() + 8, 8);
+        put<uint64_t>(end, 8, n + 1);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1].back() + 16 + 8,
+                         "CHECKPOINT_END announces " + std::to_string(n + 1) + " records, " + std::to_string(n) + " were sent");
+    }
+    SECTION("wrong digest") {
+        cps[2].back().body[16] ^= 1;
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[2].back() + 16 + 16, "checkpoint 3: CHECKPOINT_END's digest");
+    }
+    SECTION("a digest that counts a heartbeat") {
+        cps[1].insert(cps[1].begin() + 1, Rec{kHeartbeat, encode_u64s({1, 2})});
+        CheckpointDigest d; // wrongly including the heartbeat
+        for (size_t i = 1; i + 1 < cps[1].size(); ++i) d.add(cps[1][i].type, cps[1][i].body);
+        cps[1].back().body = encode_u64s({2, d.records(), d.value()});
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1].back() + 16 + 8, "HEARTBEAT not counted");
+    }
+    SECTION("missing vCPU state") {
+        cps[1].erase(cps[1].begin() + kVcpu1At);
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1].back(), "checkpoint 2 lacks the state of vCPU 1");
+    }
+    SECTION("a vCPU state sent twice") {
+        cps[1].insert(cps[1].begin() + kVcpu1At, cps[1][kVcpu0At]);
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][kVcpu1At], "vCPU 0's state sent twice");
+    }
+    SECTION("a vCPU index beyond the VM's vCPUs") {
+        cps[1][kVcpu1At].body = vcpu_body(2, 2);
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][kVcpu1At] + 16 + 8, "VCPU_STATE for vCPU 2");
+    }
+    SECTION("missing VM state") {
+        cps[1].erase(cps[1].begin() + kVmAt, cps[1].end() - 1); // VM and device state
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1].back(), "checkpoint 2 has no VM_STATE");
+    }
+    SECTION("records out of the spec's order") {
+        std::swap(cps[1][kPagesAt], cps[1][kVcpu0At]);
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][kVcpu0At], "PAGES record after the state records");
+    }
+    SECTION("a record outside a checkpoint") {
+        cps[1].push_back(Rec{kVmState, vm_body(2)});
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1].back(), "VM_STATE record at offset");
+        expect_violation(verify_stream(s.bytes), s.offsets[1].back(), "outside a checkpoint");
+    }
+    SECTION("non-consecutive epoch") {
+        cps[2] = checkpoint(4, false, {{7, 0, 0}});
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[2][kBeginAt] + 16,
+                         "checkpoint 4 follows checkpoint 2: epochs must be consecutive (expected 3)");
+    }
+    SECTION("a first checkpoint without the initial flag") {
+        cps[0] = checkpoint(1, false, {{7, 0, 0}});
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[0][kBeginAt] + 16 + 8, "lacks the initial-synchronization flag");
+    }
+    SECTION("a later checkpoint flagged initial") {
+        cps[2] = checkpoint(3, true, {{7, 0, 0}});
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[2][kBeginAt] + 16 + 8, "only a session's first checkpoint");
+    }
+    SECTION("a malformed vCPU state field") {
+        auto& b = cps[1][kVcpu0At].body;
+        // First field after epoch, index, 0: version {tag 1, len 4, u32 1, 4 bytes padding}.
+        b[16 + 8 + 4 + 1] = 1;
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][kVcpu0At] + 16 + 16 + 13, "field 1 has non-zero padding");
+    }
+    SECTION("a vCPU state field that overruns its record") {
+        auto& b = cps[1][kVcpu0At].body;
+        put<uint32_t>(b, 16 + 4, 1u << 20);
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][kVcpu0At] + 16 + 20, "field 1 claims 1048576 bytes");
+    }
+    SECTION("a VM state without its guest time") {
+        std::vector<uint8_t> b;
+        Encoder e(b);
+        e.u64(2);
+        e.field_pod(1, uint32_t{1});
+        e.field_pod(3, kvm_clock_data{});
+        cps[1][kVmAt].body = b;
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][kVmAt], "field 2 is missing");
+    }
+}
+
+TEST_CASE("page batches", "[verifier]") {
+    auto cps = valid_checkpoints();
+    auto pages_at = [&](const Stream& s) { return s.offsets[1][kPagesAt]; };
+    // Body: epoch (8), batch header (8), then the first page header.
+    constexpr uint64_t kFirstPage = 16 + 8 + 8;
+    auto with = [&](std::vector<Page> p) {
+        cps[1][kPagesAt].body = pages_body(2, p);
+        reseal(cps[1]);
+        return serialize(cps);
+    };
+    SECTION("page index out of range") {
+        auto s = with({{3, 0, 0}, {kGuestPages, 0, 0}});
+        expect_violation(verify_stream(s.bytes), pages_at(s) + kFirstPage + 24,
+                         "page 1 of the batch (index 4096) is beyond guest memory (4096 pages)");
+    }
+    SECTION("bad encoding length: RAW") {
+        auto s = with({{3, 4, 4095}});
+        expect_violation(verify_stream(s.bytes), pages_at(s) + kFirstPage + 20, "a RAW payload of 4095 bytes (must be 4096)");
+    }
+    SECTION("bad encoding length: ZERO") {
+        auto s = with({{3, 0, 8}});
+        expect_violation(verify_stream(s.bytes), pages_at(s) + kFirstPage + 20, "a ZERO payload of 8 bytes (must be 0)");
+    }
+    SECTION("bad encoding length: LZ4") {
+        auto s = with({{3, 3, 4096}});
+        expect_violation(verify_stream(s.bytes), pages_at(s) + kFirstPage + 20, "a LZ4 payload of 4096 bytes (must be 1 to 4095)");
+    }
+    SECTION("bad encoding length: empty XOR_LZ4") {
+        auto s = with({{3, 2, 0}});
+        expect_violation(verify_stream(s.bytes), pages_at(s) + kFirstPage + 20, "a XOR_LZ4 payload of 0 bytes");
+    }
+    SECTION("unknown encoding") {
+        auto s = with({{3, 5, 0}});
+        expect_violation(verify_stream(s.bytes), pages_at(s) + kFirstPage + 16, "unknown encoding 5");
+    }
+    SECTION("reserved bytes") {
+        cps[1][kPagesAt].body = pages_body(2, {{3, 0, 0}});
+        cps[1][kPagesAt].body[16 + 18] = 1;
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), pages_at(s) + kFirstPage + 18, "reserved bytes are not zero");
+    }
+    SECTION("payload padding") {
+        cps[1][kPagesAt].body = pages_body(2, {{3, 3, 5}});
+        cps[1][kPagesAt].body[16 + 24 + 6] = 1;
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), pages_at(s) + kFirstPage + 30, "non-zero padding after the payload");
+    }
+    SECTION("trailing bytes") {
+        cps[1][kPagesAt].body = pages_body(2, {{3, 0, 0}});
+        cps[1][kPagesAt].body.insert(cps[1][kPagesAt].body.end(), 8, 0);
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), pages_at(s) + kFirstPage + 24, "8 trailing bytes");
+    }
+    SECTION("page count beyond the bound") {
+        auto& b = cps[1][kPagesAt].body;
+        put<uint32_t>(b, 12, 8193);
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), pages_at(s) + 16 + 12, "claims 8193 pages (1 to 8192)");
+    }
+    SECTION("page count beyond the batch") {
+        auto& b = cps[1][kPagesAt].body;
+        put<uint32_t>(b, 12, 8000);
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), pages_at(s) + 16 + 12, "cannot hold their headers");
+    }
+    SECTION("batch version") {
+        put<uint32_t>(cps[1][kPagesAt].body, 8, 2);
+        reseal(cps[1]);
+        auto s = serialize(cps);
+        expect_violation(verify_stream(s.bytes), pages_at(s) + 16 + 8, "page batch version 2");
+    }
+    SECTION("a page twice in a later checkpoint") {
+        auto s = with({{3, 0, 0}, {9, 4, 4096}, {3, 0, 0}});
+        expect_violation(verify_stream(s.bytes), pages_at(s) + kFirstPage + 2 * 24 + 4096, "page 3 appears twice in checkpoint 2");
+    }
+}
+
+TEST_CASE("a capture that ends inside a checkpoint is torn, not invalid", "[verifier]") {
+    auto cps = valid_checkpoints();
+    auto s = serialize(cps);
+    SECTION("in the middle of a record") {
+        uint64_t at = s.offsets[2][kPagesAt];
+        s.bytes.resize(at + 100);
+        auto r = verify_stream(s.bytes);
+        INFO(format_report(r));
+        CHECK(r.valid());
+        CHECK(r.checkpoints == 2);
+        CHECK(r.last_epoch == 2u);
+        CHECK(r.torn_epoch == 3u);
+        CHECK(r.torn_checkpoint_offset == s.offsets[2][kBeginAt]);
+        CHECK(r.torn_checkpoint_records == 1);
+        CHECK(r.torn_record == at);
+        CHECK_THAT(format_report(r), Catch::Contains("ends inside checkpoint 3"));
+    }
+    SECTION("between two of its records") {
+        s.bytes.resize(s.offsets[2][kVmAt]);
+        auto r = verify_stream(s.bytes);
+        INFO(format_report(r));
+        CHECK(r.valid());
+        CHECK(r.torn_epoch == 3u);
+        CHECK(r.torn_checkpoint_records == 4);
+        CHECK(!r.torn_record);
+    }
+    SECTION("in a record header between checkpoints") {
+        s.bytes.resize(s.offsets[2][kBeginAt] + 10);
+        auto r = verify_stream(s.bytes);
+        CHECK(r.valid());
+        CHECK(!r.torn_epoch);
+        CHECK(r.torn_record == s.offsets[2][kBeginAt]);
+    }
+    SECTION("a torn record is still checked for its length bound") {
+        put<uint32_t>(s.bytes, s.offsets[2][kPagesAt] + 4, 0xffffffffu);
+        s.bytes.resize(s.offsets[2][kPagesAt] + 100);
+        expect_violation(verify_stream(s.bytes), s.offsets[2][kPagesAt] + 4, "over the 64 MiB limit");
+    }
+}
+
+TEST_CASE("a file is read in chunks, record by record", "[verifier]") {
+    // About 5 MiB of RAW pages: records larger and smaller than the reader's buffer.
+    std::vector<Checkpoint> cps;
+    for (uint64_t e = 1; e <= 5; ++e) {
+        std::vector<Page> pages;
+        for (uint64_t p = 0; p < 260 * e % 700 + 1; ++p) pages.push_back({p, 4, 4096});
+        cps.push_back(checkpoint(e, e == 1, pages));
+    }
+    auto s = serialize(cps);
+    s.bytes.resize(s.bytes.size() - 3); // torn in the last END
+    char path[] = "/tmp/us-verifier-XXXXXX";
+    int fd = ::mkstemp(path);
+    REQUIRE(fd >= 0);
+    REQUIRE(::write(fd, s.bytes.data(), s.bytes.size()) == static_cast<ssize_t>(s.bytes.size()));
+    ::close(fd);
+    auto from_file = verify_stream_file(path);
+    ::unlink(path);
+    REQUIRE(from_file);
+    auto from_memory = verify_stream(s.bytes);
+    CHECK(from_file->valid());
+    CHECK(format_report(*from_file) == format_report(from_memory));
+    CHECK(from_file->checkpoints == 4);
+    CHECK(from_file->torn_epoch == 5u);
+    CHECK(from_file->bytes == s.bytes.size());
+    CHECK(!verify_stream_file("/nonexistent/capture"));
+}
