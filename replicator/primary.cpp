@@ -232,6 +232,9 @@ Result<void> Primary::initial_sync() {
         if (count <= 1024 || count * 10 > previous * 9) break;
         previous = count;
     }
+    // What the last round's sending let the guest dirty is copied before the pause, so
+    // that the stop-and-copy pause only copies what changes after this.
+    US_TRYV(copy_while_running());
     auto cp = US_TRY(capture(1));
     US_TRYV(w.pages(cp->indices, cp->pages));
     US_TRYV(w.state(cp->state));
@@ -241,18 +244,18 @@ Result<void> Primary::initial_sync() {
         f.epoch = 1;
         fill_pause(f, *cp);
         f.ack_ns = now_ns();
-        in_flight_.push_back(f);
+        in_flight_.push_back({f});
     }
     auto ws = US_TRY(w.end());
-    std::lock_guard lock(mu_);
-    for (auto& f : in_flight_)
-        if (f.epoch == 1) {
-            f.raw_bytes = ws.raw_bytes;
-            f.wire_bytes = ws.wire_bytes;
-            f.encode_ns = ws.encode_ns;
-            f.transmit_ns = ws.transmit_ns;
-            f.codec = ws.codec;
-        }
+    record_sent(1, ws);
+    return {};
+}
+
+Result<void> Primary::copy_while_running() {
+    if (!building_) building_ = take_buffer();
+    dirty_.clear_all();
+    US_TRYV(vm_.harvest_dirty(dirty_));
+    copy_dirty(*building_, dirty_);
     return {};
 }
 
@@ -266,15 +269,19 @@ Result<void> Primary::epoch_loop() {
             lock.unlock();
             // Copy what is dirty so far while the guest runs; whatever it writes after
             // this harvest is logged again and copied at the pause.
-            if (!building_) building_ = take_buffer();
-            dirty_.clear_all();
-            US_TRYV(vm_.harvest_dirty(dirty_));
-            copy_dirty(*building_, dirty_);
+            US_TRYV(copy_while_running());
             lock.lock();
         }
         cv_.wait_until(lock, start + cfg_.epoch, [&] { return stopping_.load(); });
-        // Backpressure: no more than max_in_flight unacknowledged checkpoints.
-        cv_.wait(lock, [&] { return stopping_ || in_flight_.size() < cfg_.max_in_flight; });
+        // Backpressure: no more than max_in_flight unacknowledged checkpoints. While
+        // waiting, keep copying every half epoch so the pause stays short.
+        while (!stopping_ && unacked_locked() >= cfg_.max_in_flight) {
+            if (cv_.wait_for(lock, cfg_.epoch / 2, [&] { return stopping_ || unacked_locked() < cfg_.max_in_flight; })) break;
+            if (!cfg_.in_epoch_copy) continue;
+            lock.unlock();
+            US_TRYV(copy_while_running());
+            lock.lock();
+        }
         if (stopping_) break;
         lock.unlock();
         if (vm_.stop_reason()) break; // the guest is gone; nothing left to protect
@@ -284,7 +291,7 @@ Result<void> Primary::epoch_loop() {
         f.epoch = epoch;
         fill_pause(f, *cp);
         f.ack_ns = now_ns(); // resume time until the ACK replaces it with the delay
-        in_flight_.push_back(f);
+        in_flight_.push_back({f});
         to_send_.push_back(std::move(cp));
         cv_.notify_all();
     }
@@ -332,20 +339,44 @@ void Primary::sender_main() {
         }
         uint64_t epoch = cp->epoch;
         return_buffer(std::move(cp));
-        std::lock_guard lock(mu_);
-        auto fill = [&](EpochFigures& f) {
-            f.raw_bytes = r->raw_bytes;
-            f.wire_bytes = r->wire_bytes;
-            f.encode_ns = r->encode_ns;
-            f.transmit_ns = r->transmit_ns;
-            f.codec = r->codec;
-        };
-        // The ACK may beat us here: then the figures are already in done_.
-        for (auto& f : in_flight_)
-            if (f.epoch == epoch) fill(f);
-        for (auto& f : done_)
-            if (f.epoch == epoch) fill(f);
+        record_sent(epoch, *r);
     }
+}
+
+size_t Primary::unacked_locked() const {
+    size_t n = 0;
+    for (const auto& e : in_flight_) n += !e.acked;
+    return n;
+}
+
+std::vector<EpochFigures> Primary::retire_locked() {
+    std::vector<EpochFigures> out;
+    while (!in_flight_.empty() && in_flight_.front().sent && in_flight_.front().acked) {
+        out.push_back(in_flight_.front().f);
+        done_.push_back(in_flight_.front().f);
+        if (done_.size() > kFiguresKept) done_.pop_front();
+        in_flight_.pop_front();
+    }
+    return out;
+}
+
+void Primary::record_sent(uint64_t epoch, const WriterStats& ws) {
+    std::vector<EpochFigures> finished;
+    {
+        std::lock_guard lock(mu_);
+        for (auto& e : in_flight_)
+            if (e.f.epoch == epoch) {
+                e.f.raw_bytes = ws.raw_bytes;
+                e.f.wire_bytes = ws.wire_bytes;
+                e.f.encode_ns = ws.encode_ns;
+                e.f.transmit_ns = ws.transmit_ns;
+                e.f.codec = ws.codec;
+                e.sent = true;
+            }
+        finished = retire_locked(); // the ACK may have beaten us here
+    }
+    if (hooks_.on_acked)
+        for (const auto& f : finished) hooks_.on_acked(f);
 }
 
 void Primary::receiver_main() {
@@ -374,19 +405,19 @@ void Primary::receiver_main() {
         bool bogus = false;
         {
             std::lock_guard lock(mu_);
-            if (in_flight_.empty() || *epoch < in_flight_.front().epoch || *epoch > in_flight_.back().epoch) {
+            bool known = false;
+            for (const auto& e : in_flight_) known |= e.f.epoch == *epoch && !e.acked;
+            if (!known) {
                 bogus = true;
             } else {
                 uint64_t now = now_ns();
-                while (!in_flight_.empty() && in_flight_.front().epoch <= *epoch) {
-                    EpochFigures f = in_flight_.front();
-                    in_flight_.pop_front();
-                    f.ack_ns = f.ack_ns ? now - f.ack_ns : 0;
-                    done_.push_back(f);
-                    if (done_.size() > kFiguresKept) done_.pop_front();
-                    acked.push_back(f);
-                }
+                for (auto& e : in_flight_)
+                    if (e.f.epoch <= *epoch && !e.acked) {
+                        e.acked = true;
+                        e.f.ack_ns = now - e.f.ack_ns;
+                    }
                 acked_ = *epoch;
+                acked = retire_locked();
             }
         }
         cv_.notify_all();

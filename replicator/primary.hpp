@@ -20,6 +20,8 @@
 
 namespace understudy::replicator {
 
+struct WriterStats;
+
 struct PrimaryConfig {
     std::chrono::microseconds epoch{25000}; // 1 ms .. 10 s
     unsigned max_in_flight = 3;
@@ -91,6 +93,7 @@ private:
     Result<void> handshake();
     Result<void> initial_sync();
     Result<void> epoch_loop();
+    Result<void> copy_while_running();
     Result<std::unique_ptr<Checkpoint>> capture(uint64_t epoch);
     // Checkpoint buffers are reused: growing fresh ones costs page faults in the pause.
     std::unique_ptr<Checkpoint> take_buffer();
@@ -110,7 +113,18 @@ private:
     mutable std::mutex mu_;
     std::condition_variable cv_;
     std::deque<std::unique_ptr<Checkpoint>> to_send_;
-    std::deque<EpochFigures> in_flight_; // sent or queued, not yet ACKed, in epoch order
+    // Checkpoints captured but not yet both sent and acknowledged, in epoch order. The
+    // figures are complete (and reported) only once both have happened.
+    struct InFlight {
+        EpochFigures f;
+        bool sent = false;
+        bool acked = false;
+    };
+    std::deque<InFlight> in_flight_;
+    size_t unacked_locked() const;
+    // Moves finished checkpoints' figures to done_ and returns them for on_acked.
+    std::vector<EpochFigures> retire_locked();
+    void record_sent(uint64_t epoch, const WriterStats& ws);
     std::deque<EpochFigures> done_;      // recent ACKed epochs
     std::optional<Error> error_;
     bool finished_ = false;
