@@ -4,6 +4,9 @@
 
 #include <cstdio>
 
+#include "common/codec.hpp"
+#include "common/records.hpp"
+
 #include "guest/abi/understudy_abi.h"
 #include "hv/kvm_flex.hpp"
 
@@ -92,6 +95,24 @@ Result<void> Vm::setup() {
 Vm::~Vm() {
     for (auto& v : vcpus_) v->request_stop();
     for (auto& v : vcpus_) v->join();
+}
+
+uint64_t Vm::config_digest() const {
+    std::vector<uint8_t> b;
+    Encoder e(b);
+    e.u64(memory_.size());
+    for (const auto& r : memory_.regions()) {
+        e.u64(r.gpa.value);
+        e.u64(r.size);
+    }
+    e.u32(vcpu_count());
+    for (const auto& c : kvm_.supported_cpuid()) e.pod(c);
+    for (const auto& d : devices_) {
+        std::string n = d->name();
+        e.u32(static_cast<uint32_t>(n.size()));
+        e.raw(n.data(), n.size());
+    }
+    return checksum64(b);
 }
 
 Result<void> Vm::add_device(std::unique_ptr<Device> d) {

@@ -75,6 +75,9 @@ public:
     Vcpu& vcpu(unsigned i) { return *vcpus_.at(i); }
 
     Result<void> add_device(std::unique_ptr<Device> d);
+    // Digest of what a VM must share with this one to run its state: memory size and
+    // layout, vCPU count, the CPUID its vCPUs see, and its devices' names.
+    uint64_t config_digest() const;
 
     // Launches the vCPU threads; they run until paused or stopped.
     Result<void> start();

@@ -1,5 +1,7 @@
 #include "replicator/backup_replica.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <cstring>
 
 #include "common/codec.hpp"
@@ -31,6 +33,10 @@ Result<void> BackupReplica::begin_session(const StreamHeader& h) {
     if (h.layout_digest != layout_digest_) return stream_error("the primary lays out guest memory differently");
     abort_open_checkpoint();
     decoder_ = US_TRY(PageDecoder::create({memory_.page_count(), h.session_id}));
+    if (has_committed_ && h.config_digest != committed_config_)
+        spdlog::warn("backup: the new primary's VM configuration differs from the committed checkpoint's; "
+                     "it replaces it when its first checkpoint commits");
+    session_config_ = h.config_digest;
     return {};
 }
 
@@ -147,6 +153,7 @@ Result<uint64_t> BackupReplica::commit(Decoder& d) {
     }
     state_ = std::move(staged_state_);
     committed_epoch_ = epoch;
+    committed_config_ = session_config_;
     has_committed_ = true;
     ++stats_.checkpoints_committed;
     stats_.committed_epoch = epoch;

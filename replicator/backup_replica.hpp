@@ -47,6 +47,9 @@ public:
     // True between a CHECKPOINT_BEGIN and its END.
     bool receiving() const { return open_; }
     uint64_t committed_epoch() const { return committed_epoch_; }
+    // The configuration digest of the session whose checkpoint is committed: a VM
+    // promoted from this replica must have the same (hv::Vm::config_digest).
+    uint64_t committed_config_digest() const { return committed_config_; }
     const hv::GuestMemory& memory() const { return memory_; }
     const hv::VmState& state() const { return state_; }
     ReplicaStats stats() const { return stats_; }
@@ -61,6 +64,8 @@ private:
     uint32_t vcpus_;
     uint64_t layout_digest_;
     std::optional<PageDecoder> decoder_;
+    uint64_t session_config_ = 0;
+    uint64_t committed_config_ = 0;
 
     bool has_committed_ = false;
     uint64_t committed_epoch_ = 0;

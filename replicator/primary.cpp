@@ -108,7 +108,7 @@ std::vector<EpochFigures> Primary::recent_epochs() const {
 
 Result<void> Primary::handshake() {
     auto& mem = vm_.memory();
-    StreamHeader h = make_stream_header(mem.size(), vm_.vcpu_count(), hv::memory_layout_digest(mem), session_id_);
+    StreamHeader h = make_stream_header(mem.size(), vm_.vcpu_count(), hv::memory_layout_digest(mem), vm_.config_digest(), session_id_);
     std::span<const uint8_t> hb(reinterpret_cast<const uint8_t*>(&h), sizeof h);
     US_TRYV(conn_->send({&hb, 1}));
     auto r = US_TRY(conn_->recv_record());

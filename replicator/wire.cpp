@@ -10,7 +10,8 @@ namespace {
 constexpr char kMagic[8] = {'U', 'S', 'R', 'E', 'P', 'L', '\r', '\n'};
 }
 
-StreamHeader make_stream_header(uint64_t memory_bytes, uint32_t vcpus, uint64_t layout_digest, uint64_t session_id) {
+StreamHeader make_stream_header(uint64_t memory_bytes, uint32_t vcpus, uint64_t layout_digest, uint64_t config_digest,
+                                uint64_t session_id) {
     StreamHeader h{};
     std::memcpy(h.magic, kMagic, 8);
     h.version = kWireVersion;
@@ -19,6 +20,7 @@ StreamHeader make_stream_header(uint64_t memory_bytes, uint32_t vcpus, uint64_t 
     h.vcpus = vcpus;
     h.layout_digest = layout_digest;
     h.session_id = session_id;
+    h.config_digest = config_digest;
     return h;
 }
 
@@ -30,7 +32,7 @@ Result<void> check_stream_header(const StreamHeader& h) {
                    std::to_string(kWireVersion) + ")");
     if (h.page_size != 4096) return bad("page size " + std::to_string(h.page_size) + " is not supported");
     if (h.flags != 0) return bad("unknown flags " + std::to_string(h.flags));
-    if (h.reserved[0] != 0 || h.reserved[1] != 0) return bad("reserved fields are not zero");
+    if (h.reserved != 0) return bad("the reserved field is not zero");
     return {};
 }
 

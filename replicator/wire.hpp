@@ -23,11 +23,13 @@ struct StreamHeader {
     uint32_t flags;         // 28: none defined yet; reserved for authentication (must be 0 in v1)
     uint64_t layout_digest; // 32: XXH3-64 of the RAM regions' (gpa, size) pairs
     uint64_t session_id;    // 40: random per connection; also seeds the page hashes
-    uint64_t reserved[2];   // 48: 0
+    uint64_t config_digest; // 48: the VM's configuration (hv::Vm::config_digest)
+    uint64_t reserved;      // 56: 0
 };
 static_assert(std::is_standard_layout_v<StreamHeader> && sizeof(StreamHeader) == 64);
 
-StreamHeader make_stream_header(uint64_t memory_bytes, uint32_t vcpus, uint64_t layout_digest, uint64_t session_id);
+StreamHeader make_stream_header(uint64_t memory_bytes, uint32_t vcpus, uint64_t layout_digest, uint64_t config_digest,
+                                uint64_t session_id);
 // Checks magic, version, page size, flags and reserved fields (not the VM's shape).
 Result<void> check_stream_header(const StreamHeader& h);
 

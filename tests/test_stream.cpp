@@ -29,7 +29,7 @@ struct StreamBuilder {
 
     StreamHeader header(uint32_t vcpus = 1) const {
         auto mem = hv::GuestMemory::create(kMem);
-        return make_stream_header(kMem, vcpus, hv::memory_layout_digest(*mem), session);
+        return make_stream_header(kMem, vcpus, hv::memory_layout_digest(*mem), 0x1234, session);
     }
 
     // Changes `pages` pages (value-stamped) and returns the checkpoint's records.

@@ -41,7 +41,7 @@ struct Page {
 StreamHeader header(uint64_t session = 7) {
     auto mem = hv::GuestMemory::create(kMem);
     REQUIRE(mem);
-    return make_stream_header(kMem, kVcpus, hv::memory_layout_digest(*mem), session);
+    return make_stream_header(kMem, kVcpus, hv::memory_layout_digest(*mem), 0x1234, session);
 }
 
 // u64 epoch, then a page batch built byte by byte from the README's layout.
@@ -273,7 +273,7 @@ TEST_CASE("bad stream headers", "[verifier]") {
         expect_violation(verify_stream(serialize(h, cps).bytes), 32, "layout digest");
     }
     SECTION("reserved") {
-        h.reserved[1] = 1ull << 8;
+        h.reserved = 1ull << 8;
         expect_violation(verify_stream(serialize(h, cps).bytes), 57, "reserved byte 57");
     }
     SECTION("a stream shorter than its header") {
