@@ -192,21 +192,7 @@ TEST_CASE("killing the primary at random moments leaves one whole checkpoint on 
     std::string snap = test::temp_path("backup.snap");
     const BackupReplica* r = backup.server->replica();
     REQUIRE(write_snapshot(r->memory(), r->state(), snap));
-    VmConfig quiet;
-    quiet.console = [](std::string_view) {};
-    auto restored = restore_snapshot(snap, quiet);
-    REQUIRE(restored);
-    auto header = test::churn_header_gpa((*restored)->memory());
-    REQUIRE(header.has_value());
-    test::ChurnProgress before{}, after{};
-    REQUIRE(test::check_churn((*restored)->memory(), *header, &before) == "");
-    REQUIRE((*restored)->start());
-    std::this_thread::sleep_for(milliseconds(200));
-    (*restored)->pause_all();
-    REQUIRE(test::check_churn((*restored)->memory(), *header, &after) == "");
-    CHECK(after.pages_stamped > before.pages_stamped);
-    (*restored)->stop();
-    (*restored)->resume_all();
+    test::check_churn_snapshot_continues(snap);
 }
 
 TEST_CASE("SIGKILL of a primary process leaves the backup process a restorable checkpoint", "[replication][kvm]") {
@@ -236,19 +222,5 @@ TEST_CASE("SIGKILL of a primary process leaves the backup process a restorable c
     test::run_shell("cat " + log + ".primary", &plog);
     INFO("backup log:\n" << blog << "\nprimary log:\n" << plog);
     REQUIRE(plog.find("checkpoints:") != std::string::npos); // it was protected before the kill
-    VmConfig quiet;
-    quiet.console = [](std::string_view) {};
-    auto restored = restore_snapshot(snap, quiet);
-    REQUIRE(restored);
-    auto header = test::churn_header_gpa((*restored)->memory());
-    REQUIRE(header.has_value());
-    test::ChurnProgress before{}, after{};
-    REQUIRE(test::check_churn((*restored)->memory(), *header, &before) == "");
-    REQUIRE((*restored)->start());
-    std::this_thread::sleep_for(milliseconds(200));
-    (*restored)->pause_all();
-    REQUIRE(test::check_churn((*restored)->memory(), *header, &after) == "");
-    CHECK(after.pages_stamped > before.pages_stamped);
-    (*restored)->stop();
-    (*restored)->resume_all();
+    test::check_churn_snapshot_continues(snap);
 }

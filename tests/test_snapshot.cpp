@@ -101,8 +101,7 @@ TEST_CASE("a snapshot taken mid-churn is consistent with one moment and the rest
     cfg.vcpus = 2;
     auto vm = test::boot("churn", "pages=2048 content=pattern", cfg);
     REQUIRE(vm->start());
-    auto header = vm->wait_report(0, US_REPORT_LAYOUT, seconds(20));
-    if (!header) header = vm->wait_report(1, US_REPORT_LAYOUT, seconds(1));
+    auto header = test::wait_churn_header(*vm, seconds(20));
     REQUIRE(header.has_value());
     std::this_thread::sleep_for(milliseconds(300));
     vm->pause_all();

@@ -7,6 +7,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <thread>
+
+#include "hv/snapshot.hpp"
 
 namespace understudy::test {
 
@@ -78,6 +81,35 @@ std::optional<uint64_t> churn_header_gpa(const hv::GuestMemory& mem) {
         if (magic && *magic == US_CHURN_MAGIC) return gpa;
     }
     return std::nullopt;
+}
+
+std::optional<uint64_t> wait_churn_header(hv::Vm& vm, std::chrono::milliseconds limit) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    do {
+        for (unsigned v = 0; v < vm.vcpu_count(); ++v)
+            if (auto g = vm.report(v, abi::US_REPORT_LAYOUT)) return g;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    } while (std::chrono::steady_clock::now() < deadline && !vm.stop_reason());
+    return std::nullopt;
+}
+
+void check_churn_snapshot_continues(const std::string& snapshot) {
+    hv::VmConfig quiet;
+    quiet.console = [](std::string_view) {};
+    auto restored = hv::restore_snapshot(snapshot, quiet);
+    REQUIRE(restored);
+    hv::Vm& vm = **restored;
+    auto header = churn_header_gpa(vm.memory());
+    REQUIRE(header.has_value());
+    ChurnProgress before{}, after{};
+    REQUIRE(check_churn(vm.memory(), *header, &before) == "");
+    REQUIRE(vm.start());
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    vm.pause_all();
+    REQUIRE(check_churn(vm.memory(), *header, &after) == "");
+    CHECK(after.pages_stamped > before.pages_stamped);
+    vm.stop();
+    vm.resume_all();
 }
 
 int run_shell(const std::string& cmd, std::string* output) {

@@ -36,6 +36,13 @@ std::string check_churn(const hv::GuestMemory& mem, uint64_t header_gpa, ChurnPr
 // after the image, below 4 MiB), for replicas that cannot ask the guest.
 std::optional<uint64_t> churn_header_gpa(const hv::GuestMemory& mem);
 
+// Waits for churn to report its header, from whichever vCPU reached it first.
+std::optional<uint64_t> wait_churn_header(hv::Vm& vm, std::chrono::milliseconds limit);
+
+// Restores a snapshot of a churn guest, checks its stamps, runs it 200 ms and checks
+// that it made progress from there with its stamps still consistent.
+void check_churn_snapshot_continues(const std::string& snapshot);
+
 // Runs `cmd` in a shell, returns its exit status and stdout+stderr.
 int run_shell(const std::string& cmd, std::string* output);
 
