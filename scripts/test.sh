@@ -13,7 +13,7 @@ echo "== tests"
 
 if [ "${UNDERSTUDY_SKIP_SANITIZERS:-0}" != 1 ]; then
   echo "== build with AddressSanitizer and UndefinedBehaviorSanitizer"
-  BUILD_DIR=build-asan scripts/build.sh -DUNDERSTUDY_SANITIZE=ON
+  BUILD_DIR=build-asan scripts/build.sh -DUNDERSTUDY_SANITIZE=ON -DUNDERSTUDY_BENCH=OFF
   echo "== tests under sanitizers"
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
      ctest --output-on-failure --timeout 900)
