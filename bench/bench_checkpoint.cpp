@@ -40,6 +40,24 @@ constexpr double kIdleCkptPerSMin = 200;
 constexpr double kRawMBpsMin = 500;
 
 bool g_verbose = false; // --verbose=1: every measured epoch on stderr
+// --churn="KEYS": one custom row with these churn keys (bench/vs_qemu uses it), with
+// --vcpus=N guest vCPUs (default 1) and --image=PATH (default: the build's churn.elf).
+unsigned g_vcpus = 1;
+std::string g_image;
+bool g_custom = false;
+
+// boot() for an image given by path (the custom row's --image).
+std::unique_ptr<Vm> boot_path(const std::string& path, const std::string& cmdline, VmConfig cfg,
+                              std::shared_ptr<std::string> console) {
+    cfg.console = [console](std::string_view line) { *console += std::string(line) + "\n"; };
+    auto vm = Vm::create(cfg);
+    if (!vm) die("creating the VM: " + vm.error().describe());
+    auto file = read_file(path, 64 << 20);
+    if (!file) die(file.error().describe());
+    auto img = load_pvh_image(**vm, *file, cmdline);
+    if (!img) die(img.error().describe());
+    return std::move(*vm);
+}
 
 enum class Kind { churn, idle, throughput };
 const char* kind_name(Kind k) { return k == Kind::churn ? "churn" : k == Kind::idle ? "idle" : "throughput"; }
@@ -171,10 +189,10 @@ RowResult run_row(const Row& row, uint64_t memory_bytes, bool quick) {
     res.row = row;
     VmConfig cfg;
     cfg.memory_bytes = memory_bytes;
-    cfg.vcpus = 1;
+    cfg.vcpus = g_vcpus;
     cfg.dirty.mode = DirtyMode::ring;
     auto console = std::make_shared<std::string>();
-    auto vm = boot("churn", row.churn, cfg, console);
+    auto vm = g_image.empty() ? boot("churn", row.churn, cfg, console) : boot_path(g_image, row.churn, cfg, console);
     if (auto r = vm->start(); !r) die(r.error().describe());
     auto header = vm->wait_report(0, abi::US_REPORT_LAYOUT, seconds(20));
     if (!header || !vm->wait_report(0, abi::US_REPORT_READY, seconds(20))) {
@@ -331,6 +349,7 @@ int main(int argc, char** argv) {
     double idle_seconds = opt.quick ? 1.5 : 3;
     std::vector<uint64_t> page_counts = {100, 1000, 10000};
     int64_t epoch_override = -1;
+    std::string custom_churn;
     bool run_churn = true, run_idle = true, run_tp = true;
     for (const auto& [k, v] : opt.extra) {
         if (k == "pages") page_counts = parse_list(v);
@@ -342,11 +361,28 @@ int main(int argc, char** argv) {
             run_churn = v.find("churn") != std::string::npos;
             run_idle = v.find("idle") != std::string::npos;
             run_tp = v.find("throughput") != std::string::npos;
-        } else die("unknown option --" + k + "= (want pages, mib, seconds, epoch-ms, cases, verbose)");
+        } else if (k == "churn") {
+            g_custom = true;
+            custom_churn = v;
+        } else if (k == "vcpus") {
+            g_vcpus = unsigned(parse_list(v).at(0));
+            if (g_vcpus < 1 || g_vcpus > 2) die("--vcpus=: 1 or 2");
+        } else if (k == "image") g_image = v;
+        else die("unknown option --" + k + "= (want pages, mib, seconds, epoch-ms, cases, verbose, churn, vcpus, image)");
     }
     const uint64_t memory_bytes = mib * kMiB;
 
     std::vector<Row> rows;
+    if (g_custom) { // only the custom row
+        Row r;
+        r.name = "custom";
+        r.kind = Kind::churn;
+        r.churn = custom_churn;
+        r.epoch = milliseconds(epoch_override > 0 ? epoch_override : 25);
+        r.seconds = seconds_per_row;
+        rows.push_back(r);
+        run_churn = run_idle = run_tp = false;
+    }
     if (run_churn)
         for (uint64_t n : page_counts) {
             // Epoch 25 ms, the working set rewritten about once an epoch. Each first write
@@ -391,11 +427,11 @@ int main(int argc, char** argv) {
 
     std::string date = utc_timestamp();
     std::printf("bench_checkpoint  %s%s\n", date.c_str(), opt.quick ? "  (--quick)" : "");
-    std::printf("In one process: BackupServer on 127.0.0.1 (thread), churn guest with 1 vCPU, %llu MiB, dirty ring, Primary\n"
+    std::printf("In one process: BackupServer on 127.0.0.1 (thread), churn guest with %u vCPU(s), %llu MiB, dirty ring, Primary\n"
                 "(in-epoch copy on). Per row: protection established, %.1f s warm-up, then %.1f s of ACKed checkpoints\n"
                 "(idle: %.1f s); epoch 1 (initial synchronization) reported separately. Limit = same VM after the\n"
                 "Primary stops: paused, harvest_dirty() + memcpy of the pages churn dirtied in one epoch.\n\n",
-                (unsigned long long)mib, opt.quick ? 0.2 : 0.5, seconds_per_row, idle_seconds);
+                g_vcpus, (unsigned long long)mib, opt.quick ? 0.2 : 0.5, seconds_per_row, idle_seconds);
     std::fflush(stdout);
 
     double loop_mbps = loopback_mbps(opt.quick ? (64u << 20) : (256u << 20));
@@ -624,6 +660,14 @@ int main(int argc, char** argv) {
             .obj("encode_us", summary_json(us_of(r.epochs, &EpochFigures::encode_ns)))
             .obj("transmit_us", summary_json(us_of(r.epochs, &EpochFigures::transmit_ns)))
             .integer("hook_figures_without_bytes", r.hook_without_bytes);
+        if (g_custom) { // every checkpoint, for distributions
+            std::vector<double> all, pages;
+            for (const auto& f : r.epochs) {
+                all.push_back(double(f.pause_ns) / 1e3);
+                pages.push_back(double(f.dirty_pages));
+            }
+            j.integer("vcpus", g_vcpus).nums("pauses_us", all).nums("dirty_pages_all", pages);
+        }
         if (r.row.kind == Kind::churn && r.row.target_pages == kPauseTargetPages)
             j.boolean("pause_target_met", pause.p99 <= kPauseLimitFactor * lim.p50 + kPauseLimitSlackUs);
         if (r.row.kind == Kind::churn) j.boolean("wire_target_met", raw && double(wire) / double(raw) <= kWireOverRawMax);
@@ -649,7 +693,7 @@ int main(int argc, char** argv) {
         .str("date", date)
         .boolean("quick", opt.quick)
         .integer("memory_mib", mib)
-        .integer("vcpus", 1)
+        .integer("vcpus", g_vcpus)
         .num("window_s", seconds_per_row)
         .num("loopback_mb_per_s", loop_mbps)
         .num("loopback_mb_per_s_after", loop_mbps2)
