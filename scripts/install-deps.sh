@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Understudy needs from Debian 12's archive, and nothing that is already
-# there. Idempotent; run as root.
+# there. Idempotent; run as root. Extra package names given as arguments are installed
+# too (bench/vs_qemu/install-deps.sh uses this).
 set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config git
   liburing-dev liblz4-dev libxxhash-dev libboost-dev libboost-program-options-dev
   libspdlog-dev libfmt-dev catch2
+  "$@"
 )
 
 missing=()
