@@ -147,14 +147,26 @@ TEST_CASE("killing the primary at random moments leaves one whole checkpoint on 
         REQUIRE(vm->start());
         PrimaryConfig pc;
         pc.epoch = milliseconds(2 + rng() % 20);
-        auto primary = Primary::start(*vm, connect_to(*backup.server), pc);
+        std::atomic<bool> syncing{false};
+        PrimaryHooks hooks;
+        hooks.on_sync_progress = [&](const SyncProgress&) { syncing = true; };
+        auto primary = Primary::start(*vm, connect_to(*backup.server), pc, hooks);
         REQUIRE(primary);
-        if (round % 2 == 0) {
-            // Anywhere: during the initial synchronization or soon after.
-            std::this_thread::sleep_for(microseconds(rng() % 1500000));
+        auto deadline = steady_clock::now() + seconds(30);
+        if (round == 49) {
+            // The last round leaves a checkpoint of a running churn for the restore below.
+            auto header = test::wait_churn_header(*vm, seconds(20));
+            REQUIRE(header.has_value());
+            uint64_t target = (*primary)->acked_epoch() + 3;
+            while ((*primary)->acked_epoch() < target && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(1));
+            std::this_thread::sleep_for(microseconds(rng() % 20000));
+        } else if (round % 2 == 0) {
+            // During the initial synchronization: once its first round has been sent.
+            while (!syncing && !(*primary)->is_protected() && steady_clock::now() < deadline) std::this_thread::sleep_for(microseconds(200));
+            std::this_thread::sleep_for(microseconds(rng() % 3000));
         } else {
-            // While protected: between checkpoints or in the middle of sending one.
-            auto deadline = steady_clock::now() + seconds(30);
+            // While protected and churn runs: between checkpoints or in the middle of one.
+            REQUIRE(test::wait_churn_header(*vm, seconds(20)).has_value());
             while (!(*primary)->is_protected() && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(1));
             std::this_thread::sleep_for(microseconds(rng() % 100000));
         }
@@ -182,10 +194,11 @@ TEST_CASE("killing the primary at random moments leaves one whole checkpoint on 
         ++checked;
         last_committed = r->committed_epoch();
     }
-    CHECK(checked >= 25);
-    CHECK(before_header <= 10);
-    INFO("killed during sync " << killed_in_sync << ", while protected " << killed_protected);
+    INFO("killed during sync " << killed_in_sync << ", while protected " << killed_protected << "; stamps checked "
+                                << checked << " times, " << before_header << " committed images predate churn's header");
+    CHECK(checked >= 20);
     CHECK(killed_protected >= 10);
+    CHECK(killed_in_sync >= 5);
     CHECK(last_committed > 0);
 
     // The committed image restores as a snapshot and the guest runs on from it.
