@@ -46,7 +46,7 @@ public:
         header()->count = static_cast<uint32_t>(count);
     }
     KvmFlex(const std::vector<Entry>& entries) : KvmFlex(entries.size()) {
-        std::memcpy(data(), entries.data(), entries.size() * sizeof(Entry));
+        if (!entries.empty()) std::memcpy(data(), entries.data(), entries.size() * sizeof(Entry));
     }
     Header* header() { return reinterpret_cast<Header*>(words_.data()); }
     Entry* data() { return reinterpret_cast<Entry*>(reinterpret_cast<uint8_t*>(words_.data()) + sizeof(Header)); }

@@ -66,7 +66,7 @@ Result<VcpuState> decode_vcpu_state(std::span<const uint8_t> in) {
             if (f.body.size() % sizeof(kvm_cpuid_entry2) != 0 || f.body.size() / sizeof(kvm_cpuid_entry2) > 4096)
                 return d.error("CPUID field has a bad size");
             s.cpuid.resize(f.body.size() / sizeof(kvm_cpuid_entry2));
-            std::memcpy(s.cpuid.data(), f.body.data(), f.body.size());
+            if (!f.body.empty()) std::memcpy(s.cpuid.data(), f.body.data(), f.body.size());
             break;
         case kTagMpState: s.mp_state = US_TRY(Decoder::as_pod<kvm_mp_state>(f, what)); break;
         case kTagRegs: s.regs = US_TRY(Decoder::as_pod<kvm_regs>(f, what)); break;
