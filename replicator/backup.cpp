@@ -4,9 +4,15 @@
 
 namespace understudy::replicator {
 
-Result<std::unique_ptr<BackupServer>> BackupServer::listen(const Endpoint& at, BackupHooks hooks) {
+Result<std::unique_ptr<BackupServer>> BackupServer::listen(const Endpoint& at, BackupHooks hooks, BackupConfig cfg) {
+    US_TRYV(failover::validate(cfg.heartbeat));
     auto l = US_TRY(Listener::listen(at));
-    return std::unique_ptr<BackupServer>(new BackupServer(std::move(l), std::move(hooks)));
+    return std::unique_ptr<BackupServer>(new BackupServer(std::move(l), std::move(hooks), cfg));
+}
+
+HeartbeatStats BackupServer::heartbeats() const {
+    std::lock_guard lock(mu_);
+    return heartbeat_ ? heartbeat_->stats() : HeartbeatStats{};
 }
 
 void BackupServer::stop() {
@@ -21,19 +27,47 @@ Result<void> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
         std::lock_guard lock(mu_);
         if (stopped_) return make_error(Errc::state, "the backup is stopping");
         current_ = conn.get();
+        peer_failure_.reset();
     }
-    auto r = run_session(*conn);
+    StreamHeader h;
+    auto r = conn->recv_exact({reinterpret_cast<uint8_t*>(&h), sizeof h});
+    if (r && is_control_magic(std::span<const uint8_t, 8>(reinterpret_cast<const uint8_t*>(h.magic), 8)))
+        r = make_error(Errc::invalid_input, "a control connection from " + conn->peer() + " arrived without a session");
+    if (r) r = run_session(*conn, h);
+    std::unique_ptr<HeartbeatLink> link;
     {
         std::lock_guard lock(mu_);
         current_ = nullptr;
+        link = std::move(heartbeat_);
+        // A silent primary, not the shut-down socket that followed, is why the session broke.
+        if (!r && peer_failure_) r = *peer_failure_;
     }
+    if (link) link->stop();
     if (replica_) replica_->abort_open_checkpoint();
     return r;
 }
 
-Result<void> BackupServer::run_session(Connection& conn) {
-    StreamHeader h;
-    US_TRYV(conn.recv_exact({reinterpret_cast<uint8_t*>(&h), sizeof h}));
+// The control connection comes second, after the primary saw the ACCEPT. A heartbeat
+// failure shuts the checkpoint stream down: a checkpoint in the middle of arriving is
+// then discarded, and the committed one stays.
+Result<void> BackupServer::open_control(Connection& data, uint64_t session_id) {
+    auto accepted = listener_.accept(cfg_.control_accept_timeout);
+    if (!accepted) return std::move(accepted.error()).wrap("waiting for the control connection");
+    auto conn = std::move(*accepted);
+    ControlHello hello;
+    US_TRYV(conn->recv_exact({reinterpret_cast<uint8_t*>(&hello), sizeof hello}));
+    US_TRYV(check_control_hello(hello, session_id));
+    auto link = US_TRY(HeartbeatLink::start(std::move(conn), cfg_.heartbeat, [this, &data](Error e) {
+        std::lock_guard lock(mu_);
+        peer_failure_ = std::move(e).wrap("primary");
+        data.shutdown();
+    }));
+    std::lock_guard lock(mu_);
+    heartbeat_ = std::move(link);
+    return {};
+}
+
+Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h) {
     if (hooks_.on_receive) hooks_.on_receive({reinterpret_cast<const uint8_t*>(&h), sizeof h}, true);
     std::vector<uint8_t> framed; // for on_receive
     auto accepted = [&]() -> Result<void> {
@@ -47,7 +81,9 @@ Result<void> BackupServer::run_session(Connection& conn) {
         return accepted;
     }
     US_TRYV(conn.send_record(kAccept, encode_u64s({replica_->committed_epoch()})));
-    spdlog::info("backup: primary {} connected ({} MiB, {} vCPUs)", conn.peer(), h.memory_bytes >> 20, h.vcpus);
+    if (h.flags & kStreamFlagControl) US_TRYV(open_control(conn, h.session_id));
+    spdlog::info("backup: primary {} connected ({} MiB, {} vCPUs, {})", conn.peer(), h.memory_bytes >> 20, h.vcpus,
+                 heartbeat_ ? "heartbeats on a control connection" : "no control connection");
     for (;;) {
         auto rec = conn.recv_record();
         if (!rec) {

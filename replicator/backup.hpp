@@ -7,7 +7,9 @@
 #include <functional>
 #include <memory>
 
+#include "failover/failure_detector.hpp"
 #include "replicator/backup_replica.hpp"
+#include "replicator/control_link.hpp"
 #include "replicator/transport.hpp"
 
 namespace understudy::replicator {
@@ -21,13 +23,21 @@ struct BackupHooks {
     std::function<void(std::span<const uint8_t> bytes, bool session_start)> on_receive;
 };
 
+struct BackupConfig {
+    failover::DetectorConfig heartbeat; // for primaries that open a control connection
+    std::chrono::milliseconds control_accept_timeout{5000};
+};
+
 class BackupServer {
 public:
-    static Result<std::unique_ptr<BackupServer>> listen(const Endpoint& at, BackupHooks hooks = {});
+    static Result<std::unique_ptr<BackupServer>> listen(const Endpoint& at, BackupHooks hooks = {},
+                                                        BackupConfig cfg = {});
     Endpoint local() const { return listener_.local(); }
 
     // Serves one primary, from accept until its stream ends. Ok when the primary closed
-    // the connection between checkpoints; an Error says what broke the session.
+    // the connection between checkpoints; an Error says what broke the session (a
+    // primary silent on the control connection for longer than the timeout is
+    // Errc::timeout).
     Result<void> serve_one(std::chrono::milliseconds accept_timeout);
     // Ends a session in progress and refuses new ones.
     void stop();
@@ -35,14 +45,22 @@ public:
     // The replica, once a first session has told its shape.
     const BackupReplica* replica() const { return replica_.get(); }
 
+    // Heartbeats of the current or last session's control connection.
+    HeartbeatStats heartbeats() const;
+
 private:
-    BackupServer(Listener l, BackupHooks h) : listener_(std::move(l)), hooks_(std::move(h)) {}
-    Result<void> run_session(Connection& conn);
+    BackupServer(Listener l, BackupHooks h, BackupConfig c)
+        : listener_(std::move(l)), hooks_(std::move(h)), cfg_(c) {}
+    Result<void> run_session(Connection& conn, const StreamHeader& h);
+    Result<void> open_control(Connection& data, uint64_t session_id);
 
     Listener listener_;
     BackupHooks hooks_;
+    BackupConfig cfg_;
+    std::unique_ptr<HeartbeatLink> heartbeat_;
+    std::optional<Error> peer_failure_; // guarded by mu_
     std::unique_ptr<BackupReplica> replica_;
-    std::mutex mu_;
+    mutable std::mutex mu_;
     Connection* current_ = nullptr;
     bool stopped_ = false;
 };

@@ -47,11 +47,11 @@ Result<void> validate(const PrimaryConfig& c) {
     if (c.max_in_flight < 1 || c.max_in_flight > 64)
         return make_error(Errc::invalid_input, "checkpoints in flight must be 1 .. 64");
     if (c.batch_pages < 1 || c.batch_pages > 8192) return make_error(Errc::invalid_input, "pages per record must be 1 .. 8192");
-    return {};
+    return failover::validate(c.heartbeat);
 }
 
 Result<std::unique_ptr<Primary>> Primary::start(hv::Vm& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg,
-                                                PrimaryHooks hooks) {
+                                                PrimaryHooks hooks, std::unique_ptr<Connection> control) {
     US_TRYV(validate(cfg));
     if (vm.config().dirty.mode == hv::DirtyMode::none)
         return make_error(Errc::invalid_input, "replication needs dirty tracking; the VM was created with --dirty none");
@@ -59,6 +59,7 @@ Result<std::unique_ptr<Primary>> Primary::start(hv::Vm& vm, std::unique_ptr<Conn
     auto enc = US_TRY(PageEncoder::create({vm.memory().page_count(), cfg.cache_pages, session}));
     std::unique_ptr<Primary> p(new Primary(vm, std::move(conn), cfg, std::move(hooks), std::move(enc)));
     p->session_id_ = session;
+    p->control_conn_ = std::move(control);
     p->control_ = std::thread([raw = p.get()] { raw->control_main(); });
     return p;
 }
@@ -91,6 +92,8 @@ void Primary::stop() {
 Result<void> Primary::wait() {
     for (auto* t : {&control_, &sender_, &receiver_})
         if (t->joinable()) t->join();
+    // Only now: a heartbeat failure calls fail() from the link's thread until it stops.
+    if (heartbeat_) heartbeat_->stop();
     std::lock_guard lock(mu_);
     if (error_) return *error_;
     return {};
@@ -101,6 +104,8 @@ std::optional<Error> Primary::failure() const {
     return error_;
 }
 
+HeartbeatStats Primary::heartbeats() const { return heartbeat_ ? heartbeat_->stats() : HeartbeatStats{}; }
+
 std::vector<EpochFigures> Primary::recent_epochs() const {
     std::lock_guard lock(mu_);
     return {done_.begin(), done_.end()};
@@ -108,13 +113,20 @@ std::vector<EpochFigures> Primary::recent_epochs() const {
 
 Result<void> Primary::handshake() {
     auto& mem = vm_.memory();
-    StreamHeader h = make_stream_header(mem.size(), vm_.vcpu_count(), hv::memory_layout_digest(mem), vm_.config_digest(), session_id_);
+    StreamHeader h = make_stream_header(mem.size(), vm_.vcpu_count(), hv::memory_layout_digest(mem), vm_.config_digest(),
+                                        session_id_, control_conn_ ? kStreamFlagControl : 0);
     std::span<const uint8_t> hb(reinterpret_cast<const uint8_t*>(&h), sizeof h);
     US_TRYV(conn_->send({&hb, 1}));
     auto r = US_TRY(conn_->recv_record());
     if (r.type == kReject)
         return make_error(Errc::invalid_input, "the backup refused the stream: " + std::string(r.body.begin(), r.body.end()));
     if (r.type != kAccept) return make_error(Errc::invalid_input, std::string("the backup answered with ") + record_type_name(r.type));
+    if (!control_conn_) return {};
+    ControlHello hello = make_control_hello(session_id_, cfg_.heartbeat);
+    std::span<const uint8_t> hs(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
+    if (auto sent = control_conn_->send({&hs, 1}); !sent) return std::move(sent.error()).wrap("control connection");
+    heartbeat_ = US_TRY(HeartbeatLink::start(std::move(control_conn_), cfg_.heartbeat,
+                                             [this](Error e) { fail(std::move(e).wrap("backup")); }));
     return {};
 }
 

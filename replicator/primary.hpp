@@ -14,7 +14,9 @@
 #include <mutex>
 #include <thread>
 
+#include "failover/failure_detector.hpp"
 #include "hv/vm.hpp"
+#include "replicator/control_link.hpp"
 #include "replicator/page_codec.hpp"
 #include "replicator/transport.hpp"
 
@@ -29,6 +31,7 @@ struct PrimaryConfig {
     size_t batch_pages = 1024;    // pages per PAGES record
     bool in_epoch_copy = true;    // harvest and copy at mid-epoch too, to shorten the pause
     unsigned max_sync_rounds = 8; // pre-copy rounds of the initial synchronization
+    failover::DetectorConfig heartbeat; // on the control connection, when there is one
 };
 Result<void> validate(const PrimaryConfig& c);
 
@@ -69,8 +72,11 @@ class Primary {
 public:
     // The VM must be started. Returns once the threads run; the initial synchronization
     // proceeds in the background (protected() turns true when its checkpoint is ACKed).
+    // `control`, a second connection to the same backup, carries heartbeats: without
+    // one, a backup that hangs without closing its socket is only noticed through
+    // backpressure.
     static Result<std::unique_ptr<Primary>> start(hv::Vm& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg,
-                                                  PrimaryHooks hooks = {});
+                                                  PrimaryHooks hooks = {}, std::unique_ptr<Connection> control = nullptr);
     ~Primary();
 
     // Ends replication; the VM keeps running.
@@ -83,6 +89,8 @@ public:
     std::optional<Error> failure() const;
     uint64_t acked_epoch() const { return acked_.load(); }
     std::vector<EpochFigures> recent_epochs() const;
+    // Heartbeats on the control connection (all zero without one).
+    HeartbeatStats heartbeats() const;
 
 private:
     struct Checkpoint;
@@ -103,6 +111,8 @@ private:
 
     hv::Vm& vm_;
     std::unique_ptr<Connection> conn_;
+    std::unique_ptr<Connection> control_conn_; // until handshake() hands it to heartbeat_
+    std::unique_ptr<HeartbeatLink> heartbeat_;
     PrimaryConfig cfg_;
     PrimaryHooks hooks_;
     PageEncoder encoder_;

@@ -252,7 +252,8 @@ bool Verifier::header(std::span<const uint8_t> h) {
         return fail(16, fmt::format("stream header: guest memory of {} bytes is not a multiple of 2 MiB between 16 MiB and 12 GiB", mem));
     if (r_.vcpus < 1 || r_.vcpus > 8) return fail(24, fmt::format("stream header: {} vCPUs (a VM has 1 to 8)", r_.vcpus));
     uint32_t flags = load<uint32_t>(p + 28);
-    if (flags != 0) return fail(28, fmt::format("stream header: unknown flags {:#x} (none are defined in version 1)", flags));
+    // Bit 0: a control connection (heartbeats) accompanies the stream; it is not in the capture.
+    if (flags & ~1u) return fail(28, fmt::format("stream header: unknown flags {:#x} (only bit 0 is defined in version 1)", flags));
     uint64_t layout = load<uint64_t>(p + 32), want = expected_layout_digest(mem);
     if (layout != want)
         return fail(32, fmt::format("stream header: layout digest {:#018x} does not describe {} MiB of RAM laid out below 3 GiB "

@@ -11,13 +11,14 @@ constexpr char kMagic[8] = {'U', 'S', 'R', 'E', 'P', 'L', '\r', '\n'};
 }
 
 StreamHeader make_stream_header(uint64_t memory_bytes, uint32_t vcpus, uint64_t layout_digest, uint64_t config_digest,
-                                uint64_t session_id) {
+                                uint64_t session_id, uint32_t flags) {
     StreamHeader h{};
     std::memcpy(h.magic, kMagic, 8);
     h.version = kWireVersion;
     h.page_size = 4096;
     h.memory_bytes = memory_bytes;
     h.vcpus = vcpus;
+    h.flags = flags;
     h.layout_digest = layout_digest;
     h.session_id = session_id;
     h.config_digest = config_digest;
@@ -31,7 +32,7 @@ Result<void> check_stream_header(const StreamHeader& h) {
         return bad("format version " + std::to_string(h.version) + " is not supported (this build speaks " +
                    std::to_string(kWireVersion) + ")");
     if (h.page_size != 4096) return bad("page size " + std::to_string(h.page_size) + " is not supported");
-    if (h.flags != 0) return bad("unknown flags " + std::to_string(h.flags));
+    if (h.flags & ~kStreamFlagControl) return bad("unknown flags " + std::to_string(h.flags & ~kStreamFlagControl));
     if (h.reserved != 0) return bad("the reserved field is not zero");
     return {};
 }

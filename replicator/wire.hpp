@@ -20,7 +20,7 @@ struct StreamHeader {
     uint32_t page_size;     // 12: 4096
     uint64_t memory_bytes;  // 16: guest RAM
     uint32_t vcpus;         // 24
-    uint32_t flags;         // 28: none defined yet; reserved for authentication (must be 0 in v1)
+    uint32_t flags;         // 28: kStreamFlag*; other bits reserved (authentication) and 0
     uint64_t layout_digest; // 32: XXH3-64 of the RAM regions' (gpa, size) pairs
     uint64_t session_id;    // 40: random per connection; also seeds the page hashes
     uint64_t config_digest; // 48: the VM's configuration (hv::Vm::config_digest)
@@ -28,8 +28,11 @@ struct StreamHeader {
 };
 static_assert(std::is_standard_layout_v<StreamHeader> && sizeof(StreamHeader) == 64);
 
+// A control connection carrying heartbeats follows the ACCEPT (replicator/control_link.hpp).
+inline constexpr uint32_t kStreamFlagControl = 1;
+
 StreamHeader make_stream_header(uint64_t memory_bytes, uint32_t vcpus, uint64_t layout_digest, uint64_t config_digest,
-                                uint64_t session_id);
+                                uint64_t session_id, uint32_t flags = 0);
 // Checks magic, version, page size, flags and reserved fields (not the VM's shape).
 Result<void> check_stream_header(const StreamHeader& h);
 

@@ -43,7 +43,9 @@ struct BackupThread {
     std::mutex mu;
 
     explicit BackupThread(BackupHooks hooks = {}) {
-        auto s = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), std::move(hooks));
+        BackupConfig cfg;
+        cfg.heartbeat = {milliseconds(10), milliseconds(2000)}; // see the primary's, below
+        auto s = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), std::move(hooks), cfg);
         REQUIRE(s);
         server = std::move(*s);
         thread = std::thread([this] {
@@ -94,6 +96,9 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     REQUIRE(vm->start());
     PrimaryConfig pc;
     pc.epoch = milliseconds(5);
+    // Two busy vCPUs on two cores (four under a sanitizer's weight): a generous timeout
+    // keeps a starved heartbeat thread from ending the session.
+    pc.heartbeat = {milliseconds(10), milliseconds(2000)};
     PrimaryHooks ph;
     ph.on_capture = [&](uint64_t epoch, Vm& v) {
         if (epoch % 25 != 1) return;
@@ -103,12 +108,16 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
         std::lock_guard lock(mu);
         primary_digest[epoch] = d;
     };
-    auto primary = Primary::start(*vm, connect_to(*backup.server), pc, ph);
+    // With a control connection: heartbeats flow beside the checkpoints all along.
+    auto data = connect_to(*backup.server);
+    auto primary = Primary::start(*vm, std::move(data), pc, ph, connect_to(*backup.server));
     REQUIRE(primary);
     auto deadline = steady_clock::now() + seconds(120);
     while ((*primary)->acked_epoch() < 520 && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(20));
     REQUIRE((*primary)->acked_epoch() >= 520);
     auto figures = (*primary)->recent_epochs();
+    CHECK((*primary)->heartbeats().received > 50);
+    CHECK(backup.server->heartbeats().received > 50);
     (*primary)->stop();
     CHECK((*primary)->wait());
     vm->stop();

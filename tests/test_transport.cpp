@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "replicator/transport.hpp"
+#include "support/loopback.hpp"
 
 using namespace understudy;
 using namespace understudy::replicator;
@@ -21,21 +22,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct Pair {
-    std::unique_ptr<Connection> client, server;
-};
-
-Pair connected_pair(const TransportOptions& o = {}) {
-    auto l = Listener::listen(*Endpoint::parse("127.0.0.1:0"), o);
-    REQUIRE(l);
-    REQUIRE(l->local().port != 0);
-    auto accepted = std::async(std::launch::async, [&] { return l->accept(5s); });
-    auto c = Connection::connect(l->local(), 5s, o);
-    REQUIRE(c);
-    auto s = accepted.get();
-    REQUIRE(s);
-    return {std::move(*c), std::move(*s)};
-}
+using test::connected_pair;
 
 std::vector<uint8_t> pattern(size_t n, uint64_t seed) {
     std::vector<uint8_t> v(n);

@@ -1,0 +1,153 @@
+#include "replicator/control_link.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+
+#include "common/codec.hpp"
+#include "replicator/wire.hpp"
+
+namespace understudy::replicator {
+
+using namespace std::chrono;
+
+namespace {
+constexpr char kControlMagic[8] = {'U', 'S', 'C', 'T', 'R', 'L', '\r', '\n'};
+
+double ms(failover::Clock::duration d) { return duration<double, std::milli>(d).count(); }
+} // namespace
+
+ControlHello make_control_hello(uint64_t session_id, const failover::DetectorConfig& cfg) {
+    ControlHello h{};
+    std::memcpy(h.magic, kControlMagic, 8);
+    h.version = kWireVersion;
+    h.session_id = session_id;
+    h.heartbeat_interval_ns = static_cast<uint64_t>(duration_cast<nanoseconds>(cfg.heartbeat_interval).count());
+    h.timeout_ns = static_cast<uint64_t>(duration_cast<nanoseconds>(cfg.timeout).count());
+    return h;
+}
+
+bool is_control_magic(std::span<const uint8_t, 8> magic) { return std::memcmp(magic.data(), kControlMagic, 8) == 0; }
+
+Result<void> check_control_hello(const ControlHello& h, uint64_t session_id) {
+    auto bad = [](const std::string& why) { return make_error(Errc::invalid_input, "control connection: " + why); };
+    if (std::memcmp(h.magic, kControlMagic, 8) != 0) return bad("bad magic");
+    if (h.version != kWireVersion) return bad("format version " + std::to_string(h.version) + " is not supported");
+    if (h.flags != 0) return bad("unknown flags " + std::to_string(h.flags));
+    for (uint64_t r : h.reserved)
+        if (r != 0) return bad("a reserved field is not zero");
+    if (h.session_id != session_id) return bad("it names another session than the checkpoint stream");
+    return {};
+}
+
+Result<std::unique_ptr<HeartbeatLink>> HeartbeatLink::start(std::unique_ptr<Connection> conn,
+                                                            failover::DetectorConfig cfg, OnFailure on_failure) {
+    auto det = US_TRY(failover::FailureDetector::create(cfg));
+    std::unique_ptr<HeartbeatLink> l(new HeartbeatLink(std::move(conn), std::move(det), std::move(on_failure)));
+    l->sender_ = std::thread([raw = l.get()] { raw->sender_main(); });
+    l->receiver_ = std::thread([raw = l.get()] { raw->receiver_main(); });
+    return l;
+}
+
+HeartbeatLink::HeartbeatLink(std::unique_ptr<Connection> conn, failover::FailureDetector det, OnFailure on_failure)
+    : conn_(std::move(conn)), on_failure_(std::move(on_failure)), detector_(std::move(det)),
+      started_(failover::Clock::now()) {
+    // The start counts as a first heartbeat: a peer that never sends one is failed
+    // after one timeout, like a peer that falls silent.
+    detector_.heartbeat(started_);
+    last_received_ = started_;
+}
+
+HeartbeatLink::~HeartbeatLink() { stop(); }
+
+void HeartbeatLink::stop() {
+    {
+        std::lock_guard lock(mu_);
+        stopping_ = true;
+    }
+    cv_.notify_all();
+    conn_->shutdown();
+    // on_failure runs on one of these threads and must not destroy the link (documented);
+    // joining from there would deadlock, so that case is refused loudly instead.
+    for (auto* t : {&sender_, &receiver_})
+        if (t->joinable() && t->get_id() != std::this_thread::get_id()) t->join();
+}
+
+HeartbeatStats HeartbeatLink::stats() const {
+    std::lock_guard lock(mu_);
+    return stats_;
+}
+
+failover::PeerState HeartbeatLink::peer_state() const {
+    std::lock_guard lock(mu_);
+    return failed_ ? failover::PeerState::failed : failover::PeerState::alive;
+}
+
+void HeartbeatLink::declare_failed(Error e) {
+    {
+        std::lock_guard lock(mu_);
+        if (failed_ || stopping_) return;
+        failed_ = true;
+    }
+    cv_.notify_all();
+    conn_->shutdown();
+    if (on_failure_) on_failure_(std::move(e));
+}
+
+void HeartbeatLink::sender_main() {
+    const auto interval = detector_.config().heartbeat_interval;
+    auto next = failover::Clock::now();
+    for (uint64_t seq = 1;; ++seq) {
+        auto now = failover::Clock::now();
+        auto body = encode_u64s({seq, static_cast<uint64_t>(duration_cast<nanoseconds>(now.time_since_epoch()).count())});
+        if (auto r = conn_->send_record(kHeartbeat, body); !r) {
+            declare_failed(std::move(r.error()).wrap("sending a heartbeat"));
+            return;
+        }
+        std::unique_lock lock(mu_);
+        ++stats_.sent;
+        if (detector_.state(now) == failover::PeerState::failed) {
+            auto silent = now - last_received_;
+            lock.unlock();
+            declare_failed(make_error(Errc::timeout, fmt::format("no heartbeat from {} for {:.0f} ms (timeout {} ms)",
+                                                                 conn_->peer(), ms(silent),
+                                                                 detector_.config().timeout.count())));
+            return;
+        }
+        next += interval;
+        if (next < now) next = now; // after a stall, keep the rhythm instead of bursting
+        if (cv_.wait_until(lock, next, [&] { return stopping_ || failed_; })) return;
+    }
+}
+
+void HeartbeatLink::receiver_main() {
+    for (;;) {
+        auto rec = conn_->recv_record();
+        if (!rec) {
+            declare_failed(std::move(rec.error()).wrap("the control connection"));
+            return;
+        }
+        if (rec->type != kHeartbeat) {
+            if (rec->type & kRecordOptional) continue;
+            declare_failed(make_error(Errc::invalid_input, std::string("control connection: unexpected ") +
+                                                               record_type_name(rec->type) + " record"));
+            return;
+        }
+        Decoder d(rec->body, "HEARTBEAT");
+        auto seq = d.u64();
+        auto clock = seq ? d.u64() : seq;
+        if (!clock || rec->body.size() != 16) {
+            declare_failed(make_error(Errc::invalid_input, "control connection: malformed HEARTBEAT"));
+            return;
+        }
+        auto now = failover::Clock::now();
+        std::lock_guard lock(mu_);
+        if (stats_.received > 0)
+            stats_.max_gap_ns = std::max<uint64_t>(stats_.max_gap_ns, duration_cast<nanoseconds>(now - last_received_).count());
+        last_received_ = now;
+        ++stats_.received;
+        detector_.heartbeat(now);
+    }
+}
+
+} // namespace understudy::replicator

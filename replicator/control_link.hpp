@@ -1,0 +1,83 @@
+// The control connection: a second TCP connection beside the checkpoint stream that
+// carries HEARTBEAT records both ways, so liveness never waits behind a checkpoint
+// that is being sent (docs/wire-format.md, "Control connection"). Each side feeds what
+// it hears into a failover::FailureDetector and reports the peer failed once, when the
+// peer stays silent longer than the timeout or closes the connection.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "common/error.hpp"
+#include "failover/failure_detector.hpp"
+#include "replicator/transport.hpp"
+
+namespace understudy::replicator {
+
+// Sent by the primary as the first 64 bytes of the control connection.
+struct ControlHello {
+    char magic[8];                  // 0: "USCTRL\r\n"
+    uint32_t version;               // 8: kWireVersion
+    uint32_t flags;                 // 12: 0
+    uint64_t session_id;            // 16: the stream header's session_id
+    uint64_t heartbeat_interval_ns; // 24: the primary's interval (informative)
+    uint64_t timeout_ns;            // 32: the primary's failure timeout (informative)
+    uint64_t reserved[3];           // 40: 0
+};
+static_assert(std::is_standard_layout_v<ControlHello> && sizeof(ControlHello) == 64);
+
+ControlHello make_control_hello(uint64_t session_id, const failover::DetectorConfig& cfg);
+// Checks magic, version, flags, reserved fields, and that it names `session_id`.
+Result<void> check_control_hello(const ControlHello& h, uint64_t session_id);
+// The first 8 bytes tell a control connection from a checkpoint stream.
+bool is_control_magic(std::span<const uint8_t, 8> magic);
+
+struct HeartbeatStats {
+    uint64_t sent = 0;
+    uint64_t received = 0;
+    uint64_t max_gap_ns = 0; // longest silence between two heartbeats received
+};
+
+class HeartbeatLink {
+public:
+    // Called once, from the link's own thread, when the peer is declared failed.
+    using OnFailure = std::function<void(Error)>;
+
+    // Starts sending at once; the detector arms with the first heartbeat received, so a
+    // peer that never sends one is failed after `timeout` from start as well.
+    static Result<std::unique_ptr<HeartbeatLink>> start(std::unique_ptr<Connection> conn,
+                                                        failover::DetectorConfig cfg, OnFailure on_failure);
+    ~HeartbeatLink();
+    HeartbeatLink(const HeartbeatLink&) = delete;
+    HeartbeatLink& operator=(const HeartbeatLink&) = delete;
+
+    // Stops both threads without reporting a failure. Idempotent.
+    void stop();
+    HeartbeatStats stats() const;
+    failover::PeerState peer_state() const;
+
+private:
+    HeartbeatLink(std::unique_ptr<Connection> conn, failover::FailureDetector det, OnFailure on_failure);
+    void sender_main();
+    void receiver_main();
+    void declare_failed(Error e);
+
+    std::unique_ptr<Connection> conn_;
+    OnFailure on_failure_;
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    failover::FailureDetector detector_;
+    HeartbeatStats stats_;
+    failover::Clock::time_point started_, last_received_{};
+    bool stopping_ = false;
+    bool failed_ = false;
+    std::thread sender_, receiver_;
+};
+
+} // namespace understudy::replicator

@@ -1,0 +1,197 @@
+// The control connection: heartbeats both ways, a silent or vanished peer declared
+// failed (never earlier than the timeout), hello checks, and a backup that ends a
+// session whose primary falls silent while keeping its committed checkpoint.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <thread>
+
+#include "hv/guest_memory.hpp"
+#include "hv/snapshot.hpp"
+#include "replicator/backup.hpp"
+#include "replicator/control_link.hpp"
+#include "replicator/wire.hpp"
+#include "support/loopback.hpp"
+
+using namespace understudy;
+using namespace understudy::replicator;
+using namespace std::chrono;
+using namespace std::chrono_literals;
+using test::connected_pair;
+
+namespace {
+
+// Collects the one failure a link may report, with the time it arrived.
+struct FailureProbe {
+    std::promise<std::pair<Error, steady_clock::time_point>> promise;
+    std::future<std::pair<Error, steady_clock::time_point>> future = promise.get_future();
+    HeartbeatLink::OnFailure callback() {
+        return [this](Error e) { promise.set_value({std::move(e), steady_clock::now()}); };
+    }
+};
+
+const failover::DetectorConfig kFast{10ms, 60ms};
+
+} // namespace
+
+TEST_CASE("two links exchange heartbeats and neither reports a failure", "[control]") {
+    auto [a, b] = connected_pair();
+    FailureProbe fa, fb;
+    auto la = HeartbeatLink::start(std::move(a), kFast, fa.callback());
+    auto lb = HeartbeatLink::start(std::move(b), kFast, fb.callback());
+    REQUIRE(la);
+    REQUIRE(lb);
+    std::this_thread::sleep_for(300ms);
+    CHECK(fa.future.wait_for(0s) == std::future_status::timeout);
+    CHECK(fb.future.wait_for(0s) == std::future_status::timeout);
+    auto sa = (*la)->stats(), sb = (*lb)->stats();
+    CHECK(sa.sent >= 10);
+    CHECK(sa.received >= 10);
+    CHECK(sb.received >= 10);
+    CHECK((*la)->peer_state() == failover::PeerState::alive);
+    // A deliberate stop reports nothing on its own side.
+    (*la)->stop();
+    CHECK(fa.future.wait_for(0s) == std::future_status::timeout);
+}
+
+TEST_CASE("a peer that never sends is failed after the timeout, not before", "[control]") {
+    auto [a, silent] = connected_pair();
+    FailureProbe f;
+    auto start = steady_clock::now();
+    auto link = HeartbeatLink::start(std::move(a), kFast, f.callback());
+    REQUIRE(link);
+    REQUIRE(f.future.wait_for(5s) == std::future_status::ready);
+    auto [err, at] = f.future.get();
+    CHECK(err.code == Errc::timeout);
+    CHECK_THAT(err.message, Catch::Contains("no heartbeat from"));
+    CHECK(at - start >= kFast.timeout);
+    CHECK((*link)->peer_state() == failover::PeerState::failed);
+}
+
+TEST_CASE("a peer that falls silent after heartbeating is failed", "[control]") {
+    auto [a, b] = connected_pair();
+    FailureProbe fa, fb;
+    auto la = HeartbeatLink::start(std::move(a), kFast, fa.callback());
+    auto lb = HeartbeatLink::start(std::move(b), kFast, fb.callback());
+    REQUIRE(la);
+    REQUIRE(lb);
+    std::this_thread::sleep_for(100ms);
+    REQUIRE((*la)->stats().received > 0);
+    (*lb)->stop(); // b goes away: its socket is shut down, so a sees a close or silence
+    REQUIRE(fa.future.wait_for(5s) == std::future_status::ready);
+    auto [err, at] = fa.future.get();
+    CHECK((err.code == Errc::timeout || err.code == Errc::system));
+    CHECK(fb.future.wait_for(0s) == std::future_status::timeout);
+}
+
+TEST_CASE("a malformed heartbeat or an unexpected mandatory record fails the link", "[control]") {
+    for (auto [type, body] : {std::pair<uint32_t, std::vector<uint8_t>>{kHeartbeat, {1, 2, 3}},
+                              std::pair<uint32_t, std::vector<uint8_t>>{kAck, encode_u64s({1})}}) {
+        auto [a, peer] = connected_pair();
+        FailureProbe f;
+        auto link = HeartbeatLink::start(std::move(a), failover::DetectorConfig{10ms, 2000ms}, f.callback());
+        REQUIRE(link);
+        REQUIRE(peer->send_record(type, body));
+        REQUIRE(f.future.wait_for(5s) == std::future_status::ready);
+        auto [err, at] = f.future.get();
+        CHECK(err.code == Errc::invalid_input);
+        CHECK_THAT(err.message, Catch::Contains("control connection"));
+    }
+}
+
+TEST_CASE("settings shorter than three heartbeats are refused", "[control]") {
+    auto [a, b] = connected_pair();
+    auto link = HeartbeatLink::start(std::move(a), failover::DetectorConfig{10ms, 20ms}, nullptr);
+    REQUIRE(!link);
+    CHECK_THAT(link.error().message, Catch::Contains("shorter than three heartbeats"));
+}
+
+TEST_CASE("the control hello is checked field by field", "[control]") {
+    auto good = make_control_hello(77, kFast);
+    CHECK(check_control_hello(good, 77));
+    CHECK(is_control_magic(std::span<const uint8_t, 8>(reinterpret_cast<const uint8_t*>(good.magic), 8)));
+    auto expect_bad = [](ControlHello h, uint64_t session, const char* what) {
+        auto r = check_control_hello(h, session);
+        REQUIRE(!r);
+        CHECK(r.error().code == Errc::invalid_input);
+        CHECK_THAT(r.error().message, Catch::Contains(what));
+    };
+    expect_bad(good, 78, "another session");
+    auto h = good;
+    h.magic[0] = 'X';
+    expect_bad(h, 77, "bad magic");
+    h = good;
+    h.version = 99;
+    expect_bad(h, 77, "version 99");
+    h = good;
+    h.flags = 4;
+    expect_bad(h, 77, "unknown flags");
+    h = good;
+    h.reserved[2] = 1;
+    expect_bad(h, 77, "reserved");
+}
+
+TEST_CASE("a backup ends the session of a primary that falls silent and keeps its checkpoint", "[control]") {
+    constexpr uint64_t kMem = 16 * hv::kMiB;
+    BackupConfig cfg;
+    cfg.heartbeat = kFast;
+    auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), {}, cfg);
+    REQUIRE(server);
+    auto session = std::async(std::launch::async, [&] { return (*server)->serve_one(10s); });
+
+    auto data = Connection::connect((*server)->local(), 5s);
+    REQUIRE(data);
+    auto mem = hv::GuestMemory::create(kMem);
+    REQUIRE(mem);
+    auto h = make_stream_header(kMem, 1, hv::memory_layout_digest(*mem), 1, 99, kStreamFlagControl);
+    std::span<const uint8_t> hs(reinterpret_cast<const uint8_t*>(&h), sizeof h);
+    REQUIRE((*data)->send({&hs, 1}));
+    auto accept = (*data)->recv_record();
+    REQUIRE(accept);
+    REQUIRE(accept->type == kAccept);
+    // The control connection says hello and then nothing: a hung primary.
+    auto control = Connection::connect((*server)->local(), 5s);
+    REQUIRE(control);
+    auto hello = make_control_hello(99, kFast);
+    std::span<const uint8_t> he(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
+    REQUIRE((*control)->send({&he, 1}));
+    // The backup's heartbeats reach us while it waits.
+    auto hb = (*control)->recv_record();
+    REQUIRE(hb);
+    CHECK(hb->type == kHeartbeat);
+
+    REQUIRE(session.wait_for(5s) == std::future_status::ready);
+    auto r = session.get();
+    REQUIRE(!r);
+    CHECK(r.error().code == Errc::timeout);
+    CHECK_THAT(r.error().describe(), Catch::Contains("primary") && Catch::Contains("no heartbeat"));
+    REQUIRE((*server)->replica());
+    CHECK(!(*server)->replica()->has_committed());
+}
+
+TEST_CASE("a backup refuses a control connection with another session's id", "[control]") {
+    constexpr uint64_t kMem = 16 * hv::kMiB;
+    auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"));
+    REQUIRE(server);
+    auto session = std::async(std::launch::async, [&] { return (*server)->serve_one(10s); });
+    auto data = Connection::connect((*server)->local(), 5s);
+    REQUIRE(data);
+    auto mem = hv::GuestMemory::create(kMem);
+    REQUIRE(mem);
+    auto h = make_stream_header(kMem, 1, hv::memory_layout_digest(*mem), 1, 5, kStreamFlagControl);
+    std::span<const uint8_t> hs(reinterpret_cast<const uint8_t*>(&h), sizeof h);
+    REQUIRE((*data)->send({&hs, 1}));
+    REQUIRE((*data)->recv_record());
+    auto control = Connection::connect((*server)->local(), 5s);
+    REQUIRE(control);
+    auto hello = make_control_hello(6, kFast);
+    std::span<const uint8_t> he(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
+    REQUIRE((*control)->send({&he, 1}));
+    REQUIRE(session.wait_for(5s) == std::future_status::ready);
+    auto r = session.get();
+    REQUIRE(!r);
+    CHECK_THAT(r.error().message, Catch::Contains("another session"));
+}
