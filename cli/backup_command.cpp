@@ -58,13 +58,18 @@ private:
 int backup_command(const std::vector<std::string>& args) {
     std::string listen, snapshot_to, capture;
     unsigned sessions = 0;
+    replicator::BackupConfig cfg;
+    unsigned heartbeat_ms = 10, failure_timeout_ms = 100;
     po::options_description desc("Options");
     desc.add_options()("help,h", "show this help")
         ("listen", po::value(&listen)->required(), "address to accept the primary on, HOST:PORT")
         ("snapshot-to", po::value(&snapshot_to), "after each session, write the committed replica to this snapshot file")
         ("capture", po::value(&capture), "write every byte received from the primary to this file, for "
                                           "`understudy verify-stream` (one file per session: FILE, FILE.1, ...)")
-        ("sessions", po::value(&sessions)->default_value(0), "exit after this many sessions (0: serve forever)");
+        ("sessions", po::value(&sessions)->default_value(0), "exit after this many sessions (0: serve forever)")
+        ("heartbeat-ms", po::value(&heartbeat_ms)->default_value(heartbeat_ms), "heartbeat interval on the control connection")
+        ("failure-timeout-ms", po::value(&failure_timeout_ms)->default_value(failure_timeout_ms),
+         "declare the primary failed after this long without a heartbeat (at least 3 heartbeats)");
     const char* usage = "usage: understudy backup --listen HOST:PORT [options]\n"
                         "  Receives checkpoints from a primary and keeps the last committed one.";
     po::variables_map vm;
@@ -87,7 +92,8 @@ int backup_command(const std::vector<std::string>& args) {
     replicator::BackupHooks hooks;
     auto cap = std::make_shared<Capture>(capture);
     if (!capture.empty()) hooks.on_receive = [cap](std::span<const uint8_t> b, bool start) { cap->receive(b, start); };
-    auto server = replicator::BackupServer::listen(*ep, std::move(hooks));
+    cfg.heartbeat = {std::chrono::milliseconds(heartbeat_ms), std::chrono::milliseconds(failure_timeout_ms)};
+    auto server = replicator::BackupServer::listen(*ep, std::move(hooks), cfg);
     if (!server) {
         std::fprintf(stderr, "understudy: %s\n", server.error().describe().c_str());
         return 3;

@@ -78,7 +78,10 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
         self->last_ack_ = steady_clock::now();
         self->all_.push_back(f);
     };
-    p->primary_ = US_TRY(replicator::Primary::start(vm, std::move(*conn), cfg, hooks));
+    // The control connection second: the backup accepts it after the stream's ACCEPT.
+    auto control = replicator::Connection::connect(ep, seconds(2));
+    if (!control) return std::move(control.error()).wrap("opening the control connection to " + backup);
+    p->primary_ = US_TRY(replicator::Primary::start(vm, std::move(*conn), cfg, hooks, std::move(*control)));
     return p;
 }
 

@@ -30,6 +30,8 @@ struct SuperviseOptions {
     std::string backup;        // HOST:PORT of `understudy backup`; empty: unprotected
     double epoch_ms = 25;
     unsigned max_in_flight = 3;
+    unsigned heartbeat_ms = 10;
+    unsigned failure_timeout_ms = 100;
 };
 
 void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
@@ -41,7 +43,10 @@ void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
         ("stop-after-snapshot", po::bool_switch(&o.stop_after_snapshot), "stop the VM once the snapshot is saved")
         ("backup", po::value(&o.backup), "protect the VM: stream checkpoints to `understudy backup` at HOST:PORT")
         ("epoch-ms", po::value(&o.epoch_ms)->default_value(o.epoch_ms), "checkpoint epoch length with --backup, 1 to 10000 ms")
-        ("max-in-flight", po::value(&o.max_in_flight)->default_value(o.max_in_flight), "unacknowledged checkpoints before the guest waits");
+        ("max-in-flight", po::value(&o.max_in_flight)->default_value(o.max_in_flight), "unacknowledged checkpoints before the guest waits")
+        ("heartbeat-ms", po::value(&o.heartbeat_ms)->default_value(o.heartbeat_ms), "heartbeat interval on the control connection with --backup")
+        ("failure-timeout-ms", po::value(&o.failure_timeout_ms)->default_value(o.failure_timeout_ms),
+         "declare the backup failed after this long without a heartbeat (at least 3 heartbeats)");
 }
 
 // Exit codes (docs/cli.md): 0 guest exited with status 0; 1 guest failed or exited non-zero;
@@ -77,6 +82,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o) {
         replicator::PrimaryConfig pc;
         pc.epoch = microseconds(static_cast<int64_t>(o.epoch_ms * 1000));
         pc.max_in_flight = o.max_in_flight;
+        pc.heartbeat = {milliseconds(o.heartbeat_ms), milliseconds(o.failure_timeout_ms)};
         auto p = Protection::start(vm, o.backup, pc);
         if (!p) {
             vm.stop();
