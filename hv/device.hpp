@@ -1,6 +1,6 @@
 // A device model as the VM sees it: it registers its own I/O ranges when attached and
-// keeps its save/restore code next to itself (plain, versioned DeviceState). Later
-// issues add checkpoint hooks (postsuspend, preresume, commit) here, fanned out by the VM.
+// keeps its save/restore code next to itself (plain, versioned DeviceState), and has the
+// checkpoint hooks of Xen's Remus device layer (postsuspend, preresume), fanned out by the VM.
 #pragma once
 
 #include <string>
@@ -22,6 +22,11 @@ public:
     virtual DeviceState save() const = 0;
     // Called before the vCPUs first run (or while paused); refuses state it cannot use.
     virtual Result<void> restore(const DeviceState& s) = 0;
+    // Called once every vCPU is parked (Remus's postsuspend): until resume(), the device
+    // must not touch guest memory, so the page copy and save() see one consistent moment.
+    virtual void suspend() {}
+    // Called before the vCPUs run again (Remus's preresume).
+    virtual void resume() {}
 };
 
 } // namespace understudy::hv

@@ -140,6 +140,7 @@ void Vm::pause_all() {
     for (auto& v : vcpus_) v->request_pause();
     notify_guest_event(); // halted vCPUs return from the HALT hypercall to park
     for (auto& v : vcpus_) v->wait_parked();
+    for (auto& d : devices_) d->suspend();
     paused_ = true;
 }
 
@@ -147,6 +148,7 @@ void Vm::resume_all() {
     std::lock_guard lock(control_mu_);
     if (!started_ || !paused_) return;
     paused_ = false;
+    for (auto& d : devices_) d->resume();
     for (auto& v : vcpus_) v->request_resume();
 }
 
