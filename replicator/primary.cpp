@@ -89,6 +89,15 @@ void Primary::stop() {
     conn_->shutdown();
 }
 
+void Primary::request_checkpoint(steady_clock::time_point deadline) {
+    {
+        std::lock_guard lock(mu_);
+        if (early_end_ && *early_end_ <= deadline) return;
+        early_end_ = deadline;
+    }
+    cv_.notify_all();
+}
+
 Result<void> Primary::wait() {
     for (auto* t : {&control_, &sender_, &receiver_})
         if (t->joinable()) t->join();
@@ -275,16 +284,24 @@ Result<void> Primary::epoch_loop() {
     for (uint64_t epoch = 2; !stopping_; ++epoch) {
         auto start = steady_clock::now();
         std::unique_lock lock(mu_);
+        // The epoch ends at its full length or earlier when output asks for it.
+        auto end = [&] { return early_end_ ? std::min(start + cfg_.epoch, *early_end_) : start + cfg_.epoch; };
+        auto wait_until = [&](steady_clock::time_point t) {
+            while (!stopping_ && steady_clock::now() < std::min(t, end()))
+                cv_.wait_until(lock, std::min(t, end()));
+        };
         if (cfg_.in_epoch_copy) {
-            cv_.wait_until(lock, start + cfg_.epoch / 2, [&] { return stopping_.load(); });
+            wait_until(start + cfg_.epoch / 2);
             if (stopping_) break;
-            lock.unlock();
-            // Copy what is dirty so far while the guest runs; whatever it writes after
-            // this harvest is logged again and copied at the pause.
-            US_TRYV(copy_while_running());
-            lock.lock();
+            if (steady_clock::now() < end()) {
+                lock.unlock();
+                // Copy what is dirty so far while the guest runs; whatever it writes after
+                // this harvest is logged again and copied at the pause.
+                US_TRYV(copy_while_running());
+                lock.lock();
+            }
         }
-        cv_.wait_until(lock, start + cfg_.epoch, [&] { return stopping_.load(); });
+        wait_until(end());
         // Backpressure: no more than max_in_flight unacknowledged checkpoints. While
         // waiting, keep copying every half epoch so the pause stays short.
         while (!stopping_ && unacked_locked() >= cfg_.max_in_flight) {
@@ -295,6 +312,7 @@ Result<void> Primary::epoch_loop() {
             lock.lock();
         }
         if (stopping_) break;
+        early_end_.reset(); // output from here on belongs to the next checkpoint
         lock.unlock();
         if (vm_.stop_reason()) break; // the guest is gone; nothing left to protect
         auto cp = US_TRY(capture(epoch));

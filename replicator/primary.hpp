@@ -81,6 +81,10 @@ public:
 
     // Ends replication; the VM keeps running.
     void stop();
+    // Output-triggered checkpoints: end the current epoch by `deadline` rather than at
+    // its full length (the guest's output waits for the next ACK). Earlier requests win;
+    // the request is consumed by the next checkpoint. Safe from any thread.
+    void request_checkpoint(std::chrono::steady_clock::time_point deadline);
     // Blocks until replication ends; an error says why it failed (backup lost, ...).
     Result<void> wait();
 
@@ -138,6 +142,7 @@ private:
     std::deque<EpochFigures> done_;      // recent ACKed epochs
     std::optional<Error> error_;
     bool finished_ = false;
+    std::optional<std::chrono::steady_clock::time_point> early_end_; // request_checkpoint()
 
     Bitmap dirty_;
     std::vector<int32_t> slot_of_page_; // page index -> slot in the checkpoint being built

@@ -143,6 +143,35 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     CHECK(xor_pages > 0);
 }
 
+TEST_CASE("request_checkpoint ends a long epoch early; without it the epoch runs its length", "[replication][kvm]") {
+    BackupThread backup;
+    VmConfig cfg;
+    cfg.memory_bytes = 16 * kMiB;
+    auto vm = test::boot("churn", "pages=64 rate=1000", cfg);
+    REQUIRE(vm->start());
+    PrimaryConfig pc;
+    pc.epoch = milliseconds(3000);
+    auto primary = Primary::start(*vm, connect_to(*backup.server), pc);
+    REQUIRE(primary);
+    auto deadline = steady_clock::now() + seconds(30);
+    while (!(*primary)->is_protected() && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(1));
+    REQUIRE((*primary)->is_protected());
+    // Epoch 2 started when epoch 1 was captured; asking now ends it long before 3 s.
+    uint64_t before = (*primary)->acked_epoch();
+    auto asked = steady_clock::now();
+    (*primary)->request_checkpoint(asked + milliseconds(5));
+    while ((*primary)->acked_epoch() == before && steady_clock::now() < asked + seconds(2)) std::this_thread::sleep_for(milliseconds(1));
+    CHECK((*primary)->acked_epoch() == before + 1);
+    CHECK(steady_clock::now() - asked < milliseconds(1500));
+    // The request was consumed: the next epoch runs its full length.
+    std::this_thread::sleep_for(milliseconds(1000));
+    CHECK((*primary)->acked_epoch() == before + 1);
+    (*primary)->stop();
+    CHECK((*primary)->wait());
+    vm->stop();
+    vm->resume_all();
+}
+
 TEST_CASE("killing the primary at random moments leaves one whole checkpoint on the backup", "[replication][kvm]") {
     BackupThread backup;
     std::mt19937 rng(std::random_device{}());
