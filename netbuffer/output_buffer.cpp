@@ -15,7 +15,10 @@ Result<OutputBuffer> OutputBuffer::create(BufferLimits limits, Sink sink) {
     return OutputBuffer(limits, std::move(sink));
 }
 
-void OutputBuffer::set_protected(bool on) { protected_ = on; }
+void OutputBuffer::set_protected(bool on, Clock::time_point now) {
+    if (!on) release_through(UINT64_MAX, now);
+    protected_ = on;
+}
 
 Result<HoldResult> OutputBuffer::hold(uint64_t epoch, std::span<const uint8_t> packet, Clock::time_point now) {
     if (!protected_) {

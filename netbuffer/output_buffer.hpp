@@ -43,8 +43,9 @@ public:
 
     static Result<OutputBuffer> create(BufferLimits limits, Sink sink);
 
-    // Protected: hold until the epoch is acknowledged. Unprotected: straight to the sink.
-    void set_protected(bool on);
+    // Protected: hold until the epoch is acknowledged. Unprotected: straight to the sink;
+    // turning protection off first releases what is held, so packets keep their order.
+    void set_protected(bool on, Clock::time_point now = Clock::now());
     bool is_protected() const { return protected_; }
 
     // `epoch` must not be older than the newest epoch already held (packets keep order).

@@ -1,9 +1,11 @@
 // The output buffer holds each epoch's packets until that epoch is acknowledged,
 // releases them in order, never drops while full (it refuses and counts a stall), and
-// discards only unacknowledged epochs on promotion.
+// discards only unacknowledged epochs on promotion; the output-commit gate in front of
+// it tags frames with their checkpoint and releases them on its ACK.
 #include <catch2/catch.hpp>
 
 #include "netbuffer/output_buffer.hpp"
+#include "netbuffer/output_commit.hpp"
 
 using namespace understudy;
 using namespace understudy::netbuffer;
@@ -80,4 +82,81 @@ TEST_CASE("hold times are measured from hold to release", "[netbuffer]") {
     buf->release_through(1, t0 + std::chrono::milliseconds(25));
     CHECK(buf->stats().hold_p50_us == Approx(25000).margin(1));
     CHECK(buf->stats().hold_p99_us == Approx(25000).margin(1));
+}
+
+TEST_CASE("turning protection off releases what is held first, so order is kept", "[netbuffer]") {
+    std::vector<uint8_t> wire;
+    auto buf = OutputBuffer::create({}, [&](std::span<const uint8_t> p) { wire.push_back(p[0]); });
+    REQUIRE(buf);
+    REQUIRE(*buf->hold(4, pkt(1)) == HoldResult::held);
+    REQUIRE(*buf->hold(5, pkt(2)) == HoldResult::held);
+    buf->set_protected(false);
+    REQUIRE(*buf->hold(6, pkt(3)) == HoldResult::passed_through);
+    CHECK(wire == std::vector<uint8_t>{1, 2, 3});
+    CHECK(buf->stats().packets_held == 0);
+}
+
+TEST_CASE("output commit: frames pass until the first capture, then wait for their checkpoint's ACK", "[netbuffer]") {
+    using Accept = hv::virtio::EgressSink::Accept;
+    std::vector<uint8_t> wire;
+    int asked = 0, room = 0;
+    auto gate = OutputCommit::create({}, {[&](std::span<const uint8_t> p) { wire.push_back(p[0]); },
+                                          [&] { ++room; }, [&](Clock::time_point) { ++asked; }});
+    REQUIRE(gate);
+    auto& g = **gate;
+    CHECK(g.transmit(pkt(1)) == Accept::sent_or_held); // not yet protected
+    CHECK(wire == std::vector<uint8_t>{1});
+    CHECK(asked == 0);
+    g.captured(1); // from here, frames belong to checkpoint 2
+    CHECK(g.transmit(pkt(2)) == Accept::sent_or_held);
+    CHECK(g.transmit(pkt(3)) == Accept::sent_or_held);
+    CHECK(asked == 1); // once per epoch
+    g.acknowledged(1);
+    CHECK(wire.size() == 1);
+    g.captured(2);
+    CHECK(g.transmit(pkt(4)) == Accept::sent_or_held);
+    CHECK(asked == 2);
+    g.acknowledged(2);
+    CHECK(wire == std::vector<uint8_t>{1, 2, 3});
+    g.acknowledged(3);
+    CHECK(wire == std::vector<uint8_t>{1, 2, 3, 4});
+    CHECK(room == 0); // nothing was ever refused
+}
+
+TEST_CASE("output commit: a full buffer refuses, and the release that frees room says so once", "[netbuffer]") {
+    using Accept = hv::virtio::EgressSink::Accept;
+    size_t sent = 0;
+    int room = 0;
+    auto gate = OutputCommit::create({65536, 64}, {[&](std::span<const uint8_t>) { ++sent; }, [&] { ++room; }, nullptr});
+    REQUIRE(gate);
+    auto& g = **gate;
+    g.captured(1);
+    for (int i = 0; i < 64; ++i) REQUIRE(g.transmit(pkt(uint8_t(i))) == Accept::sent_or_held);
+    CHECK(g.transmit(pkt(99)) == Accept::full);
+    CHECK(g.transmit(pkt(99)) == Accept::full);
+    CHECK(g.stats().stalls == 2);
+    CHECK(sent == 0);
+    g.acknowledged(2);
+    CHECK(sent == 64);
+    CHECK(room == 1);
+    g.acknowledged(3);
+    CHECK(room == 1);
+}
+
+TEST_CASE("output commit: losing the backup releases everything held, then frames pass", "[netbuffer]") {
+    std::vector<uint8_t> wire;
+    auto gate = OutputCommit::create({}, {[&](std::span<const uint8_t> p) { wire.push_back(p[0]); }, nullptr, nullptr});
+    REQUIRE(gate);
+    auto& g = **gate;
+    g.captured(1);
+    (void)g.transmit(pkt(1));
+    g.captured(2);
+    (void)g.transmit(pkt(2));
+    CHECK(wire.empty());
+    g.unprotect();
+    CHECK(wire == std::vector<uint8_t>{1, 2});
+    (void)g.transmit(pkt(3));
+    g.captured(3); // a late capture does not turn holding back on
+    (void)g.transmit(pkt(4));
+    CHECK(wire == std::vector<uint8_t>{1, 2, 3, 4});
 }
