@@ -1,0 +1,428 @@
+// virtio-net device model (see net_device.hpp), its RX/TX paths and its saved state.
+#include "hv/virtio/net_device.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "common/codec.hpp"
+#include "hv/vm.hpp"
+
+namespace understudy::hv::virtio {
+
+namespace {
+
+constexpr uint64_t kMaxChainBytes = sizeof(VirtioNetHdr) + kMaxFrameBytes;
+
+// Saved-state encoding (docs/virtio.md): tagged fields, unknown tags skipped. Never
+// reuse a tag number.
+enum NetTag : uint32_t { kTagFeatures = 1, kTagTransport = 2, kTagQueue = 3, kTagMac = 4 };
+
+struct FeaturesWire {
+    uint64_t offered;    // 0
+    uint64_t negotiated; // 8
+};
+static_assert(std::is_standard_layout_v<FeaturesWire> && sizeof(FeaturesWire) == 16);
+
+struct TransportWire {
+    uint32_t status;              // 0
+    uint32_t queue_sel;           // 4
+    uint32_t device_features_sel; // 8
+    uint32_t driver_features_sel; // 12
+};
+static_assert(std::is_standard_layout_v<TransportWire> && sizeof(TransportWire) == 16);
+
+struct QueueWire {
+    uint32_t index;      // 0
+    uint32_t num;        // 4
+    uint32_t ready;      // 8: 0 or 1
+    uint16_t next_avail; // 12
+    uint16_t next_used;  // 14
+    uint64_t desc;       // 16
+    uint64_t driver;     // 24: avail ring
+    uint64_t device;     // 32: used ring
+};
+static_assert(std::is_standard_layout_v<QueueWire> && sizeof(QueueWire) == 40);
+
+struct MacWire {
+    uint8_t mac[6];    // 0
+    uint16_t reserved; // 6: zero
+};
+static_assert(std::is_standard_layout_v<MacWire> && sizeof(MacWire) == 8);
+
+bool usable_mac(const MacAddress& m) {
+    return !(m[0] & 1) && std::any_of(m.begin(), m.end(), [](uint8_t b) { return b != 0; });
+}
+
+} // namespace
+
+Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg) {
+    if (kMmioBase + kMmioSize * (uint64_t(cfg.index) + 1) > kMmioWindowEnd)
+        return make_error(Errc::invalid_input, fmt::format("virtio device index {} is past the MMIO window", cfg.index));
+    if (!usable_mac(cfg.mac))
+        return make_error(Errc::invalid_input, "the MAC address must be unicast and not all zeros");
+    if (cfg.queue_max == 0 || cfg.queue_max > kNetQueueMax || !std::has_single_bit(cfg.queue_max))
+        return make_error(Errc::invalid_input,
+                          fmt::format("queue size {} is not a power of two in [1, {}]", cfg.queue_max, kNetQueueMax));
+    if (cfg.pending_limit == 0 || cfg.pending_limit > 65536)
+        return make_error(Errc::invalid_input, fmt::format("pending limit {} is not in [1, 65536]", cfg.pending_limit));
+    return std::unique_ptr<VirtioNet>(new VirtioNet(cfg));
+}
+
+VirtioNet::VirtioNet(const NetConfig& cfg)
+    : name_("virtio-net" + std::to_string(cfg.index)), index_(cfg.index), queue_max_(cfg.queue_max),
+      pending_limit_(cfg.pending_limit), mac_(cfg.mac) {}
+
+VirtioNet::~VirtioNet() = default;
+
+Result<void> VirtioNet::bind(GuestMemory& mem, std::function<void()> guest_event) {
+    std::lock_guard lock(mu_);
+    if (transport_) return make_error(Errc::state, name_ + " is already attached");
+    mem_ = &mem;
+    guest_event_ = std::move(guest_event);
+    std::vector<QueueSpec> queues(2, QueueSpec{queue_max_, kMaxChainBytes});
+    transport_ = std::make_unique<MmioTransport>(name_, mem, static_cast<VirtioModel&>(*this), queues);
+    return {};
+}
+
+Result<void> VirtioNet::attach(Vm& vm) {
+    US_TRYV(bind(vm.memory(), [&vm] { vm.notify_guest_event(); }));
+    return vm.mmio().add(mmio_base(), kMmioSize, name_, [this](IoAccess& a) -> Result<void> {
+        mmio_access(a.offset, a.data, a.is_write);
+        return {};
+    });
+}
+
+void VirtioNet::mmio_access(uint64_t offset, std::span<uint8_t> data, bool is_write) {
+    std::lock_guard lock(mu_);
+    if (!transport_) {
+        if (!is_write) std::memset(data.data(), 0xff, data.size());
+        return;
+    }
+    transport_->access(offset, data, is_write);
+}
+
+MacAddress VirtioNet::mac() const {
+    std::lock_guard lock(mu_);
+    return mac_;
+}
+
+void VirtioNet::set_egress(EgressSink* sink) {
+    std::lock_guard lock(mu_);
+    sink_ = sink;
+    tx_stalled_ = false;
+    process_tx();
+}
+
+// ---- VirtioModel ----
+
+void VirtioNet::read_config(uint64_t offset, std::span<uint8_t> out) const {
+    // struct virtio_net_config: mac[6] @0; nothing else is offered.
+    for (size_t i = 0; i < out.size(); ++i)
+        if (offset + i < mac_.size()) out[i] = mac_[offset + i];
+}
+
+void VirtioNet::queue_notify(unsigned index) {
+    if (index == kTxQueue) process_tx();
+    // RX notifications are not needed (NO_NOTIFY) but are honoured; TX ones also retry RX
+    // because a guest that transmits is usually also about to receive.
+    flush_rx();
+}
+
+void VirtioNet::driver_ok() {
+    // The device looks at the RX avail ring whenever a frame arrives: no RX kicks, please.
+    auto& rx = transport_->queue(kRxQueue);
+    if (rx.active()) {
+        if (auto r = rx.set_used_flags(kUsedFNoNotify); !r) return fail("RX used ring: " + r.error().message);
+    }
+    flush_rx();
+    process_tx();
+}
+
+void VirtioNet::device_reset() { tx_stalled_ = false; }
+
+// ---- internals (lock held) ----
+
+bool VirtioNet::can_touch_guest() const { return transport_ && transport_->live() && !suspended_; }
+
+void VirtioNet::fail(const std::string& why) {
+    ++stats_.errors;
+    transport_->fail(why);
+}
+
+void VirtioNet::process_tx() {
+    if (!can_touch_guest() || tx_stalled_) return;
+    auto& q = transport_->queue(kTxQueue);
+    if (!q.active()) return;
+    bool pushed = false;
+    for (;;) {
+        auto more = q.peek(chain_);
+        if (!more) {
+            fail("TX queue: " + more.error().message);
+            break;
+        }
+        if (!*more) break;
+        if (!chain_.writable.empty()) {
+            fail(fmt::format("TX chain {} has device-writable descriptors", chain_.head));
+            break;
+        }
+        bool well_formed = chain_.readable_bytes >= sizeof(VirtioNetHdr) + kMinTxFrameBytes;
+        if (well_formed) {
+            // Gather the chain, then drop the header (nothing in it applies: no offloads).
+            frame_.resize(chain_.readable_bytes);
+            size_t at = 0;
+            bool ok = true;
+            for (const auto& s : chain_.readable) {
+                if (!mem_->read(s.addr, std::span(frame_).subspan(at, s.len))) ok = false;
+                at += s.len;
+            }
+            if (!ok) {
+                fail("TX buffer left guest RAM"); // checked by peek(); kept as a guard
+                break;
+            }
+            std::span<const uint8_t> frame = std::span(frame_).subspan(sizeof(VirtioNetHdr));
+            if (!sink_) {
+                ++stats_.tx_no_sink;
+            } else if (sink_->transmit(frame) == EgressSink::Accept::full) {
+                // Leave the chain in the ring; tx_room_available() continues from it.
+                tx_stalled_ = true;
+                ++stats_.tx_stalls;
+                break;
+            } else {
+                ++stats_.tx_frames;
+                stats_.tx_bytes += frame.size();
+            }
+        } else {
+            ++stats_.tx_malformed;
+            if (log_worthy(stats_.tx_malformed - 1))
+                spdlog::warn("{}: TX chain {} of {} bytes is too short for a header and a frame; returned unsent (#{})",
+                             name_, chain_.head, chain_.readable_bytes, stats_.tx_malformed);
+        }
+        q.pop();
+        if (auto r = q.push_used(chain_.head, 0); !r) {
+            fail("TX used ring: " + r.error().message);
+            break;
+        }
+        pushed = true;
+    }
+    if (pushed && guest_event_) guest_event_();
+}
+
+VirtioNet::RxResult VirtioNet::write_rx(std::span<const uint8_t> frame) {
+    auto& q = transport_->queue(kRxQueue);
+    if (!q.active()) return RxResult::no_buffer;
+    auto more = q.peek(chain_);
+    if (!more) {
+        fail("RX queue: " + more.error().message);
+        return RxResult::failed;
+    }
+    if (!*more) return RxResult::no_buffer;
+    if (!chain_.readable.empty()) {
+        fail(fmt::format("RX chain {} has device-readable descriptors", chain_.head));
+        return RxResult::failed;
+    }
+    const uint64_t total = sizeof(VirtioNetHdr) + frame.size();
+    if (chain_.writable_bytes < total) {
+        // The buffer stays in the ring for the next, smaller frame.
+        ++stats_.rx_dropped_too_big;
+        if (log_worthy(stats_.rx_dropped_too_big - 1))
+            spdlog::warn("{}: dropped a {}-byte frame: the guest's RX buffer holds {} bytes with the header (#{})", name_,
+                         frame.size(), chain_.writable_bytes, stats_.rx_dropped_too_big);
+        return RxResult::dropped;
+    }
+    VirtioNetHdr hdr{};
+    hdr.num_buffers = 1;
+    auto hdr_bytes = std::span(reinterpret_cast<const uint8_t*>(&hdr), sizeof hdr);
+    uint64_t done = 0;
+    for (const auto& s : chain_.writable) {
+        if (done == total) break;
+        uint64_t n = std::min<uint64_t>(s.len, total - done);
+        // Scatter [done, done+n) of header+frame into this segment; write() marks it dirty.
+        uint64_t written = 0;
+        while (written < n) {
+            uint64_t pos = done + written;
+            std::span<const uint8_t> src = pos < sizeof hdr ? hdr_bytes.subspan(pos) : frame.subspan(pos - sizeof hdr);
+            src = src.first(std::min<uint64_t>(src.size(), n - written));
+            if (auto r = mem_->write(s.addr + written, src); !r) {
+                fail("RX buffer left guest RAM: " + r.error().message); // checked by peek(); kept as a guard
+                return RxResult::failed;
+            }
+            written += src.size();
+        }
+        done += n;
+    }
+    q.pop();
+    if (auto r = q.push_used(chain_.head, static_cast<uint32_t>(total)); !r) {
+        fail("RX used ring: " + r.error().message);
+        return RxResult::failed;
+    }
+    ++stats_.rx_frames;
+    stats_.rx_bytes += frame.size();
+    return RxResult::delivered;
+}
+
+void VirtioNet::flush_rx() {
+    bool delivered = false;
+    while (!pending_.empty() && can_touch_guest()) {
+        RxResult r = write_rx(pending_.front());
+        if (r == RxResult::no_buffer || r == RxResult::failed) break;
+        delivered |= r == RxResult::delivered;
+        pending_.pop_front();
+    }
+    if (delivered && guest_event_) guest_event_();
+}
+
+// ---- host-facing ----
+
+Result<bool> VirtioNet::deliver(std::span<const uint8_t> frame) {
+    std::lock_guard lock(mu_);
+    if (frame.empty() || frame.size() > kMaxFrameBytes) {
+        ++stats_.rx_dropped_invalid;
+        return make_error(Errc::invalid_input, fmt::format("{}: cannot deliver a {}-byte frame", name_, frame.size()));
+    }
+    flush_rx();
+    if (pending_.empty() && can_touch_guest()) {
+        switch (write_rx(frame)) {
+        case RxResult::delivered:
+            if (guest_event_) guest_event_();
+            return true;
+        case RxResult::dropped: return false;
+        case RxResult::no_buffer:
+        case RxResult::failed: break;
+        }
+    }
+    if (pending_.size() >= pending_limit_) {
+        ++stats_.rx_dropped_pending_full;
+        return false;
+    }
+    pending_.emplace_back(frame.begin(), frame.end());
+    ++stats_.rx_deferred;
+    return false;
+}
+
+void VirtioNet::poll_rx() {
+    std::lock_guard lock(mu_);
+    flush_rx();
+}
+
+bool VirtioNet::rx_pending() const {
+    std::lock_guard lock(mu_);
+    return !pending_.empty();
+}
+
+void VirtioNet::tx_room_available() {
+    std::lock_guard lock(mu_);
+    tx_stalled_ = false;
+    process_tx(); // does nothing while suspended; resume() continues
+}
+
+void VirtioNet::suspend() {
+    std::lock_guard lock(mu_);
+    suspended_ = true;
+}
+
+void VirtioNet::resume() {
+    std::lock_guard lock(mu_);
+    suspended_ = false;
+    flush_rx();
+    process_tx();
+}
+
+NetStats VirtioNet::stats() const {
+    std::lock_guard lock(mu_);
+    NetStats s = stats_;
+    s.rx_pending = pending_.size();
+    if (transport_) {
+        s.bad_register_accesses = transport_->bad_accesses();
+        s.broken = transport_->broken();
+    }
+    return s;
+}
+
+// ---- saved state ----
+
+DeviceState VirtioNet::save() const {
+    std::lock_guard lock(mu_);
+    DeviceState ds{name_, kNetStateVersion, {}};
+    if (!transport_) return ds; // never attached: nothing a guest could have set up
+    TransportState ts = transport_->save();
+    Encoder e(ds.data);
+    e.field_pod(kTagFeatures, FeaturesWire{ts.device_features, ts.driver_features});
+    e.field_pod(kTagTransport,
+                TransportWire{ts.status, ts.queue_sel, ts.device_features_sel, ts.driver_features_sel});
+    for (uint32_t i = 0; i < ts.queues.size(); ++i) {
+        const auto& q = ts.queues[i];
+        e.field_pod(kTagQueue, QueueWire{i, q.num, q.ready ? 1u : 0u, q.next_avail, q.next_used, q.desc, q.driver, q.device});
+    }
+    MacWire m{};
+    std::memcpy(m.mac, mac_.data(), 6);
+    e.field_pod(kTagMac, m);
+    return ds;
+}
+
+Result<void> VirtioNet::restore(const DeviceState& s) {
+    std::lock_guard lock(mu_);
+    const std::string what = name_ + " state";
+    if (!transport_) return make_error(Errc::state, name_ + " must be attached before its state is restored");
+    if (s.name != name_) return make_error(Errc::invalid_input, what + ": it belongs to device '" + s.name + "'");
+    if (s.version != kNetStateVersion)
+        return make_error(Errc::invalid_input, what + ": version " + std::to_string(s.version) + " is not supported");
+    Decoder d(s.data, what);
+    TransportState ts;
+    std::optional<MacAddress> mac;
+    bool have_features = false, have_transport = false;
+    std::vector<bool> seen_queue(transport_->queue_count(), false);
+    ts.queues.resize(transport_->queue_count());
+    while (!d.done()) {
+        auto f = US_TRY(d.field());
+        switch (f.tag) {
+        case kTagFeatures: {
+            auto w = US_TRY(Decoder::as_pod<FeaturesWire>(f, what));
+            ts.device_features = w.offered;
+            ts.driver_features = w.negotiated;
+            have_features = true;
+            break;
+        }
+        case kTagTransport: {
+            auto w = US_TRY(Decoder::as_pod<TransportWire>(f, what));
+            ts.status = w.status;
+            ts.queue_sel = w.queue_sel;
+            ts.device_features_sel = w.device_features_sel;
+            ts.driver_features_sel = w.driver_features_sel;
+            have_transport = true;
+            break;
+        }
+        case kTagQueue: {
+            auto w = US_TRY(Decoder::as_pod<QueueWire>(f, what));
+            if (w.index >= seen_queue.size() || seen_queue[w.index])
+                return d.error(fmt::format("queue {} is unknown or appears twice", w.index));
+            if (w.ready > 1) return d.error(fmt::format("queue {} ready flag is {}", w.index, w.ready));
+            seen_queue[w.index] = true;
+            ts.queues[w.index] = QueueState{w.num, w.ready == 1, w.desc, w.driver, w.device, w.next_avail, w.next_used};
+            break;
+        }
+        case kTagMac: {
+            auto w = US_TRY(Decoder::as_pod<MacWire>(f, what));
+            MacAddress m;
+            std::memcpy(m.data(), w.mac, 6);
+            if (!usable_mac(m)) return d.error("the MAC address is multicast or all zeros");
+            mac = m;
+            break;
+        }
+        default: break; // a field from a newer writer
+        }
+    }
+    if (!have_features || !have_transport || !mac) return d.error("features, transport or MAC field missing");
+    if (std::find(seen_queue.begin(), seen_queue.end(), false) != seen_queue.end()) return d.error("a queue is missing");
+    US_TRYV(transport_->restore(ts)); // validates before changing anything
+    if (*mac != mac_)
+        spdlog::info("{}: MAC {:02x} from the saved state replaces the configured one", name_, fmt::join(*mac, ":"));
+    mac_ = *mac;
+    tx_stalled_ = false;
+    return {};
+}
+
+} // namespace understudy::hv::virtio
