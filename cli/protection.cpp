@@ -48,7 +48,8 @@ void print_figures(const char* label, const std::vector<replicator::EpochFigures
 
 } // namespace
 
-Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::string& backup, replicator::PrimaryConfig cfg) {
+Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::string& backup, replicator::PrimaryConfig cfg,
+                                                     GuestNetwork* net) {
     auto ep = US_TRY(replicator::Endpoint::parse(backup));
     // The backup may still be starting: retry for a few seconds.
     Result<std::unique_ptr<replicator::Connection>> conn = make_error(Errc::timeout, "");
@@ -60,7 +61,9 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
     if (!conn) return std::move(conn.error()).wrap("connecting to the backup at " + backup);
     auto p = std::make_unique<Protection>();
     Protection* self = p.get();
+    p->net_ = net;
     replicator::PrimaryHooks hooks;
+    if (net) hooks.on_capture = [net](uint64_t epoch, hv::Vm&) { net->commit().captured(epoch); };
     auto sync_start = steady_clock::now();
     hooks.on_sync_progress = [sync_start](const replicator::SyncProgress& s) {
         std::printf("sync: round %u, %llu pages; %llu of %llu MiB sent, %.0f MB/s, %.1f s\n", s.round,
@@ -69,7 +72,8 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
                     duration<double>(steady_clock::now() - sync_start).count());
         std::fflush(stdout);
     };
-    hooks.on_acked = [self](const replicator::EpochFigures& f) {
+    hooks.on_acked = [self, net](const replicator::EpochFigures& f) {
+        if (net) net->commit().acknowledged(f.epoch);
         std::lock_guard lock(self->mu_);
         if (f.epoch == 1) std::printf("protected: initial checkpoint acknowledged (stop-and-copy pause %.1f ms)\n", double(f.pause_ns) / 1e6);
         self->window_.push_back(f);
@@ -82,7 +86,20 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
     auto control = replicator::Connection::connect(ep, seconds(2));
     if (!control) return std::move(control.error()).wrap("opening the control connection to " + backup);
     p->primary_ = US_TRY(replicator::Primary::start(vm, std::move(*conn), cfg, hooks, std::move(*control)));
+    if (net) net->set_checkpoint_request([primary = p->primary_.get()](steady_clock::time_point t) { primary->request_checkpoint(t); });
     return p;
+}
+
+std::optional<Error> Protection::failure() {
+    auto f = primary_->failure();
+    if (f) run_unprotected();
+    return f;
+}
+
+void Protection::run_unprotected() {
+    if (!net_) return;
+    net_->set_checkpoint_request(nullptr);
+    net_->commit().unprotect();
 }
 
 void Protection::print_window() {
@@ -97,6 +114,7 @@ void Protection::print_window() {
 Result<void> Protection::finish() {
     primary_->stop();
     auto r = primary_->wait();
+    run_unprotected();
     std::lock_guard lock(mu_);
     if (all_.size() > 1) print_figures("== protected run", all_, duration<double>(last_ack_ - first_ack_).count());
     return r;

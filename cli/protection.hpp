@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/network.hpp"
 #include "hv/vm.hpp"
 #include "replicator/primary.hpp"
 
@@ -16,16 +17,23 @@ namespace understudy::cli {
 
 class Protection {
 public:
-    static Result<std::unique_ptr<Protection>> start(hv::Vm& vm, const std::string& backup, replicator::PrimaryConfig cfg);
+    // With `net`, the guest's output waits for the ACK of the checkpoint that produced it,
+    // and output may end an epoch early (NetOptions::output_gather_ms).
+    static Result<std::unique_ptr<Protection>> start(hv::Vm& vm, const std::string& backup, replicator::PrimaryConfig cfg,
+                                                     GuestNetwork* net);
     // The figures of the checkpoints acknowledged since the last call, as one line.
     void print_window();
     // Ends replication and prints the totals; returns why it ended if it failed.
     Result<void> finish();
-    // Why replication failed, once it has (the VM keeps running unprotected).
-    std::optional<Error> failure() const { return primary_->failure(); }
+    // Why replication failed, once it has. The first call that sees the failure releases
+    // the output held for the backup: the VM keeps running, unprotected.
+    std::optional<Error> failure();
 
 private:
+    void run_unprotected();
+
     std::unique_ptr<replicator::Primary> primary_;
+    GuestNetwork* net_ = nullptr;
     mutable std::mutex mu_;
     std::vector<replicator::EpochFigures> window_, all_;
     std::chrono::steady_clock::time_point first_ack_, last_ack_;

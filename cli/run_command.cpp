@@ -69,7 +69,7 @@ int fail(const Error& e) {
 
 // Runs the VM until it stops: protected through a backup, or sampling dirty pages for
 // the summary (never both: the primary owns every harvest while it runs).
-int supervise(hv::Vm& vm, const SuperviseOptions& o) {
+int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
     const bool protect = !o.backup.empty();
     const bool tracking = vm.config().dirty.mode != hv::DirtyMode::none && !protect;
     std::vector<uint64_t> per_sample;
@@ -83,7 +83,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o) {
         pc.epoch = microseconds(static_cast<int64_t>(o.epoch_ms * 1000));
         pc.max_in_flight = o.max_in_flight;
         pc.heartbeat = {milliseconds(o.heartbeat_ms), milliseconds(o.failure_timeout_ms)};
-        auto p = Protection::start(vm, o.backup, pc);
+        auto p = Protection::start(vm, o.backup, pc, net);
         if (!p) {
             vm.stop();
             vm.resume_all();
@@ -100,6 +100,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o) {
         if (protection && steady_clock::now() - last_print >= seconds(1)) {
             last_print = steady_clock::now();
             protection->print_window();
+            if (net) std::printf("%s\n", net->summary().c_str());
             if (auto f = protection->failure(); f && !reported_loss) {
                 reported_loss = true;
                 std::printf("UNPROTECTED: replication failed: %s; the VM keeps running\n", f->describe().c_str());
@@ -198,10 +199,12 @@ bool check_snapshot_options(const SuperviseOptions& s, int& code) {
 int run_command(const std::vector<std::string>& args) {
     VmOptions vo;
     SuperviseOptions so;
+    NetOptions no;
     std::string image, cmdline;
     po::options_description desc("Options");
     add_vm_options(desc, vo);
     add_supervise_options(desc, so);
+    add_net_options(desc, no);
     desc.add_options()("image", po::value(&image)->required(), "PVH guest image (ELF)")
         ("cmdline,c", po::value(&cmdline)->default_value(""), "guest command line");
     po::positional_options_description pos;
@@ -216,20 +219,29 @@ int run_command(const std::vector<std::string>& args) {
     if (!file) return fail(file.error());
     auto vm = hv::Vm::create(*cfg);
     if (!vm) return fail(vm.error());
+    std::unique_ptr<GuestNetwork> net;
+    if (!no.tap.empty()) {
+        auto n = GuestNetwork::attach(**vm, no);
+        if (!n) return fail(std::move(n.error()).wrap("the guest network on tap " + no.tap));
+        net = std::move(*n);
+        cmdline += (cmdline.empty() ? "" : " ") + net->cmdline_token();
+    }
     auto img = hv::load_pvh_image(**vm, *file, cmdline);
     if (!img) return fail(std::move(img.error()).wrap(image));
-    std::printf("== booting %s: %s RAM, %u vCPU(s), dirty tracking %s\n", image.c_str(), vo.memory.c_str(), vo.vcpus,
-                (*vm)->dirty_tracker().name());
-    return supervise(**vm, so);
+    std::printf("== booting %s: %s RAM, %u vCPU(s), dirty tracking %s%s\n", image.c_str(), vo.memory.c_str(), vo.vcpus,
+                (*vm)->dirty_tracker().name(), net ? (", network on tap " + no.tap).c_str() : "");
+    return supervise(**vm, so, net.get());
 }
 
 int restore_command(const std::vector<std::string>& args) {
     VmOptions vo;
     SuperviseOptions so;
+    NetOptions no;
     std::string path;
     po::options_description desc("Options");
     add_vm_options(desc, vo);
     add_supervise_options(desc, so);
+    add_net_options(desc, no);
     desc.add_options()("snapshot", po::value(&path)->required(), "snapshot file written by --snapshot-to");
     po::positional_options_description pos;
     pos.add("snapshot", 1);
@@ -242,11 +254,18 @@ int restore_command(const std::vector<std::string>& args) {
     hv::VmConfig base;
     base.dirty = {*dirty, vo.ring_entries};
     hv::SnapshotInfo info;
-    auto vm = hv::restore_snapshot(path, base, &info);
+    std::unique_ptr<GuestNetwork> net;
+    hv::AttachDevicesFn attach;
+    if (!no.tap.empty())
+        attach = [&](hv::Vm& v) -> Result<void> {
+            net = US_TRY(GuestNetwork::attach(v, no));
+            return {};
+        };
+    auto vm = hv::restore_snapshot(path, base, &info, {}, attach);
     if (!vm) return fail(vm.error());
     std::printf("== restored %s: %llu MiB RAM, %u vCPU(s), %llu non-zero pages\n", path.c_str(),
                 (unsigned long long)(info.memory_bytes >> 20), info.vcpus, (unsigned long long)info.pages_written);
-    return supervise(**vm, so);
+    return supervise(**vm, so, net.get());
 }
 
 } // namespace understudy::cli

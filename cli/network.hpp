@@ -1,0 +1,60 @@
+// `--net-tap NAME`: the guest's virtio-net device, its tap, and the output-commit gate
+// between them. Without a backup the gate passes frames straight through; with one,
+// Protection feeds it the checkpoint events so each frame waits for its checkpoint's ACK.
+#pragma once
+
+#include <boost/program_options.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "hv/virtio/net_device.hpp"
+#include "hv/virtio/tap.hpp"
+#include "hv/vm.hpp"
+#include "netbuffer/output_commit.hpp"
+
+namespace understudy::cli {
+
+struct NetOptions {
+    std::string tap;                       // empty: no network device
+    std::string mac = "52:54:00:12:34:56";
+    std::string buffer = "64M";            // output held while waiting for ACKs
+    double output_gather_ms = 1;           // output-triggered checkpoints: gather window; < 0 turns them off
+};
+
+void add_net_options(boost::program_options::options_description& d, NetOptions& o);
+Result<hv::virtio::MacAddress> parse_mac(const std::string& text);
+
+class GuestNetwork {
+public:
+    // Adds the device to `vm` (before the image is loaded: its command line needs
+    // cmdline_token()) and opens the tap.
+    static Result<std::unique_ptr<GuestNetwork>> attach(hv::Vm& vm, const NetOptions& o);
+    ~GuestNetwork();
+
+    std::string cmdline_token() const { return dev_->cmdline_token(); }
+    netbuffer::OutputCommit& commit() { return *commit_; }
+    // Output-triggered checkpoints: called when an epoch's first frame is held, with the
+    // time by which the epoch should end (the gather window after it). Null clears it.
+    void set_checkpoint_request(std::function<void(std::chrono::steady_clock::time_point)> fn);
+    // One line of figures: frames each way, held now, hold time, stalls, drops.
+    std::string summary() const;
+
+private:
+    GuestNetwork() = default;
+    void wire(std::span<const uint8_t> frame);
+    void on_output(std::chrono::steady_clock::time_point first_held);
+
+    hv::virtio::VirtioNet* dev_ = nullptr; // owned by the VM
+    std::unique_ptr<hv::virtio::Tap> tap_;
+    std::unique_ptr<netbuffer::OutputCommit> commit_;
+    std::chrono::steady_clock::duration gather_{};
+    bool trigger_ = true;
+    std::mutex request_mu_;
+    std::function<void(std::chrono::steady_clock::time_point)> request_;
+};
+
+} // namespace understudy::cli
