@@ -3,7 +3,8 @@
 // save/restore and driver faults are checked from the guest's side of the rings.
 // [tap] tests need root and /dev/net/tun (ctest runs them as the suite virtio_tap, which
 // reports itself skipped, exit code 77, where they are missing): frames injected on the
-// tap interface land in guest buffers, and frames the guest sends appear on it.
+// tap interface land in guest buffers, and frames the guest sends appear on it. The
+// [kvm] test (suite virtio_kvm, skipped without /dev/kvm) attaches the device to a VM.
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
@@ -15,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +28,7 @@
 #include "hv/guest_memory.hpp"
 #include "hv/virtio/net_device.hpp"
 #include "hv/virtio/tap.hpp"
+#include "hv/vm.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
@@ -777,4 +780,42 @@ TEST_CASE("tap: names are checked, and stopping a started tap is clean", "[tap]"
         CHECK(!(*tap)->start(*dev));
         // The destructor stops the thread and cancels the reads still posted.
     }
+}
+
+// ---- attached to a VM ----
+
+TEST_CASE("vm: the device answers at its window and travels in the VM's state", "[kvm]") {
+    if (::access("/dev/kvm", R_OK | W_OK) != 0) {
+        std::fprintf(stderr, "SKIPPED: this test needs /dev/kvm\n");
+        std::exit(77);
+    }
+    auto vm = *Vm::create({.memory_bytes = 16 * kMiB, .vcpus = 1});
+    auto owned = *VirtioNet::create({});
+    VirtioNet& dev = *owned;
+    REQUIRE(vm->add_device(std::move(owned)));
+    CHECK(!vm->add_device(*VirtioNet::create({}))); // same name
+    REQUIRE(vm->add_device(*VirtioNet::create({.index = 1})));
+
+    auto read32 = [&](uint64_t gpa) {
+        uint32_t v = 0;
+        REQUIRE(vm->mmio().dispatch(vm->vcpu(0), gpa, {reinterpret_cast<uint8_t*>(&v), 4}, false));
+        return v;
+    };
+    CHECK(read32(0xd0000000) == kMmioMagic);
+    CHECK(read32(0xd0000008) == kNetDeviceId);
+    CHECK(read32(0xd0001000) == kMmioMagic);
+    CHECK(vm->mmio().unclaimed_accesses() == 0);
+
+    Driver drv{dev, vm->memory()};
+    drv.bring_up();
+    drv.post_rx(0);
+    CHECK(*dev.deliver(frame_of(60, 1)));
+    auto st = vm->save_state();
+    REQUIRE(st);
+    auto it = std::find_if(st->devices.begin(), st->devices.end(), [](auto& d) { return d.name == "virtio-net0"; });
+    REQUIRE(it != st->devices.end());
+    CHECK(it->data == dev.save().data);
+    REQUIRE(vm->restore_state(*st));
+    it->data.resize(8); // truncated device state: the whole restore is refused
+    CHECK(!vm->restore_state(*st));
 }

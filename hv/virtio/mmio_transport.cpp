@@ -144,8 +144,9 @@ void MmioTransport::write_status(uint32_t v) {
         bool subset = (driver_features_ & ~model_.device_features()) == 0;
         if (!subset || !(driver_features_ & kFeatureVersion1) || !(next & kStatusDriver)) {
             next &= ~(kStatusFeaturesOk | kStatusDriverOk);
-            spdlog::warn("{}: refused driver features 0x{:x} (offered 0x{:x}; VERSION_1 is required)", name_,
-                         driver_features_, model_.device_features());
+            if (log_worthy(refusals_++))
+                spdlog::warn("{}: refused driver features 0x{:x} (offered 0x{:x}; VERSION_1 is required) (#{})", name_,
+                             driver_features_, model_.device_features(), refusals_);
         }
     }
     if ((next & kStatusDriverOk) && !(next & kStatusFeaturesOk)) {

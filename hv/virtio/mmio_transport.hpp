@@ -150,6 +150,7 @@ private:
     uint32_t driver_features_sel_ = 0;
     uint64_t bad_accesses_ = 0;
     uint64_t failures_ = 0;
+    uint64_t refusals_ = 0; // feature sets refused, for log rate limiting
 };
 
 } // namespace understudy::hv::virtio

@@ -16,7 +16,8 @@ public:
     virtual ~EgressSink() = default;
     // Called with the device's lock held, from a vCPU thread or from whichever thread
     // called tx_room_available() or resumed the VM. The frame is only valid during the
-    // call. Must not call back into the device (tx_room_available() would deadlock).
+    // call. Must not call back into the device (tx_room_available() would deadlock) and
+    // must not wait for a VM pause (a vCPU may be the caller).
     virtual Accept transmit(std::span<const uint8_t> frame) = 0;
 };
 
