@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <thread>
 
 #include <boost/program_options.hpp>
 
@@ -59,7 +60,8 @@ int backup_command(const std::vector<std::string>& args) {
     std::string listen, snapshot_to, capture;
     unsigned sessions = 0;
     replicator::BackupConfig cfg;
-    unsigned heartbeat_ms = 10, failure_timeout_ms = 100;
+    unsigned heartbeat_ms = 10, failure_timeout_ms = 100, ack_delay_ms = 0;
+    std::string ack_log;
     po::options_description desc("Options");
     desc.add_options()("help,h", "show this help")
         ("listen", po::value(&listen)->required(), "address to accept the primary on, HOST:PORT")
@@ -67,6 +69,9 @@ int backup_command(const std::vector<std::string>& args) {
         ("capture", po::value(&capture), "write every byte received from the primary to this file, for "
                                           "`understudy verify-stream` (one file per session: FILE, FILE.1, ...)")
         ("sessions", po::value(&sessions)->default_value(0), "exit after this many sessions (0: serve forever)")
+        ("ack-log", po::value(&ack_log), "append one line per committed checkpoint, 'EPOCH UNIX_NS', written just "
+                                          "before its ACK is sent (tests check output commit against it)")
+        ("ack-delay-ms", po::value(&ack_delay_ms)->default_value(0), "test hook: hold each ACK this long after the commit")
         ("heartbeat-ms", po::value(&heartbeat_ms)->default_value(heartbeat_ms), "heartbeat interval on the control connection")
         ("failure-timeout-ms", po::value(&failure_timeout_ms)->default_value(failure_timeout_ms),
          "declare the primary failed after this long without a heartbeat (at least 3 heartbeats)");
@@ -92,6 +97,20 @@ int backup_command(const std::vector<std::string>& args) {
     replicator::BackupHooks hooks;
     auto cap = std::make_shared<Capture>(capture);
     if (!capture.empty()) hooks.on_receive = [cap](std::span<const uint8_t> b, bool start) { cap->receive(b, start); };
+    std::FILE* ack_file = nullptr;
+    if (!ack_log.empty() && !(ack_file = std::fopen(ack_log.c_str(), "a"))) {
+        std::fprintf(stderr, "understudy: %s\n", sys_error("opening " + ack_log).describe().c_str());
+        return 2;
+    }
+    if (ack_file || ack_delay_ms > 0)
+        hooks.on_commit = [ack_file, ack_delay_ms](uint64_t epoch, const replicator::BackupReplica&) {
+            if (ack_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ack_delay_ms));
+            if (!ack_file) return;
+            auto now = std::chrono::system_clock::now().time_since_epoch();
+            std::fprintf(ack_file, "%llu %lld\n", (unsigned long long)epoch,
+                         (long long)std::chrono::duration_cast<std::chrono::nanoseconds>(now).count());
+            std::fflush(ack_file);
+        };
     cfg.heartbeat = {std::chrono::milliseconds(heartbeat_ms), std::chrono::milliseconds(failure_timeout_ms)};
     auto server = replicator::BackupServer::listen(*ep, std::move(hooks), cfg);
     if (!server) {
