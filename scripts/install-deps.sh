@@ -17,7 +17,7 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "== dependencies: all present"
-  exit 0
+  exec "$(dirname "$0")/fetch-lwip.sh"
 fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: these packages are missing and installing them needs root: ${missing[*]}" >&2
@@ -27,3 +27,4 @@ echo "== installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
+"$(dirname "$0")/fetch-lwip.sh"

@@ -53,6 +53,25 @@ static const char *find(const char *key)
     return found;
 }
 
+const char *us_cmdline_next(const char *key, const char **pos, size_t *len)
+{
+    size_t klen = strlen(key);
+    for (const char *p = *pos ? *pos : cmdline; *p;) {
+        while (is_space(*p))
+            p++;
+        const char *word = p;
+        while (*p && !is_space(*p))
+            p++;
+        if ((size_t)(p - word) > klen && strncmp(word, key, klen) == 0 && word[klen] == '=') {
+            *pos = p;
+            *len = (size_t)(p - word) - klen - 1;
+            return word + klen + 1;
+        }
+    }
+    *pos = "";
+    return NULL;
+}
+
 uint64_t us_cmdline_u64(const char *key, uint64_t def)
 {
     const char *v = find(key);

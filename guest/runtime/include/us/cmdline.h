@@ -15,6 +15,11 @@ uint64_t us_cmdline_u64(const char *key, uint64_t def);
  * Returns 1 if present, 0 if absent (buf then holds def). */
 int us_cmdline_str(const char *key, char *buf, size_t size, const char *def);
 
+/* Iterates over every key= word, for keys that may repeat (virtio_mmio.device=).
+ * Start with *pos = NULL; each call returns the next value (not NUL-terminated:
+ * its length is in *len) and advances *pos, or returns NULL when none is left. */
+const char *us_cmdline_next(const char *key, const char **pos, size_t *len);
+
 /* Runtime internal: set once by the boot vCPU. */
 void us_cmdline_set(const char *cmdline);
 
