@@ -8,6 +8,7 @@ packages=(
   build-essential cmake pkg-config git
   liburing-dev liblz4-dev libxxhash-dev libboost-dev libboost-program-options-dev
   libspdlog-dev libfmt-dev catch2
+  iproute2 iputils-ping tcpdump tshark redis-tools
   "$@"
 )
 
@@ -25,6 +26,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "== installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# wireshark-common (for tshark) asks whether non-root users may capture: answer no.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
 "$(dirname "$0")/fetch-lwip.sh"
