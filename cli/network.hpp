@@ -22,7 +22,7 @@ struct NetOptions {
     std::string tap;                       // empty: no network device
     std::string mac = "52:54:00:12:34:56";
     std::string buffer = "64M";            // output held while waiting for ACKs
-    double output_gather_ms = 1;           // output-triggered checkpoints: gather window; < 0 turns them off
+    double output_gather_ms = 0;           // output-triggered checkpoints: gather window; < 0 turns them off
 };
 
 void add_net_options(boost::program_options::options_description& d, NetOptions& o);
