@@ -285,12 +285,19 @@ void Vm::notify_guest_event() {
 
 uint64_t Vm::halt(Vcpu& v, uint64_t deadline_ns) {
     std::unique_lock lock(mu_);
-    uint64_t seen = event_seq_;
+    // An event counts if it came after this vCPU's previous halt returned, not only
+    // during this one: the guest may have polled just before a frame arrived and then
+    // halted, and must not sleep until the deadline with the frame waiting.
+    uint64_t& seen = halt_seen_.at(v.index());
     auto host_deadline = clock_.host_deadline(deadline_ns);
+    auto done = [&](uint64_t reason) {
+        seen = event_seq_;
+        return reason;
+    };
     for (;;) {
-        if (v.pause_requested() || stop_) return abi::US_HALT_SPURIOUS;
-        if (event_seq_ != seen) return abi::US_HALT_EVENT;
-        if (std::chrono::steady_clock::now() >= host_deadline) return abi::US_HALT_TIMEOUT;
+        if (v.pause_requested() || stop_) return done(abi::US_HALT_SPURIOUS);
+        if (event_seq_ != seen) return done(abi::US_HALT_EVENT);
+        if (std::chrono::steady_clock::now() >= host_deadline) return done(abi::US_HALT_TIMEOUT);
         cv_.wait_until(lock, host_deadline);
     }
 }

@@ -138,6 +138,7 @@ private:
     mutable std::mutex mu_;
     std::condition_variable cv_;
     uint64_t event_seq_ = 0;
+    std::vector<uint64_t> halt_seen_ = std::vector<uint64_t>(kMaxVcpus, 0); // event_seq_ when each vCPU's last halt returned
     std::optional<VmStop> stop_;
     std::map<std::pair<unsigned, uint64_t>, uint64_t> reports_;
     std::string console_line_;
