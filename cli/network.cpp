@@ -82,7 +82,7 @@ void GuestNetwork::on_output(steady_clock::time_point first_held) {
 std::string GuestNetwork::summary() const {
     auto d = dev_->stats();
     auto b = commit_->stats();
-    return fmt::format("net: tx {} frames, rx {} ({} dropped); held now {} frames, {} released, hold p50 {:.1f} ms "
+    return fmt::format("network: tx {} frames, rx {} ({} dropped); held now {} frames, {} released, hold p50 {:.1f} ms "
                        "p99 {:.1f} ms, {} stalls{}",
                        d.tx_frames, d.rx_frames, d.rx_dropped_pending_full + d.rx_dropped_too_big + d.rx_dropped_invalid,
                        b.packets_held, b.packets_released, b.hold_p50_us / 1000, b.hold_p99_us / 1000, b.stalls,

@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <csignal>
+#include <cstring>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -60,6 +63,17 @@ int exit_code(const hv::VmStop& s) {
     case hv::VmStopKind::host_error: return 3;
     }
     return 3;
+}
+
+// SIGINT or SIGTERM, if one is pending (main() blocks both in every thread).
+int take_stop_signal() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    timespec zero{};
+    int sig = sigtimedwait(&set, nullptr, &zero);
+    return sig > 0 ? sig : 0;
 }
 
 int fail(const Error& e) {
@@ -134,6 +148,10 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
             vm.resume_all();
         }
         if (o.timeout_s > 0 && elapsed >= o.timeout_s) vm.stop();
+        if (int sig = take_stop_signal()) {
+            std::printf("== %s: stopping the VM\n", strsignal(sig));
+            vm.stop();
+        }
     }
     if (protection) {
         if (auto r = protection->finish(); !r && !reported_loss)

@@ -1,24 +1,59 @@
 #!/usr/bin/env bash
-# The main job: install what is missing, build, then protect the sample guest on this
-# machine: a backup on loopback and a primary running `churn` (two vCPUs stamping 20,000
-# pages a second each for eight seconds) that checkpoints to it every 25 ms. Shows the
-# guest's console, the initial synchronization, one line of checkpoint figures a second,
-# and finally restores the backup's last committed checkpoint to show it is usable.
+# The main job: install what is missing, build, then protect the sample service on this
+# machine. Builds the network test topology (namespaces for a client, a primary host and
+# a backup host on one segment; docs/testing.md), starts `understudy backup` on the
+# backup host and the `kv` guest (a Redis-protocol server) protected by it on the
+# primary, then talks to the guest from the client with the stock redis-cli and
+# redis-benchmark. Every reply the client sees left the primary only after the backup
+# acknowledged the checkpoint that produced it. Ends with the primary's checkpoint and
+# network figures; the topology is removed again, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
 
-port=${UNDERSTUDY_DEMO_PORT:-7400}
-snapshot=$(mktemp -d)/committed.snap
-build/cli/understudy backup --listen "127.0.0.1:$port" --sessions 1 --snapshot-to "$snapshot" &
-backup_pid=$!
-trap 'kill $backup_pid 2>/dev/null || true' EXIT
+name=${UNDERSTUDY_DEMO_TOPOLOGY:-demo}
+work=$(mktemp -d)
+scripts/topology.sh up "$name" >/dev/null
+trap 'scripts/topology.sh down "$name" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+eval "$(scripts/topology.sh status "$name")"
+on() { local host=$1; shift; ip netns exec "$name-$host" "$@"; }
 
-build/cli/understudy run build/guest/churn.elf --memory 256M --vcpus 2 \
-  --cmdline "pages=4096 rate=20000 seconds=8" --backup "127.0.0.1:$port" --epoch-ms 25
-wait $backup_pid
+echo "== topology $name: client $client_ip, primary host $primary_ip, backup host $backup_ip, guest $guest_ip"
+ip netns exec "$name-backup" build/cli/understudy backup --listen "$backup_ip:7400" >"$work/backup.log" 2>&1 &
+backup=$!
+ip netns exec "$name-primary" build/cli/understudy run build/guest/kv.elf --memory 128M --net-tap "$tap" \
+  -c "net.ip=$guest_ip/24" --backup "$backup_ip:7400" --epoch-ms 25 --timeout 30 >"$work/primary.log" 2>&1 &
+primary=$!
+
+for _ in $(seq 300); do
+  grep -q "protected: initial checkpoint acknowledged" "$work/primary.log" && break
+  kill -0 $primary 2>/dev/null || { cat "$work/primary.log"; exit 1; }
+  sleep 0.1
+done
+echo "== the guest's console and the initial synchronization:"
+grep -v -E "^(checkpoints|  pause parts|network):" "$work/primary.log"
 
 echo
-echo "== the backup's last committed checkpoint, restored and run for two seconds:"
-build/cli/understudy restore "$snapshot" --timeout 2 | tail -n 4
+echo "== a redis-cli session from the client host, against the protected guest:"
+session() {
+  for cmd in "PING" "SET greeting 'hello from a protected VM'" "GET greeting" "INCR visits" "INCR visits" \
+             "INCR visits" "DBSIZE" "NOSUCHCOMMAND"; do
+    echo "$guest_ip:6379> $cmd"
+    eval "on client redis-cli -h $guest_ip $cmd" | sed 's/^/  /'
+  done
+}
+session
+echo
+echo "== redis-benchmark from the client host (20 clients):"
+on client redis-benchmark -h "$guest_ip" -t set,get,incr -n 10000 -c 20 -q 2>/dev/null | tr '\r' '\n' | grep "per second"
+
+echo
+echo "== the primary's figures (one line a second: checkpoints, then output held for the backup):"
+grep -E "^(checkpoints|network):" "$work/primary.log" | tail -n 6
+kill -TERM $primary 2>/dev/null || true
+wait $primary 2>/dev/null || true
+echo
+tail -n 4 "$work/primary.log"
+kill -TERM $backup 2>/dev/null || true
+wait $backup 2>/dev/null || true
