@@ -253,7 +253,7 @@ bool Verifier::header(std::span<const uint8_t> h) {
     if (r_.vcpus < 1 || r_.vcpus > 8) return fail(24, fmt::format("stream header: {} vCPUs (a VM has 1 to 8)", r_.vcpus));
     uint32_t flags = load<uint32_t>(p + 28);
     // Bit 0: a control connection (heartbeats) accompanies the stream; it is not in the capture.
-    if (flags & ~1u) return fail(28, fmt::format("stream header: unknown flags {:#x} (only bit 0 is defined in version 1)", flags));
+    if (flags & ~1u) return fail(28, fmt::format("stream header: unknown flags {:#x} (only bit 0 is defined in version 1)", flags & ~1u));
     uint64_t layout = load<uint64_t>(p + 32), want = expected_layout_digest(mem);
     if (layout != want)
         return fail(32, fmt::format("stream header: layout digest {:#018x} does not describe {} MiB of RAM laid out below 3 GiB "

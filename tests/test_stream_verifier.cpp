@@ -265,8 +265,8 @@ TEST_CASE("bad stream headers", "[verifier]") {
         expect_violation(verify_stream(serialize(h, cps).bytes), 16, "multiple of 2 MiB");
     }
     SECTION("flags") {
-        h.flags = 1;
-        expect_violation(verify_stream(serialize(h, cps).bytes), 28, "unknown flags 0x1");
+        h.flags = 3; // bit 0 is defined (a control connection follows), bit 1 is not
+        expect_violation(verify_stream(serialize(h, cps).bytes), 28, "unknown flags 0x2");
     }
     SECTION("layout digest") {
         h.layout_digest ^= 1;
