@@ -39,6 +39,14 @@ Result<void> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
         std::lock_guard lock(mu_);
         current_ = nullptr;
         link = std::move(heartbeat_);
+    }
+    // With a control connection, only a GOODBYE makes a closed stream an orderly end: a
+    // primary that dies also closes its sockets. The GOODBYE travels on the other
+    // connection, so it may still be on its way.
+    if (r && link && link->wait_end(cfg_.heartbeat.timeout) != LinkEnd::goodbye)
+        r = make_error(Errc::system, "the primary closed the stream without a goodbye");
+    {
+        std::lock_guard lock(mu_);
         // A silent primary, not the shut-down socket that followed, is why the session broke.
         if (!r && peer_failure_) r = *peer_failure_;
     }

@@ -34,10 +34,11 @@ public:
                                                         BackupConfig cfg = {});
     Endpoint local() const { return listener_.local(); }
 
-    // Serves one primary, from accept until its stream ends. Ok when the primary closed
-    // the connection between checkpoints; an Error says what broke the session (a
-    // primary silent on the control connection for longer than the timeout is
-    // Errc::timeout).
+    // Serves one primary, from accept until its stream ends. Ok when the primary ended
+    // the session on purpose: it closed the stream between checkpoints and, with a
+    // control connection, said GOODBYE on it first. An Error says what broke the session
+    // (a primary silent on the control connection for longer than the timeout is
+    // Errc::timeout); that is when a backup takes over.
     Result<void> serve_one(std::chrono::milliseconds accept_timeout);
     // Ends a session in progress and refuses new ones.
     void stop();

@@ -73,6 +73,25 @@ void HeartbeatLink::stop() {
         if (t->joinable() && t->get_id() != std::this_thread::get_id()) t->join();
 }
 
+void HeartbeatLink::goodbye() {
+    {
+        std::lock_guard lock(mu_);
+        if (stopping_ || failed_) return;
+        say_goodbye_ = true;
+    }
+    cv_.notify_all();
+    if (sender_.joinable() && sender_.get_id() != std::this_thread::get_id()) sender_.join();
+    stop();
+}
+
+LinkEnd HeartbeatLink::wait_end(std::chrono::milliseconds limit) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, limit, [&] { return heard_goodbye_ || failed_ || stopping_; });
+    if (heard_goodbye_) return LinkEnd::goodbye;
+    if (failed_) return LinkEnd::failed;
+    return stopping_ ? LinkEnd::stopped : LinkEnd::running;
+}
+
 HeartbeatStats HeartbeatLink::stats() const {
     std::lock_guard lock(mu_);
     return stats_;
@@ -86,7 +105,7 @@ failover::PeerState HeartbeatLink::peer_state() const {
 void HeartbeatLink::declare_failed(Error e) {
     {
         std::lock_guard lock(mu_);
-        if (failed_ || stopping_) return;
+        if (failed_ || stopping_ || heard_goodbye_) return;
         failed_ = true;
     }
     cv_.notify_all();
@@ -106,6 +125,11 @@ void HeartbeatLink::sender_main() {
         }
         std::unique_lock lock(mu_);
         ++stats_.sent;
+        if (say_goodbye_) {
+            lock.unlock();
+            (void)conn_->send_record(kGoodbye, {});
+            return;
+        }
         if (detector_.state(now) == failover::PeerState::failed) {
             auto silent = now - last_received_;
             lock.unlock();
@@ -116,7 +140,7 @@ void HeartbeatLink::sender_main() {
         }
         next += interval;
         if (next < now) next = now; // after a stall, keep the rhythm instead of bursting
-        if (cv_.wait_until(lock, next, [&] { return stopping_ || failed_; })) return;
+        if (cv_.wait_until(lock, next, [&] { return stopping_ || failed_ || say_goodbye_; }) && !say_goodbye_) return;
     }
 }
 
@@ -125,6 +149,14 @@ void HeartbeatLink::receiver_main() {
         auto rec = conn_->recv_record();
         if (!rec) {
             declare_failed(std::move(rec.error()).wrap("the control connection"));
+            return;
+        }
+        if (rec->type == kGoodbye) {
+            {
+                std::lock_guard lock(mu_);
+                heard_goodbye_ = true;
+            }
+            cv_.notify_all();
             return;
         }
         if (rec->type != kHeartbeat) {

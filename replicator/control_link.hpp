@@ -20,6 +20,9 @@
 
 namespace understudy::replicator {
 
+// How a link ended, as seen from its side.
+enum class LinkEnd { running, goodbye, failed, stopped };
+
 // Sent by the primary as the first 64 bytes of the control connection.
 struct ControlHello {
     char magic[8];                  // 0: "USCTRL\r\n"
@@ -59,6 +62,11 @@ public:
 
     // Stops both threads without reporting a failure. Idempotent.
     void stop();
+    // Tells the peer that the session ends on purpose (a GOODBYE record), then stops.
+    // A peer that hears it does not report a failure when the connections close.
+    void goodbye();
+    // Waits up to `limit` for the link to end (goodbye heard, failure, or stop).
+    LinkEnd wait_end(std::chrono::milliseconds limit);
     HeartbeatStats stats() const;
     failover::PeerState peer_state() const;
 
@@ -77,6 +85,8 @@ private:
     failover::Clock::time_point started_, last_received_{};
     bool stopping_ = false;
     bool failed_ = false;
+    bool say_goodbye_ = false;   // goodbye(): the sender's last record
+    bool heard_goodbye_ = false; // the peer said goodbye
     std::thread sender_, receiver_;
 };
 

@@ -84,8 +84,16 @@ void Primary::fail(Error e) {
 }
 
 void Primary::stop() {
-    stopping_ = true;
+    HeartbeatLink* link = nullptr;
+    {
+        std::lock_guard lock(mu_);
+        // Stopping on purpose, not after a failure: tell the backup, so that it keeps its
+        // checkpoint and does not take the closing connections for a dead primary.
+        if (!error_ && !stopping_) link = heartbeat_.get();
+        stopping_ = true;
+    }
     cv_.notify_all();
+    if (link) link->goodbye();
     conn_->shutdown();
 }
 
@@ -113,7 +121,10 @@ std::optional<Error> Primary::failure() const {
     return error_;
 }
 
-HeartbeatStats Primary::heartbeats() const { return heartbeat_ ? heartbeat_->stats() : HeartbeatStats{}; }
+HeartbeatStats Primary::heartbeats() const {
+    std::lock_guard lock(mu_);
+    return heartbeat_ ? heartbeat_->stats() : HeartbeatStats{};
+}
 
 std::vector<EpochFigures> Primary::recent_epochs() const {
     std::lock_guard lock(mu_);
@@ -134,8 +145,10 @@ Result<void> Primary::handshake() {
     ControlHello hello = make_control_hello(session_id_, cfg_.heartbeat);
     std::span<const uint8_t> hs(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
     if (auto sent = control_conn_->send({&hs, 1}); !sent) return std::move(sent.error()).wrap("control connection");
-    heartbeat_ = US_TRY(HeartbeatLink::start(std::move(control_conn_), cfg_.heartbeat,
-                                             [this](Error e) { fail(std::move(e).wrap("backup")); }));
+    auto link = US_TRY(HeartbeatLink::start(std::move(control_conn_), cfg_.heartbeat,
+                                            [this](Error e) { fail(std::move(e).wrap("backup")); }));
+    std::lock_guard lock(mu_);
+    heartbeat_ = std::move(link);
     return {};
 }
 

@@ -49,6 +49,7 @@ const char* record_type_name(uint32_t type) {
     case kAccept: return "ACCEPT";
     case kReject: return "REJECT";
     case kHeartbeat: return "HEARTBEAT";
+    case kGoodbye: return "GOODBYE";
     }
     return "unknown";
 }

@@ -48,6 +48,7 @@ enum RecordType : uint32_t {
     kAccept = 8,          // backup: u64 committed epoch of a previous session (0: none)
     kReject = 9,          // backup: reason text; the connection then closes
     kHeartbeat = kRecordOptional | 10, // either side: u64 sequence, u64 sender clock ns
+    kGoodbye = 11,        // control connection, primary: replication ends on purpose; empty
 };
 
 inline constexpr uint32_t kCheckpointInitial = 1; // CHECKPOINT_BEGIN flag: carries the initial synchronization

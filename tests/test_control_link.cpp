@@ -195,3 +195,60 @@ TEST_CASE("a backup refuses a control connection with another session's id", "[c
     REQUIRE(!r);
     CHECK_THAT(r.error().message, Catch::Contains("another session"));
 }
+
+TEST_CASE("a goodbye ends the link on both sides without a failure", "[control]") {
+    auto [a, b] = connected_pair();
+    FailureProbe fa, fb;
+    auto la = HeartbeatLink::start(std::move(a), kFast, fa.callback());
+    auto lb = HeartbeatLink::start(std::move(b), kFast, fb.callback());
+    REQUIRE(la);
+    REQUIRE(lb);
+    std::this_thread::sleep_for(50ms);
+    (*la)->goodbye();
+    CHECK((*lb)->wait_end(2s) == LinkEnd::goodbye);
+    std::this_thread::sleep_for(3 * kFast.timeout); // long enough for a silence to count
+    CHECK(fb.future.wait_for(0s) == std::future_status::timeout);
+    CHECK(fa.future.wait_for(0s) == std::future_status::timeout);
+}
+
+namespace {
+// A stand-in primary with a control connection: header (flag set), ACCEPT, hello,
+// heartbeats from a real link, then an end with or without GOODBYE.
+Result<void> session_ending(bool say_goodbye) {
+    constexpr uint64_t kMem = 16 * hv::kMiB;
+    auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"));
+    REQUIRE(server);
+    auto session = std::async(std::launch::async, [&] { return (*server)->serve_one(10s); });
+    auto data = Connection::connect((*server)->local(), 5s);
+    REQUIRE(data);
+    auto mem = hv::GuestMemory::create(kMem);
+    REQUIRE(mem);
+    auto h = make_stream_header(kMem, 1, hv::memory_layout_digest(*mem), 1, 11, kStreamFlagControl);
+    std::span<const uint8_t> hs(reinterpret_cast<const uint8_t*>(&h), sizeof h);
+    REQUIRE((*data)->send({&hs, 1}));
+    REQUIRE((*data)->recv_record());
+    auto control = Connection::connect((*server)->local(), 5s);
+    REQUIRE(control);
+    auto hello = make_control_hello(11, kFast);
+    std::span<const uint8_t> he(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
+    REQUIRE((*control)->send({&he, 1}));
+    auto link = HeartbeatLink::start(std::move(*control), kFast, nullptr);
+    REQUIRE(link);
+    std::this_thread::sleep_for(50ms);
+    if (say_goodbye) (*link)->goodbye();
+    else (*link)->stop(); // as a dying process: both sockets close, no goodbye
+    (*data)->shutdown();
+    data->reset();
+    REQUIRE(session.wait_for(5s) == std::future_status::ready);
+    return session.get();
+}
+} // namespace
+
+TEST_CASE("a backup counts a closed stream as an orderly end only after a goodbye", "[control]") {
+    CHECK(session_ending(true));
+    auto r = session_ending(false);
+    REQUIRE(!r);
+    INFO(r.error().describe());
+    CHECK((r.error().message.find("without a goodbye") != std::string::npos ||
+           r.error().message.find("control connection") != std::string::npos));
+}

@@ -120,6 +120,13 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     CHECK(backup.server->heartbeats().received > 50);
     (*primary)->stop();
     CHECK((*primary)->wait());
+    // A stop on purpose says GOODBYE: the backup ends the session without an error.
+    backup.wait_sessions(1);
+    {
+        std::lock_guard lock(backup.mu);
+        CHECK(backup.sessions == 1);
+        CHECK(backup.session_errors.empty());
+    }
     vm->stop();
     vm->resume_all();
 
