@@ -594,6 +594,14 @@ TEST_CASE("virtio-net: bad descriptors break the device until the driver resets 
         REQUIRE(fx.mem.write_obj<uint16_t>(drv.tx.avail + 2, 1000));
         drv.wr(reg::kQueueNotify, kTxQueue);
     }
+    SECTION("TX queue re-armed with its descriptor table outside RAM (counted by the transport)") {
+        drv.wr(reg::kQueueSel, kTxQueue);
+        drv.wr(reg::kQueueReady, 0);
+        drv.wr(reg::kQueueDescLow, 0xfffff000u);
+        drv.wr(reg::kQueueDescHigh, 0xfff);
+        drv.wr(reg::kQueueReady, 1);
+        CHECK(drv.rd(reg::kQueueReady) == 0);
+    }
     auto s = fx.dev->stats();
     CHECK(s.broken);
     CHECK(s.errors == 1);

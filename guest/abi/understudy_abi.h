@@ -102,6 +102,8 @@ enum us_report_key {
     US_REPORT_PROGRESS = 2,  /* churn: iterations completed by this vCPU */
     US_REPORT_READY = 3,     /* workload started; value = vCPU index */
     US_REPORT_LAYOUT = 4,    /* churn: guest-physical address of its struct us_churn_header */
+    US_REPORT_VIRTIO_STATUS = 5, /* bad_virtio: bits 0-7 Status after the attack, 8-15 after the recovery,
+                                    bit 16 recovery frame consumed, bit 17 recovery finished */
 };
 
 /* Argument struct of the test hypercalls (US_HC_TEST_FIRST..LAST). */

@@ -113,6 +113,8 @@ public:
     Virtqueue& queue(unsigned i) { return queues_[i].vq; }
     unsigned queue_count() const { return static_cast<unsigned>(queues_.size()); }
     uint64_t bad_accesses() const { return bad_accesses_; }
+    // Times the device was marked broken, by the transport (queue set-up, status) or the model.
+    uint64_t failures() const { return failures_; }
 
     // Marks the device broken (DEVICE_NEEDS_RESET) with a rate-limited log line; it stays
     // so until the driver writes 0 to Status.

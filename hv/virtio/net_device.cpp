@@ -148,10 +148,7 @@ void VirtioNet::device_reset() { tx_stalled_ = false; }
 
 bool VirtioNet::can_touch_guest() const { return transport_ && transport_->live() && !suspended_; }
 
-void VirtioNet::fail(const std::string& why) {
-    ++stats_.errors;
-    transport_->fail(why);
-}
+void VirtioNet::fail(const std::string& why) { transport_->fail(why); }
 
 void VirtioNet::process_tx() {
     if (!can_touch_guest() || tx_stalled_) return;
@@ -337,6 +334,8 @@ NetStats VirtioNet::stats() const {
     s.rx_pending = pending_.size();
     if (transport_) {
         s.bad_register_accesses = transport_->bad_accesses();
+        // The transport's count: it also breaks the device itself (bad queue set-up).
+        s.errors = transport_->failures();
         s.broken = transport_->broken();
     }
     return s;
