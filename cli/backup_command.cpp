@@ -13,7 +13,10 @@
 
 #include <boost/program_options.hpp>
 
+#include "cli/network.hpp"
+#include "cli/run_command.hpp"
 #include "common/unique_fd.hpp"
+#include "failover/promotion.hpp"
 #include "hv/snapshot.hpp"
 #include "replicator/backup.hpp"
 
@@ -54,6 +57,28 @@ private:
     unsigned sessions_ = 0;
     UniqueFd fd_;
 };
+// The primary failed: run the committed checkpoint here, unprotected, until it stops.
+int promote_and_run(const replicator::BackupReplica& replica, const NetOptions& no) {
+    std::unique_ptr<GuestNetwork> net;
+    hv::AttachDevicesFn attach;
+    if (!no.tap.empty())
+        attach = [&](hv::Vm& v) -> Result<void> {
+            net = US_TRY(GuestNetwork::attach(v, no));
+            return {};
+        };
+    auto vm = failover::promote(replica, hv::VmConfig{}, attach);
+    if (!vm) {
+        std::fprintf(stderr, "understudy: promotion failed: %s\n", vm.error().describe().c_str());
+        return 3;
+    }
+    if (net) {
+        auto frame = failover::announce_frame(net->mac());
+        for (int i = 0; i < 3; ++i) net->send_from_host(frame);
+    }
+    spdlog::warn("backup: PROMOTED: running checkpoint {} as the primary, unprotected", replica.committed_epoch());
+    return run_vm(**vm, net.get());
+}
+
 } // namespace
 
 int backup_command(const std::vector<std::string>& args) {
@@ -62,6 +87,8 @@ int backup_command(const std::vector<std::string>& args) {
     replicator::BackupConfig cfg;
     unsigned heartbeat_ms = 10, failure_timeout_ms = 100, ack_delay_ms = 0;
     std::string ack_log;
+    bool promote = false;
+    NetOptions no;
     po::options_description desc("Options");
     desc.add_options()("help,h", "show this help")
         ("listen", po::value(&listen)->required(), "address to accept the primary on, HOST:PORT")
@@ -69,6 +96,8 @@ int backup_command(const std::vector<std::string>& args) {
         ("capture", po::value(&capture), "write every byte received from the primary to this file, for "
                                           "`understudy verify-stream` (one file per session: FILE, FILE.1, ...)")
         ("sessions", po::value(&sessions)->default_value(0), "exit after this many sessions (0: serve forever)")
+        ("promote", po::bool_switch(&promote), "when the primary fails (silent, or gone without a goodbye), run the "
+                                               "last committed checkpoint here; give it the primary's --net-tap")
         ("ack-log", po::value(&ack_log), "append one line per committed checkpoint, 'EPOCH UNIX_NS', written just "
                                           "before its ACK is sent (tests check output commit against it)")
         ("ack-delay-ms", po::value(&ack_delay_ms)->default_value(0), "test hook: hold each ACK this long after the commit")
@@ -77,6 +106,7 @@ int backup_command(const std::vector<std::string>& args) {
          "declare the primary failed after this long without a heartbeat (at least 3 heartbeats)");
     const char* usage = "usage: understudy backup --listen HOST:PORT [options]\n"
                         "  Receives checkpoints from a primary and keeps the last committed one.";
+    add_net_options(desc, no);
     po::variables_map vm;
     try {
         po::store(po::command_line_parser(args).options(desc).run(), vm);
@@ -119,8 +149,9 @@ int backup_command(const std::vector<std::string>& args) {
     }
     spdlog::info("backup: listening on {}", (*server)->local().str());
     for (unsigned done = 0; sessions == 0 || done < sessions;) {
+        uint64_t started = (*server)->sessions_started();
         auto r = (*server)->serve_one(std::chrono::seconds(1));
-        if (!r && r.error().code == Errc::timeout) continue;
+        if ((*server)->sessions_started() == started) continue; // nobody connected yet
         ++done;
         const auto* replica = (*server)->replica();
         uint64_t epoch = replica && replica->has_committed() ? replica->committed_epoch() : 0;
@@ -128,6 +159,10 @@ int backup_command(const std::vector<std::string>& args) {
             spdlog::info("backup: session ended; committed checkpoint {}", epoch);
         else
             spdlog::warn("backup: session ended: {}; committed checkpoint {} kept", r.error().describe(), epoch);
+        // A primary that fell silent or vanished without a goodbye has failed; a stream it
+        // corrupted (invalid input) is reported and waited out, not taken over.
+        bool primary_failed = !r && (r.error().code == Errc::timeout || r.error().code == Errc::system);
+        if (primary_failed && promote && epoch > 0) return promote_and_run(*replica, no);
         if (!snapshot_to.empty() && epoch > 0) {
             auto info = hv::write_snapshot(replica->memory(), replica->state(), snapshot_to);
             if (!info) {

@@ -42,6 +42,10 @@ public:
     void set_checkpoint_request(std::function<void(std::chrono::steady_clock::time_point)> fn);
     // One line of figures: frames each way, held now, hold time, stalls, drops.
     std::string summary() const;
+    // Sends frames on the guest's behalf straight to the tap (not through the gate):
+    // the announcement of a promoted guest.
+    void send_from_host(std::span<const uint8_t> frame) { wire(frame); }
+    hv::virtio::MacAddress mac() const { return dev_->mac(); }
 
 private:
     GuestNetwork() = default;

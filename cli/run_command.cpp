@@ -251,6 +251,8 @@ int run_command(const std::vector<std::string>& args) {
     return supervise(**vm, so, net.get());
 }
 
+int run_vm(hv::Vm& vm, GuestNetwork* net) { return supervise(vm, SuperviseOptions{}, net); }
+
 int restore_command(const std::vector<std::string>& args) {
     VmOptions vo;
     SuperviseOptions so;

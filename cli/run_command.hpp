@@ -3,10 +3,21 @@
 #include <string>
 #include <vector>
 
-namespace understudy::cli {
+namespace understudy {
+
+namespace hv {
+class Vm;
+}
+
+namespace cli {
+class GuestNetwork;
 
 // `understudy run IMAGE` and `understudy restore SNAPSHOT`: run a VM until it stops.
 int run_command(const std::vector<std::string>& args);
 int restore_command(const std::vector<std::string>& args);
+// Runs a VM built elsewhere (a promoted backup) unprotected until it stops or a stop
+// signal arrives, with the same figures and exit codes as `run`.
+int run_vm(hv::Vm& vm, GuestNetwork* net);
+}
 
-} // namespace understudy::cli
+} // namespace understudy

@@ -121,6 +121,31 @@ Result<SnapshotInfo> write_snapshot(const GuestMemory& mem, const VmState& state
     return SnapshotInfo{mem.size(), static_cast<unsigned>(state.vcpus.size()), pages_written, 0};
 }
 
+namespace {
+// Memory is in place: restore the state, and start dirty tracking from here, since what
+// was copied in is the baseline, not something the guest changed.
+Result<void> finish_restore(Vm& vm, const VmState& state) {
+    US_TRYV(vm.restore_state(state));
+    Bitmap discard(vm.memory().page_count());
+    return vm.harvest_dirty(discard);
+}
+} // namespace
+
+Result<std::unique_ptr<Vm>> restore_vm(const GuestMemory& src, const VmState& state, VmConfig base,
+                                       const AttachDevicesFn& attach) {
+    base.memory_bytes = src.size();
+    base.vcpus = static_cast<unsigned>(state.vcpus.size());
+    US_TRYV(validate_vm_config(base));
+    auto vm = US_TRY(Vm::create(std::move(base)));
+    auto& mem = vm->memory();
+    if (memory_layout_digest(mem) != memory_layout_digest(src))
+        return make_error(Errc::invalid_input, "the saved memory's layout differs from this VMM's");
+    if (attach) US_TRYV(attach(*vm));
+    std::memcpy(mem.page_ptr(0), src.page_ptr(0), src.size());
+    US_TRYV(finish_restore(*vm, state));
+    return vm;
+}
+
 Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig base, SnapshotInfo* info,
                                              const ProgressFn& progress, const AttachDevicesFn& attach) {
     auto in = US_TRY(FileReader::open(path));
@@ -184,10 +209,7 @@ Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig b
             if (!have_vm) return bad("no VM state record");
             for (uint32_t i = 0; i < h.vcpus; ++i)
                 if (!have_vcpu[i]) return bad("no state for vCPU " + std::to_string(i));
-            US_TRYV(vm->restore_state(state));
-            // What we just copied in is the baseline, not something the guest changed.
-            Bitmap discard(mem.page_count());
-            US_TRYV(vm->harvest_dirty(discard));
+            US_TRYV(finish_restore(*vm, state));
             if (info) *info = SnapshotInfo{h.memory_bytes, h.vcpus, pages, in.offset()};
             return vm;
         }

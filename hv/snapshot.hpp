@@ -39,5 +39,9 @@ using AttachDevicesFn = std::function<Result<void>(Vm&)>;
 // and not started: call start() to continue the guest.
 Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig base, SnapshotInfo* info = nullptr,
                                              const ProgressFn& progress = {}, const AttachDevicesFn& attach = {});
+// The same from memory and state held in this process (a backup's committed replica,
+// on promotion): memory of the same layout is copied, the state restored.
+Result<std::unique_ptr<Vm>> restore_vm(const GuestMemory& mem, const VmState& state, VmConfig base,
+                                       const AttachDevicesFn& attach = {});
 
 } // namespace understudy::hv

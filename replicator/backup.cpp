@@ -10,6 +10,11 @@ Result<std::unique_ptr<BackupServer>> BackupServer::listen(const Endpoint& at, B
     return std::unique_ptr<BackupServer>(new BackupServer(std::move(l), std::move(hooks), cfg));
 }
 
+uint64_t BackupServer::sessions_started() const {
+    std::lock_guard lock(mu_);
+    return sessions_started_;
+}
+
 HeartbeatStats BackupServer::heartbeats() const {
     std::lock_guard lock(mu_);
     return heartbeat_ ? heartbeat_->stats() : HeartbeatStats{};
@@ -27,6 +32,7 @@ Result<void> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
         std::lock_guard lock(mu_);
         if (stopped_) return make_error(Errc::state, "the backup is stopping");
         current_ = conn.get();
+        ++sessions_started_;
         peer_failure_.reset();
     }
     StreamHeader h;

@@ -46,6 +46,8 @@ public:
     // The replica, once a first session has told its shape.
     const BackupReplica* replica() const { return replica_.get(); }
 
+    // Connections accepted so far: serve_one() returned without one when this is unchanged.
+    uint64_t sessions_started() const;
     // Heartbeats of the current or last session's control connection.
     HeartbeatStats heartbeats() const;
 
@@ -63,6 +65,7 @@ private:
     std::unique_ptr<BackupReplica> replica_;
     mutable std::mutex mu_;
     Connection* current_ = nullptr;
+    uint64_t sessions_started_ = 0;
     bool stopped_ = false;
 };
 
