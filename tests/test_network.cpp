@@ -1,12 +1,15 @@
 // The kv guest on the network (issue 4), in the namespace topology of docs/testing.md:
 // stock redis-cli and redis-benchmark against it, unprotected and protected; output
 // commit measured from the client's side of the wire against the backup's ACK log;
-// garbage frames from the tap side. The VMM and the backup run as `understudy`
+// garbage frames from the tap side; a failover that a client's connection survives. The VMM and the backup run as `understudy`
 // processes in the primary and backup namespaces.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
+#include <arpa/inet.h>
 #include <linux/if_packet.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -69,9 +72,12 @@ struct KvSetup {
         s.primary_log = g_temp_dir + "/" + name + "-primary.log";
         s.backup_log = g_temp_dir + "/" + name + "-backup.log";
         s.ack_log = g_temp_dir + "/" + name + "-acks.log";
+        for (const auto* log : {&s.primary_log, &s.backup_log, &s.ack_log}) std::filesystem::remove(*log); // a fresh start
         std::string backup_at = s.topo.ip(Host::backup) + ":" + kBackupPort;
         if (protect) {
             std::vector<std::string> argv{US_CLI_PATH, "backup", "--listen", backup_at, "--ack-log", s.ack_log};
+            for (auto& a : backup_extra)
+                if (a == "TAP") a = s.topo.tap(); // the guest's tap exists on the backup host too
             argv.insert(argv.end(), backup_extra.begin(), backup_extra.end());
             auto b = s.topo.spawn_in(Host::backup, argv, s.backup_log);
             REQUIRE(b);
@@ -93,7 +99,7 @@ struct KvSetup {
         auto deadline = steady_clock::now() + limit;
         while (read_file(path).find(text) == std::string::npos) {
             INFO("waiting for '" << text << "' in " << path << ":\n" << read_file(path));
-            REQUIRE(primary->running());
+            REQUIRE((path == backup_log ? backup : primary)->running());
             REQUIRE(steady_clock::now() < deadline);
             std::this_thread::sleep_for(50ms);
         }
@@ -267,6 +273,44 @@ TEST_CASE("garbage frames from the tap side do not disturb the VMM or the guest"
     CHECK(redis(s.topo, {"SET", "after", "garbage"}) == "OK");
     CHECK(redis(s.topo, {"GET", "after"}) == "garbage");
     s.require_healthy();
+}
+
+TEST_CASE("failover: the backup promotes, a client's open connection survives, and no acknowledged write is lost",
+          "[network][failover]") {
+    auto s = KvSetup::start(topology_name("nf"), true, {"--promote", "--net-tap", "TAP"});
+    CHECK(redis(s.topo, {"SET", "before", "failover"}) == "OK");
+    // One TCP connection from the client, INCR after INCR: every reply the client sees
+    // must be the next number, across the failover (the primary is killed in between).
+    auto fd = s.topo.socket_in(Host::client, AF_INET, SOCK_STREAM);
+    REQUIRE(fd);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(6379);
+    REQUIRE(::inet_pton(AF_INET, s.topo.guest_ip().c_str(), &to.sin_addr) == 1);
+    REQUIRE(::connect(*fd, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
+    timeval tv{10, 0};
+    ::setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const std::string incr = "*2\r\n$4\r\nINCR\r\n$1\r\nc\r\n";
+    auto next = [&](int64_t want) {
+        REQUIRE(::send(*fd, incr.data(), incr.size(), MSG_NOSIGNAL) == ssize_t(incr.size()));
+        char buf[64];
+        ssize_t n = ::recv(*fd, buf, sizeof buf, 0);
+        REQUIRE(n > 0);
+        CHECK(std::string(buf, size_t(n)) == ":" + std::to_string(want) + "\r\n");
+    };
+    int64_t count = 0;
+    for (; count < 50; ) next(++count);
+    auto killed = steady_clock::now();
+    REQUIRE(::kill(s.primary->pid(), SIGKILL) == 0);
+    for (; count < 100; ) next(++count);
+    double gap_ms = duration<double, std::milli>(steady_clock::now() - killed).count();
+    INFO("50 requests across the failover took " << gap_ms << " ms");
+    ::close(*fd);
+    s.wait_for_log(s.backup_log, "PROMOTED", 1s);
+    CHECK(redis(s.topo, {"GET", "before"}) == "failover");
+    CHECK(redis(s.topo, {"GET", "c"}) == "100");
+    INFO(read_file(s.backup_log));
+    CHECK(s.backup->running()); // the promoted VM runs on
 }
 
 int main(int argc, char** argv) {
