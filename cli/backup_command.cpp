@@ -58,7 +58,7 @@ private:
     UniqueFd fd_;
 };
 // The primary failed: run the committed checkpoint here, unprotected, until it stops.
-int promote_and_run(const replicator::BackupReplica& replica, const NetOptions& no) {
+int promote_and_run(const replicator::BackupReplica& replica, const NetOptions& no, const std::string& reprotect_to) {
     std::unique_ptr<GuestNetwork> net;
     hv::AttachDevicesFn attach;
     if (!no.tap.empty())
@@ -75,8 +75,9 @@ int promote_and_run(const replicator::BackupReplica& replica, const NetOptions& 
         auto frame = failover::announce_frame(net->mac());
         for (int i = 0; i < 3; ++i) net->send_from_host(frame);
     }
-    spdlog::warn("backup: PROMOTED: running checkpoint {} as the primary, unprotected", replica.committed_epoch());
-    return run_vm(**vm, net.get());
+    spdlog::warn("backup: PROMOTED: running checkpoint {} as the primary, {}", replica.committed_epoch(),
+                 reprotect_to.empty() ? "unprotected" : "re-protecting it to " + reprotect_to);
+    return run_vm(**vm, net.get(), reprotect_to);
 }
 
 } // namespace
@@ -88,6 +89,7 @@ int backup_command(const std::vector<std::string>& args) {
     unsigned heartbeat_ms = 10, failure_timeout_ms = 100, ack_delay_ms = 0;
     std::string ack_log;
     bool promote = false;
+    std::string reprotect_to;
     NetOptions no;
     po::options_description desc("Options");
     desc.add_options()("help,h", "show this help")
@@ -98,6 +100,8 @@ int backup_command(const std::vector<std::string>& args) {
         ("sessions", po::value(&sessions)->default_value(0), "exit after this many sessions (0: serve forever)")
         ("promote", po::bool_switch(&promote), "when the primary fails (silent, or gone without a goodbye), run the "
                                                "last committed checkpoint here; give it the primary's --net-tap")
+        ("reprotect-to", po::value(&reprotect_to), "after a promotion, protect the VM with the backup at HOST:PORT "
+                                                   "(synchronized while the guest runs)")
         ("ack-log", po::value(&ack_log), "append one line per committed checkpoint, 'EPOCH UNIX_NS', written just "
                                           "before its ACK is sent (tests check output commit against it)")
         ("ack-delay-ms", po::value(&ack_delay_ms)->default_value(0), "test hook: hold each ACK this long after the commit")
@@ -162,7 +166,7 @@ int backup_command(const std::vector<std::string>& args) {
         // A primary that fell silent or vanished without a goodbye has failed; a stream it
         // corrupted (invalid input) is reported and waited out, not taken over.
         bool primary_failed = !r && (r.error().code == Errc::timeout || r.error().code == Errc::system);
-        if (primary_failed && promote && epoch > 0) return promote_and_run(*replica, no);
+        if (primary_failed && promote && epoch > 0) return promote_and_run(*replica, no, reprotect_to);
         if (!snapshot_to.empty() && epoch > 0) {
             auto info = hv::write_snapshot(replica->memory(), replica->state(), snapshot_to);
             if (!info) {

@@ -35,6 +35,7 @@ struct SuperviseOptions {
     unsigned max_in_flight = 3;
     unsigned heartbeat_ms = 10;
     unsigned failure_timeout_ms = 100;
+    bool run_on_without_backup = false; // a backup that cannot be reached leaves the VM running unprotected
 };
 
 void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
@@ -98,12 +99,15 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
         pc.max_in_flight = o.max_in_flight;
         pc.heartbeat = {milliseconds(o.heartbeat_ms), milliseconds(o.failure_timeout_ms)};
         auto p = Protection::start(vm, o.backup, pc, net);
-        if (!p) {
+        if (p) {
+            protection = std::move(*p);
+        } else if (o.run_on_without_backup) {
+            std::printf("UNPROTECTED: %s; the VM keeps running\n", p.error().describe().c_str());
+        } else {
             vm.stop();
             vm.resume_all();
             return fail(p.error());
         }
-        protection = std::move(*p);
     }
     bool reported_loss = false;
     auto last_print = steady_clock::now();
@@ -251,7 +255,12 @@ int run_command(const std::vector<std::string>& args) {
     return supervise(**vm, so, net.get());
 }
 
-int run_vm(hv::Vm& vm, GuestNetwork* net) { return supervise(vm, SuperviseOptions{}, net); }
+int run_vm(hv::Vm& vm, GuestNetwork* net, const std::string& backup) {
+    SuperviseOptions o;
+    o.backup = backup;
+    o.run_on_without_backup = true;
+    return supervise(vm, o, net);
+}
 
 int restore_command(const std::vector<std::string>& args) {
     VmOptions vo;

@@ -15,9 +15,10 @@ class GuestNetwork;
 // `understudy run IMAGE` and `understudy restore SNAPSHOT`: run a VM until it stops.
 int run_command(const std::vector<std::string>& args);
 int restore_command(const std::vector<std::string>& args);
-// Runs a VM built elsewhere (a promoted backup) unprotected until it stops or a stop
-// signal arrives, with the same figures and exit codes as `run`.
-int run_vm(hv::Vm& vm, GuestNetwork* net);
+// Runs a VM built elsewhere (a promoted backup) until it stops or a stop signal arrives,
+// with the same figures and exit codes as `run`: protected by `backup` (HOST:PORT) when
+// given and reachable, else unprotected.
+int run_vm(hv::Vm& vm, GuestNetwork* net, const std::string& backup);
 }
 
 } // namespace understudy
