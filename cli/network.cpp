@@ -50,13 +50,15 @@ Result<std::unique_ptr<GuestNetwork>> GuestNetwork::attach(hv::Vm& vm, const Net
     hooks.on_output = [self](steady_clock::time_point t) { self->on_output(t); };
     n->commit_ = US_TRY(netbuffer::OutputCommit::create({buffer, std::max<uint64_t>(64, buffer / 64)}, std::move(hooks)));
     n->dev_->set_egress(n->commit_.get());
-    US_TRYV(n->tap_->start(*n->dev_));
     return n;
 }
 
-GuestNetwork::~GuestNetwork() {
+GuestNetwork::~GuestNetwork() { stop(); }
+
+Result<void> GuestNetwork::start() { return tap_->start(*dev_); }
+
+void GuestNetwork::stop() {
     if (tap_) tap_->stop();
-    if (dev_) dev_->set_egress(nullptr);
 }
 
 // A released frame must reach the tap: when the tap's queue is full, wait for room

@@ -31,9 +31,13 @@ Result<hv::virtio::MacAddress> parse_mac(const std::string& text);
 class GuestNetwork {
 public:
     // Adds the device to `vm` (before the image is loaded: its command line needs
-    // cmdline_token()) and opens the tap.
+    // cmdline_token()) and opens the tap. Frames flow once start() is called.
     static Result<std::unique_ptr<GuestNetwork>> attach(hv::Vm& vm, const NetOptions& o);
     ~GuestNetwork();
+    // Starts and stops delivering the tap's frames to the device. stop() must come
+    // before the VM (which owns the device) is destroyed.
+    Result<void> start();
+    void stop();
 
     std::string cmdline_token() const { return dev_->cmdline_token(); }
     netbuffer::OutputCommit& commit() { return *commit_; }

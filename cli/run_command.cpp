@@ -91,6 +91,15 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
     Bitmap sample(vm.memory().page_count()), distinct(vm.memory().page_count());
     auto start = steady_clock::now();
     bool snapshot_done = o.snapshot_after_s < 0;
+    if (net)
+        if (auto r = net->start(); !r) return fail(r.error());
+    // However supervision ends, frames stop before the caller can destroy the VM.
+    struct StopNetwork {
+        GuestNetwork* net;
+        ~StopNetwork() {
+            if (net) net->stop();
+        }
+    } stop_network{net};
     if (auto r = vm.start(); !r) return fail(r.error());
     std::unique_ptr<Protection> protection;
     if (protect) {
@@ -103,6 +112,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
             protection = std::move(*p);
         } else if (o.run_on_without_backup) {
             std::printf("UNPROTECTED: %s; the VM keeps running\n", p.error().describe().c_str());
+            std::fflush(stdout);
         } else {
             vm.stop();
             vm.resume_all();
@@ -119,9 +129,11 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
             last_print = steady_clock::now();
             protection->print_window();
             if (net) std::printf("%s\n", net->summary().c_str());
+            std::fflush(stdout);
             if (auto f = protection->failure(); f && !reported_loss) {
                 reported_loss = true;
                 std::printf("UNPROTECTED: replication failed: %s; the VM keeps running\n", f->describe().c_str());
+                std::fflush(stdout);
             }
         }
         if (tracking) {

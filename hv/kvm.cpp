@@ -57,4 +57,16 @@ bool kvm_available(std::string* why) {
     return true;
 }
 
+std::vector<kvm_cpuid_entry2> Kvm::cpuid_for_vcpu(unsigned index) const {
+    auto entries = cpuid_;
+    for (auto& e : entries) {
+        if (e.function == 1) {
+            e.ebx = (e.ebx & 0x00ffffff) | (index << 24); // initial APIC ID
+        } else if (e.function == 0xb || e.function == 0x1f) {
+            e.edx = index; // x2APIC ID
+        }
+    }
+    return entries;
+}
+
 } // namespace understudy::hv

@@ -62,14 +62,7 @@ Vcpu::~Vcpu() {
 }
 
 Result<void> Vcpu::setup_cpuid() {
-    cpuid_ = vm_.kvm().supported_cpuid();
-    for (auto& e : cpuid_) {
-        if (e.function == 1) {
-            e.ebx = (e.ebx & 0x00ffffff) | (index_ << 24); // initial APIC ID
-        } else if (e.function == 0xb || e.function == 0x1f) {
-            e.edx = index_; // x2APIC ID
-        }
-    }
+    cpuid_ = vm_.kvm().cpuid_for_vcpu(index_);
     CpuidBuffer c(cpuid_);
     US_TRYV(kvm_ioctl(fd(), kKvmSetCpuid2, c.ptr(), "KVM_SET_CPUID2"));
     return {};

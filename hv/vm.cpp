@@ -106,7 +106,7 @@ uint64_t Vm::config_digest() const {
         e.u64(r.size);
     }
     e.u32(vcpu_count());
-    for (const auto& c : kvm_.supported_cpuid()) e.pod(c);
+    for (const auto& c : kvm_.cpuid_for_vcpu(0)) e.pod(c);
     for (const auto& d : devices_) {
         std::string n = d->name();
         e.u32(static_cast<uint32_t>(n.size()));

@@ -76,8 +76,10 @@ struct KvSetup {
         std::string backup_at = s.topo.ip(Host::backup) + ":" + kBackupPort;
         if (protect) {
             std::vector<std::string> argv{US_CLI_PATH, "backup", "--listen", backup_at, "--ack-log", s.ack_log};
-            for (auto& a : backup_extra)
+            for (auto& a : backup_extra) {
                 if (a == "TAP") a = s.topo.tap(); // the guest's tap exists on the backup host too
+                if (a.rfind("PRIMARY:", 0) == 0) a = s.topo.ip(Host::primary) + a.substr(7);
+            }
             argv.insert(argv.end(), backup_extra.begin(), backup_extra.end());
             auto b = s.topo.spawn_in(Host::backup, argv, s.backup_log);
             REQUIRE(b);
@@ -275,42 +277,88 @@ TEST_CASE("garbage frames from the tap side do not disturb the VMM or the guest"
     s.require_healthy();
 }
 
+namespace {
+// One TCP connection from the client doing INCR c after INCR c: each reply must be the
+// next number, whatever happens to the hosts in between.
+class Counter {
+public:
+    explicit Counter(const Topology& t) {
+        auto fd = t.socket_in(Host::client, AF_INET, SOCK_STREAM);
+        REQUIRE(fd);
+        fd_ = *fd;
+        sockaddr_in to{};
+        to.sin_family = AF_INET;
+        to.sin_port = htons(6379);
+        REQUIRE(::inet_pton(AF_INET, t.guest_ip().c_str(), &to.sin_addr) == 1);
+        REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
+        timeval tv{10, 0};
+        ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
+    ~Counter() { ::close(fd_); }
+    void incr(int times) {
+        static const std::string incr = "*2\r\n$4\r\nINCR\r\n$1\r\nc\r\n";
+        for (int i = 0; i < times; ++i) {
+            REQUIRE(::send(fd_, incr.data(), incr.size(), MSG_NOSIGNAL) == ssize_t(incr.size()));
+            char buf[64];
+            ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+            REQUIRE(n > 0);
+            REQUIRE(std::string(buf, size_t(n)) == ":" + std::to_string(++count_) + "\r\n");
+        }
+    }
+    int64_t count() const { return count_; }
+
+private:
+    int fd_ = -1;
+    int64_t count_ = 0;
+};
+} // namespace
+
 TEST_CASE("failover: the backup promotes, a client's open connection survives, and no acknowledged write is lost",
           "[network][failover]") {
     auto s = KvSetup::start(topology_name("nf"), true, {"--promote", "--net-tap", "TAP"});
     CHECK(redis(s.topo, {"SET", "before", "failover"}) == "OK");
-    // One TCP connection from the client, INCR after INCR: every reply the client sees
-    // must be the next number, across the failover (the primary is killed in between).
-    auto fd = s.topo.socket_in(Host::client, AF_INET, SOCK_STREAM);
-    REQUIRE(fd);
-    sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_port = htons(6379);
-    REQUIRE(::inet_pton(AF_INET, s.topo.guest_ip().c_str(), &to.sin_addr) == 1);
-    REQUIRE(::connect(*fd, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
-    timeval tv{10, 0};
-    ::setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    const std::string incr = "*2\r\n$4\r\nINCR\r\n$1\r\nc\r\n";
-    auto next = [&](int64_t want) {
-        REQUIRE(::send(*fd, incr.data(), incr.size(), MSG_NOSIGNAL) == ssize_t(incr.size()));
-        char buf[64];
-        ssize_t n = ::recv(*fd, buf, sizeof buf, 0);
-        REQUIRE(n > 0);
-        CHECK(std::string(buf, size_t(n)) == ":" + std::to_string(want) + "\r\n");
-    };
-    int64_t count = 0;
-    for (; count < 50; ) next(++count);
-    auto killed = steady_clock::now();
-    REQUIRE(::kill(s.primary->pid(), SIGKILL) == 0);
-    for (; count < 100; ) next(++count);
-    double gap_ms = duration<double, std::milli>(steady_clock::now() - killed).count();
-    INFO("50 requests across the failover took " << gap_ms << " ms");
-    ::close(*fd);
+    Counter c(s.topo);
+    c.incr(50);
+    REQUIRE(::kill(s.primary->pid(), SIGKILL) == 0); // between two INCRs
+    c.incr(50);
     s.wait_for_log(s.backup_log, "PROMOTED", 1s);
     CHECK(redis(s.topo, {"GET", "before"}) == "failover");
     CHECK(redis(s.topo, {"GET", "c"}) == "100");
     INFO(read_file(s.backup_log));
     CHECK(s.backup->running()); // the promoted VM runs on
+}
+
+TEST_CASE("re-protection: a promoted VM is protected again and survives a second failover", "[network][failover]") {
+    auto s = KvSetup::start(topology_name("nr"), true,
+                            {"--promote", "--net-tap", "TAP", "--reprotect-to", "PRIMARY:7401"});
+    Counter c(s.topo);
+    c.incr(20);
+    // The old primary host comes back as the new backup, ready to promote in its turn.
+    std::string log2 = g_temp_dir + "/" + s.topo.name() + "-backup2.log";
+    std::filesystem::remove(log2);
+    REQUIRE(::kill(s.primary->pid(), SIGKILL) == 0);
+    auto backup2 = s.topo.spawn_in(Host::primary, {US_CLI_PATH, "backup", "--listen", s.topo.ip(Host::primary) + ":7401",
+                                                   "--promote", "--net-tap", s.topo.tap()}, log2);
+    REQUIRE(backup2);
+    c.incr(20);
+    s.wait_for_log(s.backup_log, "protected: initial checkpoint acknowledged", 30s);
+    c.incr(20);
+    REQUIRE(::kill(s.backup->pid(), SIGKILL) == 0);
+    c.incr(20);
+    INFO(read_file(log2));
+    CHECK(read_file(log2).find("PROMOTED") != std::string::npos);
+    CHECK(redis(s.topo, {"GET", "c"}) == "80");
+    CHECK(backup2->running());
+}
+
+TEST_CASE("a failed backup: the primary runs on unprotected and releases its output", "[network][failover]") {
+    auto s = KvSetup::start(topology_name("nu"), true);
+    Counter c(s.topo);
+    c.incr(30);
+    REQUIRE(::kill(s.backup->pid(), SIGKILL) == 0);
+    c.incr(30);
+    s.wait_for_log(s.primary_log, "UNPROTECTED", 2s);
+    s.require_healthy();
 }
 
 int main(int argc, char** argv) {
