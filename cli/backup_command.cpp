@@ -8,6 +8,10 @@
 
 #include <cstdio>
 #include <iostream>
+#include <atomic>
+#include <csignal>
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <thread>
 
@@ -15,6 +19,7 @@
 
 #include "cli/network.hpp"
 #include "cli/run_command.hpp"
+#include "cli/stop_signals.hpp"
 #include "common/unique_fd.hpp"
 #include "failover/promotion.hpp"
 #include "hv/snapshot.hpp"
@@ -152,9 +157,32 @@ int backup_command(const std::vector<std::string>& args) {
         return 3;
     }
     spdlog::info("backup: listening on {}", (*server)->local().str());
+    // Sessions block in the network; a stop signal ends the current one from here.
+    std::atomic<bool> watching{true};
+    std::atomic<int> stop_signal{0};
+    std::thread watcher([&] {
+        while (watching)
+            if (int sig = take_stop_signal(std::chrono::milliseconds(100))) {
+                stop_signal = sig;
+                (*server)->stop();
+                return;
+            }
+    });
+    auto stop_watching = [&] {
+        watching = false;
+        if (watcher.joinable()) watcher.join();
+    };
+    struct Joiner {
+        std::function<void()> f;
+        ~Joiner() { f(); }
+    } joiner{stop_watching};
     for (unsigned done = 0; sessions == 0 || done < sessions;) {
         uint64_t started = (*server)->sessions_started();
         auto r = (*server)->serve_one(std::chrono::seconds(1));
+        if (stop_signal) {
+            spdlog::info("backup: {}: stopping", strsignal(stop_signal));
+            break;
+        }
         if ((*server)->sessions_started() == started) continue; // nobody connected yet
         ++done;
         const auto* replica = (*server)->replica();
@@ -166,7 +194,10 @@ int backup_command(const std::vector<std::string>& args) {
         // A primary that fell silent or vanished without a goodbye has failed; a stream it
         // corrupted (invalid input) is reported and waited out, not taken over.
         bool primary_failed = !r && (r.error().code == Errc::timeout || r.error().code == Errc::system);
-        if (primary_failed && promote && epoch > 0) return promote_and_run(*replica, no, reprotect_to);
+        if (primary_failed && promote && epoch > 0) {
+            stop_watching(); // from here the promoted VM's supervision takes the stop signals
+            return promote_and_run(*replica, no, reprotect_to);
+        }
         if (!snapshot_to.empty() && epoch > 0) {
             auto info = hv::write_snapshot(replica->memory(), replica->state(), snapshot_to);
             if (!info) {

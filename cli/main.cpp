@@ -1,7 +1,6 @@
 // The `understudy` command: one binary, one subcommand per thing a user does.
 #include <spdlog/spdlog.h>
 
-#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -9,6 +8,7 @@
 
 #include "cli/backup_command.hpp"
 #include "cli/run_command.hpp"
+#include "cli/stop_signals.hpp"
 #include "cli/verify_command.hpp"
 
 namespace {
@@ -29,13 +29,7 @@ const char* kUsage =
 
 int main(int argc, char** argv) {
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-    // SIGINT and SIGTERM are taken synchronously by the commands that run a VM (an
-    // orderly stop with the summary), so every thread starts with them blocked.
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    understudy::cli::block_stop_signals();
     if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
         std::fputs(kUsage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

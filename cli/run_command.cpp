@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "cli/protection.hpp"
+#include "cli/stop_signals.hpp"
 #include "cli/vm_options.hpp"
 #include "hv/pvh_loader.hpp"
 #include "hv/snapshot.hpp"
@@ -64,17 +65,6 @@ int exit_code(const hv::VmStop& s) {
     case hv::VmStopKind::host_error: return 3;
     }
     return 3;
-}
-
-// SIGINT or SIGTERM, if one is pending (main() blocks both in every thread).
-int take_stop_signal() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    timespec zero{};
-    int sig = sigtimedwait(&set, nullptr, &zero);
-    return sig > 0 ? sig : 0;
 }
 
 int fail(const Error& e) {
