@@ -8,7 +8,7 @@ packages=(
   build-essential cmake pkg-config git
   liburing-dev liblz4-dev libxxhash-dev libboost-dev libboost-program-options-dev
   libspdlog-dev libfmt-dev catch2
-  iproute2 iputils-ping tcpdump tshark redis-tools
+  iproute2 iputils-ping tcpdump tshark redis-tools etcd-server etcd-client
   "$@"
 )
 
