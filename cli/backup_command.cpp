@@ -63,7 +63,8 @@ private:
     UniqueFd fd_;
 };
 // The primary failed: run the committed checkpoint here, unprotected, until it stops.
-int promote_and_run(const replicator::BackupReplica& replica, const NetOptions& no, const std::string& reprotect_to) {
+int promote_and_run(const replicator::BackupReplica& replica, const NetOptions& no, const std::string& reprotect_to,
+                    const failover::DetectorConfig& heartbeat) {
     std::unique_ptr<GuestNetwork> net;
     hv::AttachDevicesFn attach;
     if (!no.tap.empty())
@@ -82,7 +83,7 @@ int promote_and_run(const replicator::BackupReplica& replica, const NetOptions& 
     }
     spdlog::warn("backup: PROMOTED: running checkpoint {} as the primary, {}", replica.committed_epoch(),
                  reprotect_to.empty() ? "unprotected" : "re-protecting it to " + reprotect_to);
-    return run_vm(**vm, net.get(), reprotect_to);
+    return run_vm(**vm, net.get(), reprotect_to, heartbeat.heartbeat_interval, heartbeat.timeout);
 }
 
 } // namespace
@@ -196,7 +197,7 @@ int backup_command(const std::vector<std::string>& args) {
         bool primary_failed = !r && (r.error().code == Errc::timeout || r.error().code == Errc::system);
         if (primary_failed && promote && epoch > 0) {
             stop_watching(); // from here the promoted VM's supervision takes the stop signals
-            return promote_and_run(*replica, no, reprotect_to);
+            return promote_and_run(*replica, no, reprotect_to, cfg.heartbeat);
         }
         if (!snapshot_to.empty() && epoch > 0) {
             auto info = hv::write_snapshot(replica->memory(), replica->state(), snapshot_to);

@@ -63,7 +63,12 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
     Protection* self = p.get();
     p->net_ = net;
     replicator::PrimaryHooks hooks;
-    if (net) hooks.on_capture = [net](uint64_t epoch, hv::Vm&) { net->commit().captured(epoch); };
+    if (net) {
+        hooks.on_capture = [net](uint64_t epoch, hv::Vm&) { net->commit().captured(epoch); };
+        // Without a backup nothing protects the output any more: release it now, not
+        // at the next status line.
+        hooks.on_failure = [self](const Error&) { self->run_unprotected(); };
+    }
     auto sync_start = steady_clock::now();
     hooks.on_sync_progress = [sync_start](const replicator::SyncProgress& s) {
         std::printf("sync: round %u, %llu pages; %llu of %llu MiB sent, %.0f MB/s, %.1f s\n", s.round,

@@ -257,9 +257,12 @@ int run_command(const std::vector<std::string>& args) {
     return supervise(**vm, so, net.get());
 }
 
-int run_vm(hv::Vm& vm, GuestNetwork* net, const std::string& backup) {
+int run_vm(hv::Vm& vm, GuestNetwork* net, const std::string& backup, milliseconds heartbeat,
+           milliseconds failure_timeout) {
     SuperviseOptions o;
     o.backup = backup;
+    o.heartbeat_ms = static_cast<unsigned>(heartbeat.count());
+    o.failure_timeout_ms = static_cast<unsigned>(failure_timeout.count());
     o.run_on_without_backup = true;
     return supervise(vm, o, net);
 }

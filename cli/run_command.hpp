@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -17,8 +18,9 @@ int run_command(const std::vector<std::string>& args);
 int restore_command(const std::vector<std::string>& args);
 // Runs a VM built elsewhere (a promoted backup) until it stops or a stop signal arrives,
 // with the same figures and exit codes as `run`: protected by `backup` (HOST:PORT) when
-// given and reachable, else unprotected.
-int run_vm(hv::Vm& vm, GuestNetwork* net, const std::string& backup);
+// given and reachable, else unprotected; heartbeats as given.
+int run_vm(hv::Vm& vm, GuestNetwork* net, const std::string& backup, std::chrono::milliseconds heartbeat,
+           std::chrono::milliseconds failure_timeout);
 }
 
 } // namespace understudy

@@ -74,13 +74,18 @@ Primary::~Primary() {
 }
 
 void Primary::fail(Error e) {
+    bool first = false;
     {
         std::lock_guard lock(mu_);
-        if (!error_ && !stopping_) error_ = std::move(e);
+        if (!error_ && !stopping_) {
+            error_ = e;
+            first = true;
+        }
         stopping_ = true;
     }
     cv_.notify_all();
     conn_->shutdown();
+    if (first && hooks_.on_failure) hooks_.on_failure(e);
 }
 
 void Primary::stop() {

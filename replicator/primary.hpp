@@ -66,6 +66,9 @@ struct PrimaryHooks {
     std::function<void(uint64_t epoch, hv::Vm&)> on_capture;
     std::function<void(const SyncProgress&)> on_sync_progress;
     std::function<void(const EpochFigures&)> on_acked;
+    // Once, from the thread that found it, when replication fails (not on stop()): the
+    // caller can release what it held for the backup at once.
+    std::function<void(const Error&)> on_failure;
 };
 
 class Primary {
