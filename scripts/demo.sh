@@ -5,8 +5,9 @@
 # backup host and the `kv` guest (a Redis-protocol server) protected by it on the
 # primary, then talks to the guest from the client with the stock redis-cli and
 # redis-benchmark. Every reply the client sees left the primary only after the backup
-# acknowledged the checkpoint that produced it. Ends with the primary's checkpoint and
-# network figures; the topology is removed again, also on failure.
+# acknowledged the checkpoint that produced it. Shows the primary's checkpoint and
+# network figures, then ends with a kill-primary drill (bench/drill.py: the backup
+# promotes while a client writes; its report). Topologies are removed, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -57,3 +58,7 @@ echo
 tail -n 4 "$work/primary.log"
 kill -TERM $backup 2>/dev/null || true
 wait $backup 2>/dev/null || true
+
+echo
+echo "== a failover drill: the primary is killed (SIGKILL) while a client writes; bench/drill.py"
+bench/drill.py kill-primary --quick
