@@ -38,6 +38,32 @@ struct FailureProbe {
 const failover::DetectorConfig kFast{10ms, 60ms};
 const failover::DetectorConfig kPatient{10ms, 1000ms};
 
+// A stand-in primary that opens a session with a control connection: the stream header
+// (flag set) and its ACCEPT, then the control connection's hello naming `hello_session`.
+struct StandIn {
+    std::unique_ptr<Connection> data, control;
+};
+StandIn open_session(const BackupServer& server, uint64_t session, uint64_t hello_session,
+                     const failover::DetectorConfig& cfg) {
+    constexpr uint64_t kMem = 16 * hv::kMiB;
+    auto data = Connection::connect(server.local(), 5s);
+    REQUIRE(data);
+    auto mem = hv::GuestMemory::create(kMem);
+    REQUIRE(mem);
+    auto h = make_stream_header(kMem, 1, hv::memory_layout_digest(*mem), 1, session, kStreamFlagControl);
+    std::span<const uint8_t> hs(reinterpret_cast<const uint8_t*>(&h), sizeof h);
+    REQUIRE((*data)->send({&hs, 1}));
+    auto accept = (*data)->recv_record();
+    REQUIRE(accept);
+    REQUIRE(accept->type == kAccept);
+    auto control = Connection::connect(server.local(), 5s);
+    REQUIRE(control);
+    auto hello = make_control_hello(hello_session, cfg);
+    std::span<const uint8_t> he(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
+    REQUIRE((*control)->send({&he, 1}));
+    return {std::move(*data), std::move(*control)};
+}
+
 } // namespace
 
 TEST_CASE("two links exchange heartbeats and neither reports a failure", "[control]") {
@@ -138,31 +164,15 @@ TEST_CASE("the control hello is checked field by field", "[control]") {
 }
 
 TEST_CASE("a backup ends the session of a primary that falls silent and keeps its checkpoint", "[control]") {
-    constexpr uint64_t kMem = 16 * hv::kMiB;
     BackupConfig cfg;
     cfg.heartbeat = kFast;
     auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), {}, cfg);
     REQUIRE(server);
     auto session = std::async(std::launch::async, [&] { return (*server)->serve_one(10s); });
-
-    auto data = Connection::connect((*server)->local(), 5s);
-    REQUIRE(data);
-    auto mem = hv::GuestMemory::create(kMem);
-    REQUIRE(mem);
-    auto h = make_stream_header(kMem, 1, hv::memory_layout_digest(*mem), 1, 99, kStreamFlagControl);
-    std::span<const uint8_t> hs(reinterpret_cast<const uint8_t*>(&h), sizeof h);
-    REQUIRE((*data)->send({&hs, 1}));
-    auto accept = (*data)->recv_record();
-    REQUIRE(accept);
-    REQUIRE(accept->type == kAccept);
     // The control connection says hello and then nothing: a hung primary.
-    auto control = Connection::connect((*server)->local(), 5s);
-    REQUIRE(control);
-    auto hello = make_control_hello(99, kFast);
-    std::span<const uint8_t> he(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
-    REQUIRE((*control)->send({&he, 1}));
+    auto primary = open_session(**server, 99, 99, kFast);
     // The backup's heartbeats reach us while it waits.
-    auto hb = (*control)->recv_record();
+    auto hb = primary.control->recv_record();
     REQUIRE(hb);
     CHECK(hb->type == kHeartbeat);
 
@@ -176,23 +186,10 @@ TEST_CASE("a backup ends the session of a primary that falls silent and keeps it
 }
 
 TEST_CASE("a backup refuses a control connection with another session's id", "[control]") {
-    constexpr uint64_t kMem = 16 * hv::kMiB;
     auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"));
     REQUIRE(server);
     auto session = std::async(std::launch::async, [&] { return (*server)->serve_one(10s); });
-    auto data = Connection::connect((*server)->local(), 5s);
-    REQUIRE(data);
-    auto mem = hv::GuestMemory::create(kMem);
-    REQUIRE(mem);
-    auto h = make_stream_header(kMem, 1, hv::memory_layout_digest(*mem), 1, 5, kStreamFlagControl);
-    std::span<const uint8_t> hs(reinterpret_cast<const uint8_t*>(&h), sizeof h);
-    REQUIRE((*data)->send({&hs, 1}));
-    REQUIRE((*data)->recv_record());
-    auto control = Connection::connect((*server)->local(), 5s);
-    REQUIRE(control);
-    auto hello = make_control_hello(6, kFast);
-    std::span<const uint8_t> he(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
-    REQUIRE((*control)->send({&he, 1}));
+    auto primary = open_session(**server, 5, 6, kFast);
     REQUIRE(session.wait_for(5s) == std::future_status::ready);
     auto r = session.get();
     REQUIRE(!r);
@@ -215,35 +212,22 @@ TEST_CASE("a goodbye ends the link on both sides without a failure", "[control]"
 }
 
 namespace {
-// A stand-in primary with a control connection: header (flag set), ACCEPT, hello,
-// heartbeats from a real link, then an end with or without GOODBYE.
+// A session whose stand-in primary heartbeats through a real link, then ends with or
+// without GOODBYE.
 Result<void> session_ending(bool say_goodbye) {
-    constexpr uint64_t kMem = 16 * hv::kMiB;
     BackupConfig cfg;
     cfg.heartbeat = kPatient;
     auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), {}, cfg);
     REQUIRE(server);
     auto session = std::async(std::launch::async, [&] { return (*server)->serve_one(10s); });
-    auto data = Connection::connect((*server)->local(), 5s);
-    REQUIRE(data);
-    auto mem = hv::GuestMemory::create(kMem);
-    REQUIRE(mem);
-    auto h = make_stream_header(kMem, 1, hv::memory_layout_digest(*mem), 1, 11, kStreamFlagControl);
-    std::span<const uint8_t> hs(reinterpret_cast<const uint8_t*>(&h), sizeof h);
-    REQUIRE((*data)->send({&hs, 1}));
-    REQUIRE((*data)->recv_record());
-    auto control = Connection::connect((*server)->local(), 5s);
-    REQUIRE(control);
-    auto hello = make_control_hello(11, kPatient);
-    std::span<const uint8_t> he(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
-    REQUIRE((*control)->send({&he, 1}));
-    auto link = HeartbeatLink::start(std::move(*control), kPatient, nullptr);
+    auto primary = open_session(**server, 11, 11, kPatient);
+    auto link = HeartbeatLink::start(std::move(primary.control), kPatient, nullptr);
     REQUIRE(link);
     std::this_thread::sleep_for(50ms);
     if (say_goodbye) (*link)->goodbye();
     else (*link)->stop(); // as a dying process: both sockets close, no goodbye
-    (*data)->shutdown();
-    data->reset();
+    primary.data->shutdown();
+    primary.data.reset();
     REQUIRE(session.wait_for(5s) == std::future_status::ready);
     return session.get();
 }
