@@ -63,8 +63,8 @@ private:
     UniqueFd fd_;
 };
 // The primary failed: run the committed checkpoint here, unprotected, until it stops.
-int promote_and_run(const replicator::BackupReplica& replica, const NetOptions& no, const std::string& reprotect_to,
-                    const failover::DetectorConfig& heartbeat) {
+int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const NetOptions& no,
+                    const std::string& reprotect_to, const failover::DetectorConfig& heartbeat) {
     std::unique_ptr<GuestNetwork> net;
     hv::AttachDevicesFn attach;
     if (!no.tap.empty())
@@ -72,7 +72,10 @@ int promote_and_run(const replicator::BackupReplica& replica, const NetOptions& 
             net = US_TRY(GuestNetwork::attach(v, no));
             return {};
         };
-    auto vm = failover::promote(replica, hv::VmConfig{}, attach);
+    uint64_t epoch = replica->committed_epoch();
+    auto t0 = std::chrono::steady_clock::now();
+    auto vm = failover::promote(std::move(replica), hv::VmConfig{}, attach);
+    double build_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (!vm) {
         std::fprintf(stderr, "understudy: promotion failed: %s\n", vm.error().describe().c_str());
         return 3;
@@ -81,8 +84,8 @@ int promote_and_run(const replicator::BackupReplica& replica, const NetOptions& 
         auto frame = failover::announce_frame(net->mac());
         for (int i = 0; i < 3; ++i) net->send_from_host(frame);
     }
-    spdlog::warn("backup: PROMOTED: running checkpoint {} as the primary, {}", replica.committed_epoch(),
-                 reprotect_to.empty() ? "unprotected" : "re-protecting it to " + reprotect_to);
+    spdlog::warn("backup: PROMOTED: running checkpoint {} as the primary ({} MiB, VM built in {:.1f} ms), {}", epoch,
+                 (*vm)->memory().size() >> 20, build_ms, reprotect_to.empty() ? "unprotected" : "re-protecting it to " + reprotect_to);
     return run_vm(**vm, net.get(), reprotect_to, heartbeat.heartbeat_interval, heartbeat.timeout);
 }
 
@@ -163,7 +166,7 @@ int backup_command(const std::vector<std::string>& args) {
     std::atomic<int> stop_signal{0};
     std::thread watcher([&] {
         while (watching)
-            if (int sig = take_stop_signal(std::chrono::milliseconds(100))) {
+            if (int sig = take_stop_signal(std::chrono::milliseconds(5))) { // short: promotion waits for this thread
                 stop_signal = sig;
                 (*server)->stop();
                 return;
@@ -197,7 +200,7 @@ int backup_command(const std::vector<std::string>& args) {
         bool primary_failed = !r && (r.error().code == Errc::timeout || r.error().code == Errc::system);
         if (primary_failed && promote && epoch > 0) {
             stop_watching(); // from here the promoted VM's supervision takes the stop signals
-            return promote_and_run(*replica, no, reprotect_to, cfg.heartbeat);
+            return promote_and_run((*server)->take_replica(), no, reprotect_to, cfg.heartbeat);
         }
         if (!snapshot_to.empty() && epoch > 0) {
             auto info = hv::write_snapshot(replica->memory(), replica->state(), snapshot_to);

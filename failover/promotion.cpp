@@ -6,16 +6,16 @@
 
 namespace understudy::failover {
 
-Result<std::unique_ptr<hv::Vm>> promote(const replicator::BackupReplica& replica, hv::VmConfig base,
+Result<std::unique_ptr<hv::Vm>> promote(std::unique_ptr<replicator::BackupReplica> replica, hv::VmConfig base,
                                         const hv::AttachDevicesFn& attach) {
-    if (!replica.has_committed())
+    if (!replica || !replica->has_committed())
         return make_error(Errc::state, "no checkpoint was committed: there is nothing to promote");
-    auto vm = US_TRY(hv::restore_vm(replica.memory(), replica.state(), std::move(base), attach));
-    if (vm->config_digest() != replica.committed_config_digest())
+    auto vm = US_TRY(hv::restore_vm(replica->take_memory(), replica->state(), std::move(base), attach));
+    if (vm->config_digest() != replica->committed_config_digest())
         return make_error(Errc::invalid_input,
                           fmt::format("the VM built here (configuration {:016x}) differs from the primary's ({:016x}): "
                                       "give it the same devices (--net-tap) and dirty tracking settings",
-                                      vm->config_digest(), replica.committed_config_digest()));
+                                      vm->config_digest(), replica->committed_config_digest()));
     return vm;
 }
 

@@ -131,17 +131,12 @@ Result<void> finish_restore(Vm& vm, const VmState& state) {
 }
 } // namespace
 
-Result<std::unique_ptr<Vm>> restore_vm(const GuestMemory& src, const VmState& state, VmConfig base,
+Result<std::unique_ptr<Vm>> restore_vm(GuestMemory mem, const VmState& state, VmConfig base,
                                        const AttachDevicesFn& attach) {
-    base.memory_bytes = src.size();
+    base.memory_bytes = mem.size();
     base.vcpus = static_cast<unsigned>(state.vcpus.size());
-    US_TRYV(validate_vm_config(base));
-    auto vm = US_TRY(Vm::create(std::move(base)));
-    auto& mem = vm->memory();
-    if (memory_layout_digest(mem) != memory_layout_digest(src))
-        return make_error(Errc::invalid_input, "the saved memory's layout differs from this VMM's");
+    auto vm = US_TRY(Vm::create(std::move(base), std::move(mem)));
     if (attach) US_TRYV(attach(*vm));
-    std::memcpy(mem.page_ptr(0), src.page_ptr(0), src.size());
     US_TRYV(finish_restore(*vm, state));
     return vm;
 }

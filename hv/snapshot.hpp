@@ -40,8 +40,8 @@ using AttachDevicesFn = std::function<Result<void>(Vm&)>;
 Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig base, SnapshotInfo* info = nullptr,
                                              const ProgressFn& progress = {}, const AttachDevicesFn& attach = {});
 // The same from memory and state held in this process (a backup's committed replica,
-// on promotion): memory of the same layout is copied, the state restored.
-Result<std::unique_ptr<Vm>> restore_vm(const GuestMemory& mem, const VmState& state, VmConfig base,
+// on promotion): the VM adopts the memory as it is (no copy), the state is restored.
+Result<std::unique_ptr<Vm>> restore_vm(GuestMemory mem, const VmState& state, VmConfig base,
                                        const AttachDevicesFn& attach = {});
 
 } // namespace understudy::hv

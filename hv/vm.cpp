@@ -57,9 +57,17 @@ static Result<std::vector<uint32_t>> saveable_msrs(int vcpu_fd, std::vector<uint
 
 Result<std::unique_ptr<Vm>> Vm::create(VmConfig cfg) {
     US_TRYV(validate_vm_config(cfg));
+    auto mem = US_TRY(GuestMemory::create(cfg.memory_bytes));
+    return create(std::move(cfg), std::move(mem));
+}
+
+Result<std::unique_ptr<Vm>> Vm::create(VmConfig cfg, GuestMemory mem) {
+    US_TRYV(validate_vm_config(cfg));
+    if (mem.size() != cfg.memory_bytes)
+        return make_error(Errc::invalid_input, "guest memory of " + std::to_string(mem.size() >> 20) +
+                                                   " MiB given for a VM of " + std::to_string(cfg.memory_bytes >> 20) + " MiB");
     auto kvm = US_TRY(Kvm::open());
     UniqueFd fd(US_TRY(kvm_ioctl(kvm.fd(), KVM_CREATE_VM, 0, "KVM_CREATE_VM")));
-    auto mem = US_TRY(GuestMemory::create(cfg.memory_bytes));
     std::unique_ptr<Vm> vm(new Vm(std::move(cfg), std::move(kvm), std::move(fd), std::move(mem)));
     US_TRYV(vm->setup());
     return vm;

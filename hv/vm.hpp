@@ -57,6 +57,9 @@ struct VmStop {
 class Vm {
 public:
     static Result<std::unique_ptr<Vm>> create(VmConfig cfg);
+    // The same around guest memory that already holds the guest (a promoted backup's
+    // replica): no allocation, no copy. cfg.memory_bytes must equal its size.
+    static Result<std::unique_ptr<Vm>> create(VmConfig cfg, GuestMemory memory);
     ~Vm();
     Vm(const Vm&) = delete;
     Vm& operator=(const Vm&) = delete;

@@ -45,6 +45,8 @@ public:
 
     // The replica, once a first session has told its shape.
     const BackupReplica* replica() const { return replica_.get(); }
+    // Promotion: the replica leaves the server (a later session starts a new one).
+    std::unique_ptr<BackupReplica> take_replica() { return std::move(replica_); }
 
     // Connections accepted so far: serve_one() returned without one when this is unchanged.
     uint64_t sessions_started() const;

@@ -51,6 +51,8 @@ public:
     // promoted from this replica must have the same (hv::Vm::config_digest).
     uint64_t committed_config_digest() const { return committed_config_; }
     const hv::GuestMemory& memory() const { return memory_; }
+    // Promotion: hands the committed memory over to a VM. The replica is unusable after.
+    hv::GuestMemory take_memory() { return std::move(memory_); }
     const hv::VmState& state() const { return state_; }
     ReplicaStats stats() const { return stats_; }
 
