@@ -66,12 +66,7 @@ private:
 int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const NetOptions& no,
                     const std::string& reprotect_to, const failover::DetectorConfig& heartbeat) {
     std::unique_ptr<GuestNetwork> net;
-    hv::AttachDevicesFn attach;
-    if (!no.tap.empty())
-        attach = [&](hv::Vm& v) -> Result<void> {
-            net = US_TRY(GuestNetwork::attach(v, no));
-            return {};
-        };
+    auto attach = GuestNetwork::attach_fn(no, net);
     uint64_t epoch = replica->committed_epoch();
     auto t0 = std::chrono::steady_clock::now();
     auto vm = failover::promote(std::move(replica), hv::VmConfig{}, attach);

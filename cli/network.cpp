@@ -53,6 +53,14 @@ Result<std::unique_ptr<GuestNetwork>> GuestNetwork::attach(hv::Vm& vm, const Net
     return n;
 }
 
+hv::AttachDevicesFn GuestNetwork::attach_fn(const NetOptions& o, std::unique_ptr<GuestNetwork>& out) {
+    if (o.tap.empty()) return {};
+    return [&o, &out](hv::Vm& v) -> Result<void> {
+        out = US_TRY(attach(v, o));
+        return {};
+    };
+}
+
 GuestNetwork::~GuestNetwork() { stop(); }
 
 Result<void> GuestNetwork::start() { return tap_->start(*dev_); }

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "hv/virtio/net_device.hpp"
+#include "hv/snapshot.hpp"
 #include "hv/virtio/tap.hpp"
 #include "hv/vm.hpp"
 #include "netbuffer/output_commit.hpp"
@@ -33,6 +34,9 @@ public:
     // Adds the device to `vm` (before the image is loaded: its command line needs
     // cmdline_token()) and opens the tap. Frames flow once start() is called.
     static Result<std::unique_ptr<GuestNetwork>> attach(hv::Vm& vm, const NetOptions& o);
+    // For a VM built from saved state (restore, promotion): attaches into `out` when
+    // the options name a tap, does nothing otherwise.
+    static hv::AttachDevicesFn attach_fn(const NetOptions& o, std::unique_ptr<GuestNetwork>& out);
     ~GuestNetwork();
     // Starts and stops delivering the tap's frames to the device. stop() must come
     // before the VM (which owns the device) is destroyed.

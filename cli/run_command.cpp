@@ -289,12 +289,7 @@ int restore_command(const std::vector<std::string>& args) {
     base.dirty = {*dirty, vo.ring_entries};
     hv::SnapshotInfo info;
     std::unique_ptr<GuestNetwork> net;
-    hv::AttachDevicesFn attach;
-    if (!no.tap.empty())
-        attach = [&](hv::Vm& v) -> Result<void> {
-            net = US_TRY(GuestNetwork::attach(v, no));
-            return {};
-        };
+    auto attach = GuestNetwork::attach_fn(no, net);
     auto vm = hv::restore_snapshot(path, base, &info, {}, attach);
     if (!vm) return fail(vm.error());
     std::printf("== restored %s: %llu MiB RAM, %u vCPU(s), %llu non-zero pages\n", path.c_str(),

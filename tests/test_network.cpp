@@ -381,13 +381,5 @@ int main(int argc, char** argv) {
             std::printf("SKIPPED: %s is not installed (scripts/install-deps.sh installs it)\n", tool);
             return 77;
         }
-    char tmpl[] = "/tmp/understudy-network-XXXXXX";
-    if (!::mkdtemp(tmpl)) {
-        std::perror("mkdtemp");
-        return 1;
-    }
-    g_temp_dir = tmpl;
-    int failed = Catch::Session().run(argc, argv);
-    if (failed == 0) std::filesystem::remove_all(g_temp_dir); // kept when a test failed, to look at
-    return failed;
+    return run_with_scratch_dir("understudy-network", g_temp_dir, [&] { return Catch::Session().run(argc, argv); });
 }

@@ -261,13 +261,5 @@ int main(int argc, char** argv) {
         std::printf("SKIPPED: %s\n", why.c_str());
         return 77;
     }
-    char tmpl[] = "/tmp/understudy-topology-XXXXXX";
-    if (!::mkdtemp(tmpl)) {
-        std::perror("mkdtemp");
-        return 1;
-    }
-    g_temp_dir = tmpl;
-    int failed = Catch::Session().run(argc, argv);
-    if (failed == 0) std::filesystem::remove_all(g_temp_dir); // kept when a test failed, to look at
-    return failed;
+    return run_with_scratch_dir("understudy-topology", g_temp_dir, [&] { return Catch::Session().run(argc, argv); });
 }

@@ -402,4 +402,16 @@ Result<std::vector<std::vector<std::string>>> Capture::read(const std::vector<st
     return rows;
 }
 
+int run_with_scratch_dir(const std::string& prefix, std::string& dir, const std::function<int()>& session) {
+    std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
+    if (!::mkdtemp(tmpl.data())) {
+        std::perror("mkdtemp");
+        return 1;
+    }
+    dir = tmpl;
+    int failed = session();
+    if (failed == 0) std::filesystem::remove_all(dir);
+    return failed;
+}
+
 } // namespace understudy::test

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,11 @@ std::string topology_name(const std::string& prefix);
 // Why network tests cannot run here (not root, no ip, no /dev/net/tun, no network
 // namespaces), or an empty string if they can. Suites exit 77 with this message.
 std::string topology_skip_reason();
+
+// Runs `session` (a suite's Catch2 session) with a fresh scratch directory
+// /tmp/PREFIX-XXXXXX in `dir`, removed afterwards unless a test failed (then it is
+// kept, to look at). Returns the session's result.
+int run_with_scratch_dir(const std::string& prefix, std::string& dir, const std::function<int()>& session);
 
 // A packet capture (tcpdump) on one interface in one namespace, read back with tshark.
 // Timestamps are the kernel's, taken as the packet passed the interface.
