@@ -17,11 +17,13 @@ Result<OutputBuffer> OutputBuffer::create(BufferLimits limits, Sink sink) {
 
 void OutputBuffer::set_protected(bool on, Clock::time_point now) {
     if (!on) release_through(UINT64_MAX, now);
+    // Packets still held from the unprotected time (fenced) stay releasable; newer ones wait.
+    if (on && !protected_) releasable_through_ = held_.empty() ? 0 : held_.back().epoch;
     protected_ = on;
 }
 
 Result<HoldResult> OutputBuffer::hold(uint64_t epoch, std::span<const uint8_t> packet, Clock::time_point now) {
-    if (!protected_) {
+    if (!protected_ && held_.empty() && permitted()) {
         sink_(packet);
         ++totals_.packets_released;
         totals_.bytes_released += packet.size();
@@ -38,12 +40,22 @@ Result<HoldResult> OutputBuffer::hold(uint64_t epoch, std::span<const uint8_t> p
     }
     held_.push_back({epoch, now, std::vector<uint8_t>(packet.begin(), packet.end())});
     bytes_held_ += packet.size();
+    if (!protected_ && flush(now) > 0 && held_.empty()) return HoldResult::passed_through; // behind fenced packets
     return HoldResult::held;
 }
 
 uint64_t OutputBuffer::release_through(uint64_t epoch, Clock::time_point now) {
+    releasable_through_ = std::max(releasable_through_, epoch);
+    return flush(now);
+}
+
+uint64_t OutputBuffer::flush(Clock::time_point now) {
     uint64_t n = 0;
-    while (!held_.empty() && held_.front().epoch <= epoch) {
+    while (!held_.empty() && held_.front().epoch <= releasable_through_) {
+        if (!permitted()) {
+            ++totals_.fenced;
+            break;
+        }
         Packet& p = held_.front();
         sink_(p.bytes);
         record_hold_time(now - p.held_at);

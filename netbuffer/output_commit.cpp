@@ -44,25 +44,36 @@ void OutputCommit::captured(uint64_t epoch) {
     asked_ = false;
 }
 
-void OutputCommit::acknowledged(uint64_t epoch) {
+// Runs a release step under the lock; a device stalled on a full buffer retries after it.
+template <class Step>
+void OutputCommit::releasing(Step step) {
     bool stalled;
     {
         std::lock_guard lock(mu_);
-        buffer_.release_through(epoch);
+        step();
         stalled = std::exchange(stalled_, false);
     }
     if (stalled && hooks_.on_room) hooks_.on_room();
 }
 
+void OutputCommit::acknowledged(uint64_t epoch) {
+    releasing([&] { buffer_.release_through(epoch); });
+}
+
 void OutputCommit::unprotect() {
-    bool stalled;
-    {
-        std::lock_guard lock(mu_);
+    releasing([&] {
         started_ = true; // a later capture must not turn holding back on
         buffer_.set_protected(false);
-        stalled = std::exchange(stalled_, false);
-    }
-    if (stalled && hooks_.on_room) hooks_.on_room();
+    });
+}
+
+void OutputCommit::set_release_permit(OutputBuffer::Permit permit) {
+    std::lock_guard lock(mu_);
+    buffer_.set_release_permit(std::move(permit));
+}
+
+void OutputCommit::retry_release() {
+    releasing([&] { buffer_.flush(); });
 }
 
 BufferStats OutputCommit::stats() const {

@@ -47,11 +47,18 @@ public:
     // Replication ended (backup lost, or no backup): release everything held, in order,
     // and pass later frames straight through.
     void unprotect();
+    // Fencing: frames go to the wire only while `permit` grants (the arbiter's lease is
+    // valid); refused frames stay held, in order. retry_release() releases what the
+    // permit now allows (call it after each lease renewal).
+    void set_release_permit(OutputBuffer::Permit permit);
+    void retry_release();
 
     BufferStats stats() const;
 
 private:
     OutputCommit(OutputBuffer buf, OutputCommitHooks hooks) : buffer_(std::move(buf)), hooks_(std::move(hooks)) {}
+    template <class Step>
+    void releasing(Step step);
 
     mutable std::mutex mu_;
     OutputBuffer buffer_;

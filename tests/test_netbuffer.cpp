@@ -160,3 +160,53 @@ TEST_CASE("output commit: losing the backup releases everything held, then frame
     (void)g.transmit(pkt(4));
     CHECK(wire == std::vector<uint8_t>{1, 2, 3, 4});
 }
+
+TEST_CASE("fencing: while the release permit refuses, acknowledged and unprotected packets stay held, in order",
+          "[netbuffer][fencing]") {
+    std::vector<uint8_t> wire;
+    bool permit = true;
+    auto buf = OutputBuffer::create({65536, 64}, [&](std::span<const uint8_t> p) { wire.push_back(p[0]); });
+    REQUIRE(buf);
+    buf->set_release_permit([&](Clock::time_point) { return permit; });
+    REQUIRE(*buf->hold(1, pkt(1)) == HoldResult::held);
+    REQUIRE(*buf->hold(2, pkt(2)) == HoldResult::held);
+    permit = false;
+    CHECK(buf->release_through(1) == 0); // acknowledged, but the lease is not valid
+    CHECK(buf->stats().fenced == 1);
+    CHECK(wire.empty());
+    buf->set_protected(false);           // the backup failed: still nothing may go out
+    REQUIRE(*buf->hold(3, pkt(3)) == HoldResult::held);
+    CHECK(wire.empty());
+    CHECK(buf->stats().packets_held == 3);
+    permit = true;
+    CHECK(buf->flush() == 3);            // renewed: everything, in order
+    CHECK(wire == std::vector<uint8_t>{1, 2, 3});
+    CHECK(*buf->hold(4, pkt(4)) == HoldResult::passed_through);
+    permit = false;
+    for (int i = 0; i < 64; ++i) REQUIRE(*buf->hold(5, pkt(5)) == HoldResult::held);
+    CHECK(*buf->hold(5, pkt(5)) == HoldResult::full); // backpressure, not loss
+    CHECK(buf->stats().packets_discarded == 0);
+    permit = true;
+    CHECK(*buf->hold(6, pkt(6)) == HoldResult::full); // granted again, but full until a flush
+    CHECK(buf->flush() == 64);
+    CHECK(*buf->hold(6, pkt(6)) == HoldResult::passed_through);
+    CHECK(wire.size() == 4 + 64 + 1);
+}
+
+TEST_CASE("fencing: turning protection on after a fenced spell keeps new packets waiting for their ACK",
+          "[netbuffer][fencing]") {
+    std::vector<uint8_t> wire;
+    bool permit = false;
+    auto gate = OutputCommit::create({}, {[&](std::span<const uint8_t> p) { wire.push_back(p[0]); }, nullptr, nullptr});
+    REQUIRE(gate);
+    auto& g = **gate;
+    g.set_release_permit([&](Clock::time_point) { return permit; });
+    (void)g.transmit(pkt(1)); // before the first capture: would pass, but the role is not held
+    g.captured(1);
+    (void)g.transmit(pkt(2)); // epoch 2: waits for ACK 2
+    permit = true;
+    g.retry_release();
+    CHECK(wire == std::vector<uint8_t>{1});
+    g.acknowledged(2);
+    CHECK(wire == std::vector<uint8_t>{1, 2});
+}
