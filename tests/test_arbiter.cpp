@@ -32,6 +32,7 @@
 
 #include "failover/arbiter.hpp"
 #include "failover/etcd_arbiter.hpp"
+#include "failover/lease_keeper.hpp"
 
 using namespace understudy;
 using namespace understudy::failover;
@@ -863,4 +864,156 @@ TEST_CASE("etcd: request latencies", "[etcd]") {
     report("renew (keepalive)", ren);
     report("release (revoke)", rel);
     std::fflush(stdout);
+}
+
+// ---------------------------------------------------------------------------------------
+// The lease keeper over a scripted arbiter
+
+namespace {
+
+// Answers acquire() and renew() as the test sets: `owner` empty means the role is free.
+class ScriptedArbiter final : public Arbiter {
+public:
+    explicit ScriptedArbiter(ArbiterSettings s) : settings_(s) {}
+    Result<Lease> acquire(std::string holder) override {
+        std::lock_guard lock(mu);
+        ++acquires;
+        if (unreachable) return make_error(Errc::timeout, "scripted: no answer");
+        if (!owner.empty() && owner != holder) return make_error(Errc::state, "held by '" + owner + "'");
+        owner = holder;
+        valid = true;
+        return Lease{.holder = holder};
+    }
+    Result<Lease> renew() override {
+        std::lock_guard lock(mu);
+        ++renewals;
+        if (unreachable) {
+            valid = false; // as if the safe part of the lease had run out meanwhile
+            return make_error(Errc::timeout, "scripted: no answer");
+        }
+        if (owner.empty() || !valid) {
+            valid = false;
+            return make_error(Errc::state, "lease lost");
+        }
+        return Lease{.holder = owner};
+    }
+    void release() override {
+        std::lock_guard lock(mu);
+        released = true;
+        valid = false;
+    }
+    bool valid_at(Clock::time_point) const override {
+        std::lock_guard lock(mu);
+        return valid;
+    }
+    std::string describe() const override { return "scripted"; }
+    const ArbiterSettings& settings() const override { return settings_; }
+
+    // Another host takes over after our lease expired.
+    void expire_and_hand_to(const std::string& other) {
+        std::lock_guard lock(mu);
+        valid = false;
+        owner = other;
+    }
+
+    mutable std::mutex mu;
+    std::string owner;
+    bool valid = false, unreachable = false, released = false;
+    int acquires = 0, renewals = 0;
+
+private:
+    ArbiterSettings settings_;
+};
+
+ArbiterSettings quick() { return {.ttl = 1000ms, .renew_interval = 20ms, .margin = 100ms, .request_timeout = 100ms}; }
+
+template <class F>
+bool eventually(F f, Clock::duration limit = 3s) {
+    for (auto end = Clock::now() + limit; Clock::now() < end; std::this_thread::sleep_for(5ms))
+        if (f()) return true;
+    return f();
+}
+
+} // namespace
+
+TEST_CASE("lease keeper: renews, reports renewals, and gives the role up when stopped", "[fencing]") {
+    auto owned = std::make_unique<ScriptedArbiter>(quick());
+    auto* a = owned.get();
+    std::atomic<int> renewed{0};
+    auto k = LeaseKeeper::acquire(std::move(owned), "h1", {.on_renewed = [&] { ++renewed; }, .on_lost = {}});
+    REQUIRE(k);
+    CHECK((*k)->valid_at(Clock::now()));
+    CHECK(eventually([&] { return renewed >= 3; }));
+    (*k)->stop();
+    CHECK(a->released);
+    CHECK_FALSE((*k)->valid_at(Clock::now()));
+}
+
+TEST_CASE("lease keeper: a role held by another host is waited for, then refused with the holder's name", "[fencing]") {
+    auto owned = std::make_unique<ScriptedArbiter>(quick());
+    owned->owner = "other";
+    auto* a = owned.get();
+    auto t0 = Clock::now();
+    auto k = LeaseKeeper::acquire(std::move(owned), "h1", {}, 300ms);
+    REQUIRE_FALSE(k);
+    CHECK(k.error().code == Errc::state);
+    CHECK(contains(k.error().describe(), "other"));
+    CHECK(Clock::now() - t0 >= 200ms); // it did wait
+    (void)a;
+
+    // ... and taken once the previous holder's lease expires within the patience.
+    auto owned2 = std::make_unique<ScriptedArbiter>(quick());
+    owned2->owner = "old";
+    auto* a2 = owned2.get();
+    std::thread expiry([a2] {
+        std::this_thread::sleep_for(150ms);
+        a2->expire_and_hand_to("");
+    });
+    auto k2 = LeaseKeeper::acquire(std::move(owned2), "h2", {}, 2s);
+    expiry.join();
+    REQUIRE(k2);
+    CHECK(a2->owner == "h2");
+}
+
+TEST_CASE("lease keeper: a lost lease nobody took is taken again; one another host took ends in on_lost", "[fencing]") {
+    auto owned = std::make_unique<ScriptedArbiter>(quick());
+    auto* a = owned.get();
+    std::atomic<int> lost{0}, renewed{0};
+    std::string why;
+    std::mutex why_mu;
+    auto k = LeaseKeeper::acquire(std::move(owned), "h1",
+                                  {.on_renewed = [&] { ++renewed; },
+                                   .on_lost = [&](const Error& e) {
+                                       std::lock_guard lock(why_mu);
+                                       why = e.describe();
+                                       ++lost;
+                                   }});
+    REQUIRE(k);
+    a->expire_and_hand_to(""); // lapsed, role free: recovered
+    CHECK(eventually([&] { return (*k)->valid_at(Clock::now()) && renewed > 0; }));
+    CHECK(lost == 0);
+    {
+        std::lock_guard lock(a->mu);
+        a->unreachable = true; // cut off from the arbiter: validity lapses, nothing is lost yet
+    }
+    CHECK(eventually([&] { return !(*k)->valid_at(Clock::now()); }));
+    CHECK(lost == 0);
+    a->expire_and_hand_to("h2"); // meanwhile the backup won the role
+    {
+        std::lock_guard lock(a->mu);
+        a->unreachable = false;
+    }
+    CHECK(eventually([&] { return lost == 1; }));
+    {
+        std::lock_guard lock(why_mu);
+        CHECK(contains(why, "h2"));
+    }
+    CHECK_FALSE((*k)->valid_at(Clock::now()));
+    auto renewals = [a] {
+        std::lock_guard lock(a->mu);
+        return a->renewals;
+    };
+    int before = renewals();
+    std::this_thread::sleep_for(100ms);
+    CHECK(renewals() == before); // superseded: no more renewals
 }
