@@ -102,6 +102,13 @@ public:
     virtual void release() = 0;
     // True only while a lease is held and t < its valid_until. Thread-safe.
     virtual bool valid_at(Clock::time_point t) const = 0;
+    // Replication session `session` is retired: its backup lacks state behind output the
+    // primary is about to release unprotected, so that backup must never promote. Recorded
+    // only while this holder still holds the role (Errc::state otherwise); the primary
+    // releases unacknowledged output only after this succeeded.
+    virtual Result<void> retire_session(uint64_t session) = 0;
+    // Was `session` retired? A backup asks after acquire(), before promoting.
+    virtual Result<bool> session_retired(uint64_t session) = 0;
     // One line for logs and status output. Thread-safe.
     virtual std::string describe() const = 0;
     virtual const ArbiterSettings& settings() const = 0;
@@ -115,6 +122,9 @@ public:
     Result<Lease> renew() override;
     void release() override;
     bool valid_at(Clock::time_point t) const override;
+    // Nothing is recorded: with no arbiter a backup promotes whatever it holds (Remus).
+    Result<void> retire_session(uint64_t) override { return {}; }
+    Result<bool> session_retired(uint64_t) override { return false; }
     std::string describe() const override;
     const ArbiterSettings& settings() const override { return settings_; }
 

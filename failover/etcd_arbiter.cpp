@@ -754,6 +754,47 @@ void EtcdArbiter::release() {
     if (id) revoke(id);
 }
 
+Result<void> EtcdArbiter::retire_session(uint64_t session) {
+    std::int64_t id;
+    {
+        std::lock_guard lk(mu_);
+        if (!held_) return make_error(Errc::state, "arbiter etcd: retiring a session without holding the role");
+        id = lease_id_;
+    }
+    constexpr std::string_view txn_at = "/v3/kv/txn";
+    const std::string k64 = etcd_detail::base64_encode(opts_.key);
+    const std::string body = "{\"compare\":[{\"key\":\"" + k64 + "\",\"target\":\"LEASE\",\"result\":\"EQUAL\",\"lease\":\"" +
+                             std::to_string(id) + "\"}],\"success\":[{\"request_put\":{\"key\":\"" +
+                             etcd_detail::base64_encode(opts_.key + "/retired") + "\",\"value\":\"" +
+                             etcd_detail::base64_encode(std::to_string(session)) + "\"}}]}";
+    auto reply = post(opts_, txn_at, body);
+    if (!reply) return std::move(reply.error()).wrap("retiring replication session in etcd " + opts_.endpoint);
+    US_TRYV(check_cluster(txn_at, *reply));
+    const Json* ok = reply->find("succeeded"); // proto3 JSON leaves false out
+    if (ok && ok->kind != Json::Kind::boolean) return bad_answer(txn_at, "field \"succeeded\" is not a boolean");
+    if (!ok || !ok->boolean)
+        return make_error(Errc::state, "arbiter etcd: " + opts_.key + " is no longer attached to our lease " +
+                                           lease_hex(id) + "; another host may hold the role");
+    return {};
+}
+
+Result<bool> EtcdArbiter::session_retired(uint64_t session) {
+    constexpr std::string_view range_at = "/v3/kv/range";
+    auto reply = post(opts_, range_at, "{\"key\":\"" + etcd_detail::base64_encode(opts_.key + "/retired") + "\"}");
+    if (!reply) return std::move(reply.error()).wrap("reading retired sessions in etcd " + opts_.endpoint);
+    US_TRYV(check_cluster(range_at, *reply));
+    const Json* kvs = reply->find("kvs"); // absent when the key does not exist
+    if (!kvs) return false;
+    if (kvs->kind != Json::Kind::array || kvs->items.size() != 1 || kvs->items[0].kind != Json::Kind::object)
+        return bad_answer(range_at, "kvs is not a single key-value");
+    const Json* v = kvs->items[0].find("value");
+    if (!v) return false; // an empty value is left out
+    if (v->kind != Json::Kind::string) return bad_answer(range_at, "value is not a string");
+    auto raw = etcd_detail::base64_decode(v->text);
+    if (!raw) return bad_answer(range_at, "value: " + raw.error().message);
+    return *raw == std::to_string(session);
+}
+
 std::string EtcdArbiter::describe() const {
     const auto now = opts_.clock();
     const auto until = Clock::time_point(Clock::duration(valid_until_.load()));

@@ -106,6 +106,10 @@ public:
     Result<Lease> renew() override;
     void release() override;
     bool valid_at(Clock::time_point t) const override;
+    // KEY/retired holds the id of the last retired session, put in a transaction whose
+    // compare requires KEY to be attached to our lease.
+    Result<void> retire_session(uint64_t session) override;
+    Result<bool> session_retired(uint64_t session) override;
     std::string describe() const override;
     const ArbiterSettings& settings() const override { return opts_.settings; }
 

@@ -39,7 +39,18 @@ void LeaseKeeper::stop() {
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
+    std::lock_guard calls(calls_);
     arbiter_->release();
+}
+
+Result<void> LeaseKeeper::retire_session(uint64_t session) {
+    std::lock_guard lock(calls_);
+    return arbiter_->retire_session(session);
+}
+
+Result<bool> LeaseKeeper::session_retired(uint64_t session) {
+    std::lock_guard lock(calls_);
+    return arbiter_->session_retired(session);
 }
 
 void LeaseKeeper::renew_loop() {
@@ -47,13 +58,16 @@ void LeaseKeeper::renew_loop() {
     std::unique_lock lock(mu_);
     while (!cv_.wait_for(lock, arbiter_->settings().renew_interval, [this] { return stopping_; })) {
         lock.unlock();
-        auto r = arbiter_->renew();
+        auto r = [this] {
+            std::lock_guard calls(calls_);
+            return arbiter_->renew();
+        }();
         if (r) {
             if (lapsed_reported) spdlog::warn("arbiter: lease renewed again: {}; releasing output", describe());
             lapsed_reported = false;
             if (hooks_.on_renewed) hooks_.on_renewed();
         } else if (r.error().code == Errc::state) {
-            if (!recover(r.error())) return;
+            if (!recover(r.error())) return; // superseded: no more requests
         } else if (!valid_at(Clock::now()) && !lapsed_reported) {
             lapsed_reported = true;
             spdlog::error("arbiter: FENCED: the lease could not be renewed ({}); holding output until it is",
@@ -64,7 +78,10 @@ void LeaseKeeper::renew_loop() {
 }
 
 bool LeaseKeeper::recover(const Error& lost) {
-    auto again = arbiter_->acquire(holder_);
+    auto again = [this] {
+        std::lock_guard calls(calls_);
+        return arbiter_->acquire(holder_);
+    }();
     if (again) {
         spdlog::warn("arbiter: the lease was lost ({}) but nobody else took the role; holding it again: {}",
                      lost.describe(), describe());

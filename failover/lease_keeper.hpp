@@ -39,6 +39,9 @@ public:
     // May this host release output at `t`? Thread-safe.
     bool valid_at(Clock::time_point t) const { return arbiter_->valid_at(t); }
     std::string describe() const { return arbiter_->describe(); }
+    // Arbiter::retire_session / session_retired, serialized with the renewals.
+    Result<void> retire_session(uint64_t session);
+    Result<bool> session_retired(uint64_t session);
     // Stops renewing and gives the role up (output stops being permitted first).
     void stop();
 
@@ -53,7 +56,8 @@ private:
     std::unique_ptr<Arbiter> arbiter_;
     std::string holder_;
     LeaseKeeperHooks hooks_;
-    std::mutex mu_;
+    std::mutex calls_; // one arbiter request at a time (Arbiter's threading contract)
+    std::mutex mu_;    // guards stopping_, stopped_
     std::condition_variable cv_;
     bool stopping_ = false;
     bool stopped_ = false;

@@ -37,6 +37,7 @@ Result<void> BackupReplica::begin_session(const StreamHeader& h) {
         spdlog::warn("backup: the new primary's VM configuration differs from the committed checkpoint's; "
                      "it replaces it when its first checkpoint commits");
     session_config_ = h.config_digest;
+    session_id_ = h.session_id;
     return {};
 }
 
@@ -154,6 +155,7 @@ Result<uint64_t> BackupReplica::commit(Decoder& d) {
     state_ = std::move(staged_state_);
     committed_epoch_ = epoch;
     committed_config_ = session_config_;
+    committed_session_ = session_id_;
     has_committed_ = true;
     ++stats_.checkpoints_committed;
     stats_.committed_epoch = epoch;

@@ -50,6 +50,9 @@ public:
     // The configuration digest of the session whose checkpoint is committed: a VM
     // promoted from this replica must have the same (hv::Vm::config_digest).
     uint64_t committed_config_digest() const { return committed_config_; }
+    // The session whose checkpoint is committed (fencing: a primary that released output
+    // this replica lacks retires that session, docs/failover.md).
+    uint64_t committed_session_id() const { return committed_session_; }
     const hv::GuestMemory& memory() const { return memory_; }
     // Promotion: hands the committed memory over to a VM. The replica is unusable after.
     hv::GuestMemory take_memory() { return std::move(memory_); }
@@ -68,6 +71,8 @@ private:
     std::optional<PageDecoder> decoder_;
     uint64_t session_config_ = 0;
     uint64_t committed_config_ = 0;
+    uint64_t session_id_ = 0;
+    uint64_t committed_session_ = 0;
 
     bool has_committed_ = false;
     uint64_t committed_epoch_ = 0;

@@ -753,6 +753,37 @@ TEST_CASE("etcd: one holder at a time; release frees the role at once", "[etcd]"
     b->release();
 }
 
+TEST_CASE("etcd: only the holder can retire a session, and a later holder sees it retired", "[etcd]") {
+    EtcdServer etcd;
+    auto a = make_etcd(etcd.endpoint());
+    auto b = make_etcd(etcd.endpoint());
+    REQUIRE(a->acquire("host-a"));
+    auto nobody = b->retire_session(7); // b holds nothing
+    REQUIRE_FALSE(nobody);
+    CHECK(nobody.error().code == Errc::state);
+    REQUIRE(*b->session_retired(7) == false);
+    REQUIRE(a->retire_session(7));
+    CHECK(*b->session_retired(7));
+    CHECK_FALSE(*b->session_retired(8));
+    a->release();
+    REQUIRE(acquire_when_free(*b, "host-b", 1s));
+    CHECK(*b->session_retired(7)); // survives the handover: the retired backup never promotes
+    b->release();
+
+    // A holder that stopped renewing, still believing it holds the role, is refused by
+    // etcd itself once another holder has the key.
+    auto c = make_etcd(etcd.endpoint());
+    auto d = make_etcd(etcd.endpoint());
+    REQUIRE(c->acquire("host-c"));
+    REQUIRE(acquire_when_free(*d, "host-d", 5s)); // c's lease expired
+    auto stale = c->retire_session(9);
+    REQUIRE_FALSE(stale);
+    CHECK(stale.error().code == Errc::state);
+    CHECK(contains(stale.error().message, "no longer attached"));
+    CHECK_FALSE(*d->session_retired(9));
+    d->release();
+}
+
 TEST_CASE("etcd: a holder that stops renewing loses the role after the TTL, validity ends >= margin earlier", "[etcd]") {
     EtcdServer etcd;
     auto a = make_etcd(etcd.endpoint());
@@ -906,6 +937,16 @@ public:
         std::lock_guard lock(mu);
         return valid;
     }
+    Result<void> retire_session(uint64_t session) override {
+        std::lock_guard lock(mu);
+        if (!valid) return make_error(Errc::state, "scripted: not held");
+        retired = session;
+        return {};
+    }
+    Result<bool> session_retired(uint64_t session) override {
+        std::lock_guard lock(mu);
+        return retired == session;
+    }
     std::string describe() const override { return "scripted"; }
     const ArbiterSettings& settings() const override { return settings_; }
 
@@ -920,6 +961,7 @@ public:
     std::string owner;
     bool valid = false, unreachable = false, released = false;
     int acquires = 0, renewals = 0;
+    uint64_t retired = 0;
 
 private:
     ArbiterSettings settings_;
