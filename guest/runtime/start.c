@@ -6,6 +6,7 @@
 #include "pvh.h"
 #include "asm_consts.h"
 #include "us/guest.h"
+#include "smp.h"
 #include "traps.h"
 
 extern char us_image_start[], us_image_end[], us_stacks[];
@@ -102,6 +103,8 @@ void us_runtime_start(const struct pvh_start_info *si, uint32_t ticket)
         boot_info.tsc_hz = us_tsc_hz();
         boot_info.understudy = understudy;
         print_boot(&boot_info);
+        if (!understudy) /* Understudy starts every vCPU itself; elsewhere only this one runs */
+            us_smp_start_aps(si, &boot_info);
         __atomic_store_n(&boot_ready, 1, __ATOMIC_RELEASE);
     } else {
         while (!__atomic_load_n(&boot_ready, __ATOMIC_ACQUIRE))
