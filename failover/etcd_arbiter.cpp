@@ -16,6 +16,13 @@ namespace etcd_detail {
 // ---------------------------------------------------------------------------------------
 // JSON
 
+Json::Json() = default;
+Json::~Json() = default;
+Json::Json(const Json&) = default;
+Json::Json(Json&&) noexcept = default;
+Json& Json::operator=(const Json&) = default;
+Json& Json::operator=(Json&&) noexcept = default;
+
 const Json* Json::find(std::string_view name) const {
     if (kind != Kind::object) return nullptr;
     for (const auto& [k, v] : members)

@@ -58,6 +58,15 @@ struct Json {
     std::vector<std::pair<std::string, Json>> members;
 
     const Json* find(std::string_view name) const; // objects only; null if absent
+
+    // Defined where Json is complete: clang instantiates the members' destructors at an
+    // implicit inline one, while std::pair<std::string, Json> is still incomplete.
+    Json();
+    ~Json();
+    Json(const Json&);
+    Json(Json&&) noexcept;
+    Json& operator=(const Json&);
+    Json& operator=(Json&&) noexcept;
 };
 Result<Json> parse_json(std::string_view in);
 
