@@ -17,7 +17,9 @@
 
 #include <boost/program_options.hpp>
 
+#include "cli/config.hpp"
 #include "cli/network.hpp"
+#include "cli/option_rules.hpp"
 #include "cli/run_command.hpp"
 #include "cli/stop_signals.hpp"
 #include "common/unique_fd.hpp"
@@ -115,18 +117,8 @@ int backup_command(const std::vector<std::string>& args) {
     const char* usage = "usage: understudy backup --listen HOST:PORT [options]\n"
                         "  Receives checkpoints from a primary and keeps the last committed one.";
     add_net_options(desc, no);
-    po::variables_map vm;
-    try {
-        po::store(po::command_line_parser(args).options(desc).run(), vm);
-        if (vm.count("help")) {
-            std::cout << usage << "\n" << desc << "\n";
-            return 0;
-        }
-        po::notify(vm);
-    } catch (const po::error& e) {
-        std::fprintf(stderr, "understudy: %s\n%s\n", e.what(), usage);
-        return 2;
-    }
+    CommandSpec spec{"backup", usage, desc, {}, option_rules()}; // with --config FILE (cli/config.hpp)
+    if (auto done = parse_command(args, spec)) return *done;
     auto ep = replicator::Endpoint::parse(listen);
     if (!ep) {
         std::fprintf(stderr, "understudy: %s\n", ep.error().describe().c_str());

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/backup_command.hpp"
+#include "cli/config_command.hpp"
 #include "cli/run_command.hpp"
 #include "cli/stop_signals.hpp"
 #include "cli/verify_command.hpp"
@@ -21,6 +22,7 @@ const char* kUsage =
     "  restore SNAPSHOT  restore a VM saved with `run --snapshot-to` and run it on\n"
     "  backup            receive checkpoints from a protected VM's primary\n"
     "  verify-stream FILE  check a stream captured with `backup --capture` against the spec\n"
+    "  config check FILE   check a config file for `run|restore|backup --config FILE`\n"
     "\n"
     "`understudy COMMAND --help` describes each command's options.\n"
     "Exit codes: 0 success, 1 the guest failed, 2 bad usage or input, 3 host error.\n";
@@ -40,6 +42,7 @@ int main(int argc, char** argv) {
     if (cmd == "restore") return understudy::cli::restore_command(args);
     if (cmd == "backup") return understudy::cli::backup_command(args);
     if (cmd == "verify-stream") return understudy::cli::verify_stream_command(args);
-    std::fprintf(stderr, "understudy: unknown command '%s'\n%s", cmd.c_str(), kUsage);
+    if (cmd == "config") return understudy::cli::config_command(args);
+    std::fprintf(stderr, "understudy: unknown command '%s'; see 'understudy --help'\n", cmd.c_str());
     return 2;
 }

@@ -12,6 +12,8 @@
 #include <optional>
 #include <thread>
 
+#include "cli/config.hpp"
+#include "cli/option_rules.hpp"
 #include "cli/protection.hpp"
 #include "cli/stop_signals.hpp"
 #include "cli/vm_options.hpp"
@@ -183,25 +185,14 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
     return exit_code(*stop);
 }
 
-// Parses args; returns nullopt and an exit code through `code` on --help or an error.
-bool parse(const std::vector<std::string>& args, po::options_description& desc, po::positional_options_description& pos,
-           const char* usage, int& code) {
-    desc.add_options()("help,h", "show this help");
-    po::variables_map vm;
-    try {
-        po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
-        po::notify(vm);
-    } catch (const po::error& e) {
-        std::fprintf(stderr, "understudy: %s\n%s\n", e.what(), usage);
-        code = 2;
-        return false;
-    }
-    if (vm.count("help")) {
-        std::cout << usage << "\n" << desc << "\n";
-        code = 0;
-        return false;
-    }
-    return true;
+// Parses args (and --config FILE, cli/config.hpp); false with the exit code in `code` on
+// --help or a problem.
+bool parse(const char* name, const std::vector<std::string>& args, po::options_description& desc,
+           po::positional_options_description& pos, const char* usage, int& code) {
+    CommandSpec spec{name, usage, desc, pos, option_rules()};
+    auto done = parse_command(args, spec);
+    code = done.value_or(0);
+    return !done;
 }
 
 bool check_snapshot_options(const SuperviseOptions& s, int& code) {
@@ -235,7 +226,7 @@ int run_command(const std::vector<std::string>& args) {
     pos.add("image", 1);
     const char* usage = "usage: understudy run IMAGE [options]\n  Boots a PVH guest image and runs it until it stops.";
     int code = 0;
-    if (!parse(args, desc, pos, usage, code) || !check_snapshot_options(so, code)) return code;
+    if (!parse("run", args, desc, pos, usage, code) || !check_snapshot_options(so, code)) return code;
 
     auto cfg = to_vm_config(vo);
     if (!cfg) return fail(cfg.error());
@@ -282,7 +273,7 @@ int restore_command(const std::vector<std::string>& args) {
     const char* usage = "usage: understudy restore SNAPSHOT [options]\n  Restores a VM from a snapshot and runs it until it stops.\n"
                         "  Memory size and vCPU count come from the snapshot; --memory and --vcpus are ignored.";
     int code = 0;
-    if (!parse(args, desc, pos, usage, code) || !check_snapshot_options(so, code)) return code;
+    if (!parse("restore", args, desc, pos, usage, code) || !check_snapshot_options(so, code)) return code;
     auto dirty = hv::parse_dirty_mode(vo.dirty);
     if (!dirty) return fail(dirty.error());
     hv::VmConfig base;
