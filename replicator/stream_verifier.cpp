@@ -146,7 +146,7 @@ public:
     explicit SpanSource(std::span<const uint8_t> b) : b_(b) {}
     Result<size_t> read(std::span<uint8_t> out) override {
         size_t n = std::min(out.size(), b_.size() - pos_);
-        std::memcpy(out.data(), b_.data() + pos_, n);
+        if (n > 0) std::memcpy(out.data(), b_.data() + pos_, n); // an empty span's data() may be null
         pos_ += n;
         return n;
     }
