@@ -2,7 +2,8 @@
 """bench/vs_qemu: Understudy's checkpoint pauses next to QEMU/KVM live migration (and COLO),
 same machine, same churn image, same dirty rate, in one run, the two systems alternating.
 
-For each dirty rate (pages/s, total over the guest's vCPUs):
+For each dirty rate (pages/s, total over the guest's vCPUs; one vCPU up to --max-vcpu-rate, two
+above it, the same on both systems: the guest runtime starts QEMU's APs with INIT-SIPI-SIPI):
   QEMU   live migration between two local QEMU 7.2 processes over 127.0.0.1 (microvm, PVH
          boot of churn.elf), repeated --repeats times with QEMU's default settings and again
          with the auto-converge capability; each run is bounded by --timeout seconds, then
@@ -375,7 +376,7 @@ def understudy_protect(bench, image, cmdline, mib, vcpus, epoch_ms, seconds, rat
     return res
 
 
-def colo_run(image, cmdline, mib, delay_ms, seconds, setup_timeout_s=40):
+def colo_run(image, cmdline, mib, vcpus, delay_ms, seconds, setup_timeout_s=40):
     """QEMU COLO (x-colo) between two local QEMUs on 127.0.0.1: the primary checkpoints every
     x-checkpoint-delay ms (there is no NIC, so no colo-compare miscompare triggers more).
     Each checkpoint stops the primary VM; its pause is the time from the QMP STOP event to
@@ -386,8 +387,8 @@ def colo_run(image, cmdline, mib, delay_ms, seconds, setup_timeout_s=40):
     src = dst = None
     try:
         port = free_port()
-        dst = QemuVm(work, "colo-dst", image, cmdline, mib, 1, incoming_port=port)
-        src = QemuVm(work, "colo-src", image, cmdline, mib, 1)
+        dst = QemuVm(work, "colo-dst", image, cmdline, mib, vcpus, incoming_port=port)
+        src = QemuVm(work, "colo-src", image, cmdline, mib, vcpus)
         if not wait_console(src, r"churn: vcpu 0 iteration", 20):
             raise RuntimeError("churn did not start under QEMU")
         for vm in (src, dst):
@@ -501,7 +502,7 @@ def build_summary(results, args, meta):
             u[str(e)] = {k: v for k, v in r.items() if k != "pauses_us"}
         entry = {"rate_pages_per_s": rate, "qemu": q, "understudy": u,
                  "qemu_cmdline": rr["qemu_cmdline"], "understudy_cmdline": rr["understudy_cmdline"],
-                 "understudy_vcpus": rr["understudy_vcpus"], "qemu_vcpus": 1}
+                 "understudy_vcpus": rr["understudy_vcpus"], "qemu_vcpus": rr.get("qemu_vcpus", 1)}
         if rr.get("colo") is not None:
             entry["colo"] = {k: v for k, v in rr["colo"].items() if k != "pauses_us"}
         ratios = {}
@@ -552,8 +553,8 @@ def table_md(summary, results):
             q = e["qemu"][v]
             d = q["downtime_ms"]
             thr = " (throttle up to %d%%)" % q["max_cpu_throttle_pct"] if q["max_cpu_throttle_pct"] else ""
-            L.append("| %s | QEMU migration, %s%s | 1 vCPU `%s` | %d | %d of %d | %s / – / %s | %s | %s MiB transferred | %s |" % (
-                "{:,}".format(rate), v, thr, e["qemu_cmdline"], q["runs"], q["converged"], q["runs"],
+            L.append("| %s | QEMU migration, %s%s | %d vCPU `%s` | %d | %d of %d | %s / – / %s | %s | %s MiB transferred | %s |" % (
+                "{:,}".format(rate), v, thr, e["qemu_vcpus"], e["qemu_cmdline"], q["runs"], q["converged"], q["runs"],
                 fmt(d["p50"], 0), fmt(d["max"], 0),
                 fmt(q["total_time_ms_p50"] / 1000.0) if q["total_time_ms_p50"] else "–",
                 fmt(q["ram_transferred_bytes_p50"] / 2**20, 0) if q["ram_transferred_bytes_p50"] else "–",
@@ -562,13 +563,13 @@ def table_md(summary, results):
         if c is not None:
             if c.get("worked"):
                 p = c["pause_us"]
-                L.append("| %s | QEMU COLO, checkpoint every %d ms | 1 vCPU `%s` | 1 | %.1f ckpt/s for %.0f s | %s / %s / %s | – | – | %s |" % (
-                    "{:,}".format(rate), c["delay_ms"], e["qemu_cmdline"], c["checkpoints_per_s"], c["window_s"],
+                L.append("| %s | QEMU COLO, checkpoint every %d ms | %d vCPU `%s` | 1 | %.1f ckpt/s for %.0f s | %s / %s / %s | – | – | %s |" % (
+                    "{:,}".format(rate), c["delay_ms"], e["qemu_vcpus"], e["qemu_cmdline"], c["checkpoints_per_s"], c["window_s"],
                     fmt(ms(p["p50"])), fmt(ms(p["p99"])), fmt(ms(p["max"])),
                     "{:,}".format(c["guest_rate_during"]) if c.get("guest_rate_during") else "–"))
             else:
-                L.append("| %s | QEMU COLO | 1 vCPU | 1 | failed: %s | – | – | – | – |" % (
-                    "{:,}".format(rate), c.get("error", "?")))
+                L.append("| %s | QEMU COLO | %d vCPU | 1 | failed: %s | – | – | – | – |" % (
+                    "{:,}".format(rate), e["qemu_vcpus"], c.get("error", "?")))
         for ep, u in e["understudy"].items():
             p = u.get("pause_us") or {}
             ok = "yes" if u.get("kept_up") else "NO"
@@ -668,7 +669,13 @@ def main():
     ap.add_argument("--epochs", default="25,5", help="Understudy epochs in ms")
     ap.add_argument("--mib", type=int, default=1024, help="guest memory (both systems)")
     ap.add_argument("--max-vcpu-rate", type=int, default=60000,
-                    help="above this total rate Understudy's guest gets 2 vCPUs at half the rate each (QEMU's stays at 1)")
+                    help="above this total rate the guest gets 2 vCPUs at half the rate each (one vCPU tops out near "
+                         "60,000 pages/s under dirty tracking here)")
+    ap.add_argument("--vcpus", type=int, help="vCPUs at every rate, the rate split evenly (default: 1, or 2 above "
+                    "--max-vcpu-rate)")
+    ap.add_argument("--qemu-one-vcpu", action="store_true",
+                    help="QEMU's guest keeps 1 vCPU at the whole rate whatever Understudy's has (the behaviour before "
+                         "the guest runtime could start APs under QEMU)")
     ap.add_argument("--colo-delay", type=int, default=25, help="COLO x-checkpoint-delay in ms")
     ap.add_argument("--colo-seconds", type=float, help="COLO measuring window (5; --quick 2)")
     ap.add_argument("--no-colo", action="store_true")
@@ -709,11 +716,14 @@ def main():
 
     results = {}
     for rate in args.rates:
-        u_vcpus = 1 if rate <= args.max_vcpu_rate else 2
-        qemu_cmd = "pages=%d rate=%d content=stamp" % (rate, rate)
+        u_vcpus = args.vcpus or (1 if rate <= args.max_vcpu_rate else 2)
+        # churn's keys are per vCPU: N vCPUs at rate/N each dirty rate/N distinct pages apiece
         u_cmd = "pages=%d rate=%d content=stamp" % (rate // u_vcpus, rate // u_vcpus)
+        q_vcpus = 1 if args.qemu_one_vcpu else u_vcpus
+        qemu_cmd = "pages=%d rate=%d content=stamp" % (rate, rate) if q_vcpus == 1 else u_cmd
         rr = results[rate] = {"qemu": {"default": [], "auto-converge": []}, "understudy": {}, "colo": None,
-                              "qemu_cmdline": qemu_cmd, "understudy_cmdline": u_cmd, "understudy_vcpus": u_vcpus}
+                              "qemu_cmdline": qemu_cmd, "understudy_cmdline": u_cmd, "understudy_vcpus": u_vcpus,
+                              "qemu_vcpus": q_vcpus}
         # Alternating: after QEMU's i-th pair of migrations comes Understudy's i-th protection
         # run (and COLO), so drifts of the shared machine hit both systems alike.
         extra = {}
@@ -724,8 +734,9 @@ def main():
         for i in range(args.repeats):
             for ac in (False, True):
                 v = "auto-converge" if ac else "default"
-                log("[%4.0f s] %s pages/s: QEMU migration %s #%d ..." % (time.monotonic() - t_start, rate, v, i + 1))
-                r = qemu_migration(image, qemu_cmd, args.mib, 1, ac, args.timeout, 2.0)
+                log("[%4.0f s] %s pages/s: QEMU migration %s #%d, %d vCPU(s) ..." % (
+                    time.monotonic() - t_start, rate, v, i + 1, q_vcpus))
+                r = qemu_migration(image, qemu_cmd, args.mib, q_vcpus, ac, args.timeout, 2.0)
                 log("         %s, downtime %s ms, total %s ms, %s MiB, guest %s pages/s%s" % (
                     r.get("status"), r.get("downtime_ms"), r.get("total_time_ms"),
                     fmt((r.get("ram_transferred_bytes") or 0) / 2**20, 0), r.get("guest_rate_during"),
@@ -744,7 +755,7 @@ def main():
                     rr["understudy"][x] = u
                 else:
                     log("[%4.0f s] %s pages/s: QEMU COLO, checkpoint every %d ms ..." % (time.monotonic() - t_start, rate, x))
-                    c = colo_run(image, qemu_cmd, args.mib, x, args.colo_seconds)
+                    c = colo_run(image, qemu_cmd, args.mib, q_vcpus, x, args.colo_seconds)
                     p = c.get("pause_us") or {}
                     log("         worked %s, pause p50/p99/max %s/%s/%s ms, %s ckpt/s%s" % (
                         c.get("worked"), fmt(ms(p.get("p50"))), fmt(ms(p.get("p99"))), fmt(ms(p.get("max"))),
