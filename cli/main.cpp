@@ -32,6 +32,10 @@ const char* kUsage =
 int main(int argc, char** argv) {
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
     understudy::cli::block_stop_signals();
+    if (argc < 2) {
+        std::fputs("understudy: missing COMMAND; see 'understudy --help'\n", stderr);
+        return 2;
+    }
     if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
         std::fputs(kUsage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -23,7 +23,7 @@ int verify_stream_command(const std::vector<std::string>& args) {
         return 0;
     }
     if (args.size() != 1 || args[0].empty() || args[0][0] == '-') {
-        std::fprintf(stderr, "understudy: verify-stream takes exactly one FILE\n%s\n", usage);
+        std::fprintf(stderr, "understudy verify-stream: verify-stream takes exactly one FILE; see 'understudy verify-stream --help'\n");
         return 2;
     }
     auto report = replicator::verify_stream_file(args[0]);
