@@ -69,7 +69,7 @@ Result<std::optional<uint64_t>> BackupReplica::feed(const Record& r) {
             if (open_) return stream_error("CHECKPOINT_BEGIN for a new epoch while epoch " + std::to_string(open_epoch_) + " is open");
             uint64_t epoch = US_TRY(d.u64());
             uint32_t flags = US_TRY(d.u32());
-            US_TRYV(d.u32());
+            if (US_TRY(d.u32()) != 0) return stream_error("CHECKPOINT_BEGIN's reserved word is not zero");
             if (flags & ~kCheckpointInitial) return stream_error("unknown checkpoint flags");
             bool initial = flags & kCheckpointInitial;
             if (!initial && (!has_committed_ || epoch != committed_epoch_ + 1))
@@ -113,7 +113,7 @@ Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
     }
     case kVcpuState: {
         uint32_t index = US_TRY(d.u32());
-        US_TRYV(d.u32());
+        if (US_TRY(d.u32()) != 0) return stream_error("VCPU_STATE's reserved word is not zero");
         if (index >= vcpus_) return stream_error("vCPU state for vCPU " + std::to_string(index) + " of " + std::to_string(vcpus_));
         if (staged_vcpu_[index]) return stream_error("vCPU " + std::to_string(index) + " sent twice in one checkpoint");
         if (staged_state_.vcpus.size() < vcpus_) staged_state_.vcpus.resize(vcpus_);
