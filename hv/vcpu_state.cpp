@@ -82,7 +82,7 @@ Result<VcpuState> decode_vcpu_state(std::span<const uint8_t> in) {
             Decoder md(f.body, "MSR list");
             while (!md.done()) {
                 uint32_t idx = US_TRY(md.u32());
-                US_TRYV(md.u32());
+                if (US_TRY(md.u32()) != 0) return d.error("an MSR entry's reserved word is not zero");
                 uint64_t val = US_TRY(md.u64());
                 s.msrs.push_back({idx, val});
             }
