@@ -82,11 +82,46 @@ std::pair<Kind, std::string> classify(const toml::node& n) {
 
 unsigned line_of(const toml::node& n) { return static_cast<unsigned>(n.source().begin.line); }
 
+// The line of the first non-ASCII byte outside a string or comment (TOML allows them only
+// there), or 0. toml++ 3.3 must not see one: its whitespace table is wrong for U+00A1 to
+// U+0499 and reaches __builtin_unreachable (undefined behaviour) on them.
+unsigned non_ascii_outside_strings(std::string_view t) {
+    unsigned line = 1;
+    for (size_t i = 0; i < t.size(); ++i) {
+        char c = t[i];
+        if (c == '\n') ++line;
+        else if (static_cast<unsigned char>(c) >= 0x80) return line;
+        else if (c == '#') {
+            while (i + 1 < t.size() && t[i + 1] != '\n') ++i;
+        } else if (c == '"' || c == '\'') {
+            bool multi = t.substr(i, 3) == std::string(3, c), basic = c == '"';
+            i += multi ? 3 : 1;
+            for (; i < t.size(); ++i) {
+                if (t[i] == '\n') {
+                    ++line;
+                    if (!multi) break; // unterminated: toml++ reports it
+                } else if (basic && t[i] == '\\') {
+                    if (i + 1 < t.size() && t[i + 1] == '\n') ++line;
+                    ++i;
+                } else if (t[i] == c && (!multi || t.substr(i, 3) == std::string(3, c))) {
+                    if (multi) i += 2;
+                    break;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
 } // namespace
 
 ConfigFile parse_config(std::string_view text, std::string path) {
     ConfigFile f;
     f.path = std::move(path);
+    if (unsigned at = non_ascii_outside_strings(text)) {
+        f.problems.push_back({f.path, at, "not valid TOML: a non-ASCII character outside a string or comment"});
+        return f;
+    }
     auto parsed = toml::parse(text, std::string_view(f.path));
     if (!parsed) {
         const auto& e = parsed.error();
