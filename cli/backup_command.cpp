@@ -17,9 +17,11 @@
 
 #include <boost/program_options.hpp>
 
+#include "cli/instrument.hpp"
 #include "cli/config.hpp"
 #include "cli/network.hpp"
 #include "cli/option_rules.hpp"
+#include "cli/operations.hpp"
 #include "cli/run_command.hpp"
 #include "cli/stop_signals.hpp"
 #include "common/unique_fd.hpp"
@@ -97,6 +99,7 @@ int backup_command(const std::vector<std::string>& args) {
     bool promote = false;
     std::string reprotect_to;
     NetOptions no;
+    OpsOptions ops; // --control-socket, --metrics-listen (cli/operations.hpp)
     po::options_description desc("Options");
     desc.add_options()("help,h", "show this help")
         ("listen", po::value(&listen)->required(), "address to accept the primary on, HOST:PORT")
@@ -117,6 +120,7 @@ int backup_command(const std::vector<std::string>& args) {
     const char* usage = "usage: understudy backup --listen HOST:PORT [options]\n"
                         "  Receives checkpoints from a primary and keeps the last committed one.";
     add_net_options(desc, no);
+    add_ops_options(desc, ops);
     CommandSpec spec{"backup", usage, desc, {}, option_rules()}; // with --config FILE (cli/config.hpp)
     if (auto done = parse_command(args, spec)) return *done;
     auto ep = replicator::Endpoint::parse(listen);
@@ -141,6 +145,7 @@ int backup_command(const std::vector<std::string>& args) {
                          (long long)std::chrono::duration_cast<std::chrono::nanoseconds>(now).count());
             std::fflush(ack_file);
         };
+    instrument(hooks, instance_metrics());
     cfg.heartbeat = {std::chrono::milliseconds(heartbeat_ms), std::chrono::milliseconds(failure_timeout_ms)};
     auto server = replicator::BackupServer::listen(*ep, std::move(hooks), cfg);
     if (!server) {
@@ -148,6 +153,11 @@ int backup_command(const std::vector<std::string>& args) {
         return 3;
     }
     spdlog::info("backup: listening on {}", (*server)->local().str());
+    if (auto started = start_operations(ops, Role::backup); !started) {
+        std::fprintf(stderr, "understudy: %s\n", started.error().describe().c_str());
+        return started.error().code == Errc::invalid_input ? 2 : 3;
+    }
+    auto watched = watch_backup(instance_metrics(), **server); // declared after server: goes first
     // Sessions block in the network; a stop signal ends the current one from here.
     std::atomic<bool> watching{true};
     std::atomic<int> stop_signal{0};
@@ -178,6 +188,7 @@ int backup_command(const std::vector<std::string>& args) {
         ++done;
         const auto* replica = (*server)->replica();
         uint64_t epoch = replica && replica->has_committed() ? replica->committed_epoch() : 0;
+        instance_metrics().on_session_end(r ? "the primary ended its session" : "session ended: " + r.error().describe());
         if (r)
             spdlog::info("backup: session ended; committed checkpoint {}", epoch);
         else
@@ -186,6 +197,7 @@ int backup_command(const std::vector<std::string>& args) {
         // corrupted (invalid input) is reported and waited out, not taken over.
         bool primary_failed = !r && (r.error().code == Errc::timeout || r.error().code == Errc::system);
         if (primary_failed && promote && epoch > 0) {
+            instance_metrics().on_failover(failover_reason(r.error())); // status and metrics: promoting
             stop_watching(); // from here the promoted VM's supervision takes the stop signals
             return promote_and_run((*server)->take_replica(), no, reprotect_to, cfg.heartbeat);
         }

@@ -9,6 +9,7 @@
 #include "cli/backup_command.hpp"
 #include "cli/config_command.hpp"
 #include "cli/run_command.hpp"
+#include "cli/status_command.hpp"
 #include "cli/stop_signals.hpp"
 #include "cli/verify_command.hpp"
 
@@ -23,6 +24,7 @@ const char* kUsage =
     "  backup            receive checkpoints from a protected VM's primary\n"
     "  verify-stream FILE  check a stream captured with `backup --capture` against the spec\n"
     "  config check FILE   check a config file for `run|restore|backup --config FILE`\n"
+    "  status            show a running instance's state and figures (--control-socket PATH)\n"
     "\n"
     "`understudy COMMAND --help` describes each command's options.\n"
     "Exit codes: 0 success, 1 the guest failed, 2 bad usage or input, 3 host error.\n";
@@ -47,6 +49,7 @@ int main(int argc, char** argv) {
     if (cmd == "backup") return understudy::cli::backup_command(args);
     if (cmd == "verify-stream") return understudy::cli::verify_stream_command(args);
     if (cmd == "config") return understudy::cli::config_command(args);
+    if (cmd == "status") return understudy::cli::status_command(args);
     std::fprintf(stderr, "understudy: unknown command '%s'; see 'understudy --help'\n", cmd.c_str());
     return 2;
 }

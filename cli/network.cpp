@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <poll.h>
 
+#include "cli/instrument.hpp"
+#include "cli/operations.hpp"
 #include "cli/vm_options.hpp"
 
 namespace understudy::cli {
@@ -45,11 +47,16 @@ Result<std::unique_ptr<GuestNetwork>> GuestNetwork::attach(hv::Vm& vm, const Net
     n->tap_ = US_TRY(hv::virtio::Tap::open(o.tap));
     GuestNetwork* self = n.get();
     netbuffer::OutputCommitHooks hooks;
-    hooks.wire = [self](std::span<const uint8_t> f) { self->wire(f); };
+    hooks.wire = [self](std::span<const uint8_t> f) {
+        self->hold_timer_->released();
+        self->wire(f);
+    };
     hooks.on_room = [self] { self->dev_->tx_room_available(); };
     hooks.on_output = [self](steady_clock::time_point t) { self->on_output(t); };
     n->commit_ = US_TRY(netbuffer::OutputCommit::create({buffer, std::max<uint64_t>(64, buffer / 64)}, std::move(hooks)));
-    n->dev_->set_egress(n->commit_.get());
+    n->hold_timer_ = std::make_unique<HoldTimer>(*n->commit_, instance_metrics());
+    n->output_source_ = watch_output(instance_metrics(), *n->commit_);
+    n->dev_->set_egress(n->hold_timer_.get());
     return n;
 }
 

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <string>
 
+#include "cli/metrics.hpp"
 #include "hv/virtio/net_device.hpp"
 #include "hv/snapshot.hpp"
 #include "hv/virtio/tap.hpp"
@@ -18,6 +19,8 @@
 #include "netbuffer/output_commit.hpp"
 
 namespace understudy::cli {
+
+class HoldTimer; // cli/instrument.hpp
 
 struct NetOptions {
     std::string tap;                       // empty: no network device
@@ -63,6 +66,8 @@ private:
     hv::virtio::VirtioNet* dev_ = nullptr; // owned by the VM
     std::unique_ptr<hv::virtio::Tap> tap_;
     std::unique_ptr<netbuffer::OutputCommit> commit_;
+    std::unique_ptr<HoldTimer> hold_timer_; // the device's egress: times frames into commit_
+    SourceGuard output_source_;             // the held-output figures for status and metrics
     std::chrono::steady_clock::duration gather_{};
     bool trigger_ = true;
     std::mutex request_mu_;

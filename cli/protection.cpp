@@ -1,5 +1,8 @@
 #include "cli/protection.hpp"
 
+#include "cli/instrument.hpp"
+#include "cli/operations.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -88,9 +91,11 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
         self->all_.push_back(f);
     };
     // The control connection second: the backup accepts it after the stream's ACCEPT.
+    instrument(hooks, instance_metrics()); // status and metrics (cli/operations.hpp)
     auto control = replicator::Connection::connect(ep, seconds(2));
     if (!control) return std::move(control.error()).wrap("opening the control connection to " + backup);
     p->primary_ = US_TRY(replicator::Primary::start(vm, std::move(*conn), cfg, hooks, std::move(*control)));
+    p->heartbeat_source_ = watch_heartbeats(instance_metrics(), *p->primary_);
     if (net) net->set_checkpoint_request([primary = p->primary_.get()](steady_clock::time_point t) { primary->request_checkpoint(t); });
     return p;
 }

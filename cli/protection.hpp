@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/metrics.hpp"
 #include "cli/network.hpp"
 #include "hv/vm.hpp"
 #include "replicator/primary.hpp"
@@ -33,6 +34,7 @@ private:
     void run_unprotected();
 
     std::unique_ptr<replicator::Primary> primary_;
+    SourceGuard heartbeat_source_; // reads primary_: declared after it, so it goes first
     GuestNetwork* net_ = nullptr;
     mutable std::mutex mu_;
     std::vector<replicator::EpochFigures> window_, all_;

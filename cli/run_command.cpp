@@ -12,6 +12,7 @@
 #include <optional>
 #include <thread>
 
+#include "cli/operations.hpp"
 #include "cli/config.hpp"
 #include "cli/option_rules.hpp"
 #include "cli/protection.hpp"
@@ -39,6 +40,7 @@ struct SuperviseOptions {
     unsigned heartbeat_ms = 10;
     unsigned failure_timeout_ms = 100;
     bool run_on_without_backup = false; // a backup that cannot be reached leaves the VM running unprotected
+    OpsOptions ops;                     // --control-socket, --metrics-listen (cli/operations.hpp)
 };
 
 void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
@@ -54,6 +56,7 @@ void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
         ("heartbeat-ms", po::value(&o.heartbeat_ms)->default_value(o.heartbeat_ms), "heartbeat interval on the control connection with --backup")
         ("failure-timeout-ms", po::value(&o.failure_timeout_ms)->default_value(o.failure_timeout_ms),
          "declare the backup failed after this long without a heartbeat (at least 3 heartbeats)");
+    add_ops_options(d, o.ops);
 }
 
 // Exit codes (docs/cli.md): 0 guest exited with status 0; 1 guest failed or exited non-zero;
@@ -78,6 +81,8 @@ int fail(const Error& e) {
 // the summary (never both: the primary owns every harvest while it runs).
 int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
     const bool protect = !o.backup.empty();
+    auto instance = PrimaryInstance::start(o.ops, protect); // status and metrics; "stopped" when it goes
+    if (!instance) return fail(instance.error());
     const bool tracking = vm.config().dirty.mode != hv::DirtyMode::none && !protect;
     std::vector<uint64_t> per_sample;
     Bitmap sample(vm.memory().page_count()), distinct(vm.memory().page_count());
@@ -104,6 +109,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
             protection = std::move(*p);
         } else if (o.run_on_without_backup) {
             std::printf("UNPROTECTED: %s; the VM keeps running\n", p.error().describe().c_str());
+            instance->backup_unreachable(p.error().describe());
             std::fflush(stdout);
         } else {
             vm.stop();
