@@ -93,6 +93,7 @@ struct RowResult {
     // Measured window.
     double window_s = 0;
     std::vector<EpochFigures> epochs;
+    std::vector<double> acked_s; // when each of `epochs` was ACKed, s from the window's start (--samples)
     size_t hook_without_bytes = 0; // on_acked copies that arrived before the sender filled the bytes
     std::vector<LimitSample> limit;
     uint64_t guest_pages_per_s = 0;
@@ -271,7 +272,10 @@ RowResult run_row(const Row& row, uint64_t memory_bytes, bool quick) {
             res.sync_ms = double(t.acked_at_ns - t_start) / 1e6;
             continue;
         }
-        if (t.acked_at_ns >= w0 && t.acked_at_ns < w1) res.epochs.push_back(f);
+        if (t.acked_at_ns >= w0 && t.acked_at_ns < w1) {
+            res.epochs.push_back(f);
+            res.acked_s.push_back(double(t.acked_at_ns - w0) / 1e9);
+        }
     }
     if (g_verbose)
         for (const auto& f : res.epochs)
@@ -351,6 +355,7 @@ int main(int argc, char** argv) {
     int64_t epoch_override = -1;
     std::string custom_churn;
     bool run_churn = true, run_idle = true, run_tp = true;
+    std::string samples_file; // --samples=FILE: every measured checkpoint, TSV (for bench/report.py)
     for (const auto& [k, v] : opt.extra) {
         if (k == "pages") page_counts = parse_list(v);
         else if (k == "mib") mib = parse_list(v).at(0);
@@ -368,7 +373,8 @@ int main(int argc, char** argv) {
             g_vcpus = unsigned(parse_list(v).at(0));
             if (g_vcpus < 1 || g_vcpus > 2) die("--vcpus=: 1 or 2");
         } else if (k == "image") g_image = v;
-        else die("unknown option --" + k + "= (want pages, mib, seconds, epoch-ms, cases, verbose, churn, vcpus, image)");
+        else if (k == "samples") samples_file = v;
+        else die("unknown option --" + k + "= (want pages, mib, seconds, epoch-ms, cases, verbose, churn, vcpus, image, samples)");
     }
     const uint64_t memory_bytes = mib * kMiB;
 
@@ -709,5 +715,21 @@ int main(int argc, char** argv) {
         .boolean("error", any_error)
         .arr("rows", jrows);
     bool wrote = emit_json(opt, out);
+    if (!samples_file.empty()) {
+        FILE* f = std::fopen(samples_file.c_str(), "w");
+        if (f) {
+            std::fprintf(f, "row\tepoch\tacked_s\tpause_us\tdirty_pages\traw_bytes\twire_bytes\n");
+            for (const auto& r : results)
+                for (size_t i = 0; i < r.epochs.size(); ++i)
+                    std::fprintf(f, "%s\t%llu\t%.6f\t%.1f\t%llu\t%llu\t%llu\n", r.row.name.c_str(),
+                                 (unsigned long long)r.epochs[i].epoch, r.acked_s[i], double(r.epochs[i].pause_ns) / 1e3,
+                                 (unsigned long long)r.epochs[i].dirty_pages, (unsigned long long)r.epochs[i].raw_bytes,
+                                 (unsigned long long)r.epochs[i].wire_bytes);
+        }
+        if (!f || std::fclose(f) != 0) {
+            std::fprintf(stderr, "cannot write %s: %s\n", samples_file.c_str(), std::strerror(errno));
+            wrote = false;
+        }
+    }
     return (wrote && !any_error) ? 0 : 1;
 }

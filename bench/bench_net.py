@@ -138,6 +138,34 @@ def redis_benchmark(tests, clients, n, timeout_s):
     return rows
 
 
+# --latency-samples: one client sends PING requests one after the other on one connection
+# and prints each round trip in ms (for latency CDFs; redis-benchmark reports percentiles only).
+PROBE = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for _ in range(int(sys.argv[3])):
+    t0 = time.perf_counter()
+    s.sendall(b"*1\r\n$4\r\nPING\r\n")
+    buf = b""
+    while not buf.endswith(b"\r\n"):
+        chunk = s.recv(64)
+        if not chunk:
+            sys.exit("connection closed")
+        buf += chunk
+    print("%.4f" % ((time.perf_counter() - t0) * 1e3))
+"""
+SAMPLES = []  # (config, round, latency_ms)
+
+
+def latency_samples(name, rnd, n, timeout_s):
+    r = subprocess.run(netns("client", [sys.executable, "-c", PROBE, GUEST, "6379", str(n)]), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=timeout_s)
+    if r.returncode != 0:
+        raise RuntimeError("latency probe exited %d: %s" % (r.returncode, r.stderr[-300:]))
+    SAMPLES.extend((name, rnd, float(v)) for v in r.stdout.split())
+
+
 def run_config(args, name, workdir, rnd):
     """Boots kv under `name`, runs every (clients) benchmark; returns (rows, primary figures)."""
     extra = CONFIGS[name]
@@ -178,6 +206,8 @@ def run_config(args, name, workdir, rnd):
                 "%s %.0f/s p50 %.2f" % (t, v["rps"], v["p50_ms"]) for t, v in res.items())))
             for test, v in res.items():
                 rows.append(dict(v, config=name, test=test, clients=clients, requests=n, round=rnd, seconds=round(secs, 2)))
+        if args.latency_samples:
+            latency_samples(name, rnd, args.latency_requests, args.bench_timeout)
     finally:
         if primary:
             stop(primary)
@@ -219,6 +249,9 @@ def main():
     ap.add_argument("--bench-timeout", type=float, default=120, help="s before a redis-benchmark run is killed")
     ap.add_argument("--machine", default="%s, %d cores" % (platform.node(), os.cpu_count()))
     ap.add_argument("--json", help="also write the JSON summary to this file")
+    ap.add_argument("--latency-samples", help="also write per-request round trips to this file (TSV: config, round, "
+                    "latency_ms): --latency-requests sequential PINGs on one connection per config and round")
+    ap.add_argument("--latency-requests", type=int, default=500, help="requests for --latency-samples (500)")
     args = ap.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.scale = args.scale or (0.35 if args.quick else 1.0)
@@ -337,6 +370,10 @@ def main():
                "targets_met": met and not errors, "errors": errors, "targets": targets, "results": results,
                "primary": primary}
     line = json.dumps(summary)
+    if args.latency_samples:
+        with open(args.latency_samples, "w") as f:
+            f.write("config\tround\tlatency_ms\n")
+            f.writelines("%s\t%d\t%.4f\n" % s for s in SAMPLES)
     if args.json:
         with open(args.json, "w") as f:
             f.write(line + "\n")

@@ -44,7 +44,7 @@ const std::vector<SharedSection>& shared_sections() {
     static const std::vector<SharedSection> s = {
         {"vm", {"memory", "vcpus", "dirty", "ring-entries"}},
         {"network", {"net-tap", "mac", "net-buffer", "output-gather-ms"}},
-        {"protection", {"backup", "epoch-ms", "max-in-flight", "heartbeat-ms", "failure-timeout-ms"}},
+        {"protection", {"backup", "epoch-ms", "max-in-flight", "heartbeat-ms", "failure-timeout-ms", "link-key", "link-security"}},
     };
     return s;
 }
@@ -449,7 +449,7 @@ std::string see_help(const CommandSpec& spec) { return "; see 'understudy " + sp
 std::optional<int> parse_command(const std::vector<std::string>& args, CommandSpec& spec) {
     auto& desc = spec.desc;
     if (!desc.find_nothrow("help", false)) desc.add_options()("help,h", "show this help");
-    if (!desc.find_nothrow("config", false))
+    if (spec.config && !desc.find_nothrow("config", false))
         desc.add_options()("config", po::value<std::string>()->value_name("FILE"),
                            ("read settings from this TOML file (docs/config.md): these options' long names as keys, in [" +
                             spec.name + "] or a shared section; flags given here override it")

@@ -86,6 +86,7 @@ struct CommandSpec {
     boost::program_options::options_description& desc;
     boost::program_options::positional_options_description pos{};
     std::vector<OptionRule> rules{};
+    bool config = true; // take --config FILE (commands that have a config section)
 };
 
 // Parses a subcommand's arguments: the command line, then `--config FILE` (added to
