@@ -48,6 +48,16 @@ def check_png(path):
     return w, h
 
 
+def bench(cli, out, data, want=0):
+    r = subprocess.run([cli, "bench", "--out", out, "--from", data], capture_output=True, text=True, timeout=120)
+    if r.returncode != want:
+        fail("understudy bench --from %s exited %d, not %d: %s" % (data, r.returncode, want, r.stderr[-800:]))
+    if want == 0:
+        with open(os.path.join(out, "report.md")) as f:
+            return f.read()
+    return None
+
+
 def main():
     if len(sys.argv) != 3:
         print(__doc__)
@@ -59,11 +69,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="us-bench-report-")
     try:
         out = os.path.join(tmp, "report")
-        r = subprocess.run([cli, "bench", "--out", out, "--from", sample], capture_output=True, text=True, timeout=120)
-        if r.returncode != 0:
-            fail("understudy bench exited %d: %s" % (r.returncode, r.stderr[-800:]))
-        with open(os.path.join(out, "report.md")) as f:
-            md = f.read()
+        md = bench(cli, out, sample)
         for needle in ("# Understudy benchmark report", "## Checkpoints (bench_checkpoint)",
                        "## Request latency (bench_net.py)", "## Failover drills (drill.py)",
                        "| 1000 pages | 25 |", "| unprotected | GET | 1 |", "| output-0ms |", "| kill-primary | 1 |",
@@ -79,19 +85,13 @@ def main():
         empty = os.path.join(tmp, "empty")
         os.mkdir(empty)
         out2 = os.path.join(tmp, "report2")
-        r = subprocess.run([cli, "bench", "--out", out2, "--from", empty], capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            fail("understudy bench on empty data exited %d: %s" % (r.returncode, r.stderr[-800:]))
-        with open(os.path.join(out2, "report.md")) as f:
-            md2 = f.read()
+        md2 = bench(cli, out2, empty)
         if md2.count("No data") < 2 or "No per-request samples" not in md2:
             fail("empty report does not say what is missing:\n" + md2)
         if any(n.endswith(".png") for n in os.listdir(out2)):
             fail("plots made from no data")
         # A missing data directory is bad usage.
-        r = subprocess.run([cli, "bench", "--out", out2, "--from", os.path.join(tmp, "nope")], capture_output=True, text=True)
-        if r.returncode != 2:
-            fail("--from a missing directory exited %d" % r.returncode)
+        bench(cli, out2, os.path.join(tmp, "nope"), want=2)
     finally:
         shutil.rmtree(tmp)
     print("ok")
