@@ -70,6 +70,7 @@ Result<std::optional<uint64_t>> BackupReplica::feed(const Record& r) {
             uint64_t epoch = US_TRY(d.u64());
             uint32_t flags = US_TRY(d.u32());
             if (US_TRY(d.u32()) != 0) return stream_error("CHECKPOINT_BEGIN's reserved word is not zero");
+            if (!d.done()) return stream_error("CHECKPOINT_BEGIN body has " + std::to_string(r.body.size()) + " bytes, expected 16");
             if (flags & ~kCheckpointInitial) return stream_error("unknown checkpoint flags");
             bool initial = flags & kCheckpointInitial;
             if (!initial && (!has_committed_ || epoch != committed_epoch_ + 1))
@@ -136,6 +137,7 @@ Result<uint64_t> BackupReplica::commit(Decoder& d) {
     uint64_t epoch = US_TRY(d.u64());
     uint64_t records = US_TRY(d.u64());
     uint64_t digest = US_TRY(d.u64());
+    if (!d.done()) return stream_error("CHECKPOINT_END body has " + std::to_string(d.remaining() + 24) + " bytes, expected 24");
     if (epoch != open_epoch_) return stream_error("CHECKPOINT_END for epoch " + std::to_string(epoch) + " closes checkpoint " + std::to_string(open_epoch_));
     if (records != digest_.records())
         return stream_error("checkpoint " + std::to_string(epoch) + " announced " + std::to_string(records) + " records, " +
