@@ -71,7 +71,7 @@ int status_command(const std::vector<std::string>& raw_args) {
         }
         po::notify(vm);
     } catch (const po::error& e) {
-        std::fprintf(stderr, "understudy: %s\n%s\n", e.what(), usage);
+        std::fprintf(stderr, "understudy status: %s; see 'understudy status --help'\n", e.what());
         return 2;
     }
     if (vm.count("watch") && (!std::isfinite(watch) || watch < 0.1 || watch > 3600)) {

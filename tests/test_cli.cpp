@@ -268,6 +268,10 @@ TEST_CASE("cli: bad usage is one line on stderr and exit code 2", "[binary]") {
         {"config", "missing subcommand 'check'"},
         {"config lint x", "unknown subcommand 'lint'"},
         {"config check", "missing FILE"},
+        {"status", "'--control-socket' is required"},
+        {"status --control-socket /x --bogus", "unrecognised option '--bogus'"},
+        {"bench --bogus", "unrecognised option '--bogus'"},
+        {"bench --from /x --script /nonexistent/report.py", "no such file /nonexistent/report.py"},
     };
     for (const auto& c : cases) {
         INFO("understudy " << c.args);
@@ -280,7 +284,7 @@ TEST_CASE("cli: bad usage is one line on stderr and exit code 2", "[binary]") {
 }
 
 TEST_CASE("cli: every subcommand has --help", "[binary]") {
-    for (const char* cmd : {"run", "restore", "backup", "verify-stream", "config", "config check"}) {
+    for (const char* cmd : {"run", "restore", "backup", "verify-stream", "config", "config check", "bench", "status"}) {
         INFO(cmd);
         auto o = run_cli(std::string(cmd) + " --help");
         CHECK(o.code == 0);
