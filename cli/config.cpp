@@ -84,27 +84,34 @@ unsigned line_of(const toml::node& n) { return static_cast<unsigned>(n.source().
 
 // The line of the first non-ASCII byte outside a string or comment (TOML allows them only
 // there), or 0. toml++ 3.3 must not see one: its whitespace table is wrong for U+00A1 to
-// U+0499 and reaches __builtin_unreachable (undefined behaviour) on them.
+// U+0499 and reaches __builtin_unreachable (undefined behaviour) on them. A quote opens a
+// string only where a key or value can start (after a line start, '=', '[', ',', '{' or
+// '.'), as for toml++; elsewhere it is part of an invalid token.
 unsigned non_ascii_outside_strings(std::string_view t) {
     unsigned line = 1;
+    char prev = '\n'; // the last character on this line other than blanks
     for (size_t i = 0; i < t.size(); ++i) {
         char c = t[i];
+        bool opens = prev == '\n' || prev == '=' || prev == '[' || prev == ',' || prev == '{' || prev == '.';
+        if (c != ' ' && c != '\t') prev = c;
         if (c == '\n') ++line;
         else if (static_cast<unsigned char>(c) >= 0x80) return line;
         else if (c == '#') {
             while (i + 1 < t.size() && t[i + 1] != '\n') ++i;
-        } else if (c == '"' || c == '\'') {
+        } else if ((c == '"' || c == '\'') && opens) {
             bool multi = t.substr(i, 3) == std::string(3, c), basic = c == '"';
             i += multi ? 3 : 1;
             for (; i < t.size(); ++i) {
                 if (t[i] == '\n') {
                     ++line;
+                    prev = '\n';
                     if (!multi) break; // unterminated: toml++ reports it
                 } else if (basic && t[i] == '\\') {
                     if (i + 1 < t.size() && t[i + 1] == '\n') ++line;
                     ++i;
                 } else if (t[i] == c && (!multi || t.substr(i, 3) == std::string(3, c))) {
                     if (multi) i += 2;
+                    prev = c;
                     break;
                 }
             }
