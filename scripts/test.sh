@@ -18,3 +18,8 @@ if [ "${UNDERSTUDY_SKIP_SANITIZERS:-0}" != 1 ]; then
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
      ctest --output-on-failure --timeout 900)
 fi
+
+if [ "${UNDERSTUDY_SKIP_FUZZ:-0}" != 1 ]; then
+  echo "== fuzz smoke: every fuzz target for a few seconds (docs/fuzzing.md)"
+  scripts/fuzz.sh --smoke
+fi

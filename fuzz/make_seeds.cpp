@@ -1,0 +1,291 @@
+// Writes the seed corpora of fuzz/corpus/<target>/ from the project's own encoders, and
+// checks each seed against the real reader before writing it (the replication seeds must
+// commit on a BackupReplica and pass the stream verifier). Run by hand after a format
+// change: `build/fuzz/fuzz_make_seeds fuzz/corpus` (docs/fuzzing.md). Seeds that come
+// from files rather than encoders (guest images, JSON, TOML) are copied by scripts/fuzz.sh
+// --seeds, not written here.
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "common/codec.hpp"
+#include "hv/snapshot.hpp"
+#include "hv/virtio/virtqueue.hpp"
+#include "replicator/backup_replica.hpp"
+#include "replicator/control_link.hpp"
+#include "replicator/page_codec.hpp"
+#include "replicator/stream_verifier.hpp"
+
+using namespace understudy;
+using namespace understudy::replicator;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path g_out;
+
+[[noreturn]] void die(const std::string& what) {
+    std::fprintf(stderr, "make_seeds: %s\n", what.c_str());
+    std::exit(1);
+}
+
+void write_seed(const std::string& target, const std::string& name, std::span<const uint8_t> bytes) {
+    fs::create_directories(g_out / target);
+    std::ofstream f(g_out / target / name, std::ios::binary | std::ios::trunc);
+    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    if (!f) die("writing " + (g_out / target / name).string());
+    std::printf("%s/%s: %zu bytes\n", target.c_str(), name.c_str(), bytes.size());
+}
+
+std::vector<uint8_t> with_flags(uint8_t flags, std::span<const uint8_t> b) {
+    std::vector<uint8_t> v{flags};
+    v.insert(v.end(), b.begin(), b.end());
+    return v;
+}
+
+hv::VcpuState vcpu_state(uint64_t rip) {
+    hv::VcpuState s;
+    s.cpuid.resize(2);
+    s.cpuid[0].function = 0;
+    s.cpuid[0].eax = 0xd;
+    s.cpuid[1].function = 1;
+    s.cpuid[1].ecx = 0x80000000u;
+    s.mp_state.mp_state = KVM_MP_STATE_RUNNABLE;
+    s.regs.rip = rip;
+    s.regs.rflags = 0x3202;
+    s.sregs.cr0 = 0x80050033;
+    s.sregs.cr4 = 0x20;
+    s.sregs.efer = 0x500;
+    s.xsave.assign(4096, 0);
+    s.xsave[0] = 0x7f;
+    s.msrs = {{0xc0000080, 0x500}, {0x10, 12345}};
+    return s;
+}
+
+// One checkpoint as CheckpointWriter frames it.
+struct StreamBuilder {
+    std::vector<uint8_t> out;
+    CheckpointDigest digest;
+    void record(uint32_t type, std::span<const uint8_t> body) {
+        if (type != kCheckpointBegin && type != kCheckpointEnd && type != kHeartbeat) digest.add(type, body);
+        append_record(out, type, body);
+    }
+    void begin(uint64_t epoch, uint32_t flags) {
+        digest.clear();
+        std::vector<uint8_t> b;
+        Encoder e(b);
+        e.u64(epoch);
+        e.u32(flags);
+        e.u32(0);
+        record(kCheckpointBegin, b);
+    }
+    void pages(PageEncoder& enc, uint64_t epoch, std::span<const uint64_t> idx, std::span<const uint8_t> data) {
+        std::vector<uint8_t> b;
+        Encoder(b).u64(epoch);
+        if (!enc.encode(idx, data, b)) die("encoding pages");
+        record(kPages, b);
+    }
+    void state(uint64_t epoch, const hv::VmState& s) {
+        for (uint32_t i = 0; i < s.vcpus.size(); ++i) {
+            std::vector<uint8_t> b;
+            Encoder e(b);
+            e.u64(epoch);
+            e.u32(i);
+            e.u32(0);
+            hv::encode_vcpu_state(s.vcpus[i], b);
+            record(kVcpuState, b);
+        }
+        std::vector<uint8_t> b;
+        Encoder(b).u64(epoch);
+        hv::encode_vm_clock(s, b);
+        record(kVmState, b);
+        for (const auto& d : s.devices) {
+            b.clear();
+            Encoder(b).u64(epoch);
+            hv::encode_device_state(d, b);
+            record(kDeviceState, b);
+        }
+    }
+    void end(uint64_t epoch) { append_record(out, kCheckpointEnd, encode_u64s({epoch, digest.records(), digest.value()})); }
+};
+
+// A stream of `checkpoints` checkpoints for a 16 MiB guest, each dirtying a few pages.
+std::vector<uint8_t> make_stream(uint32_t vcpus, int checkpoints, bool extras, uint64_t session) {
+    auto mem = hv::GuestMemory::create(hv::kMinMemory);
+    if (!mem) die("guest memory");
+    uint64_t pages = mem->page_count();
+    StreamHeader h = make_stream_header(mem->size(), vcpus, hv::memory_layout_digest(*mem), 0xC0FFEEull, session);
+    StreamBuilder sb;
+    sb.out.assign(reinterpret_cast<const uint8_t*>(&h), reinterpret_cast<const uint8_t*>(&h) + sizeof h);
+    auto enc = PageEncoder::create({.page_count = pages, .hash_seed = session});
+    if (!enc) die("encoder");
+    std::mt19937_64 rng(session);
+    std::vector<uint8_t> content(8 * 4096);
+    for (int cp = 0; cp < checkpoints; ++cp) {
+        uint64_t epoch = 1 + cp;
+        sb.begin(epoch, cp == 0 ? kCheckpointInitial : 0);
+        if (extras) sb.record(kHeartbeat, encode_u64s({1, 1000}));
+        std::vector<uint64_t> idx = {0, 1, 2, 100, 101, pages - 1};
+        for (size_t k = 0; k < idx.size(); ++k) {
+            uint8_t* p = &content[k * 4096];
+            switch ((k + cp) % 4) {
+            case 0: std::memset(p, 0, 4096); break;                          // ZERO
+            case 1: for (size_t i = 0; i < 4096; ++i) p[i] = uint8_t(i / 64 + cp); break; // LZ4, then XOR
+            case 2: for (size_t i = 0; i < 4096; ++i) p[i] = uint8_t(rng()); break;      // RAW
+            case 3: if (cp == 0) std::memset(p, 0x11, 4096); break;          // SAME after the first
+            }
+        }
+        sb.pages(*enc, epoch, idx, {content.data(), idx.size() * 4096});
+        hv::VmState st;
+        for (uint32_t i = 0; i < vcpus; ++i) st.vcpus.push_back(vcpu_state(0x100000 + cp * 16 + i));
+        st.guest_time_ns = 1000000ull * (cp + 1);
+        st.devices.push_back({"virtio-net", 1, {1, 2, 3, 4, 5}});
+        if (extras) sb.record(kRecordOptional | 0x77, std::vector<uint8_t>{9, 9, 9}); // an unknown optional record
+        sb.state(epoch, st);
+        sb.end(epoch);
+    }
+    return sb.out;
+}
+
+void check_stream(const std::vector<uint8_t>& s, int want_commits) {
+    StreamHeader h;
+    std::memcpy(&h, s.data(), sizeof h);
+    auto rep = verify_stream(std::span<const uint8_t>(s));
+    if (!rep.valid()) die("verifier: " + rep.violation->message);
+    auto replica = BackupReplica::create(h.memory_bytes, h.vcpus);
+    if (!replica || !(*replica)->begin_session(h)) die("replica session");
+    int commits = 0;
+    for (size_t at = sizeof h; at < s.size();) {
+        RecordHeader rh;
+        std::memcpy(&rh, &s[at], sizeof rh);
+        Record r{rh.type, std::vector<uint8_t>(s.begin() + at + 16, s.begin() + at + 16 + rh.length)};
+        auto fed = (*replica)->feed(r);
+        if (!fed) die("replica: " + fed.error().message);
+        commits += fed->has_value();
+        at += 16 + rh.length + (8 - rh.length % 8) % 8;
+    }
+    if (commits != want_commits) die("replica committed " + std::to_string(commits) + " checkpoints");
+}
+
+void wire_seeds() {
+    auto a = make_stream(1, 2, false, 0x1111);
+    check_stream(a, 2);
+    write_seed("wire", "two-checkpoints-1vcpu", with_flags(0, a));
+    auto b = make_stream(2, 2, true, 0x2222);
+    check_stream(b, 2);
+    write_seed("wire", "heartbeat-optional-2vcpu", with_flags(7, b));
+    // Torn inside the second checkpoint: the first commits, the rest is discarded.
+    std::vector<uint8_t> torn(a.begin(), a.begin() + static_cast<long>(a.size() - 100));
+    write_seed("wire", "torn-second-checkpoint", with_flags(7, torn));
+}
+
+void page_codec_seeds() {
+    // Mode 0: a batch against the target's base pages (pattern p, page count n), made by
+    // an encoder that has "sent" those bases first, so SAME and XOR_LZ4 appear.
+    for (uint8_t pattern : {0, 5}) {
+        uint64_t n = 8, seed = 0xABCDEF;
+        std::vector<uint8_t> bases(n * 4096);
+        for (uint64_t p = 0; p < n; ++p) {
+            if ((p + pattern) % 3 == 0) continue;
+            for (size_t i = 0; i < 4096; ++i) bases[p * 4096 + i] = uint8_t((i * (p + 1)) >> (pattern % 8)) ^ pattern;
+        }
+        auto enc = PageEncoder::create({.page_count = n, .hash_seed = seed});
+        std::vector<uint64_t> all(n);
+        for (uint64_t i = 0; i < n; ++i) all[i] = i;
+        std::vector<uint8_t> ignored;
+        if (!enc || !enc->encode(all, bases, ignored)) die("page encoder");
+        std::vector<uint8_t> now = bases;
+        now[1 * 4096 + 7] ^= 0xFF;                                  // XOR_LZ4
+        std::memset(&now[2 * 4096], 0, 4096);                       // ZERO
+        for (size_t i = 0; i < 4096; ++i) now[4 * 4096 + i] = uint8_t(i * 7919 >> 3); // LZ4 or RAW
+        std::vector<uint8_t> batch;
+        if (!enc->encode(all, now, batch)) die("page encoder");
+        std::vector<uint8_t> in{uint8_t(pattern ? 1 : 0)};
+        in.insert(in.end(), reinterpret_cast<uint8_t*>(&seed), reinterpret_cast<uint8_t*>(&seed) + 8);
+        in.push_back(uint8_t(n - 1)); // page count = 1 + byte % 64
+        in.push_back(pattern);
+        in.insert(in.end(), batch.begin(), batch.end());
+        write_seed("page_codec", "batch-pattern-" + std::to_string(pattern), in);
+    }
+    // Mode 1: a round trip script (count, indices, edits), twice.
+    std::vector<uint8_t> rt{0x80, 1, 2, 3, 4, 5, 6, 7, 8, 15, 7, 4, 0, 1, 2, 3, 2, 0x10, 0, 8, 'h', 'e', 'l', 'l', 'o', ' ',
+                            'w', 'o', 3, 0, 0, 1, 2, 3, 2, 0x10, 0, 8, 'h', 'e', 'L', 'l', 'o', ' ', 'w', 'o'};
+    write_seed("page_codec", "round-trip", rt);
+}
+
+void control_link_seeds() {
+    constexpr uint64_t kSession = 0x5EED5EED5EED5EEDull;
+    auto hello = make_control_hello(kSession, {});
+    std::vector<uint8_t> s(reinterpret_cast<uint8_t*>(&hello), reinterpret_cast<uint8_t*>(&hello) + sizeof hello);
+    for (uint64_t seq = 1; seq <= 3; ++seq) append_record(s, kHeartbeat, encode_u64s({seq, seq * 10000000}));
+    write_seed("control_link", "heartbeats-then-close", with_flags(0, s));
+    append_record(s, kRecordOptional | 0x99, std::vector<uint8_t>{1, 2, 3});
+    append_record(s, kGoodbye, {});
+    write_seed("control_link", "heartbeats-optional-goodbye", with_flags(1, s));
+}
+
+void virtqueue_seeds() {
+    using namespace understudy::hv::virtio;
+    // size 8, max 256; desc @0x1000, avail @0x2000, used @0x3000; next 0/0; bound 64 KiB;
+    // a 16 KiB window: two chains (readable+writable, and a single readable).
+    std::vector<uint8_t> in;
+    Encoder e(in);
+    auto u16 = [&](uint16_t v) { e.raw(&v, 2); };
+    u16(8);
+    u16(256);
+    e.u64(0x1000);
+    e.u64(0x2000);
+    e.u64(0x3000);
+    u16(0);
+    u16(0);
+    e.u32(65536);
+    in.push_back(64); // 64 x 256 = 16 KiB window
+    std::vector<uint8_t> win(16384, 0);
+    auto desc = [&](int i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next) {
+        VirtqDesc d{addr, len, flags, next};
+        std::memcpy(&win[0x1000 + 16 * i], &d, 16);
+    };
+    desc(0, 0x800, 12, kDescFNext, 1);
+    desc(1, 0x900, 256, kDescFWrite, 0);
+    desc(2, 0xA00, 64, 0, 0);
+    uint16_t avail[4] = {0, 2, 0, 2}; // flags, idx 2, ring[0]=0, ring[1]=2
+    std::memcpy(&win[0x2000], avail, sizeof avail);
+    in.insert(in.end(), win.begin(), win.end());
+    // steps: consume, consume with NO_NOTIFY, guest bumps avail idx to 3 and ring[2]=1, peek-only, restore, consume
+    for (uint8_t op : {0, 2}) in.push_back(op);
+    in.push_back(4); u16(0x2002); u16(3);
+    in.push_back(4); u16(0x2008); u16(1);
+    for (uint8_t op : {3, 6, 0, 1}) in.push_back(op);
+    write_seed("virtqueue", "two-chains-then-guest-update", in);
+}
+
+void snapshot_seeds() {
+    auto mem = hv::GuestMemory::create(hv::kMinMemory);
+    if (!mem) die("guest memory");
+    std::memset(mem->page_ptr(3), 0x5A, 4096);
+    hv::VmState st;
+    st.vcpus = {vcpu_state(0x100000)};
+    st.guest_time_ns = 42;
+    st.devices.push_back({"virtio-net", 1, std::vector<uint8_t>(40, 7)});
+    fs::path tmp = fs::temp_directory_path() / "understudy-seed.snap";
+    if (!hv::write_snapshot(*mem, st, tmp.string())) die("write_snapshot");
+    std::ifstream f(tmp, std::ios::binary);
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    fs::remove(tmp);
+    write_seed("snapshot_records", "one-page-one-vcpu", with_flags(0, bytes));
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) die("usage: fuzz_make_seeds CORPUS_DIR");
+    g_out = argv[1];
+    wire_seeds();
+    page_codec_seeds();
+    control_link_seeds();
+    virtqueue_seeds();
+    snapshot_seeds();
+    return 0;
+}

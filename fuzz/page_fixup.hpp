@@ -1,0 +1,17 @@
+// Recomputes the per-page check values of a page batch (replicator/README.md) the way an
+// honest primary would, so that mutated batches get past the content checks and reach
+// what follows them. Pages whose content cannot be worked out (corrupt LZ4, index out of
+// range, truncated record) are left as they are.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+
+namespace understudy::fuzz {
+
+// base(index) returns the page the decoder will use as SAME/XOR base, or nullptr.
+void fix_page_checks(std::span<uint8_t> batch, uint64_t hash_seed, uint64_t page_count,
+                     const std::function<const uint8_t*(uint64_t)>& base);
+
+} // namespace understudy::fuzz
