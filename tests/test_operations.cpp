@@ -1,0 +1,296 @@
+// Operating a protected pair (issue 6), in the namespace topology of docs/testing.md: the
+// kv guest protected by a backup that promotes, each `understudy` process with a control
+// socket and a metrics endpoint. `curl` scrapes /metrics, /healthz and /primary on both
+// hosts, and `understudy status --json` is checked against docs/status.md, before and
+// after the primary is killed.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "cli/status.hpp"
+#include "failover/etcd_arbiter.hpp" // the strict JSON reader
+#include "hv/kvm.hpp"
+#include "tests/support/topology.hpp"
+
+using namespace understudy;
+using namespace understudy::test;
+using namespace std::chrono;
+using namespace std::chrono_literals;
+using failover::etcd_detail::Json;
+
+namespace {
+
+std::string g_temp_dir;
+const std::string kKv = std::string(US_GUEST_DIR) + "/kv.elf";
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+void wait_for_log(Process& p, const std::string& path, const std::string& text, milliseconds limit) {
+    auto deadline = steady_clock::now() + limit;
+    while (read_file(path).find(text) == std::string::npos) {
+        INFO("waiting for '" << text << "' in " << path << ":\n" << read_file(path));
+        REQUIRE(p.running());
+        REQUIRE(steady_clock::now() < deadline);
+        std::this_thread::sleep_for(50ms);
+    }
+}
+
+// The top-level members of the status object and of its objects, as docs/status.md lists
+// them: an implementation that adds or drops one without the document fails here.
+const std::map<std::string, std::set<std::string>> kDocumented = {
+    {"", {"format", "name", "pid", "uptime_s", "role", "promoted", "state", "reason", "state_age_s", "healthy",
+          "active_primary", "epoch", "checkpoint", "sync", "replication", "lag", "output", "heartbeats", "failovers",
+          "protection_lost", "sessions"}},
+    {"epoch", {"captured", "acknowledged", "rate_per_s"}},
+    {"checkpoint", {"pause_s", "ack_s", "dirty_pages", "initial_pause_s"}},
+    {"sync", {"round", "bytes_sent", "bytes_total"}},
+    {"replication", {"raw_bytes", "wire_bytes", "raw_bytes_per_s", "wire_bytes_per_s"}},
+    {"lag", {"epochs", "seconds"}},
+    {"output", {"held_packets", "held_bytes", "released_packets", "released_bytes", "stalls", "hold_p99_s"}},
+    {"heartbeats", {"sent", "received", "max_gap_s"}},
+    {"failovers", {"primary_silent", "primary_connection_lost"}},
+    {"protection_lost", {"backup_silent", "backup_connection_lost", "error"}},
+};
+
+std::set<std::string> keys(const Json& obj) {
+    std::set<std::string> k;
+    for (const auto& [name, v] : obj.members) k.insert(name);
+    return k;
+}
+
+// `understudy status --json` against `socket`: the documented members exactly, read back.
+cli::StatusSnapshot status_json(const std::string& socket) {
+    auto r = run_command({US_CLI_PATH, "status", "--control-socket", socket, "--json"}, 10s);
+    REQUIRE(r);
+    INFO(r->describe() << r->out);
+    REQUIRE(r->ok());
+    REQUIRE(r->out.size() > 2);
+    REQUIRE(r->out.back() == '\n');
+    REQUIRE(std::count(r->out.begin(), r->out.end(), '\n') == 1);
+    auto doc = failover::etcd_detail::parse_json(r->out);
+    REQUIRE(doc);
+    REQUIRE(doc->kind == Json::Kind::object);
+    CHECK(keys(*doc) == kDocumented.at(""));
+    for (const auto& [name, members] : kDocumented) {
+        if (name.empty()) continue;
+        const Json* o = doc->find(name);
+        REQUIRE(o);
+        if (o->kind == Json::Kind::null) continue; // output, heartbeats: null where documented
+        INFO(name);
+        CHECK(keys(*o) == members);
+    }
+    auto s = cli::status_from_json(r->out);
+    if (!s) FAIL(s.error().describe());
+    return *s;
+}
+
+struct Http {
+    int status = 0; // 0: no answer (curl failed)
+    std::string body;
+};
+
+// curl in host h's namespace.
+Http curl(const Topology& t, Host h, const std::string& url) {
+    auto r = t.run_in(h, {"curl", "-s", "--max-time", "5", "-w", "\n%{http_code}", url}, 15s);
+    REQUIRE(r);
+    Http out;
+    if (!r->ok()) return out;
+    auto nl = r->out.rfind('\n');
+    REQUIRE(nl != std::string::npos);
+    out.status = std::stoi(r->out.substr(nl + 1));
+    out.body = r->out.substr(0, nl);
+    return out;
+}
+
+// The value of one sample line `name{labels} value` (labels as written, "" for none).
+std::optional<double> sample(const std::string& text, const std::string& series) {
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+    return std::nullopt;
+}
+
+} // namespace
+
+TEST_CASE("a protected pair's status, metrics and health, before and after a failover", "[operations]") {
+    auto t = Topology::create(topology_name("op"));
+    REQUIRE(t);
+    const std::string dir = g_temp_dir;
+    const std::string psock = dir + "/primary.sock", bsock = dir + "/backup.sock";
+    const std::string plog = dir + "/primary.log", blog = dir + "/backup.log";
+    const std::string purl = "http://" + t->ip(Host::primary) + ":9470", burl = "http://" + t->ip(Host::backup) + ":9470";
+    const std::vector<std::string> common{"--link-security", "disabled", "--failure-timeout-ms", "1000"};
+
+    std::vector<std::string> bargv{US_CLI_PATH, "backup", "--listen", t->ip(Host::backup) + ":7700", "--promote",
+                                   "--net-tap", t->tap(), "--control-socket", bsock,
+                                   "--metrics-listen", t->ip(Host::backup) + ":9470", "--instance-name", "kv"};
+    bargv.insert(bargv.end(), common.begin(), common.end());
+    auto backup = t->spawn_in(Host::backup, bargv, blog);
+    REQUIRE(backup);
+    wait_for_log(*backup, blog, "listening on", 10s);
+    // Before a primary connects: waiting, healthy, not the primary.
+    auto waiting = status_json(bsock);
+    CHECK(waiting.role == cli::Role::backup);
+    CHECK(waiting.state == cli::ProtectionState::waiting);
+    CHECK(curl(*t, Host::backup, burl + "/primary").status == 503);
+
+    std::vector<std::string> pargv{US_CLI_PATH, "run", kKv, "--memory", "128M", "--net-tap", t->tap(),
+                                   "-c", "net.ip=" + t->guest_ip() + "/24", "--backup", t->ip(Host::backup) + ":7700",
+                                   "--control-socket", psock, "--metrics-listen", t->ip(Host::primary) + ":9470",
+                                   "--instance-name", "kv"};
+    pargv.insert(pargv.end(), common.begin(), common.end());
+    auto primary = t->spawn_in(Host::primary, pargv, plog);
+    REQUIRE(primary);
+    wait_for_log(*primary, plog, "kv: listening", 30s);
+    wait_for_log(*primary, plog, "protected: initial checkpoint acknowledged", 60s);
+
+    struct stat st {};
+    REQUIRE(::stat(psock.c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+    REQUIRE(::stat(bsock.c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+
+    // Some output through the gate: replies that waited for their checkpoints.
+    for (int i = 1; i <= 20; ++i) {
+        auto r = t->run_in(Host::client, {"redis-cli", "-h", t->guest_ip(), "INCR", "n"}, 20s);
+        REQUIRE(r);
+        REQUIRE(r->ok());
+        CHECK(r->out == std::to_string(i) + "\n");
+    }
+    std::this_thread::sleep_for(1500ms); // a few more checkpoints for the rates
+
+    // --- before the failover
+    auto p = status_json(psock);
+    CHECK(p.name == "kv");
+    CHECK(p.role == cli::Role::primary);
+    CHECK(p.state == cli::ProtectionState::protected_);
+    CHECK(p.active_primary);
+    CHECK(p.healthy);
+    CHECK(!p.promoted);
+    CHECK(p.epoch_acknowledged > 2);
+    CHECK(p.epoch_captured >= p.epoch_acknowledged);
+    CHECK(p.epoch_rate_per_s > 0);
+    CHECK(p.pause_s.count > 0);
+    REQUIRE(p.pause_s.p99);
+    CHECK(*p.pause_s.p99 > 0);
+    CHECK(*p.pause_s.p99 < 5); // seconds: anything near this is broken, not slow
+    REQUIRE(p.lag_s);
+    CHECK(*p.lag_s < 30);
+    REQUIRE(p.lag_epochs);
+    CHECK(p.raw_bytes > 0);
+    CHECK(p.wire_bytes > 0);
+    CHECK(p.wire_bytes_per_s > 0);
+    REQUIRE(p.output);
+    CHECK(p.output->released_packets >= 20);
+    REQUIRE(p.hold_p99_s);
+    CHECK(*p.hold_p99_s > 0);
+    REQUIRE(p.heartbeats);
+    CHECK(p.heartbeats->received > 0);
+    CHECK(p.failovers.at("primary_silent") + p.failovers.at("primary_connection_lost") == 0);
+    auto b = status_json(bsock);
+    CHECK(b.role == cli::Role::backup);
+    CHECK(b.state == cli::ProtectionState::receiving);
+    CHECK(b.epoch_acknowledged > 2);
+    CHECK(b.sessions == 1);
+    CHECK(!b.active_primary);
+
+    auto text = run_command({US_CLI_PATH, "status", "--control-socket", psock}, 10s);
+    REQUIRE(text);
+    CHECK(text->ok());
+    INFO(text->out);
+    CHECK(text->out.find("state        protected") != std::string::npos);
+    CHECK(text->out.find("backup lag") != std::string::npos);
+    CHECK(text->out.find("output held") != std::string::npos);
+
+    auto pm = curl(*t, Host::primary, purl + "/metrics");
+    REQUIRE(pm.status == 200);
+    INFO(pm.body.substr(0, 3000));
+    CHECK(sample(pm.body, "understudy_role{role=\"primary\"}") == 1);
+    CHECK(sample(pm.body, "understudy_protection_state{state=\"protected\"}") == 1);
+    CHECK(sample(pm.body, "understudy_checkpoint_pause_seconds_count") > 0);
+    CHECK(sample(pm.body, "understudy_checkpoint_ack_seconds_count") > 0);
+    CHECK(sample(pm.body, "understudy_dirty_pages_per_epoch_count") > 0);
+    CHECK(sample(pm.body, "understudy_output_hold_seconds_count") >= 20);
+    CHECK(sample(pm.body, "understudy_output_held_packets").has_value());
+    CHECK(sample(pm.body, "understudy_replication_bytes_total{kind=\"wire\"}") > 0);
+    CHECK(sample(pm.body, "understudy_replication_bytes_total{kind=\"raw\"}") > 0);
+    CHECK(sample(pm.body, "understudy_replication_lag_seconds").has_value());
+    CHECK(sample(pm.body, "understudy_checkpoint_pause_seconds_bucket{le=\"+Inf\"}") ==
+          sample(pm.body, "understudy_checkpoint_pause_seconds_count"));
+    CHECK(curl(*t, Host::primary, purl + "/healthz").status == 200);
+    CHECK(curl(*t, Host::primary, purl + "/primary").status == 200);
+    auto bm = curl(*t, Host::backup, burl + "/metrics");
+    REQUIRE(bm.status == 200);
+    CHECK(sample(bm.body, "understudy_role{role=\"backup\"}") == 1);
+    CHECK(sample(bm.body, "understudy_protection_state{state=\"receiving\"}") == 1);
+    CHECK(sample(bm.body, "understudy_epoch_acknowledged") > 2);
+    CHECK(curl(*t, Host::backup, burl + "/healthz").status == 200);
+    CHECK(curl(*t, Host::backup, burl + "/primary").status == 503);
+
+    // --- the primary dies; the backup promotes
+    REQUIRE(::kill(primary->pid(), SIGKILL) == 0);
+    (void)primary->stop(100ms);
+    wait_for_log(*backup, blog, "PROMOTED", 30s);
+    auto ping = t->run_in(Host::client, {"redis-cli", "-h", t->guest_ip(), "GET", "n"}, 20s);
+    REQUIRE(ping);
+    CHECK(ping->out == "20\n");
+    // The promoted VM's supervision may take a moment to record its state.
+    cli::StatusSnapshot a;
+    for (int i = 0; i < 50; ++i) {
+        a = status_json(bsock);
+        if (a.state == cli::ProtectionState::unprotected) break;
+        std::this_thread::sleep_for(100ms);
+    }
+    CHECK(a.role == cli::Role::primary);
+    CHECK(a.promoted);
+    CHECK(a.state == cli::ProtectionState::unprotected);
+    CHECK(a.reason == "no backup configured");
+    CHECK(a.active_primary);
+    CHECK(a.failovers.at("primary_silent") + a.failovers.at("primary_connection_lost") == 1);
+    CHECK(curl(*t, Host::backup, burl + "/primary").status == 200);
+    CHECK(curl(*t, Host::backup, burl + "/healthz").status == 200);
+    bm = curl(*t, Host::backup, burl + "/metrics");
+    REQUIRE(bm.status == 200);
+    CHECK(sample(bm.body, "understudy_role{role=\"primary\"}") == 1);
+    CHECK(sample(bm.body, "understudy_promoted") == 1);
+    CHECK(sample(bm.body, "understudy_protection_state{state=\"unprotected\"}") == 1);
+    CHECK(*sample(bm.body, "understudy_failovers_total{reason=\"primary_silent\"}") +
+              *sample(bm.body, "understudy_failovers_total{reason=\"primary_connection_lost\"}") ==
+          1);
+    // The dead primary answers nothing; its socket file is left behind but refuses.
+    CHECK(curl(*t, Host::primary, purl + "/healthz").status == 0);
+    auto gone = run_command({US_CLI_PATH, "status", "--control-socket", psock}, 10s);
+    REQUIRE(gone);
+    CHECK(gone->exit_status == 3);
+    CHECK(backup->running());
+}
+
+int main(int argc, char** argv) {
+    std::string why;
+    if (!understudy::hv::kvm_available(&why) || !(why = topology_skip_reason()).empty()) {
+        std::printf("SKIPPED: %s\n", why.c_str());
+        return 77;
+    }
+    for (const char* tool : {"redis-cli", "curl"})
+        if (std::system(("command -v " + std::string(tool) + " >/dev/null 2>&1").c_str()) != 0) {
+            std::printf("SKIPPED: %s is not installed (scripts/install-deps.sh installs it)\n", tool);
+            return 77;
+        }
+    return run_with_scratch_dir("understudy-operations", g_temp_dir, [&] { return Catch::Session().run(argc, argv); });
+}
