@@ -46,6 +46,7 @@ Result<std::unique_ptr<HeartbeatLink>> HeartbeatLink::start(std::unique_ptr<Conn
     std::unique_ptr<HeartbeatLink> l(new HeartbeatLink(std::move(conn), std::move(det), std::move(on_failure)));
     l->sender_ = std::thread([raw = l.get()] { raw->sender_main(); });
     l->receiver_ = std::thread([raw = l.get()] { raw->receiver_main(); });
+    l->watcher_ = std::thread([raw = l.get()] { raw->watch_main(); });
     return l;
 }
 
@@ -69,7 +70,7 @@ void HeartbeatLink::stop() {
     conn_->shutdown();
     // on_failure runs on one of these threads and must not destroy the link (documented);
     // joining from there would deadlock, so that case is refused loudly instead.
-    for (auto* t : {&sender_, &receiver_})
+    for (auto* t : {&sender_, &receiver_, &watcher_})
         if (t->joinable() && t->get_id() != std::this_thread::get_id()) t->join();
 }
 
@@ -113,6 +114,20 @@ void HeartbeatLink::declare_failed(Error e) {
     if (on_failure_) on_failure_(std::move(e));
 }
 
+void HeartbeatLink::watch_main() {
+    const auto interval = detector_.config().heartbeat_interval;
+    std::unique_lock lock(mu_);
+    while (!cv_.wait_for(lock, interval, [&] { return stopping_ || failed_ || say_goodbye_ || heard_goodbye_; })) {
+        auto now = failover::Clock::now();
+        if (detector_.state(now) != failover::PeerState::failed) continue;
+        auto silent = now - last_received_;
+        lock.unlock();
+        declare_failed(make_error(Errc::timeout, fmt::format("no heartbeat from {} for {:.0f} ms (timeout {} ms)",
+                                                             conn_->peer(), ms(silent), detector_.config().timeout.count())));
+        return;
+    }
+}
+
 void HeartbeatLink::sender_main() {
     const auto interval = detector_.config().heartbeat_interval;
     auto next = failover::Clock::now();
@@ -128,14 +143,6 @@ void HeartbeatLink::sender_main() {
         if (say_goodbye_) {
             lock.unlock();
             (void)conn_->send_record(kGoodbye, {});
-            return;
-        }
-        if (detector_.state(now) == failover::PeerState::failed) {
-            auto silent = now - last_received_;
-            lock.unlock();
-            declare_failed(make_error(Errc::timeout, fmt::format("no heartbeat from {} for {:.0f} ms (timeout {} ms)",
-                                                                 conn_->peer(), ms(silent),
-                                                                 detector_.config().timeout.count())));
             return;
         }
         next += interval;

@@ -74,6 +74,9 @@ private:
     HeartbeatLink(std::unique_ptr<Connection> conn, failover::FailureDetector det, OnFailure on_failure);
     void sender_main();
     void receiver_main();
+    // Judges the peer every heartbeat interval. Not the sender's job: a send to a peer
+    // that stopped acknowledging blocks once the socket's buffer is full.
+    void watch_main();
     void declare_failed(Error e);
 
     std::unique_ptr<Connection> conn_;
@@ -87,7 +90,7 @@ private:
     bool failed_ = false;
     bool say_goodbye_ = false;   // goodbye(): the sender's last record
     bool heard_goodbye_ = false; // the peer said goodbye
-    std::thread sender_, receiver_;
+    std::thread sender_, receiver_, watcher_;
 };
 
 } // namespace understudy::replicator
