@@ -16,6 +16,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <utility>
 #include <variant>
 
 namespace understudy::cli {
@@ -517,11 +518,13 @@ std::optional<int> parse_command(const std::vector<std::string>& args, CommandSp
         po::store(applied->parsed, vm); // options already on the command line keep their value
         where = applied->where;
     }
+    // Every problem of the file, one line each; of the command line's, the first.
     auto broken = check_rules(spec, vm, from_cli, where);
+    bool said = false;
     for (const auto& r : broken) {
         if (r.at)
             std::fprintf(stderr, "%s\n", ConfigProblem{file->path, r.at->line, "[" + r.at->section + "] " + r.message}.str().c_str());
-        else
+        else if (!std::exchange(said, true))
             say(spec, r.message);
     }
     if (!broken.empty()) return 2;

@@ -119,6 +119,15 @@ const std::vector<OptionRule>& option_rules() {
             return {};
         }),
         needs("output-gather-ms", "backup"),
+        // Link security (cli/link_options.hpp): the default, required, needs the key wherever
+        // there is a link: on `backup`, and on `run`/`restore` with --backup.
+        {{"link-security", "link-key"}, [](const po::variables_map& vm, const OptionNamer& n) -> Check {
+             const std::string* mode = get<std::string>(vm, "link-security");
+             bool linked = vm.count("listen") || option_set(vm, "backup");
+             if (!mode || *mode != "required" || !linked || option_set(vm, "link-key")) return std::nullopt;
+             return n("link-security") + " required (the default) needs " + n("link-key") +
+                    " (the key file shared with the other host; `understudy keygen FILE` makes one)";
+         }},
     };
     return rules;
 }

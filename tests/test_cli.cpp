@@ -315,19 +315,20 @@ TEST_CASE("cli: config check reports every problem of the real commands with its
         "heartbeat-ms = 50\n"
         "failure-timeout-ms = 100\n"            // 13: combination
         "max-in-flight = -3\n"                  // 14: unsigned
+        "link-security = \"disabled\"\n"        // 15: fine (ignored where the commands lack the flag)
         "[run]\n"
-        "vcpu = 2\n"                            // 16: unknown, suggestion
-        "snapshot-after = 5.0\n"                // 17: needs snapshot-to
-        "timeout = true\n"                      // 18: type
-        "cmdline = [\"a\"]\n"                   // 19: type
+        "vcpu = 2\n"                            // 17: unknown, suggestion
+        "snapshot-after = 5.0\n"                // 18: needs snapshot-to
+        "timeout = true\n"                      // 19: type
+        "cmdline = [\"a\"]\n"                   // 20: type
         "[backup]\n"
-        "listen = \"nowhere\"\n"                // 21: endpoint
-        "reprotect-to = \"127.0.0.1:5\"\n"      // 22: needs promote
-        "sessions = 5000000000\n"               // 23: out of range
-        "promote = \"yes\"\n"                   // 24: type
+        "listen = \"nowhere\"\n"                // 22: endpoint
+        "reprotect-to = \"127.0.0.1:5\"\n"      // 23: needs promote
+        "sessions = 5000000000\n"               // 24: out of range
+        "promote = \"yes\"\n"                   // 25: type
         "[restore]\n"
-        "stop-after-snapshot = true\n"          // 26: needs snapshot-after
-        "[frobnicate]\n";                       // 27: unknown section
+        "stop-after-snapshot = true\n"          // 27: needs snapshot-after
+        "[frobnicate]\n";                       // 28: unknown section
     auto path = s.write("bad.toml", text);
     auto o = run_cli("config check " + path);
     CHECK(o.code == 2);
@@ -342,16 +343,16 @@ TEST_CASE("cli: config check reports every problem of the real commands with its
         {11, "[protection] epoch-ms must be between 1 and 10000"},
         {13, "[protection] failure-timeout-ms 100 is shorter than three times heartbeat-ms 50"},
         {14, "[protection] max-in-flight: -3 is outside 0 .. 4294967295"},
-        {16, "[run] vcpu: unknown setting for `understudy run` (did you mean 'vcpus'?)"},
-        {17, "[run] snapshot-after needs snapshot-to"},
-        {18, "[run] timeout: expected a number, got a boolean"},
-        {19, "[run] cmdline: expected a string, got an array"},
-        {21, "[backup] listen: "},
-        {22, "[backup] reprotect-to needs promote"},
-        {23, "[backup] sessions: 5000000000 is outside 0 .. 4294967295"},
-        {24, "[backup] promote: expected a boolean (true or false), got a string"},
-        {26, "[restore] stop-after-snapshot needs snapshot-after"},
-        {27, "unknown section [frobnicate]"},
+        {17, "[run] vcpu: unknown setting for `understudy run` (did you mean 'vcpus'?)"},
+        {18, "[run] snapshot-after needs snapshot-to"},
+        {19, "[run] timeout: expected a number, got a boolean"},
+        {20, "[run] cmdline: expected a string, got an array"},
+        {22, "[backup] listen: "},
+        {23, "[backup] reprotect-to needs promote"},
+        {24, "[backup] sessions: 5000000000 is outside 0 .. 4294967295"},
+        {25, "[backup] promote: expected a boolean (true or false), got a string"},
+        {27, "[restore] stop-after-snapshot needs snapshot-after"},
+        {28, "unknown section [frobnicate]"},
     };
     CHECK(lines(o.err) == want.size());
     for (const auto& [line, what] : want) {
@@ -362,11 +363,11 @@ TEST_CASE("cli: config check reports every problem of the real commands with its
     auto r = run_cli("run --config " + path);
     CHECK(r.code == 2);
     CHECK_THAT(r.err, Catch::Contains(path + ":3: [vm] vcpus"));
-    CHECK_THAT(r.err, Catch::Contains(path + ":16: [run] vcpu"));
+    CHECK_THAT(r.err, Catch::Contains(path + ":17: [run] vcpu"));
     CHECK_THAT(r.err, !Catch::Contains("[backup]"));
 
     // A good file: exit 0; a command-line flag overrides a bad value's rule.
-    auto good = s.write("good.toml", "[vm]\nvcpus = 2\n[protection]\nepoch-ms = 20.5\n[run]\nsnapshot-after = 1\n"
+    auto good = s.write("good.toml", "[vm]\nvcpus = 2\n[protection]\nepoch-ms = 20.5\nlink-security = \"disabled\"\n[run]\nsnapshot-after = 1\n"
                                      "snapshot-to = \"x.snap\"\n[backup]\nlisten = \"127.0.0.1:7400\"\npromote = true\n");
     auto g = run_cli("config check " + good);
     CHECK(g.code == 0);
