@@ -19,6 +19,7 @@
 
 #include "cli/instrument.hpp"
 #include "cli/config.hpp"
+#include "cli/link_options.hpp"
 #include "cli/network.hpp"
 #include "cli/option_rules.hpp"
 #include "cli/operations.hpp"
@@ -68,7 +69,8 @@ private:
 };
 // The primary failed: run the committed checkpoint here, unprotected, until it stops.
 int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const NetOptions& no,
-                    const std::string& reprotect_to, const failover::DetectorConfig& heartbeat) {
+                    const std::string& reprotect_to, const failover::DetectorConfig& heartbeat,
+                    const replicator::LinkSecurity& security) {
     std::unique_ptr<GuestNetwork> net;
     auto attach = GuestNetwork::attach_fn(no, net);
     uint64_t epoch = replica->committed_epoch();
@@ -85,7 +87,7 @@ int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const Ne
     }
     spdlog::warn("backup: PROMOTED: running checkpoint {} as the primary ({} MiB, VM built in {:.1f} ms), {}", epoch,
                  (*vm)->memory().size() >> 20, build_ms, reprotect_to.empty() ? "unprotected" : "re-protecting it to " + reprotect_to);
-    return run_vm(**vm, net.get(), reprotect_to, heartbeat.heartbeat_interval, heartbeat.timeout);
+    return run_vm(**vm, net.get(), reprotect_to, heartbeat.heartbeat_interval, heartbeat.timeout, security);
 }
 
 } // namespace
@@ -99,6 +101,7 @@ int backup_command(const std::vector<std::string>& args) {
     bool promote = false;
     std::string reprotect_to;
     NetOptions no;
+    LinkOptions link;
     OpsOptions ops; // --control-socket, --metrics-listen (cli/operations.hpp)
     po::options_description desc("Options");
     desc.add_options()("help,h", "show this help")
@@ -120,6 +123,7 @@ int backup_command(const std::vector<std::string>& args) {
     const char* usage = "usage: understudy backup --listen HOST:PORT [options]\n"
                         "  Receives checkpoints from a primary and keeps the last committed one.";
     add_net_options(desc, no);
+    add_link_options(desc, link);
     add_ops_options(desc, ops);
     CommandSpec spec{"backup", usage, desc, {}, option_rules()}; // with --config FILE (cli/config.hpp)
     if (auto done = parse_command(args, spec)) return *done;
@@ -128,6 +132,12 @@ int backup_command(const std::vector<std::string>& args) {
         std::fprintf(stderr, "understudy: %s\n", ep.error().describe().c_str());
         return 2;
     }
+    auto security = to_link_security(link, "backup");
+    if (!security) {
+        std::fprintf(stderr, "understudy: %s\n", security.error().describe().c_str());
+        return 2;
+    }
+    cfg.security = *security; // the same key protects a promoted VM's link to --reprotect-to
     replicator::BackupHooks hooks;
     auto cap = std::make_shared<Capture>(capture);
     if (!capture.empty()) hooks.on_receive = [cap](std::span<const uint8_t> b, bool start) { cap->receive(b, start); };
@@ -199,7 +209,7 @@ int backup_command(const std::vector<std::string>& args) {
         if (primary_failed && promote && epoch > 0) {
             instance_metrics().on_failover(failover_reason(r.error())); // status and metrics: promoting
             stop_watching(); // from here the promoted VM's supervision takes the stop signals
-            return promote_and_run((*server)->take_replica(), no, reprotect_to, cfg.heartbeat);
+            return promote_and_run((*server)->take_replica(), no, reprotect_to, cfg.heartbeat, cfg.security);
         }
         if (!snapshot_to.empty() && epoch > 0) {
             auto info = hv::write_snapshot(replica->memory(), replica->state(), snapshot_to);

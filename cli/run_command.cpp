@@ -15,6 +15,7 @@
 #include "cli/operations.hpp"
 #include "cli/config.hpp"
 #include "cli/option_rules.hpp"
+#include "cli/link_options.hpp"
 #include "cli/protection.hpp"
 #include "cli/stop_signals.hpp"
 #include "cli/vm_options.hpp"
@@ -40,6 +41,8 @@ struct SuperviseOptions {
     unsigned heartbeat_ms = 10;
     unsigned failure_timeout_ms = 100;
     bool run_on_without_backup = false; // a backup that cannot be reached leaves the VM running unprotected
+    LinkOptions link;                   // with --backup: turned into `security` by check_snapshot_options
+    replicator::LinkSecurity security;
     OpsOptions ops;                     // --control-socket, --metrics-listen (cli/operations.hpp)
 };
 
@@ -56,6 +59,7 @@ void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
         ("heartbeat-ms", po::value(&o.heartbeat_ms)->default_value(o.heartbeat_ms), "heartbeat interval on the control connection with --backup")
         ("failure-timeout-ms", po::value(&o.failure_timeout_ms)->default_value(o.failure_timeout_ms),
          "declare the backup failed after this long without a heartbeat (at least 3 heartbeats)");
+    add_link_options(d, o.link);
     add_ops_options(d, o.ops);
 }
 
@@ -104,6 +108,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
         pc.epoch = microseconds(static_cast<int64_t>(o.epoch_ms * 1000));
         pc.max_in_flight = o.max_in_flight;
         pc.heartbeat = {milliseconds(o.heartbeat_ms), milliseconds(o.failure_timeout_ms)};
+        pc.security = o.security;
         auto p = Protection::start(vm, o.backup, pc, net);
         if (p) {
             protection = std::move(*p);
@@ -201,7 +206,7 @@ bool parse(const char* name, const std::vector<std::string>& args, po::options_d
     return !done;
 }
 
-bool check_snapshot_options(const SuperviseOptions& s, int& code) {
+bool check_snapshot_options(SuperviseOptions& s, int& code) {
     if (!s.backup.empty() && (s.epoch_ms < 1 || s.epoch_ms > 10000)) {
         std::fprintf(stderr, "understudy: --epoch-ms must be between 1 and 10000\n");
         code = 2;
@@ -211,6 +216,15 @@ bool check_snapshot_options(const SuperviseOptions& s, int& code) {
         std::fprintf(stderr, "understudy: --snapshot-after needs --snapshot-to FILE\n");
         code = 2;
         return false;
+    }
+    if (!s.backup.empty()) {
+        auto sec = to_link_security(s.link, "primary");
+        if (!sec) {
+            std::fprintf(stderr, "understudy: %s\n", sec.error().describe().c_str());
+            code = 2;
+            return false;
+        }
+        s.security = std::move(*sec);
     }
     return true;
 }
@@ -255,12 +269,13 @@ int run_command(const std::vector<std::string>& args) {
 }
 
 int run_vm(hv::Vm& vm, GuestNetwork* net, const std::string& backup, milliseconds heartbeat,
-           milliseconds failure_timeout) {
+           milliseconds failure_timeout, const replicator::LinkSecurity& security) {
     SuperviseOptions o;
     o.backup = backup;
     o.heartbeat_ms = static_cast<unsigned>(heartbeat.count());
     o.failure_timeout_ms = static_cast<unsigned>(failure_timeout.count());
     o.run_on_without_backup = true;
+    o.security = security;
     return supervise(vm, o, net);
 }
 

@@ -9,6 +9,9 @@ namespace understudy {
 namespace hv {
 class Vm;
 }
+namespace replicator {
+struct LinkSecurity;
+}
 
 namespace cli {
 class GuestNetwork;
@@ -18,9 +21,9 @@ int run_command(const std::vector<std::string>& args);
 int restore_command(const std::vector<std::string>& args);
 // Runs a VM built elsewhere (a promoted backup) until it stops or a stop signal arrives,
 // with the same figures and exit codes as `run`: protected by `backup` (HOST:PORT) when
-// given and reachable, else unprotected; heartbeats as given.
+// given and reachable, else unprotected; heartbeats and link security as given.
 int run_vm(hv::Vm& vm, GuestNetwork* net, const std::string& backup, std::chrono::milliseconds heartbeat,
-           std::chrono::milliseconds failure_timeout);
+           std::chrono::milliseconds failure_timeout, const replicator::LinkSecurity& security);
 }
 
 } // namespace understudy

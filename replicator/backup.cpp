@@ -2,10 +2,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstring>
+
 namespace understudy::replicator {
 
 Result<std::unique_ptr<BackupServer>> BackupServer::listen(const Endpoint& at, BackupHooks hooks, BackupConfig cfg) {
     US_TRYV(failover::validate(cfg.heartbeat));
+    US_TRYV(validate(cfg.security));
     auto l = US_TRY(Listener::listen(at));
     return std::unique_ptr<BackupServer>(new BackupServer(std::move(l), std::move(hooks), cfg));
 }
@@ -36,9 +39,25 @@ Result<void> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
         peer_failure_.reset();
     }
     StreamHeader h;
-    auto r = conn->recv_exact({reinterpret_cast<uint8_t*>(&h), sizeof h});
-    if (r && is_control_magic(std::span<const uint8_t, 8>(reinterpret_cast<const uint8_t*>(h.magic), 8)))
+    Result<void> r;
+    // Mutual authentication first: nothing from this peer reaches the replica before it
+    // proved that it holds the key.
+    if (cfg_.security.enabled()) {
+        auto channel = secure_server(*conn, *cfg_.security.key);
+        if (!channel) r = std::move(channel.error());
+        else if (*channel != LinkChannel::stream)
+            r = make_error(Errc::invalid_input, "a control connection from " + conn->peer() + " arrived without a session");
+    }
+    if (r) r = conn->recv_exact({reinterpret_cast<uint8_t*>(&h), sizeof h});
+    auto magic = std::span<const uint8_t, 8>(reinterpret_cast<const uint8_t*>(h.magic), 8);
+    if (r && is_control_magic(magic))
         r = make_error(Errc::invalid_input, "a control connection from " + conn->peer() + " arrived without a session");
+    if (r && !cfg_.security.enabled() && is_link_hello_magic(magic)) {
+        (void)conn->send_record(kReject, {reinterpret_cast<const uint8_t*>(kMismatchBackupDisabled),
+                                          std::strlen(kMismatchBackupDisabled)});
+        r = make_error(Errc::invalid_input, "link security mismatch: the primary at " + conn->peer() +
+                                                " requires link security and this backup has it disabled");
+    }
     if (r) r = run_session(*conn, h);
     std::unique_ptr<HeartbeatLink> link;
     {
@@ -53,8 +72,10 @@ Result<void> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
         r = make_error(Errc::system, "the primary closed the stream without a goodbye");
     {
         std::lock_guard lock(mu_);
-        // A silent primary, not the shut-down socket that followed, is why the session broke.
-        if (!r && peer_failure_) r = *peer_failure_;
+        // A silent primary, not the shut-down socket that followed, is why the session broke;
+        // but a stream found corrupt or forged (invalid input) is the reason, whatever the
+        // control connection did afterwards.
+        if (!r && peer_failure_ && r.error().code != Errc::invalid_input) r = *peer_failure_;
     }
     if (link) link->stop();
     if (replica_) replica_->abort_open_checkpoint();
@@ -68,6 +89,12 @@ Result<void> BackupServer::open_control(Connection& data, uint64_t session_id) {
     auto accepted = listener_.accept(cfg_.control_accept_timeout);
     if (!accepted) return std::move(accepted.error()).wrap("waiting for the control connection");
     auto conn = std::move(*accepted);
+    if (cfg_.security.enabled()) {
+        auto channel = secure_server(*conn, *cfg_.security.key);
+        if (!channel) return std::move(channel.error()).wrap("control connection");
+        if (*channel != LinkChannel::control)
+            return make_error(Errc::invalid_input, "control connection: " + conn->peer() + " opened a second checkpoint stream");
+    }
     ControlHello hello;
     US_TRYV(conn->recv_exact({reinterpret_cast<uint8_t*>(&hello), sizeof hello}));
     US_TRYV(check_control_hello(hello, session_id));
@@ -96,13 +123,20 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h) 
     }
     US_TRYV(conn.send_record(kAccept, encode_u64s({replica_->committed_epoch()})));
     if (h.flags & kStreamFlagControl) US_TRYV(open_control(conn, h.session_id));
-    spdlog::info("backup: primary {} connected ({} MiB, {} vCPUs, {})", conn.peer(), h.memory_bytes >> 20, h.vcpus,
-                 heartbeat_ ? "heartbeats on a control connection" : "no control connection");
+    spdlog::info("backup: primary {} connected ({} MiB, {} vCPUs, {}, {})", conn.peer(), h.memory_bytes >> 20, h.vcpus,
+                 heartbeat_ ? "heartbeats on a control connection" : "no control connection",
+                 conn.encrypted() ? "link authenticated and encrypted" : "link security disabled");
     for (;;) {
         auto rec = conn.recv_record();
         if (!rec) {
             // Between checkpoints a close is an orderly end; inside one it tore the stream.
             if (rec.error().code == Errc::system && !replica_->receiving()) return {};
+            // A corrupt or forged record: tell the primary why (its direction still works).
+            if (rec.error().code == Errc::invalid_input) {
+                std::string why = rec.error().message;
+                if (conn.send_record(kReject, {reinterpret_cast<const uint8_t*>(why.data()), why.size()}))
+                    conn.finish_sending(std::chrono::milliseconds(1000));
+            }
             return std::move(rec.error()).wrap(replica_->receiving() ? "stream torn inside a checkpoint" : "session");
         }
         if (hooks_.on_receive) {
@@ -115,7 +149,8 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h) 
         auto committed = replica_->feed(*rec);
         if (!committed) {
             std::string why = committed.error().message;
-            (void)conn.send_record(kReject, {reinterpret_cast<const uint8_t*>(why.data()), why.size()});
+            if (conn.send_record(kReject, {reinterpret_cast<const uint8_t*>(why.data()), why.size()}))
+                conn.finish_sending(std::chrono::milliseconds(1000));
             return committed.error();
         }
         if (*committed) {

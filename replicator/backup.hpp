@@ -10,6 +10,7 @@
 #include "failover/failure_detector.hpp"
 #include "replicator/backup_replica.hpp"
 #include "replicator/control_link.hpp"
+#include "replicator/link_security.hpp"
 #include "replicator/transport.hpp"
 
 namespace understudy::replicator {
@@ -26,6 +27,8 @@ struct BackupHooks {
 struct BackupConfig {
     failover::DetectorConfig heartbeat; // for primaries that open a control connection
     std::chrono::milliseconds control_accept_timeout{5000};
+    // Every connection runs the link handshake first (required by default: give a key).
+    LinkSecurity security;
 };
 
 class BackupServer {

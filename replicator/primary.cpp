@@ -47,6 +47,7 @@ Result<void> validate(const PrimaryConfig& c) {
     if (c.max_in_flight < 1 || c.max_in_flight > 64)
         return make_error(Errc::invalid_input, "checkpoints in flight must be 1 .. 64");
     if (c.batch_pages < 1 || c.batch_pages > 8192) return make_error(Errc::invalid_input, "pages per record must be 1 .. 8192");
+    US_TRYV(validate(c.security));
     return failover::validate(c.heartbeat);
 }
 
@@ -137,6 +138,9 @@ std::vector<EpochFigures> Primary::recent_epochs() const {
 }
 
 Result<void> Primary::handshake() {
+    // Mutual authentication before anything else: no stream header, no page leaves
+    // before the backup proved that it holds the key.
+    if (cfg_.security.enabled()) US_TRYV(secure_client(*conn_, *cfg_.security.key, LinkChannel::stream));
     auto& mem = vm_.memory();
     StreamHeader h = make_stream_header(mem.size(), vm_.vcpu_count(), hv::memory_layout_digest(mem), vm_.config_digest(),
                                         session_id_, control_conn_ ? kStreamFlagControl : 0);
@@ -147,6 +151,9 @@ Result<void> Primary::handshake() {
         return make_error(Errc::invalid_input, "the backup refused the stream: " + std::string(r.body.begin(), r.body.end()));
     if (r.type != kAccept) return make_error(Errc::invalid_input, std::string("the backup answered with ") + record_type_name(r.type));
     if (!control_conn_) return {};
+    if (cfg_.security.enabled())
+        if (auto r = secure_client(*control_conn_, *cfg_.security.key, LinkChannel::control); !r)
+            return std::move(r.error()).wrap("control connection");
     ControlHello hello = make_control_hello(session_id_, cfg_.heartbeat);
     std::span<const uint8_t> hs(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
     if (auto sent = control_conn_->send({&hs, 1}); !sent) return std::move(sent.error()).wrap("control connection");

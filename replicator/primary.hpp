@@ -17,6 +17,7 @@
 #include "failover/failure_detector.hpp"
 #include "hv/vm.hpp"
 #include "replicator/control_link.hpp"
+#include "replicator/link_security.hpp"
 #include "replicator/page_codec.hpp"
 #include "replicator/transport.hpp"
 
@@ -32,6 +33,8 @@ struct PrimaryConfig {
     bool in_epoch_copy = true;    // harvest and copy at mid-epoch too, to shorten the pause
     unsigned max_sync_rounds = 8; // pre-copy rounds of the initial synchronization
     failover::DetectorConfig heartbeat; // on the control connection, when there is one
+    // Both connections run the link handshake first (required by default: give a key).
+    LinkSecurity security;
 };
 Result<void> validate(const PrimaryConfig& c);
 

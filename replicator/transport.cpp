@@ -5,11 +5,14 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/uio.h>
 
 #include <algorithm>
 #include <array>
 #include <cstring>
+
+#include "replicator/link_cipher.hpp"
 
 namespace understudy::replicator {
 
@@ -23,6 +26,10 @@ constexpr size_t kMaxRecvBytes = 1u << 30; // the SQE length field is 32 bits
 // system calls that buffering saves.
 constexpr size_t kDirectRecvBytes = 64u << 10;
 constexpr std::array<uint8_t, 8> kZeros{};
+// Sealed sends: frames of up to kMaxFramePlain bytes, gathered into one buffer of up to
+// kSealBatch bytes per send. Received frames are read ahead into a buffer of kOpenBuffer.
+constexpr size_t kSealBatch = 1u << 20;
+constexpr size_t kOpenBuffer = 2 * (kMaxFramePlain + kFrameOverhead);
 
 size_t padding_of(size_t len) { return (8 - len % 8) % 8; }
 
@@ -203,10 +210,47 @@ Error Connection::peer_closed(size_t have, size_t want) const {
 Result<void> Connection::send(std::span<const std::span<const uint8_t>> buffers) {
     std::lock_guard lock(send_mutex_);
     if (shut_.load(std::memory_order_relaxed)) return closed_error("sending to");
+    if (tx_) return send_sealed(buffers);
     iov_.clear();
     for (auto b : buffers)
         if (!b.empty()) iov_.push_back({const_cast<uint8_t*>(b.data()), b.size()});
+    return send_iov();
+}
 
+// Seals the buffers into frames, a batch at a time, each read once by the cipher.
+Result<void> Connection::send_sealed(std::span<const std::span<const uint8_t>> buffers) {
+    size_t remaining = 0;
+    for (auto b : buffers) remaining += b.size();
+    size_t bi = 0, off = 0; // next plaintext byte: buffers[bi][off]
+    while (remaining > 0) {
+        size_t used = 0;
+        while (remaining > 0) {
+            size_t len = std::min(remaining, kMaxFramePlain);
+            if (used + len + kFrameOverhead > kSealBatch) break;
+            pieces_.clear();
+            for (size_t want = len; want > 0;) {
+                auto b = buffers[bi];
+                size_t take = std::min(want, b.size() - off);
+                if (take > 0) pieces_.push_back(b.subspan(off, take));
+                want -= take;
+                off += take;
+                if (off == b.size()) ++bi, off = 0;
+            }
+            if (auto r = tx_->seal(pieces_, len, sbuf_.get() + used); !r) {
+                shutdown(); // the frame counter is out of step: nothing more may go out
+                return std::move(r.error()).wrap("sending to " + peer_);
+            }
+            used += len + kFrameOverhead;
+            remaining -= len;
+        }
+        iov_.assign(1, {sbuf_.get(), used});
+        US_TRYV(send_iov());
+    }
+    return {};
+}
+
+// Sends iov_ (advanced in place) until every byte is taken.
+Result<void> Connection::send_iov() {
     std::array<msghdr, kMaxSendSqes> msgs;
     std::array<size_t, kMaxSendSqes> want;
     std::array<int, kMaxSendSqes> res;
@@ -262,6 +306,79 @@ Result<void> Connection::send_record(uint32_t type, std::span<const uint8_t> bod
 }
 
 Result<size_t> Connection::recv_some(uint8_t* to, size_t len, bool wait_all) {
+    return rx_ ? recv_frames(to, len, wait_all) : recv_raw(to, len, wait_all);
+}
+
+// Plaintext from sealed frames: what is left of the last frame opened, then whole
+// frames, each opened straight into `to` when the caller takes all of it (no copy) and
+// otherwise into pbuf_. Nothing reaches the caller before its frame's tag is verified.
+// Returns 0 when the peer closed between frames, like recv_raw.
+Result<size_t> Connection::recv_frames(uint8_t* to, size_t len, bool wait_all) {
+    if (recv_broken_)
+        return make_error(Errc::state, "receiving from " + peer_ + ": the link failed its authentication earlier");
+    size_t done = 0;
+    while (done < len) {
+        if (ppos_ < pend_) {
+            size_t n = std::min(len - done, pend_ - ppos_);
+            std::memcpy(to + done, pbuf_.get() + ppos_, n);
+            ppos_ += n;
+            done += n;
+            if (!wait_all) break;
+            continue;
+        }
+        if (done > 0 && !wait_all) break;
+        // The next frame, complete, at cbuf_[cpos_].
+        auto need = [&](size_t bytes) -> Result<bool> {
+            if (cend_ - cpos_ >= bytes) return true;
+            if (kOpenBuffer - cpos_ < bytes) {
+                std::memmove(cbuf_.get(), cbuf_.get() + cpos_, cend_ - cpos_);
+                cend_ -= cpos_;
+                cpos_ = 0;
+            }
+            while (cend_ - cpos_ < bytes) {
+                size_t n = US_TRY(recv_raw(cbuf_.get() + cend_, kOpenBuffer - cend_, false));
+                if (n == 0) return false;
+                cend_ += n;
+            }
+            return true;
+        };
+        bool have = US_TRY(need(kFrameHeaderBytes));
+        if (!have) {
+            if (cend_ == cpos_) return done; // closed between frames
+            return make_error(Errc::system, "peer " + peer_ + " closed the connection in the middle of a frame");
+        }
+        uint32_t plain;
+        std::memcpy(&plain, cbuf_.get() + cpos_, 4);
+        if (plain == 0 || plain > kMaxFramePlain) {
+            recv_broken_ = true;
+            return make_error(Errc::invalid_input, "link authentication failed: peer " + peer_ + " sent a frame of " +
+                                                       std::to_string(plain) + " bytes, outside 1 .. " +
+                                                       std::to_string(kMaxFramePlain) + " (not a sealed stream)");
+        }
+        size_t frame = plain + kFrameOverhead;
+        if (!US_TRY(need(frame)))
+            return make_error(Errc::system, "peer " + peer_ + " closed the connection in the middle of a frame (" +
+                                                std::to_string(cend_ - cpos_) + " of " + std::to_string(frame) + " bytes)");
+        bool direct = len - done >= plain;
+        auto opened = rx_->open({cbuf_.get() + cpos_, frame}, direct ? to + done : pbuf_.get());
+        if (!opened) {
+            recv_broken_ = true;
+            return std::move(opened.error()).wrap("link authentication failed: from peer " + peer_);
+        }
+        cpos_ += frame;
+        if (cpos_ == cend_) cpos_ = cend_ = 0;
+        if (direct) {
+            done += plain;
+            if (!wait_all) break;
+        } else {
+            ppos_ = 0;
+            pend_ = plain;
+        }
+    }
+    return done;
+}
+
+Result<size_t> Connection::recv_raw(uint8_t* to, size_t len, bool wait_all) {
     int res = 0;
     io_uring_prep_recv(recv_ring_->sqe(0), fd_.get(), to, std::min(len, kMaxRecvBytes), wait_all ? MSG_WAITALL : 0);
     US_TRYV(recv_ring_->run({&res, 1}));
@@ -353,6 +470,38 @@ Result<void> Connection::recv_exact(std::span<uint8_t> out) {
     }
     if (rpos_ == rend_) rpos_ = rend_ = 0;
     return {};
+}
+
+Result<void> Connection::start_encryption(std::unique_ptr<FrameCipher> tx, std::unique_ptr<FrameCipher> rx) {
+    std::scoped_lock lock(send_mutex_, recv_mutex_);
+    if (tx_ || rx_) return make_error(Errc::state, "the connection to " + peer_ + " is already encrypted");
+    if (rpos_ != rend_)
+        return make_error(Errc::invalid_input, "peer " + peer_ + " sent " + std::to_string(rend_ - rpos_) +
+                                                   " bytes in clear after the link handshake");
+    rpos_ = rend_ = 0;
+    sbuf_ = std::make_unique_for_overwrite<uint8_t[]>(kSealBatch);
+    cbuf_ = std::make_unique_for_overwrite<uint8_t[]>(kOpenBuffer);
+    pbuf_ = std::make_unique_for_overwrite<uint8_t[]>(kMaxFramePlain);
+    tx_ = std::move(tx);
+    rx_ = std::move(rx);
+    return {};
+}
+
+void Connection::finish_sending(std::chrono::milliseconds limit) {
+    if (shut_.load(std::memory_order_relaxed)) return;
+    ::shutdown(fd_.get(), SHUT_WR);
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    std::array<uint8_t, 64 << 10> sink;
+    for (;;) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0 || shut_.load(std::memory_order_relaxed)) return;
+        pollfd p{fd_.get(), POLLIN, 0};
+        int rc = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 50)));
+        if (rc < 0 && errno != EINTR) return;
+        if (rc <= 0) continue;
+        ssize_t n = ::recv(fd_.get(), sink.data(), sink.size(), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return;
+    }
 }
 
 void Connection::shutdown() {

@@ -65,7 +65,8 @@ RecordHeader record_header(uint32_t type, std::span<const uint8_t> body);
 // 0..7 zero bytes that pad a body of `body_length` bytes to a multiple of 8.
 std::span<const uint8_t> record_padding(size_t body_length);
 
-class Ring; // io_uring owner, transport.cpp
+class Ring;        // io_uring owner, transport.cpp
+class FrameCipher; // replicator/link_cipher.hpp
 
 class Connection {
 public:
@@ -92,7 +93,18 @@ public:
     // Wakes a send or receive blocked in another thread with an error and fails every
     // later one (Errc::state). Idempotent; the socket stays open until destruction.
     void shutdown();
+    // After a last record (a REJECT): stops sending, then reads and drops whatever the
+    // peer still sends until it closes or `limit` passes, so that closing the socket
+    // does not reset the connection before the peer has read that record.
+    void finish_sending(std::chrono::milliseconds limit);
     std::string peer() const { return peer_; }
+
+    // Link security (replicator/link_security.hpp runs the handshake, then calls this):
+    // from here on every byte sent is sealed into AES-256-GCM frames by `tx`, and every
+    // byte received must arrive in frames that `rx` opens. Fails if bytes that arrived
+    // in clear are still unread. Before any sender or receiver thread uses the connection.
+    Result<void> start_encryption(std::unique_ptr<FrameCipher> tx, std::unique_ptr<FrameCipher> rx);
+    bool encrypted() const { return tx_ != nullptr; }
 
     // Opaque construction from an accepted or connected socket.
     struct Parts;
@@ -101,7 +113,12 @@ public:
 private:
     Error closed_error(const char* doing) const;
     Error peer_closed(size_t have, size_t want) const;
+    Result<void> send_iov();
+    Result<void> send_sealed(std::span<const std::span<const uint8_t>> buffers);
+    // Plaintext: from the socket, or opened from frames when encrypted.
     Result<size_t> recv_some(uint8_t* to, size_t len, bool wait_all);
+    Result<size_t> recv_raw(uint8_t* to, size_t len, bool wait_all);
+    Result<size_t> recv_frames(uint8_t* to, size_t len, bool wait_all);
     Result<void> fill(size_t bytes, size_t record_size);
     Result<void> recv_direct(std::span<uint8_t> out, size_t record_size);
 
@@ -112,12 +129,20 @@ private:
     std::mutex send_mutex_; // only guards against misuse; one sender thread is the contract
     std::unique_ptr<Ring> send_ring_;
     std::vector<struct iovec> iov_;
+    std::unique_ptr<FrameCipher> tx_;  // sealed sends when set
+    std::unique_ptr<uint8_t[]> sbuf_;  // sealed frames on their way out
+    std::vector<std::span<const uint8_t>> pieces_; // one frame's plaintext pieces
 
     std::mutex recv_mutex_;
     std::unique_ptr<Ring> recv_ring_;
     std::unique_ptr<uint8_t[]> rbuf_;
     size_t rcap_ = 0, rpos_ = 0, rend_ = 0;
     bool recv_broken_ = false;
+    std::unique_ptr<FrameCipher> rx_;  // frames opened on receipt when set
+    std::unique_ptr<uint8_t[]> cbuf_;  // received frames, not yet opened
+    size_t cpos_ = 0, cend_ = 0;
+    std::unique_ptr<uint8_t[]> pbuf_;  // an opened frame's plaintext the caller has not taken
+    size_t ppos_ = 0, pend_ = 0;
 };
 
 class Listener {

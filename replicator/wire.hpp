@@ -20,7 +20,7 @@ struct StreamHeader {
     uint32_t page_size;     // 12: 4096
     uint64_t memory_bytes;  // 16: guest RAM
     uint32_t vcpus;         // 24
-    uint32_t flags;         // 28: kStreamFlag*; other bits reserved (authentication) and 0
+    uint32_t flags;         // 28: kStreamFlag*; other bits reserved and 0
     uint64_t layout_digest; // 32: XXH3-64 of the RAM regions' (gpa, size) pairs
     uint64_t session_id;    // 40: random per connection; also seeds the page hashes
     uint64_t config_digest; // 48: the VM's configuration (hv::Vm::config_digest)

@@ -11,6 +11,7 @@
 #include "replicator/backup.hpp"
 #include "replicator/primary.hpp"
 #include "replicator/stream_verifier.hpp"
+#include "tests/support/link_key.hpp"
 #include "tests/support/test_vm.hpp"
 
 using namespace understudy;
@@ -28,6 +29,7 @@ uint64_t protect(std::unique_ptr<Connection> conn, uint64_t epochs) {
     auto vm = test::boot("churn", "pages=2048 rate=100000 content=pattern", cfg);
     REQUIRE(vm->start());
     PrimaryConfig pc;
+    pc.security = test::link_security();
     pc.epoch = milliseconds(5);
     auto primary = Primary::start(*vm, std::move(conn), pc);
     REQUIRE(primary);
@@ -65,7 +67,9 @@ TEST_CASE("a captured session verifies against the spec", "[capture][kvm]") {
     REQUIRE(out);
     BackupHooks hooks;
     hooks.on_receive = [out](std::span<const uint8_t> b, bool) { std::fwrite(b.data(), 1, b.size(), out); };
-    auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), hooks);
+    BackupConfig bc;
+    bc.security = test::link_security();
+    auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), hooks, bc);
     REQUIRE(server);
     Result<void> session;
     std::thread t([&] { session = (*server)->serve_one(seconds(30)); });
@@ -84,8 +88,19 @@ TEST_CASE("understudy backup --capture, then understudy verify-stream", "[captur
     std::string listen = "127.0.0.1:" + std::to_string(port);
     int backup_status = -1;
     std::string backup_output;
+    // The process reads the key from a file; this process's primary uses the same key.
+    std::string key = test::temp_path("cli-link.key");
+    {
+        std::FILE* kf = std::fopen(key.c_str(), "wb");
+        REQUIRE(kf);
+        auto kb = test::shared_link_key()->bytes();
+        REQUIRE(std::fwrite(kb.data(), 1, kb.size(), kf) == kb.size());
+        std::fclose(kf);
+        REQUIRE(::chmod(key.c_str(), 0600) == 0);
+    }
     std::thread t([&] {
-        backup_status = test::run_shell(test::cli_path() + " backup --sessions 1 --listen " + listen + " --capture " + path,
+        backup_status = test::run_shell(test::cli_path() + " backup --sessions 1 --listen " + listen + " --capture " + path +
+                                            " --link-key " + key,
                                         &backup_output);
     });
     std::unique_ptr<Connection> conn;

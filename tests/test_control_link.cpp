@@ -14,6 +14,7 @@
 #include "replicator/backup.hpp"
 #include "replicator/control_link.hpp"
 #include "replicator/wire.hpp"
+#include "support/link_key.hpp"
 #include "support/loopback.hpp"
 
 using namespace understudy;
@@ -48,6 +49,7 @@ StandIn open_session(const BackupServer& server, uint64_t session, uint64_t hell
     constexpr uint64_t kMem = 16 * hv::kMiB;
     auto data = Connection::connect(server.local(), 5s);
     REQUIRE(data);
+    REQUIRE(secure_client(**data, *test::shared_link_key(), LinkChannel::stream));
     auto mem = hv::GuestMemory::create(kMem);
     REQUIRE(mem);
     auto h = make_stream_header(kMem, 1, hv::memory_layout_digest(*mem), 1, session, kStreamFlagControl);
@@ -58,6 +60,7 @@ StandIn open_session(const BackupServer& server, uint64_t session, uint64_t hell
     REQUIRE(accept->type == kAccept);
     auto control = Connection::connect(server.local(), 5s);
     REQUIRE(control);
+    REQUIRE(secure_client(**control, *test::shared_link_key(), LinkChannel::control));
     auto hello = make_control_hello(hello_session, cfg);
     std::span<const uint8_t> he(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
     REQUIRE((*control)->send({&he, 1}));
@@ -166,6 +169,7 @@ TEST_CASE("the control hello is checked field by field", "[control]") {
 TEST_CASE("a backup ends the session of a primary that falls silent and keeps its checkpoint", "[control]") {
     BackupConfig cfg;
     cfg.heartbeat = kFast;
+    cfg.security = test::link_security();
     auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), {}, cfg);
     REQUIRE(server);
     auto session = std::async(std::launch::async, [&] { return (*server)->serve_one(10s); });
@@ -186,7 +190,9 @@ TEST_CASE("a backup ends the session of a primary that falls silent and keeps it
 }
 
 TEST_CASE("a backup refuses a control connection with another session's id", "[control]") {
-    auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"));
+    BackupConfig cfg;
+    cfg.security = test::link_security();
+    auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), {}, cfg);
     REQUIRE(server);
     auto session = std::async(std::launch::async, [&] { return (*server)->serve_one(10s); });
     auto primary = open_session(**server, 5, 6, kFast);
@@ -217,6 +223,7 @@ namespace {
 Result<void> session_ending(bool say_goodbye) {
     BackupConfig cfg;
     cfg.heartbeat = kPatient;
+    cfg.security = test::link_security();
     auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), {}, cfg);
     REQUIRE(server);
     auto session = std::async(std::launch::async, [&] { return (*server)->serve_one(10s); });

@@ -11,6 +11,7 @@
 #include "hv/snapshot.hpp"
 #include "replicator/backup.hpp"
 #include "replicator/primary.hpp"
+#include "tests/support/link_key.hpp"
 #include "tests/support/test_vm.hpp"
 
 using namespace understudy;
@@ -45,6 +46,7 @@ struct BackupThread {
     explicit BackupThread(BackupHooks hooks = {}) {
         BackupConfig cfg;
         cfg.heartbeat = {milliseconds(10), milliseconds(2000)}; // see the primary's, below
+        cfg.security = test::link_security();
         auto s = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), std::move(hooks), cfg);
         REQUIRE(s);
         server = std::move(*s);
@@ -95,6 +97,7 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     auto vm = test::boot("churn", "pages=2048 rate=100000 content=pattern", cfg);
     REQUIRE(vm->start());
     PrimaryConfig pc;
+    pc.security = test::link_security();
     pc.epoch = milliseconds(5);
     // Two busy vCPUs on two cores (four under a sanitizer's weight): a generous timeout
     // keeps a starved heartbeat thread from ending the session.
@@ -157,6 +160,7 @@ TEST_CASE("request_checkpoint ends a long epoch early; without it the epoch runs
     auto vm = test::boot("churn", "pages=64 rate=1000", cfg);
     REQUIRE(vm->start());
     PrimaryConfig pc;
+    pc.security = test::link_security();
     pc.epoch = milliseconds(3000);
     auto primary = Primary::start(*vm, connect_to(*backup.server), pc);
     REQUIRE(primary);
@@ -191,6 +195,7 @@ TEST_CASE("killing the primary at random moments leaves one whole checkpoint on 
         auto vm = test::boot("churn", "pages=512 content=pattern", cfg);
         REQUIRE(vm->start());
         PrimaryConfig pc;
+        pc.security = test::link_security();
         pc.epoch = milliseconds(2 + rng() % 20);
         std::atomic<bool> syncing{false};
         PrimaryHooks hooks;
@@ -262,12 +267,13 @@ TEST_CASE("SIGKILL of a primary process leaves the backup process a restorable c
     uint16_t port = probe->local().port;
     probe->close();
     std::string out;
+    std::string key = " --link-key " + test::write_link_key_file(test::temp_path("link.key"));
     REQUIRE(test::run_shell(test::cli_path() + " backup --listen 127.0.0.1:" + std::to_string(port) + " --sessions 1 --snapshot-to " +
-                                snap + " > " + log + " 2>&1 & echo $! > " + log + ".pid",
+                                snap + key + " > " + log + " 2>&1 & echo $! > " + log + ".pid",
                             &out) == 0);
     // A protected primary process, killed without warning once it has been protected a while.
     std::string run = test::cli_path() + " run " + test::guest_image("churn") +
-                      " -m 64M --vcpus 2 -c 'pages=2048 content=pattern' --epoch-ms 10 --backup 127.0.0.1:" + std::to_string(port);
+                      " -m 64M --vcpus 2 -c 'pages=2048 content=pattern' --epoch-ms 10 --backup 127.0.0.1:" + std::to_string(port) + key;
     int rc = test::run_shell("(" + run + " > " + log + ".primary 2>&1 & pid=$!; "
                              "for i in $(seq 1 100); do grep -q '^checkpoints:' " + log + ".primary && break; sleep 0.1; done; "
                              "sleep 0.$((RANDOM % 9 + 1)); kill -9 $pid; wait $pid 2>/dev/null; "

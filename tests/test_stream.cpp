@@ -10,6 +10,7 @@
 #include "replicator/backup.hpp"
 #include "replicator/backup_replica.hpp"
 #include "replicator/wire.hpp"
+#include "support/link_key.hpp"
 
 using namespace understudy;
 using namespace understudy::replicator;
@@ -223,7 +224,9 @@ TEST_CASE("unknown optional records are skipped", "[stream]") {
 
 TEST_CASE("a corrupt record on the wire ends the session; the backup keeps running", "[stream]") {
     StreamBuilder b;
-    auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"));
+    BackupConfig cfg;
+    cfg.security = test::link_security();
+    auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), {}, cfg);
     REQUIRE(server);
     std::vector<Result<void>> results;
     std::thread t([&] {
@@ -232,6 +235,7 @@ TEST_CASE("a corrupt record on the wire ends the session; the backup keeps runni
     auto send_session = [&](auto&& mutate) {
         auto c = Connection::connect((*server)->local(), std::chrono::seconds(5));
         REQUIRE(c);
+        REQUIRE(secure_client(**c, *test::shared_link_key(), LinkChannel::stream));
         auto h = b.header();
         std::span<const uint8_t> hb(reinterpret_cast<const uint8_t*>(&h), sizeof h);
         REQUIRE((*c)->send({&hb, 1}));
