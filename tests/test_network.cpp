@@ -3,7 +3,6 @@
 // commit measured from the client's side of the wire against the backup's ACK log;
 // garbage frames from the tap side; a failover that a client's connection survives. The VMM and the backup run as `understudy`
 // processes in the primary and backup namespaces.
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
@@ -26,6 +25,7 @@
 #include <thread>
 
 #include "hv/kvm.hpp"
+#include "tests/support/catch_run.hpp"
 #include "tests/support/topology.hpp"
 
 using namespace understudy::test;
@@ -381,5 +381,5 @@ int main(int argc, char** argv) {
             std::printf("SKIPPED: %s is not installed (scripts/install-deps.sh installs it)\n", tool);
             return 77;
         }
-    return run_with_scratch_dir("understudy-network", g_temp_dir, [&] { return Catch::Session().run(argc, argv); });
+    return run_with_scratch_dir("understudy-network", g_temp_dir, [&] { return understudy::test::run_catch(argc, argv); });
 }

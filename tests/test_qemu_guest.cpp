@@ -4,8 +4,9 @@
 // PVH boot starts only the boot vCPU. Checked from the serial console: every vCPU
 // started, reports progress every second, and the guest exits cleanly.
 // Exits 77 (skipped) where qemu-system-x86_64 or /dev/kvm is missing.
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
+
+#include "tests/support/catch_run.hpp"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -129,5 +130,5 @@ int main(int argc, char** argv) {
         std::printf("SKIPPED: %s\n", why.c_str());
         return 77;
     }
-    return Catch::Session().run(argc, argv);
+    return understudy::test::run_catch(argc, argv);
 }

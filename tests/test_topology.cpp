@@ -1,7 +1,6 @@
 // The network test topology (scripts/topology.sh, tests/support/topology.hpp): hosts
 // reach each other and nothing else, a client-side capture sees their traffic with
 // timestamps, and nothing is left behind, also after a test was killed.
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
@@ -19,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "tests/support/catch_run.hpp"
 #include "tests/support/topology.hpp"
 
 using namespace understudy::test;
@@ -261,5 +261,5 @@ int main(int argc, char** argv) {
         std::printf("SKIPPED: %s\n", why.c_str());
         return 77;
     }
-    return run_with_scratch_dir("understudy-topology", g_temp_dir, [&] { return Catch::Session().run(argc, argv); });
+    return run_with_scratch_dir("understudy-topology", g_temp_dir, [&] { return understudy::test::run_catch(argc, argv); });
 }

@@ -1,12 +1,10 @@
 // Catch2 main for suites that need /dev/kvm: without it the suite exits 77, which ctest
 // reports as skipped (SKIP_RETURN_CODE), naming the reason, never as passed.
-#define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
-
 #include <cstdio>
 #include <string>
 
 #include "hv/kvm.hpp"
+#include "tests/support/catch_run.hpp"
 
 int main(int argc, char** argv) {
     std::string why;
@@ -14,5 +12,5 @@ int main(int argc, char** argv) {
         std::printf("SKIPPED: %s\n", why.c_str());
         return 77;
     }
-    return Catch::Session().run(argc, argv);
+    return understudy::test::run_catch(argc, argv);
 }
