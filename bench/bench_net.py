@@ -181,9 +181,13 @@ def run_config(args, name, workdir, rnd):
             global PORT
             PORT += 1
             blog = os.path.join(workdir, "%s-r%d-backup.log" % (name, rnd))
-            backup = spawn("backup", [args.understudy, "backup", "--listen", "%s:%d" % (BACKUP, PORT)], blog)
+            key = os.path.join(workdir, "link.key")  # the link key both hosts use (docs/security.md)
+            if not os.path.exists(key):
+                subprocess.run([args.understudy, "keygen", key], check=True, stdout=subprocess.DEVNULL)
+            backup = spawn("backup", [args.understudy, "backup", "--listen", "%s:%d" % (BACKUP, PORT),
+                                      "--link-key", key], blog)
             wait_log(backup, blog, "backup: listening", 10)
-            argv += ["--backup", "%s:%d" % (BACKUP, PORT)] + extra
+            argv += ["--backup", "%s:%d" % (BACKUP, PORT), "--link-key", key] + extra
         primary = spawn("primary", argv, plog)
         wait_log(primary, plog, "kv: listening", 30)
         if extra is not None:

@@ -190,7 +190,8 @@ def client_main(args):
 def proxy_main(args):
     """Forwards LISTEN -> TARGET, every connection. After SIGUSR1, flips one byte (XOR
     0xff) in the middle of the next chunk of at least 64 bytes that the primary sends on
-    the replication stream (the connection that began with "USREPL\\r\\n")."""
+    the replication stream (the connection that began with "USREPL\\r\\n", or with a link
+    hello for channel 1 when the link is sealed: the flip then fails a frame's tag)."""
     armed = threading.Event()
     flipped = threading.Lock()
     state = {"done": False}
@@ -212,9 +213,10 @@ def proxy_main(args):
                 if not data:
                     break
                 if upstream:
-                    if len(first) < 8:
-                        first += data[:8 - len(first)]
-                    if first.startswith(b"USREPL") and armed.is_set() and len(data) >= 64:
+                    if len(first) < 20:
+                        first += data[:20 - len(first)]
+                    stream = first.startswith(b"USREPL") or (first.startswith(b"USLINK") and first[16:20] == b"\x01\0\0\0")
+                    if stream and armed.is_set() and len(data) >= 64:
                         with flipped:
                             if not state["done"]:
                                 state["done"] = True
@@ -389,6 +391,9 @@ def one_run(kind, idx, opts, counter):
     tap = name + "-tap"
     tag = "%s-%d-%d" % (kind, idx, int(now()))
     res = {"kind": kind, "run": idx, "topology": name, "error": None}
+    key = "/tmp/understudy-drill-%d.key" % os.getpid()  # the link key both hosts use (docs/security.md)
+    if not os.path.exists(key):
+        sh([cli, "keygen", key])
     procs = []
     try:
         sh([TOPOLOGY, "up", name], timeout=120)
@@ -402,12 +407,12 @@ def one_run(kind, idx, opts, counter):
                 raise RuntimeError("proxy did not start:\n" + proxy.text())
             via = PROXY_PORT
         backup = Proc(name + "-backup", [cli, "backup", "--listen", "%s:%d" % (BACKUP_IP, BACKUP_PORT),
-                                         "--promote", "--net-tap", tap])
+                                         "--promote", "--net-tap", tap, "--link-key", key])
         procs.append(backup)
         if not backup.wait_for("backup: listening", 15):
             raise RuntimeError("backup did not start:\n" + backup.text())
         primary = Proc(name + "-primary", [cli, "run", kv, "--memory", "128M", "--net-tap", tap,
-                                           "-c", "net.ip=%s/24" % GUEST_IP, "--backup", "%s:%d" % (BACKUP_IP, via)])
+                                           "-c", "net.ip=%s/24" % GUEST_IP, "--backup", "%s:%d" % (BACKUP_IP, via), "--link-key", key])
         procs.append(primary)
         if not primary.wait_for("protected: initial checkpoint acknowledged", 90):
             raise RuntimeError("the primary was not protected:\n" + primary.text() + "\n" + backup.text())

@@ -21,10 +21,13 @@ eval "$(scripts/topology.sh status "$name")"
 on() { local host=$1; shift; ip netns exec "$name-$host" "$@"; }
 
 echo "== topology $name: client $client_ip, primary host $primary_ip, backup host $backup_ip, guest $guest_ip"
-ip netns exec "$name-backup" build/cli/understudy backup --listen "$backup_ip:7400" >"$work/backup.log" 2>&1 &
+# The replication link is authenticated and encrypted with a key both hosts hold (docs/security.md).
+build/cli/understudy keygen "$work/link.key" >/dev/null
+ip netns exec "$name-backup" build/cli/understudy backup --listen "$backup_ip:7400" --link-key "$work/link.key" \
+  >"$work/backup.log" 2>&1 &
 backup=$!
 ip netns exec "$name-primary" build/cli/understudy run build/guest/kv.elf --memory 128M --net-tap "$tap" \
-  -c "net.ip=$guest_ip/24" --backup "$backup_ip:7400" --epoch-ms 25 --timeout 30 >"$work/primary.log" 2>&1 &
+  -c "net.ip=$guest_ip/24" --backup "$backup_ip:7400" --link-key "$work/link.key" --epoch-ms 25 --timeout 30 >"$work/primary.log" 2>&1 &
 primary=$!
 
 for _ in $(seq 300); do
