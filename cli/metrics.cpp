@@ -212,7 +212,16 @@ void Metrics::set_session_source(std::function<uint64_t()> fn) {
 void Metrics::on_failover(FailoverReason r, MetricsClock::time_point now) {
     failovers_[size_t(r)].fetch_add(1, std::memory_order_relaxed);
     promoted_ = true;
-    set_state(ProtectionState::promoting, std::string("the primary failed: ") + failover_reason_name(r), now);
+    // The figures of the replication this host received end here: the promoted VM's own
+    // protection (if any) starts afresh. Counters stay monotonic.
+    captured_ = 0;
+    acked_ = 0;
+    std::lock_guard lock(mu_);
+    last_state_point_.reset();
+    rate_.clear();
+    state_ = ProtectionState::promoting;
+    state_since_ = now;
+    reason_ = std::string("the primary failed: ") + failover_reason_name(r);
 }
 
 void Metrics::push_rate_locked(MetricsClock::time_point now) {

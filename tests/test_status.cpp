@@ -335,6 +335,11 @@ TEST_CASE("metrics model: a backup waits, receives, and is promoted", "[status]"
     CHECK(s.promoted);
     CHECK(s.failovers.at("primary_silent") == 1);
     CHECK(s.failovers.at("primary_connection_lost") == 0);
+    // The backup's replication figures end with the promotion; counters stay.
+    CHECK(!s.lag_s);
+    CHECK(s.epoch_acknowledged == 0);
+    CHECK(s.epoch_rate_per_s == 0);
+    CHECK(s.raw_bytes == 41 * 4096 * 10);
     m.set_role(Role::primary);
     m.set_state(ProtectionState::unprotected, "no backup configured");
     CHECK(m.snapshot().active_primary);
