@@ -85,22 +85,29 @@ unsigned line_of(const toml::node& n) { return static_cast<unsigned>(n.source().
 
 // The line of the first non-ASCII byte outside a string or comment (TOML allows them only
 // there), or 0. toml++ 3.3 must not see one: its whitespace table is wrong for U+00A1 to
-// U+0499 and reaches __builtin_unreachable (undefined behaviour) on them. A quote opens a
-// string only where a key or value can start (after a line start, '=', '[', ',', '{' or
-// '.'), as for toml++; elsewhere it is part of an invalid token.
+// U+0499, U+2D3E to U+3137 and U+FB06 to U+FEFE and reaches __builtin_unreachable
+// (undefined behaviour) on them. A quote opens a string only where a key or value can
+// start (after a line start, '=', '[', ',', '{' or '.'), and a multi-line one only where a
+// value can (after '=', or '[' or ',' in an array), as for toml++; elsewhere it is part of
+// an invalid token.
 unsigned non_ascii_outside_strings(std::string_view t) {
     unsigned line = 1;
-    char prev = '\n'; // the last character on this line other than blanks
+    char prev = '\n';       // the last character on this line other than blanks
+    std::string brackets;   // open '[' (array), 'h' (table header), '{' (inline table)
     for (size_t i = 0; i < t.size(); ++i) {
         char c = t[i];
         bool opens = prev == '\n' || prev == '=' || prev == '[' || prev == ',' || prev == '{' || prev == '.';
+        bool value = prev == '=' || ((prev == '[' || prev == ',') && !brackets.empty() && brackets.back() == '[');
+        if (c == '[') brackets += (prev == '\n' && brackets.empty()) || (prev == '[' && !brackets.empty() && brackets.back() == 'h') ? 'h' : '[';
+        else if (c == '{') brackets += '{';
+        else if ((c == ']' || c == '}') && !brackets.empty()) brackets.pop_back();
         if (c != ' ' && c != '\t') prev = c;
         if (c == '\n') ++line;
         else if (static_cast<unsigned char>(c) >= 0x80) return line;
         else if (c == '#') {
             while (i + 1 < t.size() && t[i + 1] != '\n') ++i;
         } else if ((c == '"' || c == '\'') && opens) {
-            bool multi = t.substr(i, 3) == std::string(3, c), basic = c == '"';
+            bool multi = value && t.substr(i, 3) == std::string(3, c), basic = c == '"';
             i += multi ? 3 : 1;
             for (; i < t.size(); ++i) {
                 if (t[i] == '\n') {
