@@ -17,12 +17,13 @@
 
 #include <boost/program_options.hpp>
 
-#include "cli/instrument.hpp"
 #include "cli/config.hpp"
+#include "cli/fencing.hpp"
 #include "cli/link_options.hpp"
+#include "cli/instrument.hpp"
 #include "cli/network.hpp"
-#include "cli/option_rules.hpp"
 #include "cli/operations.hpp"
+#include "cli/option_rules.hpp"
 #include "cli/run_command.hpp"
 #include "cli/stop_signals.hpp"
 #include "common/unique_fd.hpp"
@@ -70,7 +71,8 @@ private:
 // The primary failed: run the committed checkpoint here, unprotected, until it stops.
 int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const NetOptions& no,
                     const std::string& reprotect_to, const failover::DetectorConfig& heartbeat,
-                    const replicator::LinkSecurity& security) {
+                    const replicator::LinkSecurity& security,
+                    std::unique_ptr<PrimaryRole> role) {
     std::unique_ptr<GuestNetwork> net;
     auto attach = GuestNetwork::attach_fn(no, net);
     uint64_t epoch = replica->committed_epoch();
@@ -87,7 +89,7 @@ int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const Ne
     }
     spdlog::warn("backup: PROMOTED: running checkpoint {} as the primary ({} MiB, VM built in {:.1f} ms), {}", epoch,
                  (*vm)->memory().size() >> 20, build_ms, reprotect_to.empty() ? "unprotected" : "re-protecting it to " + reprotect_to);
-    return run_vm(**vm, net.get(), reprotect_to, heartbeat.heartbeat_interval, heartbeat.timeout, security);
+    return run_vm(**vm, net.get(), reprotect_to, heartbeat.heartbeat_interval, heartbeat.timeout, security, std::move(role));
 }
 
 } // namespace
@@ -101,8 +103,9 @@ int backup_command(const std::vector<std::string>& args) {
     bool promote = false;
     std::string reprotect_to;
     NetOptions no;
-    LinkOptions link;
     OpsOptions ops; // --control-socket, --metrics-listen (cli/operations.hpp)
+    LinkOptions link;
+    FencingOptions fencing;
     po::options_description desc("Options");
     desc.add_options()("help,h", "show this help")
         ("listen", po::value(&listen)->required(), "address to accept the primary on, HOST:PORT")
@@ -123,8 +126,9 @@ int backup_command(const std::vector<std::string>& args) {
     const char* usage = "usage: understudy backup --listen HOST:PORT [options]\n"
                         "  Receives checkpoints from a primary and keeps the last committed one.";
     add_net_options(desc, no);
-    add_link_options(desc, link);
     add_ops_options(desc, ops);
+    add_link_options(desc, link);
+    add_fencing_options(desc, fencing);
     CommandSpec spec{"backup", usage, desc, {}, option_rules()}; // with --config FILE (cli/config.hpp)
     if (auto done = parse_command(args, spec)) return *done;
     auto ep = replicator::Endpoint::parse(listen);
@@ -207,9 +211,25 @@ int backup_command(const std::vector<std::string>& args) {
         // corrupted (invalid input) is reported and waited out, not taken over.
         bool primary_failed = !r && (r.error().code == Errc::timeout || r.error().code == Errc::system);
         if (primary_failed && promote && epoch > 0) {
-            instance_metrics().on_failover(failover_reason(r.error())); // status and metrics: promoting
-            stop_watching(); // from here the promoted VM's supervision takes the stop signals
-            return promote_and_run((*server)->take_replica(), no, reprotect_to, cfg.heartbeat, cfg.security);
+            // Fencing: promote only as the holder of the primary role. A failed primary's
+            // lease expires within its TTL; one still renewing after that is alive, merely
+            // cut off from us, and keeps the role.
+            auto role = PrimaryRole::take(fencing, promotion_patience(fencing));
+            if (role) {
+                // A primary that ran on without us released output this replica lacks.
+                auto retired = (*role)->session_retired(replica->committed_session_id());
+                if (!retired || *retired)
+                    role = retired ? make_error(Errc::state, "the primary retired this backup's session: it ran on "
+                                                             "unprotected and released output this checkpoint lacks")
+                                   : std::move(retired.error()).wrap("checking whether this backup was retired");
+            }
+            if (role) {
+                instance_metrics().on_failover(failover_reason(r.error())); // status and metrics: promoting
+                stop_watching(); // from here the promoted VM's supervision takes the stop signals
+                return promote_and_run((*server)->take_replica(), no, reprotect_to, cfg.heartbeat, cfg.security, std::move(*role));
+            }
+            spdlog::error("backup: NOT PROMOTING: {}; checkpoint {} kept, waiting for a primary to connect",
+                          role.error().describe(), epoch);
         }
         if (!snapshot_to.empty() && epoch > 0) {
             auto info = hv::write_snapshot(replica->memory(), replica->state(), snapshot_to);

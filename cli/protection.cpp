@@ -52,7 +52,7 @@ void print_figures(const char* label, const std::vector<replicator::EpochFigures
 } // namespace
 
 Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::string& backup, replicator::PrimaryConfig cfg,
-                                                     GuestNetwork* net) {
+                                                     GuestNetwork* net, PrimaryRole* role) {
     auto ep = US_TRY(replicator::Endpoint::parse(backup));
     // The backup may still be starting: retry for a few seconds.
     Result<std::unique_ptr<replicator::Connection>> conn = make_error(Errc::timeout, "");
@@ -65,13 +65,12 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
     auto p = std::make_unique<Protection>();
     Protection* self = p.get();
     p->net_ = net;
+    p->role_ = role;
     replicator::PrimaryHooks hooks;
-    if (net) {
-        hooks.on_capture = [net](uint64_t epoch, hv::Vm&) { net->commit().captured(epoch); };
-        // Without a backup nothing protects the output any more: release it now, not
-        // at the next status line.
-        hooks.on_failure = [self](const Error&) { self->run_unprotected(); };
-    }
+    if (net) hooks.on_capture = [net](uint64_t epoch, hv::Vm&) { net->commit().captured(epoch); };
+    // Without a backup nothing protects the output any more: release it now, not at the
+    // next status line.
+    hooks.on_failure = [self](const Error&) { self->run_unprotected(); };
     auto sync_start = steady_clock::now();
     hooks.on_sync_progress = [sync_start](const replicator::SyncProgress& s) {
         std::printf("sync: round %u, %llu pages; %llu of %llu MiB sent, %.0f MB/s, %.1f s\n", s.round,
@@ -96,6 +95,7 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
     if (!control) return std::move(control.error()).wrap("opening the control connection to " + backup);
     p->primary_ = US_TRY(replicator::Primary::start(vm, std::move(*conn), cfg, hooks, std::move(*control)));
     p->heartbeat_source_ = watch_heartbeats(instance_metrics(), *p->primary_);
+    p->session_id_ = p->primary_->session_id();
     if (net) net->set_checkpoint_request([primary = p->primary_.get()](steady_clock::time_point t) { primary->request_checkpoint(t); });
     return p;
 }
@@ -107,6 +107,22 @@ std::optional<Error> Protection::failure() {
 }
 
 void Protection::run_unprotected() {
+    std::lock_guard lock(unprotect_mu_);
+    // The backup's replica lacks what the held output came from: first make sure it can
+    // never be promoted, or a client could see a reply whose state a failover then loses.
+    if (role_ && !retired_) {
+        if (session_id_ == 0) return; // still starting: the supervisor's next failure() retries
+        auto r = role_->retire_session(session_id_);
+        if (!r) {
+            if (!retire_reported_)
+                std::printf("UNPROTECTED: holding output: the arbiter could not record that the backup is stale (%s); "
+                            "retrying\n", r.error().describe().c_str());
+            retire_reported_ = true;
+            std::fflush(stdout);
+            return;
+        }
+        retired_ = true;
+    }
     if (!net_) return;
     net_->set_checkpoint_request(nullptr);
     net_->commit().unprotect();

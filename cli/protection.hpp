@@ -2,6 +2,7 @@
 // the initial synchronization's progress and one line of checkpoint figures a second.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -9,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/fencing.hpp"
 #include "cli/metrics.hpp"
 #include "cli/network.hpp"
 #include "hv/vm.hpp"
@@ -20,14 +22,17 @@ class Protection {
 public:
     // With `net`, the guest's output waits for the ACK of the checkpoint that produced it,
     // and output may end an epoch early (NetOptions::output_gather_ms).
+    // With `role`, output the backup lacks is released only after the role retired the
+    // backup's session (so a stale backup never promotes).
     static Result<std::unique_ptr<Protection>> start(hv::Vm& vm, const std::string& backup, replicator::PrimaryConfig cfg,
-                                                     GuestNetwork* net);
+                                                     GuestNetwork* net, PrimaryRole* role);
     // The figures of the checkpoints acknowledged since the last call, as one line.
     void print_window();
     // Ends replication and prints the totals; returns why it ended if it failed.
     Result<void> finish();
-    // Why replication failed, once it has. The first call that sees the failure releases
-    // the output held for the backup: the VM keeps running, unprotected.
+    // Why replication failed, once it has. A call that sees the failure releases the
+    // output held for the backup (once the role retired its session): the VM keeps
+    // running, unprotected.
     std::optional<Error> failure();
 
 private:
@@ -36,6 +41,11 @@ private:
     std::unique_ptr<replicator::Primary> primary_;
     SourceGuard heartbeat_source_; // reads primary_: declared after it, so it goes first
     GuestNetwork* net_ = nullptr;
+    PrimaryRole* role_ = nullptr;
+    std::mutex unprotect_mu_;
+    bool retired_ = false;        // guarded by unprotect_mu_
+    bool retire_reported_ = false;
+    std::atomic<uint64_t> session_id_{0}; // set once the primary has started
     mutable std::mutex mu_;
     std::vector<replicator::EpochFigures> window_, all_;
     std::chrono::steady_clock::time_point first_ack_, last_ack_;

@@ -12,10 +12,11 @@
 #include <optional>
 #include <thread>
 
-#include "cli/operations.hpp"
+#include "cli/fencing.hpp"
+#include "cli/link_options.hpp"
 #include "cli/config.hpp"
 #include "cli/option_rules.hpp"
-#include "cli/link_options.hpp"
+#include "cli/operations.hpp"
 #include "cli/protection.hpp"
 #include "cli/stop_signals.hpp"
 #include "cli/vm_options.hpp"
@@ -41,9 +42,10 @@ struct SuperviseOptions {
     unsigned heartbeat_ms = 10;
     unsigned failure_timeout_ms = 100;
     bool run_on_without_backup = false; // a backup that cannot be reached leaves the VM running unprotected
+    OpsOptions ops;                     // --control-socket, --metrics-listen (cli/operations.hpp)
     LinkOptions link;                   // with --backup: turned into `security` by check_snapshot_options
     replicator::LinkSecurity security;
-    OpsOptions ops;                     // --control-socket, --metrics-listen (cli/operations.hpp)
+    FencingOptions fencing;
 };
 
 void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
@@ -59,8 +61,9 @@ void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
         ("heartbeat-ms", po::value(&o.heartbeat_ms)->default_value(o.heartbeat_ms), "heartbeat interval on the control connection with --backup")
         ("failure-timeout-ms", po::value(&o.failure_timeout_ms)->default_value(o.failure_timeout_ms),
          "declare the backup failed after this long without a heartbeat (at least 3 heartbeats)");
-    add_link_options(d, o.link);
     add_ops_options(d, o.ops);
+    add_link_options(d, o.link);
+    add_fencing_options(d, o.fencing);
 }
 
 // Exit codes (docs/cli.md): 0 guest exited with status 0; 1 guest failed or exited non-zero;
@@ -83,7 +86,7 @@ int fail(const Error& e) {
 
 // Runs the VM until it stops: protected through a backup, or sampling dirty pages for
 // the summary (never both: the primary owns every harvest while it runs).
-int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
+int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::unique_ptr<PrimaryRole> role = nullptr) {
     const bool protect = !o.backup.empty();
     auto instance = PrimaryInstance::start(o.ops, protect); // status and metrics; "stopped" when it goes
     if (!instance) return fail(instance.error());
@@ -92,6 +95,14 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
     Bitmap sample(vm.memory().page_count()), distinct(vm.memory().page_count());
     auto start = steady_clock::now();
     bool snapshot_done = o.snapshot_after_s < 0;
+    // A protected VM's output goes out only while this host holds the primary role.
+    if (!role && (protect || o.fencing.kind != "none")) {
+        auto r = PrimaryRole::take(o.fencing);
+        if (!r) return fail(std::move(r.error()).wrap("refusing to run as the primary"));
+        role = std::move(*r);
+    }
+    if (role && net) role->guard(net->commit());
+    bool fenced = false;
     if (net)
         if (auto r = net->start(); !r) return fail(r.error());
     // However supervision ends, frames stop before the caller can destroy the VM.
@@ -109,7 +120,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
         pc.max_in_flight = o.max_in_flight;
         pc.heartbeat = {milliseconds(o.heartbeat_ms), milliseconds(o.failure_timeout_ms)};
         pc.security = o.security;
-        auto p = Protection::start(vm, o.backup, pc, net);
+        auto p = Protection::start(vm, o.backup, pc, net, role.get());
         if (p) {
             protection = std::move(*p);
         } else if (o.run_on_without_backup) {
@@ -133,11 +144,11 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
             protection->print_window();
             if (net) std::printf("%s\n", net->summary().c_str());
             std::fflush(stdout);
-            if (auto f = protection->failure(); f && !reported_loss) {
-                reported_loss = true;
-                std::printf("UNPROTECTED: replication failed: %s; the VM keeps running\n", f->describe().c_str());
-                std::fflush(stdout);
-            }
+        }
+        if (auto f = protection ? protection->failure() : std::nullopt; f && !reported_loss) {
+            reported_loss = true;
+            std::printf("UNPROTECTED: replication failed: %s; the VM keeps running\n", f->describe().c_str());
+            std::fflush(stdout);
         }
         if (tracking) {
             sample.clear_all();
@@ -166,6 +177,12 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
             }
             vm.resume_all();
         }
+        if (auto lost = role ? role->lost() : std::nullopt; lost && !fenced) {
+            fenced = true;
+            std::printf("FENCED: %s; stopping this VM: another host is the active primary\n", lost->c_str());
+            std::fflush(stdout);
+            vm.stop();
+        }
         if (o.timeout_s > 0 && elapsed >= o.timeout_s) vm.stop();
         if (int sig = take_stop_signal()) {
             std::printf("== %s: stopping the VM\n", strsignal(sig));
@@ -193,7 +210,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net) {
     }
     for (unsigned i = 0; i < vm.vcpu_count(); ++i)
         if (auto d = vm.report(i, 1)) std::printf("== vCPU %u reported digest %016llx\n", i, (unsigned long long)*d);
-    return exit_code(*stop);
+    return fenced ? 4 : exit_code(*stop);
 }
 
 // Parses args (and --config FILE, cli/config.hpp); false with the exit code in `code` on
@@ -269,14 +286,14 @@ int run_command(const std::vector<std::string>& args) {
 }
 
 int run_vm(hv::Vm& vm, GuestNetwork* net, const std::string& backup, milliseconds heartbeat,
-           milliseconds failure_timeout, const replicator::LinkSecurity& security) {
+           milliseconds failure_timeout, const replicator::LinkSecurity& security, std::unique_ptr<PrimaryRole> role) {
     SuperviseOptions o;
     o.backup = backup;
     o.heartbeat_ms = static_cast<unsigned>(heartbeat.count());
     o.failure_timeout_ms = static_cast<unsigned>(failure_timeout.count());
     o.run_on_without_backup = true;
     o.security = security;
-    return supervise(vm, o, net);
+    return supervise(vm, o, net, std::move(role));
 }
 
 int restore_command(const std::vector<std::string>& args) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,15 +16,17 @@ struct LinkSecurity;
 
 namespace cli {
 class GuestNetwork;
+class PrimaryRole;
 
 // `understudy run IMAGE` and `understudy restore SNAPSHOT`: run a VM until it stops.
 int run_command(const std::vector<std::string>& args);
 int restore_command(const std::vector<std::string>& args);
 // Runs a VM built elsewhere (a promoted backup) until it stops or a stop signal arrives,
 // with the same figures and exit codes as `run`: protected by `backup` (HOST:PORT) when
-// given and reachable, else unprotected; heartbeats and link security as given.
+// given and reachable, else unprotected; heartbeats and link security as given; output released only while
+// `role` is held.
 int run_vm(hv::Vm& vm, GuestNetwork* net, const std::string& backup, std::chrono::milliseconds heartbeat,
-           std::chrono::milliseconds failure_timeout, const replicator::LinkSecurity& security);
+           std::chrono::milliseconds failure_timeout, const replicator::LinkSecurity& security, std::unique_ptr<PrimaryRole> role);
 }
 
 } // namespace understudy

@@ -98,6 +98,8 @@ public:
     // Why replication failed, once it has.
     std::optional<Error> failure() const;
     uint64_t acked_epoch() const { return acked_.load(); }
+    // This session's id (the stream header's), which the backup's replica records.
+    uint64_t session_id() const { return session_id_; }
     std::vector<EpochFigures> recent_epochs() const;
     // Heartbeats on the control connection (all zero without one).
     HeartbeatStats heartbeats() const;

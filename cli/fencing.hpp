@@ -1,0 +1,60 @@
+// `--arbiter none|etcd` and its settings (docs/failover.md, "Fencing"): which arbiter
+// decides the active primary, and taking the role before this host releases any output.
+#pragma once
+
+#include <boost/program_options.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "failover/lease_keeper.hpp"
+#include "netbuffer/output_commit.hpp"
+
+namespace understudy::cli {
+
+struct FencingOptions {
+    std::string kind = "none";
+    std::string endpoint;  // etcd: IP:PORT of a client URL
+    std::string key;       // etcd: empty means failover::default_key("default")
+    std::string holder;    // empty means this host's name
+    unsigned ttl_ms = 2000, margin_ms = 500, renew_ms = 500, request_timeout_ms = 500;
+};
+
+void add_fencing_options(boost::program_options::options_description& d, FencingOptions& o);
+
+// This host's hold on the active-primary role while it runs the VM.
+class PrimaryRole {
+public:
+    // Takes the role through the configured arbiter, waiting up to `patience` for a
+    // previous holder's lease to expire (Errc::state naming the holder if it does not).
+    static Result<std::unique_ptr<PrimaryRole>> take(const FencingOptions& o,
+                                                     std::chrono::milliseconds patience = {});
+    ~PrimaryRole(); // gives the role up; destroy it before the OutputCommit it guards
+
+    // From now on `commit` releases the guest's frames only while the lease is valid.
+    void guard(netbuffer::OutputCommit& commit);
+    // Set once another host holds the role: this VM must stop. Thread-safe.
+    std::optional<std::string> lost() const;
+    std::string describe() const { return keeper_->describe(); }
+    // The backup of replication session `session` fell behind output about to be released
+    // unprotected: record that it must never promote (failover::Arbiter::retire_session).
+    Result<void> retire_session(uint64_t session) { return keeper_->retire_session(session); }
+    Result<bool> session_retired(uint64_t session) { return keeper_->session_retired(session); }
+
+private:
+    PrimaryRole() = default;
+    std::atomic<netbuffer::OutputCommit*> commit_{nullptr};
+    mutable std::mutex mu_;
+    std::optional<std::string> lost_;
+    std::unique_ptr<failover::LeaseKeeper> keeper_; // last: its thread uses the members above
+};
+
+// How long a backup waits for a failed primary's lease to expire before concluding that
+// the primary is alive and still holds the role: two TTLs.
+std::chrono::milliseconds promotion_patience(const FencingOptions& o);
+
+} // namespace understudy::cli
