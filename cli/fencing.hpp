@@ -39,6 +39,8 @@ public:
     void guard(netbuffer::OutputCommit& commit);
     // Set once another host holds the role: this VM must stop. Thread-safe.
     std::optional<std::string> lost() const;
+    // May this host release output now (the lease is valid)? Thread-safe.
+    bool holds_now() const { return keeper_->valid_at(failover::Clock::now()); }
     std::string describe() const { return keeper_->describe(); }
     // The backup of replication session `session` fell behind output about to be released
     // unprotected: record that it must never promote (failover::Arbiter::retire_session).

@@ -177,6 +177,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
             }
             vm.resume_all();
         }
+        if (role) instance_metrics().set_fenced_in(role->holds_now()); // /primary: 503 while fenced
         if (auto lost = role ? role->lost() : std::nullopt; lost && !fenced) {
             fenced = true;
             std::printf("FENCED: %s; stopping this VM: another host is the active primary\n", lost->c_str());
