@@ -24,6 +24,8 @@ Result<Decoder::Field> Decoder::field() {
     auto body = US_TRY(bytes(len));
     size_t pad = (8 - (len % 8)) % 8;
     if (pad > remaining()) return error("truncated padding after field " + std::to_string(tag));
+    for (size_t i = 0; i < pad; ++i)
+        if (in_[pos_ + i] != 0) return error("non-zero padding after field " + std::to_string(tag));
     pos_ += pad;
     return Field{tag, body};
 }
