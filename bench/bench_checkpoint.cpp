@@ -8,6 +8,9 @@
 // pages the same churn dirtied in one epoch), checkpoint bytes raw and on the wire, time
 // to ACK. Then the idle guest's checkpoint rate at the smallest epoch (1 ms) and the
 // end-to-end raw dirty-data throughput next to the transport's loopback bandwidth.
+// Link security (docs/security.md) is on, as by default; each throughput row also runs
+// with --link-security disabled right after it, and the cost of encryption is reported
+// as the ratio of the two (--link-cost=1: only those rows).
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -20,6 +23,7 @@
 #include "guest/abi/understudy_abi.h"
 #include "hv/kvm.hpp"
 #include "replicator/backup.hpp"
+#include "replicator/link_security.hpp"
 #include "replicator/primary.hpp"
 #include "replicator/transport.hpp"
 
@@ -38,6 +42,7 @@ constexpr uint64_t kPauseTargetPages = 1000; // the row the pause target is judg
 constexpr double kWireOverRawMax = 0.30;
 constexpr double kIdleCkptPerSMin = 200;
 constexpr double kRawMBpsMin = 500;
+constexpr double kLinkCostMax = 0.15; // link security issue: encryption costs at most 15 % of throughput
 
 bool g_verbose = false; // --verbose=1: every measured epoch on stderr
 // --churn="KEYS": one custom row with these churn keys (bench/vs_qemu uses it), with
@@ -45,6 +50,17 @@ bool g_verbose = false; // --verbose=1: every measured epoch on stderr
 unsigned g_vcpus = 1;
 std::string g_image;
 bool g_custom = false;
+
+// One key for the whole run, as both hosts would load it from the same file.
+LinkSecurity link_security(bool secure) {
+    if (!secure) return {LinkSecurityMode::disabled, nullptr};
+    static auto key = [] {
+        auto k = LinkKey::random();
+        if (!k) die(k.error().describe());
+        return std::make_shared<const LinkKey>(std::move(*k));
+    }();
+    return {LinkSecurityMode::required, key};
+}
 
 // boot() for an image given by path (the custom row's --image).
 std::unique_ptr<Vm> boot_path(const std::string& path, const std::string& cmdline, VmConfig cfg,
@@ -71,6 +87,8 @@ struct Row {
     unsigned max_in_flight = 3;
     double seconds = 5;
     size_t limit_samples = 0; // 0: no limit measurement
+    bool secure = true;       // link security required (false: disabled)
+    std::string content;      // throughput rows: churn content, to pair sealed and clear rows
 };
 
 struct LimitSample {
@@ -105,10 +123,12 @@ struct BackupThread {
     std::mutex mu;
     std::string error;
 
-    BackupThread() {
+    explicit BackupThread(bool secure) {
         auto ep = Endpoint::parse("127.0.0.1:0");
         if (!ep) die(ep.error().describe());
-        auto s = BackupServer::listen(*ep);
+        BackupConfig cfg;
+        cfg.security = link_security(secure);
+        auto s = BackupServer::listen(*ep, {}, cfg);
         if (!s) die("backup listen: " + s.error().describe());
         server = std::move(*s);
         thread = std::thread([this] {
@@ -202,7 +222,7 @@ RowResult run_row(const Row& row, uint64_t memory_bytes, bool quick) {
     }
     std::this_thread::sleep_for(milliseconds(200));
 
-    BackupThread backup;
+    BackupThread backup(row.secure);
     auto conn = Connection::connect(backup.server->local(), seconds(5));
     if (!conn) die("connect: " + conn.error().describe());
 
@@ -222,6 +242,7 @@ RowResult run_row(const Row& row, uint64_t memory_bytes, bool quick) {
     PrimaryConfig pc;
     pc.epoch = row.epoch;
     pc.max_in_flight = row.max_in_flight;
+    pc.security = link_security(row.secure);
     uint64_t t_start = now_ns();
     auto primary = Primary::start(*vm, std::move(*conn), pc, hooks);
     if (!primary) die("Primary::start: " + primary.error().describe());
@@ -292,8 +313,9 @@ RowResult run_row(const Row& row, uint64_t memory_bytes, bool quick) {
     return res;
 }
 
-// Loopback bandwidth through the transport itself: `total` bytes in 4 MiB sends.
-double loopback_mbps(size_t total) {
+// Loopback bandwidth through the transport itself: `total` bytes in 4 MiB sends, sealed
+// (after the link handshake) or in clear.
+double loopback_mbps(size_t total, bool secure) {
     auto ep = Endpoint::parse("127.0.0.1:0");
     auto l = Listener::listen(*ep);
     if (!l) die("listen: " + l.error().describe());
@@ -306,6 +328,11 @@ double loopback_mbps(size_t total) {
             err = c.error().describe();
             return;
         }
+        if (secure)
+            if (auto h = secure_server(**c, *link_security(true).key); !h) {
+                err = h.error().describe();
+                return;
+            }
         std::vector<uint8_t> in(chunk);
         for (size_t got = 0; got < total; got += chunk)
             if (auto r = (*c)->recv_exact(in); !r) {
@@ -316,6 +343,8 @@ double loopback_mbps(size_t total) {
     });
     auto c = Connection::connect(l->local(), seconds(5));
     if (!c) die("connect: " + c.error().describe());
+    if (secure)
+        if (auto h = secure_client(**c, *link_security(true).key, LinkChannel::stream); !h) die(h.error().describe());
     std::vector<uint8_t> out(chunk);
     for (size_t i = 0; i < chunk; ++i) out[i] = uint8_t(i * 131);
     std::span<const uint8_t> s(out);
@@ -374,7 +403,9 @@ int main(int argc, char** argv) {
             if (g_vcpus < 1 || g_vcpus > 2) die("--vcpus=: 1 or 2");
         } else if (k == "image") g_image = v;
         else if (k == "samples") samples_file = v;
-        else die("unknown option --" + k + "= (want pages, mib, seconds, epoch-ms, cases, verbose, churn, vcpus, image, samples)");
+        else if (k == "link-cost") {
+            if (parse_list(v).at(0) != 0) run_churn = run_idle = false, run_tp = true;
+        } else die("unknown option --" + k + "= (want pages, mib, seconds, epoch-ms, cases, verbose, churn, vcpus, image, samples, link-cost)");
     }
     const uint64_t memory_bytes = mib * kMiB;
 
@@ -419,16 +450,19 @@ int main(int argc, char** argv) {
     }
     if (run_tp) {
         uint64_t ws = opt.quick ? 16384 : 65536;
-        for (const char* content : {"pattern", "random"}) {
-            Row r;
-            r.name = std::string("throughput ") + content;
-            r.kind = Kind::throughput;
-            r.churn = "pages=" + std::to_string(ws) + " rate=0 content=" + content;
-            r.epoch = milliseconds(100);
-            r.seconds = seconds_per_row;
-            r.limit_samples = opt.quick ? 4 : 10;
-            rows.push_back(r);
-        }
+        for (const char* content : {"pattern", "random"})
+            for (bool secure : {true, false}) { // the same content sealed, then in clear
+                Row r;
+                r.name = std::string("throughput ") + content + (secure ? "" : " clear");
+                r.kind = Kind::throughput;
+                r.churn = "pages=" + std::to_string(ws) + " rate=0 content=" + content;
+                r.epoch = milliseconds(100);
+                r.seconds = seconds_per_row;
+                r.limit_samples = secure ? (opt.quick ? 4 : 10) : 0;
+                r.secure = secure;
+                r.content = content;
+                rows.push_back(r);
+            }
     }
 
     std::string date = utc_timestamp();
@@ -440,14 +474,15 @@ int main(int argc, char** argv) {
                 g_vcpus, (unsigned long long)mib, opt.quick ? 0.2 : 0.5, seconds_per_row, idle_seconds);
     std::fflush(stdout);
 
-    double loop_mbps = loopback_mbps(opt.quick ? (64u << 20) : (256u << 20));
+    const size_t loop_bytes = opt.quick ? (64u << 20) : (256u << 20);
+    double loop_mbps = loopback_mbps(loop_bytes, false), loop_sealed_mbps = loopback_mbps(loop_bytes, true);
     std::vector<RowResult> results;
     for (const auto& r : rows) {
         std::fprintf(stderr, "bench_checkpoint: %s (%s, epoch %lld ms)...\n", r.name.c_str(), r.churn.c_str(),
                      (long long)r.epoch.count());
         results.push_back(run_row(r, memory_bytes, opt.quick));
     }
-    double loop_mbps2 = loopback_mbps(opt.quick ? (64u << 20) : (256u << 20));
+    double loop_mbps2 = loopback_mbps(loop_bytes, false), loop_sealed_mbps2 = loopback_mbps(loop_bytes, true);
 
     bool all_ok = true;
     bool any_error = false;
@@ -600,7 +635,7 @@ int main(int argc, char** argv) {
             std::snprintf(b, sizeof b, "%s (>= %.0f ckpt/s)", met ? "met" : "MISSED", kIdleCkptPerSMin);
             verdict = b;
         }
-        if (r.row.kind == Kind::throughput && raw_mbps > best_raw) {
+        if (r.row.kind == Kind::throughput && r.row.secure && raw_mbps > best_raw) {
             best_raw = raw_mbps;
             best_row = r.row.name;
         }
@@ -680,6 +715,44 @@ int main(int argc, char** argv) {
         if (r.row.kind == Kind::idle) j.boolean("rate_target_met", rate >= kIdleCkptPerSMin);
         jrows.push_back(j);
     }
+    // ---- link security ----
+    bool link_met = true;
+    std::vector<Json> jlink;
+    if (run_tp) {
+        std::printf("\nLink security cost (same run): end-to-end raw MB/s with the link sealed vs in clear\n");
+        std::printf("loopback TCP through the transport (4 MiB sends), clear / sealed: before %.0f / %.0f, after %.0f / %.0f MB/s\n",
+                    loop_mbps, loop_sealed_mbps, loop_mbps2, loop_sealed_mbps2);
+        std::printf("%-10s | %12s %12s | %12s %12s | %7s | %s\n", "content", "sealed raw", "clear raw", "sealed wire",
+                    "clear wire", "ratio", "target (cost <= 15%)");
+        auto rate_of = [](const RowResult& r, uint64_t EpochFigures::*m) {
+            uint64_t b = 0;
+            for (const auto& f : r.epochs) b += f.*m;
+            return r.window_s > 0 ? double(b) / r.window_s / 1e6 : 0.0;
+        };
+        for (const auto& sealed : results) {
+            if (sealed.row.kind != Kind::throughput || !sealed.row.secure) continue;
+            for (const auto& clear : results) {
+                if (clear.row.kind != Kind::throughput || clear.row.secure || clear.row.content != sealed.row.content) continue;
+                double s = rate_of(sealed, &EpochFigures::raw_bytes), c = rate_of(clear, &EpochFigures::raw_bytes);
+                double ratio = c > 0 ? s / c : 0.0;
+                bool met = ratio >= 1.0 - kLinkCostMax;
+                link_met = link_met && met;
+                std::printf("%-10s | %12.1f %12.1f | %12.1f %12.1f | %7.3f | %s (cost %.1f%%)\n", sealed.row.content.c_str(), s, c,
+                            rate_of(sealed, &EpochFigures::wire_bytes), rate_of(clear, &EpochFigures::wire_bytes), ratio,
+                            met ? "met" : "MISSED", 100.0 * (1.0 - ratio));
+                jlink.push_back(Json()
+                                    .str("content", sealed.row.content)
+                                    .num("sealed_raw_mb_per_s", s)
+                                    .num("clear_raw_mb_per_s", c)
+                                    .num("sealed_wire_mb_per_s", rate_of(sealed, &EpochFigures::wire_bytes))
+                                    .num("clear_wire_mb_per_s", rate_of(clear, &EpochFigures::wire_bytes))
+                                    .num("sealed_over_clear", ratio)
+                                    .boolean("target_met", met));
+            }
+        }
+        std::printf("(ratio = sealed / clear raw dirty-data throughput of the same churn, rows run one after the other)\n");
+        all_ok = all_ok && link_met;
+    }
     bool tp_met = best_raw >= kRawMBpsMin;
     if (run_tp) all_ok = all_ok && tp_met;
     std::printf("(alone = dirty pages per epoch x 4 KiB / epoch of the same churn with the Primary stopped, tracking on:\n"
@@ -703,6 +776,11 @@ int main(int argc, char** argv) {
         .num("window_s", seconds_per_row)
         .num("loopback_mb_per_s", loop_mbps)
         .num("loopback_mb_per_s_after", loop_mbps2)
+        .num("loopback_sealed_mb_per_s", loop_sealed_mbps)
+        .num("loopback_sealed_mb_per_s_after", loop_sealed_mbps2)
+        .num("target_link_cost_max", kLinkCostMax)
+        .boolean("link_cost_target_met", link_met)
+        .arr("link_cost", jlink)
         .num("target_pause_factor", kPauseLimitFactor)
         .num("target_pause_slack_us", kPauseLimitSlackUs)
         .integer("target_pause_row_pages", kPauseTargetPages)
