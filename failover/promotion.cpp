@@ -16,6 +16,7 @@ Result<std::unique_ptr<hv::Vm>> promote(std::unique_ptr<replicator::BackupReplic
                           fmt::format("the VM built here (configuration {:016x}) differs from the primary's ({:016x}): "
                                       "give it the same devices (--net-tap) and dirty tracking settings",
                                       vm->config_digest(), replica->committed_config_digest()));
+    vm->notify_moved(); // the guest may prod its peers at once (US_HALT_MOVED)
     return vm;
 }
 

@@ -291,6 +291,14 @@ void Vm::notify_guest_event() {
     cv_.notify_all();
 }
 
+void Vm::notify_moved() {
+    {
+        std::lock_guard lock(mu_);
+        ++moved_seq_;
+    }
+    cv_.notify_all();
+}
+
 uint64_t Vm::halt(Vcpu& v, uint64_t deadline_ns) {
     std::unique_lock lock(mu_);
     // An event counts if it came after this vCPU's previous halt returned, not only
@@ -304,6 +312,10 @@ uint64_t Vm::halt(Vcpu& v, uint64_t deadline_ns) {
     };
     for (;;) {
         if (v.pause_requested() || stop_) return done(abi::US_HALT_SPURIOUS);
+        if (uint64_t& m = moved_seen_.at(v.index()); m != moved_seq_) {
+            m = moved_seq_;
+            return abi::US_HALT_MOVED; // events stay pending for the next halt
+        }
         if (event_seq_ != seen) return done(abi::US_HALT_EVENT);
         if (std::chrono::steady_clock::now() >= host_deadline) return done(abi::US_HALT_TIMEOUT);
         cv_.wait_until(lock, host_deadline);

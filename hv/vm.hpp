@@ -115,6 +115,9 @@ public:
     void publish_report(unsigned vcpu, uint64_t key, uint64_t value);
     // Wakes halted vCPUs because a device has work for the guest.
     void notify_guest_event();
+    // The VM now runs on another host (promotion): each vCPU's next HALT returns
+    // US_HALT_MOVED once.
+    void notify_moved();
     // Waits for an event, a pause or stop request, or the guest-time deadline.
     uint64_t halt(Vcpu& v, uint64_t deadline_ns);
     void vcpu_parked();
@@ -142,6 +145,8 @@ private:
     std::condition_variable cv_;
     uint64_t event_seq_ = 0;
     std::vector<uint64_t> halt_seen_ = std::vector<uint64_t>(kMaxVcpus, 0); // event_seq_ when each vCPU's last halt returned
+    uint64_t moved_seq_ = 0;
+    std::vector<uint64_t> moved_seen_ = std::vector<uint64_t>(kMaxVcpus, 0);
     std::optional<VmStop> stop_;
     std::map<std::pair<unsigned, uint64_t>, uint64_t> reports_;
     std::string console_line_;

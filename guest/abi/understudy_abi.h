@@ -69,6 +69,9 @@ enum us_halt_reason {
     US_HALT_TIMEOUT = 0,  /* the deadline passed */
     US_HALT_EVENT = 1,    /* a device has something for the guest */
     US_HALT_SPURIOUS = 2, /* woken for the VMM's own reasons (pause, snapshot); check and halt again */
+    US_HALT_MOVED = 3,    /* the VM was moved to another host (failover), once per vCPU: peers lost what
+                           * the old host sent after the last checkpoint, so prod them now (e.g. make TCP
+                           * peers retransmit) instead of waiting for their timers */
 };
 
 struct us_hc_halt {

@@ -14,6 +14,7 @@
 #include "lwip/ip4_addr.h"
 #include "lwip/netif.h"
 #include "lwip/pbuf.h"
+#include "lwip/priv/tcp_priv.h"
 #include "lwip/timeouts.h"
 
 #define BACKLOG 1024
@@ -139,6 +140,25 @@ int net_poll(void)
     return n != 0;
 }
 
+/* US_HALT_MOVED: this VM took over from a failed host. Whatever that host sent after the
+ * last checkpoint was never released, and what peers sent since then reached nobody.
+ * Rather than wait for timers (a client's TCP retransmission waits at least 200 ms),
+ * announce our address, resend our own unacknowledged data at once, and send each peer
+ * three duplicate ACKs, which make a peer with several segments in flight fast-retransmit
+ * (a peer with one request in flight still waits for its own timer). */
+static void net_moved(void)
+{
+    etharp_gratuitous(&nif);
+    for (struct tcp_pcb *pcb = tcp_active_pcbs; pcb != NULL; pcb = pcb->next) {
+        if (pcb->state != ESTABLISHED && pcb->state != CLOSE_WAIT)
+            continue;
+        if (pcb->unacked != NULL)
+            tcp_rexmit_rto(pcb);
+        for (int i = 0; i < 3; i++)
+            tcp_send_empty_ack(pcb);
+    }
+}
+
 void net_run(void)
 {
     const uint64_t spin = us_ns_to_tsc(us_cmdline_u64("net.spin_us", 200) * 1000);
@@ -163,6 +183,7 @@ void net_run(void)
             last_check = now;
             vnet_check_broken();
         }
-        us_halt_until(now + ms * 1000000ull);
+        if (us_halt_until(now + ms * 1000000ull) == US_HALT_MOVED)
+            net_moved();
     }
 }
