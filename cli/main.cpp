@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "cli/backup_command.hpp"
-#include "cli/link_options.hpp"
 #include "cli/bench_command.hpp"
 #include "cli/config_command.hpp"
+#include "cli/link_options.hpp"
 #include "cli/run_command.hpp"
 #include "cli/status_command.hpp"
 #include "cli/stop_signals.hpp"
@@ -25,13 +25,14 @@ const char* kUsage =
     "  restore SNAPSHOT  restore a VM saved with `run --snapshot-to` and run it on\n"
     "  backup            receive checkpoints from a protected VM's primary\n"
     "  verify-stream FILE  check a stream captured with `backup --capture` against the spec\n"
-    "  keygen FILE       write a fresh link key (--link-key) for a primary and its backup\n"
+    "  status            show a running instance's state and figures (--control-socket PATH)\n"
     "  config check FILE   check a config file for `run|restore|backup --config FILE`\n"
     "  bench [--quick]     run the benchmarks; write a report with plots (--out DIR)\n"
-    "  status            show a running instance's state and figures (--control-socket PATH)\n"
+    "  keygen FILE       write a fresh link key (--link-key) for a primary and its backup\n"
     "\n"
     "`understudy COMMAND --help` describes each command's options.\n"
-    "Exit codes: 0 success, 1 the guest failed, 2 bad usage or input, 3 host error.\n";
+    "Exit codes: 0 success, 1 the guest failed, 2 bad usage or input, 3 host error,\n"
+    "4 fenced (another host holds the primary role).\n";
 
 } // namespace
 
@@ -52,10 +53,10 @@ int main(int argc, char** argv) {
     if (cmd == "restore") return understudy::cli::restore_command(args);
     if (cmd == "backup") return understudy::cli::backup_command(args);
     if (cmd == "verify-stream") return understudy::cli::verify_stream_command(args);
-    if (cmd == "keygen") return understudy::cli::keygen_command(args);
+    if (cmd == "status") return understudy::cli::status_command(args);
     if (cmd == "config") return understudy::cli::config_command(args);
     if (cmd == "bench") return understudy::cli::bench_command(args);
-    if (cmd == "status") return understudy::cli::status_command(args);
+    if (cmd == "keygen") return understudy::cli::keygen_command(args);
     std::fprintf(stderr, "understudy: unknown command '%s'; see 'understudy --help'\n", cmd.c_str());
     return 2;
 }
