@@ -3,7 +3,6 @@
 // socket and a metrics endpoint. `curl` scrapes /metrics, /healthz and /primary on both
 // hosts, and `understudy status --json` is checked against docs/status.md, before and
 // after the primary is killed.
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
 #include <signal.h>
@@ -21,6 +20,7 @@
 #include "cli/status.hpp"
 #include "failover/etcd_arbiter.hpp" // the strict JSON reader
 #include "hv/kvm.hpp"
+#include "tests/support/catch_run.hpp"
 #include "tests/support/topology.hpp"
 
 using namespace understudy;
@@ -292,5 +292,5 @@ int main(int argc, char** argv) {
             std::printf("SKIPPED: %s is not installed (scripts/install-deps.sh installs it)\n", tool);
             return 77;
         }
-    return run_with_scratch_dir("understudy-operations", g_temp_dir, [&] { return Catch::Session().run(argc, argv); });
+    return run_with_scratch_dir("understudy-operations", g_temp_dir, [&] { return understudy::test::run_catch(argc, argv); });
 }
