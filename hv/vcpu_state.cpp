@@ -140,7 +140,7 @@ Result<DeviceState> decode_device_state(std::span<const uint8_t> in) {
     const std::string what = "device state";
     Decoder d(in, what);
     DeviceState dev;
-    bool have_name = false;
+    bool have_name = false, have_version = false;
     while (!d.done()) {
         auto f = US_TRY(d.field());
         switch (f.tag) {
@@ -149,12 +149,16 @@ Result<DeviceState> decode_device_state(std::span<const uint8_t> in) {
             dev.name.assign(f.body.begin(), f.body.end());
             have_name = true;
             break;
-        case kTagDevVersion: dev.version = US_TRY(Decoder::as_pod<uint32_t>(f, what)); break;
+        case kTagDevVersion:
+            dev.version = US_TRY(Decoder::as_pod<uint32_t>(f, what));
+            have_version = true;
+            break;
         case kTagDevData: dev.data.assign(f.body.begin(), f.body.end()); break;
         default: break;
         }
     }
     if (!have_name) return d.error("device name is missing");
+    if (!have_version) return d.error("device version is missing"); // a device cannot read unversioned state
     return dev;
 }
 
