@@ -55,6 +55,9 @@ Result<std::unique_ptr<PrimaryRole>> PrimaryRole::take(const FencingOptions& o, 
 }
 
 PrimaryRole::~PrimaryRole() {
+    // The role is given up: the commit it guards must release nothing more, and must not
+    // keep a permit that points into this object.
+    if (auto* c = commit_.load()) c->set_release_permit([](netbuffer::Clock::time_point) { return false; });
     if (keeper_) keeper_->stop();
 }
 

@@ -33,7 +33,7 @@ public:
     // previous holder's lease to expire (Errc::state naming the holder if it does not).
     static Result<std::unique_ptr<PrimaryRole>> take(const FencingOptions& o,
                                                      std::chrono::milliseconds patience = {});
-    ~PrimaryRole(); // gives the role up; destroy it before the OutputCommit it guards
+    ~PrimaryRole(); // gives the role up; the OutputCommit it guards releases nothing after
 
     // From now on `commit` releases the guest's frames only while the lease is valid.
     void guard(netbuffer::OutputCommit& commit);
