@@ -170,7 +170,6 @@ Result<void> Vcpu::start() {
     US_TRYV(kvm_ioctl(fd(), kKvmSetSignalMask, km.ptr(), "KVM_SET_SIGNAL_MASK"));
 
     store_immediate_exit(run_, 1);
-    pause_requested_.store(true);
     // Block the kick in the new thread from its first instruction: it inherits our mask.
     sigset_t block, old;
     sigemptyset(&block);
@@ -192,35 +191,40 @@ void Vcpu::kick() {
     if (thread_.joinable()) pthread_kill(thread_handle_, kick_signal());
 }
 
+void Vcpu::change_control(uint32_t set, uint32_t clear) {
+    uint32_t c = control_.load(std::memory_order_relaxed);
+    while (!control_.compare_exchange_weak(c, ((c | set) & ~clear) + kChangeStep, std::memory_order_seq_cst)) {
+    }
+    control_.notify_all();
+}
+
 void Vcpu::request_pause() {
     // immediate_exit first: it stops a thread that is about to enter KVM_RUN; the signal
     // stops one that is already inside.
     store_immediate_exit(run_, 1);
-    pause_requested_.store(true, std::memory_order_seq_cst);
+    change_control(kPauseBit, 0);
     kick();
 }
 
-void Vcpu::request_resume() {
-    pause_requested_.store(false, std::memory_order_seq_cst);
-    pause_requested_.notify_all();
-}
+void Vcpu::request_resume() { change_control(0, kPauseBit); }
 
 void Vcpu::request_stop() {
-    stop_requested_.store(true, std::memory_order_seq_cst);
+    change_control(kStopBit, 0);
     store_immediate_exit(run_, 1);
-    pause_requested_.notify_all();
     kick();
 }
 
 void Vcpu::wait_parked() const {
+    const uint32_t request = control_.load(std::memory_order_acquire);
     for (int spin = 0;; ++spin) {
-        VcpuRunState s = state_.load(std::memory_order_acquire);
-        if (s == VcpuRunState::paused || s == VcpuRunState::exited) return;
+        if (state_.load(std::memory_order_acquire) == VcpuRunState::exited) return;
+        uint32_t at = parked_at_.load(std::memory_order_acquire);
+        if (at == request) return;
         if (spin < 100) {
             __builtin_ia32_pause();
             continue;
         }
-        state_.wait(s, std::memory_order_acquire);
+        parked_at_.wait(at, std::memory_order_acquire);
     }
 }
 
@@ -236,17 +240,25 @@ void Vcpu::park() {
         spdlog::warn("vCPU {}: completing the pending exit before pausing failed: {}", index_, strerror(errno));
     consume_kick();
     state_.store(VcpuRunState::paused, std::memory_order_release);
-    state_.notify_all();
-    vm_.vcpu_parked();
-    while (pause_requested_.load(std::memory_order_acquire) && !stop_requested_.load()) pause_requested_.wait(true);
+    // Acknowledge every pause request seen while parked, including one that arrives
+    // after a resume this thread has not woken for yet.
+    for (;;) {
+        uint32_t c = control_.load(std::memory_order_acquire);
+        if (!(c & kPauseBit) || (c & kStopBit)) break;
+        parked_at_.store(c, std::memory_order_release);
+        parked_at_.notify_all();
+        vm_.vcpu_parked();
+        control_.wait(c, std::memory_order_acquire);
+    }
     store_immediate_exit(run_, 0);
     state_.store(VcpuRunState::running, std::memory_order_release);
 }
 
 void Vcpu::thread_main() {
     for (;;) {
-        if (stop_requested_.load()) break;
-        if (pause_requested_.load(std::memory_order_seq_cst)) {
+        uint32_t c = control_.load(std::memory_order_seq_cst);
+        if (c & kStopBit) break;
+        if (c & kPauseBit) {
             park();
             continue;
         }
@@ -265,7 +277,8 @@ void Vcpu::thread_main() {
         }
     }
     state_.store(VcpuRunState::exited, std::memory_order_release);
-    state_.notify_all();
+    parked_at_.store(kNotParked, std::memory_order_release);
+    parked_at_.notify_all();
     vm_.vcpu_parked();
 }
 

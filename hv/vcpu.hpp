@@ -49,7 +49,7 @@ public:
     void wait_parked() const;
     void join();
     // True while a pause is requested; halting hypercalls return early when it is.
-    bool pause_requested() const { return pause_requested_.load(std::memory_order_acquire); }
+    bool pause_requested() const { return (control_.load(std::memory_order_acquire) & kPauseBit) != 0; }
 
 private:
     Vcpu(Vm& vm, unsigned index) : vm_(vm), index_(index) {}
@@ -58,6 +58,17 @@ private:
     Result<void> handle_exit();
     Result<void> setup_cpuid();
     void kick();
+    void change_control(uint32_t set, uint32_t clear);
+
+    // control_ holds the requests to the thread: bit 0 pause, bit 1 stop, the rest a
+    // counter bumped by every change. Because each request changes the whole word, a
+    // thread sleeping on it (a futex compares the word) cannot miss one, and a pause
+    // requested again right after a resume is a new value the thread must acknowledge.
+    static constexpr uint32_t kPauseBit = 1, kStopBit = 2, kChangeStep = 4;
+    // parked_at_ is the control_ value the thread is parked under; wait_parked() waits
+    // for it to equal the current request, so a stale "paused" from the previous pause
+    // never counts.
+    static constexpr uint32_t kNotParked = 0xffffffff;
 
     Vm& vm_;
     unsigned index_;
@@ -68,8 +79,8 @@ private:
     std::thread thread_;
     pthread_t thread_handle_{};
     std::atomic<VcpuRunState> state_{VcpuRunState::created};
-    std::atomic<bool> pause_requested_{true};
-    std::atomic<bool> stop_requested_{false};
+    std::atomic<uint32_t> control_{kPauseBit}; // a new thread starts parked
+    std::atomic<uint32_t> parked_at_{kNotParked};
 };
 
 } // namespace understudy::hv

@@ -155,7 +155,13 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h) 
         }
         if (*committed) {
             if (hooks_.on_commit) hooks_.on_commit(**committed, *replica_);
-            US_TRYV(conn.send_record(kAck, encode_u64s({**committed})));
+            // A primary that stopped (or died) right after sending its last checkpoint has
+            // closed the connection: like a close between checkpoints, the checkpoint
+            // stays committed and the GOODBYE, or its absence, tells which it was.
+            if (auto sent = conn.send_record(kAck, encode_u64s({**committed})); !sent) {
+                if (sent.error().code == Errc::system) return {};
+                return sent;
+            }
         }
     }
 }
