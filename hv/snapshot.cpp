@@ -183,7 +183,7 @@ Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig b
             have_vcpu[idx] = true;
             break;
         }
-        case kRecDeviceState: state.devices.push_back(US_TRY(decode_device_state(rec.body))); break;
+        case kRecDeviceState: US_TRYV(add_device_state(state.devices, US_TRY(decode_device_state(rec.body)))); break;
         case kRecPages: {
             uint64_t first = US_TRY(d.u64());
             uint64_t count = US_TRY(d.u64());

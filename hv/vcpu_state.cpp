@@ -162,4 +162,13 @@ Result<DeviceState> decode_device_state(std::span<const uint8_t> in) {
     return dev;
 }
 
+Result<void> add_device_state(std::vector<DeviceState>& devices, DeviceState dev) {
+    for (const auto& other : devices)
+        if (other.name == dev.name) return make_error(Errc::invalid_input, "device '" + dev.name + "' is listed twice");
+    if (devices.size() >= kMaxDevices)
+        return make_error(Errc::invalid_input, "more than " + std::to_string(kMaxDevices) + " device states");
+    devices.push_back(std::move(dev));
+    return {};
+}
+
 } // namespace understudy::hv

@@ -56,5 +56,11 @@ void encode_vm_clock(const VmState& s, std::vector<uint8_t>& out);
 Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s);
 void encode_device_state(const DeviceState& d, std::vector<uint8_t>& out);
 Result<DeviceState> decode_device_state(std::span<const uint8_t> in);
+// A VM has at most this many devices (Vm::add_device refuses more), so a state from a
+// peer or a file never lists more.
+inline constexpr size_t kMaxDevices = 16;
+// Appends a decoded device state to a VM state being read: each device once, at most
+// kMaxDevices of them (Errc::invalid_input otherwise).
+Result<void> add_device_state(std::vector<DeviceState>& devices, DeviceState dev);
 
 } // namespace understudy::hv

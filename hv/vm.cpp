@@ -124,6 +124,8 @@ uint64_t Vm::config_digest() const {
 }
 
 Result<void> Vm::add_device(std::unique_ptr<Device> d) {
+    if (devices_.size() >= kMaxDevices)
+        return make_error(Errc::invalid_input, "a VM has at most " + std::to_string(kMaxDevices) + " devices");
     for (const auto& other : devices_)
         if (other->name() == d->name()) return make_error(Errc::invalid_input, "a device named " + d->name() + " exists");
     US_TRYV(d->attach(*this));

@@ -52,6 +52,29 @@ void BackupReplica::abort_open_checkpoint() {
     open_ = false;
 }
 
+// A page sent again in the same checkpoint (pre-copy rounds, in-epoch copies) overwrites
+// its staged slot instead of taking a new one: staging never holds more than one copy of
+// each page, so a checkpoint needs at most the guest's memory plus one batch, however
+// often a primary (or a hostile peer) repeats pages.
+void BackupReplica::fold_staged_from(size_t first) {
+    uint8_t* data = staged_.data.data();
+    size_t kept = first;
+    for (size_t i = first; i < staged_.indices.size(); ++i) {
+        uint64_t idx = staged_.indices[i];
+        if (int64_t slot = staged_slot_[idx]; slot >= 0) {
+            std::memcpy(data + static_cast<uint64_t>(slot) * hv::kPageSize, data + i * hv::kPageSize, hv::kPageSize);
+            continue;
+        }
+        if (kept != i) {
+            std::memcpy(data + kept * hv::kPageSize, data + i * hv::kPageSize, hv::kPageSize);
+            staged_.indices[kept] = idx;
+        }
+        staged_slot_[idx] = static_cast<int64_t>(kept++);
+    }
+    staged_.indices.resize(kept);
+    staged_.data.resize(kept * hv::kPageSize);
+}
+
 const uint8_t* BackupReplica::base_page(uint64_t index) const {
     // A page sent twice in one checkpoint (pre-copy rounds) is decoded against its
     // newest staged version; otherwise against the committed replica.
@@ -109,7 +132,7 @@ Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
     case kPages: {
         size_t before = staged_.indices.size();
         US_TRYV(decoder_->decode(rest, [this](uint64_t i) { return base_page(i); }, staged_));
-        for (size_t i = before; i < staged_.indices.size(); ++i) staged_slot_[staged_.indices[i]] = static_cast<int64_t>(i);
+        fold_staged_from(before);
         return {};
     }
     case kVcpuState: {
@@ -127,7 +150,10 @@ Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
         US_TRYV(hv::decode_vm_clock(rest, staged_state_));
         staged_vm_ = true;
         return {};
-    case kDeviceState: staged_state_.devices.push_back(US_TRY(hv::decode_device_state(rest))); return {};
+    case kDeviceState:
+        if (auto added = hv::add_device_state(staged_state_.devices, US_TRY(hv::decode_device_state(rest))); !added)
+            return stream_error(added.error().message + " in one checkpoint");
+        return {};
     default: break;
     }
     return stream_error("unknown mandatory record type " + std::to_string(r.type));
@@ -150,7 +176,6 @@ Result<uint64_t> BackupReplica::commit(Decoder& d) {
     // Everything is verified: apply. Nothing below can fail.
     for (size_t i = 0; i < staged_.indices.size(); ++i) {
         uint64_t idx = staged_.indices[i];
-        if (staged_slot_[idx] != static_cast<int64_t>(i)) continue; // superseded later in this checkpoint
         std::memcpy(memory_.page_ptr(idx), staged_.data.data() + i * hv::kPageSize, hv::kPageSize);
         ++stats_.pages_applied;
     }

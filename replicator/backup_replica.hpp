@@ -36,6 +36,8 @@ public:
     // new session's first checkpoint commits.
     Result<void> begin_session(const StreamHeader& h);
 
+    // Pages of the open checkpoint held in staging (each page at most once).
+    size_t staged_pages() const { return staged_.indices.size(); }
     // Feeds one record. Returns the epoch it committed (on CHECKPOINT_END), else nullopt.
     // On error the open checkpoint is discarded; the caller should end the session.
     Result<std::optional<uint64_t>> feed(const Record& r);
@@ -84,6 +86,8 @@ private:
     uint64_t open_epoch_ = 0;
     uint32_t open_flags_ = 0;
     CheckpointDigest digest_;
+    void fold_staged_from(size_t first);
+
     StagedPages staged_;
     std::vector<int64_t> staged_slot_; // page index -> newest slot in staged_, or -1
     hv::VmState staged_state_;

@@ -34,7 +34,10 @@ struct StreamBuilder {
     }
 
     // Changes `pages` pages (value-stamped) and returns the checkpoint's records.
-    std::vector<Record> checkpoint(uint64_t epoch, uint32_t flags, std::vector<uint64_t> pages, uint64_t stamp) {
+    // With `rounds` > 1 the pages are sent that many times, each round in its own PAGES
+    // record and stamped anew (stamp, stamp + 1, ...), as pre-copy rounds do.
+    std::vector<Record> checkpoint(uint64_t epoch, uint32_t flags, std::vector<uint64_t> pages, uint64_t stamp,
+                                   unsigned rounds = 1) {
         std::vector<Record> out;
         CheckpointDigest digest;
         auto add = [&](uint32_t type, std::vector<uint8_t> body) {
@@ -49,15 +52,18 @@ struct StreamBuilder {
             e.u32(0);
             return b;
         }()));
-        std::vector<uint8_t> data;
-        for (uint64_t p : pages) {
-            std::memset(memory.data() + p * 4096, static_cast<int>(stamp), 64);
-            data.insert(data.end(), memory.begin() + long(p * 4096), memory.begin() + long((p + 1) * 4096));
-        }
         std::vector<uint8_t> body;
-        Encoder(body).u64(epoch);
-        REQUIRE(enc.encode(pages, data, body));
-        add(replicator::kPages, body);
+        for (unsigned round = 0; round < rounds; ++round) {
+            std::vector<uint8_t> data;
+            for (uint64_t p : pages) {
+                std::memset(memory.data() + p * 4096, static_cast<int>(stamp + round), 64);
+                data.insert(data.end(), memory.begin() + long(p * 4096), memory.begin() + long((p + 1) * 4096));
+            }
+            body.clear();
+            Encoder(body).u64(epoch);
+            REQUIRE(enc.encode(pages, data, body));
+            add(replicator::kPages, body);
+        }
         body.clear();
         Encoder e(body);
         e.u64(epoch);
@@ -197,6 +203,17 @@ TEST_CASE("hostile records leave the committed checkpoint intact", "[stream]") {
         recs.back().body = encode_u64s({3, d.records(), d.value()});
         expect_rejected(recs, "lacks vCPU 0");
     }
+    SECTION("a device's state twice in one checkpoint") {
+        auto recs = scratch.checkpoint(3, 0, {5}, 3);
+        std::vector<uint8_t> body;
+        Encoder(body).u64(3);
+        hv::encode_device_state({"virtio-net", 1, {1, 2, 3}}, body);
+        recs.insert(recs.end() - 1, {rec(kDeviceState, body), rec(kDeviceState, body)});
+        CheckpointDigest d;
+        for (size_t i = 1; i + 1 < recs.size(); ++i) d.add(recs[i].type, recs[i].body);
+        recs.back().body = encode_u64s({3, d.records(), d.value()});
+        expect_rejected(recs, "device 'virtio-net' is listed twice in one checkpoint");
+    }
     SECTION("pages for a page index beyond guest memory") {
         auto recs = scratch.checkpoint(3, 0, {5}, 3);
         // PAGES body: u64 epoch, batch header (8), then the page header's u64 index.
@@ -210,6 +227,21 @@ TEST_CASE("hostile records leave the committed checkpoint intact", "[stream]") {
     fresh.memory = b.memory;
     REQUIRE(*feed_all(*r, fresh.checkpoint(9, kCheckpointInitial, {7}, 9)) == 9u);
     CHECK(replica_matches(*r, fresh, 9));
+}
+
+TEST_CASE("pages sent again within a checkpoint are staged once; the last version commits", "[stream]") {
+    StreamBuilder b;
+    auto r = committed_replica(b);
+    // 40 rounds of the same 3 pages: staging would hold 120 copies if each took a slot.
+    auto recs = b.checkpoint(3, 0, {5, 6, 300}, 3, 40);
+    for (size_t i = 0; i + 1 < recs.size(); ++i) REQUIRE(r->feed(recs[i]));
+    CHECK(r->staged_pages() == 3);
+    auto end = r->feed(recs.back());
+    REQUIRE(end);
+    REQUIRE(*end == 3u);
+    CHECK(r->staged_pages() == 0);
+    CHECK(replica_matches(*r, b, 3)); // b.memory holds round 40's stamps
+    CHECK(r->memory().page_ptr(300)[0] == static_cast<uint8_t>(3 + 39));
 }
 
 TEST_CASE("unknown optional records are skipped", "[stream]") {
