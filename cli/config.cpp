@@ -19,7 +19,6 @@
 #include <limits>
 #include <map>
 #include <set>
-#include <sstream>
 #include <utility>
 #include <variant>
 
@@ -181,10 +180,14 @@ ConfigFile parse_config(std::string_view text, std::string path) {
 Result<ConfigFile> load_config(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) return sys_error("opening config file " + path);
-    std::ostringstream text;
-    text << in.rdbuf();
+    // Bounded (docs/limits.md): a config file is a few KiB; a path like /dev/zero is refused.
+    std::string text(kMaxConfigBytes + 1, '\0');
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
     if (in.bad()) return sys_error("reading config file " + path);
-    return parse_config(text.str(), path);
+    text.resize(static_cast<size_t>(in.gcount()));
+    if (text.size() > kMaxConfigBytes)
+        return make_error(Errc::invalid_input, path + ": config file larger than " + std::to_string(kMaxConfigBytes >> 10) + " KiB");
+    return parse_config(text, path);
 }
 
 bool option_set(const po::variables_map& vm, const std::string& name) {

@@ -63,7 +63,9 @@ const std::vector<SharedSection>& shared_sections();
 // Parses TOML text (the entry point for fuzzing: it never throws). `path` names the file
 // in problems.
 ConfigFile parse_config(std::string_view text, std::string path);
-// Reads and parses a file; an unreadable file is an error (problems in it are not).
+inline constexpr size_t kMaxConfigBytes = 1 << 20;
+// Reads and parses a file; an unreadable file, or one over kMaxConfigBytes, is an error
+// (problems in it are not).
 Result<ConfigFile> load_config(const std::string& path);
 
 // How a rule names an option in its message: "--epoch-ms" on the command line, "epoch-ms"

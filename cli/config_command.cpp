@@ -1,5 +1,6 @@
 #include "cli/config_command.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <utility>
 
@@ -51,7 +52,7 @@ int config_command(const std::vector<std::string>& args) {
         auto file = load_config(args[i]);
         if (!file) {
             std::fprintf(stderr, "understudy config check: %s\n", file.error().describe().c_str());
-            code = 3;
+            code = std::max(code, file.error().code == Errc::invalid_input ? 2 : 3); // too large: bad input
             continue;
         }
         auto problems = check_config(*file, commands);

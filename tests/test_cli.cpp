@@ -380,4 +380,12 @@ TEST_CASE("cli: config check reports every problem of the real commands with its
     CHECK(sy.code == 2);
     CHECK_THAT(sy.err, Catch::StartsWith(syntax + ":2: not valid TOML"));
     CHECK(run_cli("config check " + (s.dir / "none.toml").string()).code == 3);
+    // Bounded: a file (or a device) larger than 1 MiB is refused without reading it all.
+    auto huge = s.write("huge.toml", "# " + std::string(1 << 20, 'x') + "\n");
+    auto h = run_cli("config check " + huge);
+    CHECK(h.code == 2);
+    CHECK_THAT(h.err, Catch::Contains("config file larger than 1024 KiB"));
+    auto z = run_cli("config check /dev/zero");
+    CHECK(z.code == 2);
+    CHECK_THAT(z.err, Catch::Contains("config file larger than 1024 KiB"));
 }
