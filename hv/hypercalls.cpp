@@ -103,6 +103,8 @@ Result<void> Hypercalls::add_core() {
     }));
     US_TRYV(add(US_HC_REPORT, [&vm](Vcpu& v, Gpa args) -> Result<void> {
         auto a = US_TRY(vm.memory().read_obj<us_hc_report>(args));
+        if (a.key >= US_REPORT_KEY_LIMIT)
+            return make_error(Errc::guest_fault, "report key " + std::to_string(a.key) + " is not below " + std::to_string(US_REPORT_KEY_LIMIT));
         vm.publish_report(v.index(), a.key, a.value);
         return {};
     }));

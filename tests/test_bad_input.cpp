@@ -190,6 +190,7 @@ TEST_CASE("hostile hypercalls stop the guest with a reason; the VMM survives", "
         {"time_args_oob", true, "not guest RAM"},
         {"abort_file_oob", true, "not guest RAM"},
         {"abort_len_max", true, "exceeds"},
+        {"report_keys", true, "report key 64 is not below 64"},
         {"hc_undefined", true, "not defined"},
         {"port_outside", false, ""},
         {"port_read_outside", false, ""},

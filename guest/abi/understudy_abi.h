@@ -108,6 +108,8 @@ enum us_report_key {
     US_REPORT_VIRTIO_STATUS = 5, /* bad_virtio: bits 0-7 Status after the attack, 8-15 after the recovery,
                                     bit 16 recovery frame consumed, bit 17 recovery finished */
 };
+/* Keys are below this; a larger key stops the guest (the host keeps one value per key). */
+#define US_REPORT_KEY_LIMIT 64u
 
 /* Argument struct of the test hypercalls (US_HC_TEST_FIRST..LAST). */
 struct us_hc_test {

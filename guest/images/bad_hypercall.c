@@ -64,6 +64,15 @@ static void c_abort_len_max(void)
     us_hypercall(US_HC_ABORT, &a);
 }
 
+static void c_report_keys(void)
+{
+    /* Without a bound each new key would grow the host's table of reports. */
+    for (uint64_t key = 0; key <= US_REPORT_KEY_LIMIT; ++key) {
+        struct us_hc_report a = {.key = key, .value = key};
+        us_hypercall(US_HC_REPORT, &a);
+    }
+}
+
 static void c_hc_undefined(void)
 {
     struct us_hc_test a = {0};
@@ -92,7 +101,7 @@ static const struct {
     {"args_oob", c_args_oob},                 {"args_4g_edge", c_args_4g_edge},
     {"args_misaligned", c_args_misaligned},   {"time_args_oob", c_time_args_oob},
     {"abort_file_oob", c_abort_file_oob},     {"abort_len_max", c_abort_len_max},
-    {"hc_undefined", c_hc_undefined},         {"port_outside", c_port_outside},
+    {"report_keys", c_report_keys},           {"hc_undefined", c_hc_undefined},         {"port_outside", c_port_outside},
     {"port_read_outside", c_port_read_outside}, {"mmio_read", c_mmio_read},
     {"mmio_write", c_mmio_write},             {"fault_ud2", c_fault_ud2},
     {"fault_pf", c_fault_pf},                 {"assert_fail", c_assert_fail},
