@@ -78,3 +78,32 @@ TEST_CASE("pausing a halted guest wakes it and the halt ends early", "[pause][kv
     vm->stop();
     REQUIRE(vm->wait_for(seconds(10)).has_value());
 }
+
+TEST_CASE("a moved VM tells each halted vCPU once at its next halt", "[pause][kvm]") {
+    VmConfig cfg;
+    cfg.memory_bytes = 32 * kMiB;
+    cfg.vcpus = 2;
+    // counter's vCPU 1 halts and reports every US_HALT_MOVED it gets as a running count.
+    auto vm = test::boot("counter", "mib=4 rounds=1000000", cfg);
+    REQUIRE(vm->start());
+    REQUIRE(vm->wait_report(0, US_REPORT_READY, seconds(20)).has_value());
+    CHECK(!vm->report(1, US_REPORT_MOVED).has_value());
+    // Pauses are not moves.
+    for (int i = 0; i < 20; ++i) {
+        vm->pause_all();
+        vm->resume_all();
+    }
+    vm->notify_moved();
+    auto first = vm->wait_report(1, US_REPORT_MOVED, seconds(10));
+    REQUIRE(first.has_value());
+    CHECK(*first == 1);
+    // Once per move: vCPU 1 halts on, and its count only grows with the next move.
+    vm->notify_moved();
+    auto deadline = steady_clock::now() + seconds(10);
+    while (vm->report(1, US_REPORT_MOVED) == std::optional<uint64_t>(1) && steady_clock::now() < deadline)
+        std::this_thread::sleep_for(milliseconds(5));
+    CHECK(vm->report(1, US_REPORT_MOVED) == std::optional<uint64_t>(2));
+    CHECK(!vm->stop_reason().has_value());
+    vm->stop();
+    REQUIRE(vm->wait_for(seconds(10)).has_value());
+}

@@ -107,6 +107,7 @@ enum us_report_key {
     US_REPORT_LAYOUT = 4,    /* churn: guest-physical address of its struct us_churn_header */
     US_REPORT_VIRTIO_STATUS = 5, /* bad_virtio: bits 0-7 Status after the attack, 8-15 after the recovery,
                                     bit 16 recovery frame consumed, bit 17 recovery finished */
+    US_REPORT_MOVED = 6,     /* counter: moved events seen by this (halting) vCPU so far */
 };
 /* Keys are below this; a larger key stops the guest (the host keeps one value per key). */
 #define US_REPORT_KEY_LIMIT 64u

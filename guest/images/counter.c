@@ -5,7 +5,7 @@
  *
  * Keys: mib=M MiB of memory (64)  rounds=K mixing passes (48: ~1.5 s natively)
  *       seed=S PRNG seed (1)
- * Only vCPU 0 works; other vCPUs halt forever.
+ * Only vCPU 0 works; other vCPUs halt, reporting each moved event (US_REPORT_MOVED).
  */
 #include "us/guest.h"
 
@@ -46,8 +46,13 @@ static uint64_t digest(const uint64_t *mem, uint64_t words, uint64_t x)
 
 void guest_main(const struct guest_boot *boot)
 {
-    if (boot->vcpu != 0)
-        us_halt_forever();
+    if (boot->vcpu != 0) {
+        /* Other vCPUs halt, counting the moved events they are told of (US_REPORT_MOVED). */
+        uint64_t moved = 0;
+        for (;;)
+            if (us_halt_until(UINT64_MAX) == US_HALT_MOVED)
+                us_report(US_REPORT_MOVED, ++moved);
+    }
     const uint64_t mib = us_cmdline_u64("mib", 64);
     const uint64_t rounds = us_cmdline_u64("rounds", 48);
     uint64_t seed = us_cmdline_u64("seed", 1);
