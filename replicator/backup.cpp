@@ -26,6 +26,7 @@ HeartbeatStats BackupServer::heartbeats() const {
 void BackupServer::stop() {
     std::lock_guard lock(mu_);
     stopped_ = true;
+    listener_.interrupt();
     if (current_) current_->shutdown();
 }
 

@@ -601,10 +601,17 @@ Result<std::unique_ptr<Connection>> Listener::accept(std::chrono::milliseconds t
     std::array<int, 2> res{};
     US_TRYV(ring_->run(res));
     if (res[0] >= 0) return finish_connection(UniqueFd(res[0]), sockaddr_str(ss), options_, nullptr);
+    // interrupt() shut the socket down: a listening socket then accepts nothing (EINVAL).
+    if (res[0] == -EINVAL) return make_error(Errc::state, "accepting on " + local_.str() + ": the listener was stopped");
     if (res[1] == -ETIME)
         return make_error(Errc::timeout, "accepting on " + local_.str() + ": nobody connected within " +
                                              std::to_string(timeout.count()) + " ms");
     return from_cqe(res[0], "accepting on " + local_.str());
+}
+
+void Listener::interrupt() {
+    // On Linux, shutting a listening socket down wakes its pending accepts with EINVAL.
+    if (fd_.valid()) ::shutdown(fd_.get(), SHUT_RDWR);
 }
 
 void Listener::close() {

@@ -156,6 +156,9 @@ public:
     Endpoint local() const { return local_; }
     // Errc::timeout when nobody connects within `timeout`.
     Result<std::unique_ptr<Connection>> accept(std::chrono::milliseconds timeout);
+    // From any thread: a pending accept() returns at once (Errc::state), and so does
+    // every later one.
+    void interrupt();
     void close();
 
 private:
