@@ -1,5 +1,4 @@
 // The `understudy` command: one binary, one subcommand per thing a user does.
-#include <spdlog/spdlog.h>
 
 #include <cstdio>
 #include <cstring>
@@ -10,6 +9,7 @@
 #include "cli/bench_command.hpp"
 #include "cli/config_command.hpp"
 #include "cli/link_options.hpp"
+#include "cli/logging.hpp"
 #include "cli/run_command.hpp"
 #include "cli/status_command.hpp"
 #include "cli/stop_signals.hpp"
@@ -31,24 +31,32 @@ const char* kUsage =
     "  keygen FILE       write a fresh link key (--link-key) for a primary and its backup\n"
     "\n"
     "`understudy COMMAND --help` describes each command's options.\n"
+    "Every command takes --log-format human|json: log lines for people (the default) or one\n"
+    "JSON object per line {\"ts\",\"level\",\"msg\"} for log collectors.\n"
     "Exit codes: 0 success, 1 the guest failed, 2 bad usage or input, 3 host error,\n"
     "4 fenced (another host holds the primary role).\n";
 
 } // namespace
 
 int main(int argc, char** argv) {
-    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
     understudy::cli::block_stop_signals();
-    if (argc < 2) {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    auto format = understudy::cli::take_log_format(args);
+    if (!format) {
+        std::fprintf(stderr, "understudy: %s\n", format.error().message.c_str());
+        return 2;
+    }
+    understudy::cli::set_log_format(*format);
+    if (args.empty()) {
         std::fputs("understudy: missing COMMAND; see 'understudy --help'\n", stderr);
         return 2;
     }
-    if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
-        std::fputs(kUsage, argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+    std::string cmd = args.front();
+    args.erase(args.begin());
+    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+        std::fputs(kUsage, stdout);
+        return 0;
     }
-    std::string cmd = argv[1];
-    std::vector<std::string> args(argv + 2, argv + argc);
     if (cmd == "run") return understudy::cli::run_command(args);
     if (cmd == "restore") return understudy::cli::restore_command(args);
     if (cmd == "backup") return understudy::cli::backup_command(args);

@@ -231,9 +231,41 @@ private:
 
 Result<Json> parse_json(std::string_view in) { return JsonParser(in).document(); }
 
+namespace {
+
+// Length of the well-formed UTF-8 sequence at s[i] (RFC 3629: no overlong forms, no
+// surrogates, nothing above U+10FFFF), or 0.
+size_t utf8_sequence(std::string_view s, size_t i) {
+    auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+    unsigned char c = b(0);
+    size_t n = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
+    if (c > 0xf4 || n == 0 || i + n > s.size()) return 0;
+    for (size_t k = 1; k < n; ++k)
+        if ((b(k) & 0xc0) != 0x80) return 0;
+    if (n == 3 && ((c == 0xe0 && b(1) < 0xa0) || (c == 0xed && b(1) >= 0xa0))) return 0; // overlong, surrogate
+    if (n == 4 && ((c == 0xf0 && b(1) < 0x90) || (c == 0xf4 && b(1) >= 0x90))) return 0; // overlong, > U+10FFFF
+    return n;
+}
+
+} // namespace
+
 std::string json_quote(std::string_view s) {
     std::string out = "\"";
-    for (char c : s) {
+    for (size_t i = 0; i < s.size();) {
+        char c = s[i];
+        if (static_cast<unsigned char>(c) >= 0x80) {
+            // Bytes that are not UTF-8 (from a peer, a file, a guest) become U+FFFD, so the
+            // result is always valid JSON text.
+            size_t n = utf8_sequence(s, i);
+            if (n == 0) {
+                out += "\\ufffd";
+                ++i;
+            } else {
+                out.append(s.substr(i, n));
+                i += n;
+            }
+            continue;
+        }
         switch (c) {
         case '"': out += "\\\""; break;
         case '\\': out += "\\\\"; break;
@@ -249,6 +281,7 @@ std::string json_quote(std::string_view s) {
                 out += c;
             }
         }
+        ++i;
     }
     return out + "\"";
 }

@@ -283,6 +283,27 @@ TEST_CASE("cli: bad usage is one line on stderr and exit code 2", "[binary]") {
     }
 }
 
+TEST_CASE("cli: --log-format json makes every log line a JSON object", "[binary]") {
+    // A backup with the link in clear logs a warning, then cannot bind an address this host lacks.
+    for (const char* where : {"--log-format json backup", "backup --log-format=json"}) {
+        auto o = run_cli(std::string(where) + " --listen 192.0.2.1:7400 --link-security disabled");
+        CHECK(o.code == 3);
+        INFO(o.out);
+        std::istringstream lines(o.out);
+        std::string line;
+        int logged = 0;
+        while (std::getline(lines, line)) {
+            CHECK_THAT(line, Catch::StartsWith("{\"ts\":\"") && Catch::EndsWith("}"));
+            CHECK_THAT(line, Catch::Contains("\"level\":\"warning\",\"msg\":\"backup: --link-security disabled"));
+            ++logged;
+        }
+        CHECK(logged == 1);
+    }
+    auto bad = run_cli("--log-format xml status");
+    CHECK(bad.code == 2);
+    CHECK(bad.err == "understudy: --log-format 'xml': expected human or json\n");
+}
+
 TEST_CASE("cli: every subcommand has --help", "[binary]") {
     for (const char* cmd : {"run", "restore", "backup", "verify-stream", "config", "config check", "bench", "status"}) {
         INFO(cmd);
