@@ -19,6 +19,7 @@
 
 #include "cli/config.hpp"
 #include "cli/fencing.hpp"
+#include "cli/progress.hpp"
 #include "cli/link_options.hpp"
 #include "cli/instrument.hpp"
 #include "cli/network.hpp"
@@ -232,7 +233,9 @@ int backup_command(const std::vector<std::string>& args) {
                           role.error().describe(), epoch);
         }
         if (!snapshot_to.empty() && epoch > 0) {
-            auto info = hv::write_snapshot(replica->memory(), replica->state(), snapshot_to);
+            Progress progress("writing snapshot " + snapshot_to);
+            auto info = hv::write_snapshot(replica->memory(), replica->state(), snapshot_to, progress.callback());
+            progress.finish();
             if (!info) {
                 std::fprintf(stderr, "understudy: %s\n", info.error().describe().c_str());
                 return 3;

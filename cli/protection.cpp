@@ -71,17 +71,17 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
     // Without a backup nothing protects the output any more: release it now, not at the
     // next status line.
     hooks.on_failure = [self](const Error&) { self->run_unprotected(); };
-    auto sync_start = steady_clock::now();
-    hooks.on_sync_progress = [sync_start](const replicator::SyncProgress& s) {
-        std::printf("sync: round %u, %llu pages; %llu of %llu MiB sent, %.0f MB/s, %.1f s\n", s.round,
-                    (unsigned long long)s.pages_this_round, (unsigned long long)(s.bytes_sent >> 20),
-                    (unsigned long long)(s.bytes_total >> 20), s.rate_bytes_per_s / 1e6,
-                    duration<double>(steady_clock::now() - sync_start).count());
-        std::fflush(stdout);
+    // Round 0 sends all of memory; each later round the pages dirtied meanwhile.
+    hooks.on_sync_progress = [self, round = ~0u, round_start = uint64_t(0), last = uint64_t(0)](const replicator::SyncProgress& s) mutable {
+        if (s.round != round) round = s.round, round_start = last;
+        last = s.bytes_sent;
+        self->sync_progress_.update(s.bytes_sent - round_start, s.pages_this_round * hv::kPageSize,
+                                    "initial sync, round " + std::to_string(s.round));
     };
     hooks.on_acked = [self, net](const replicator::EpochFigures& f) {
         if (net) net->commit().acknowledged(f.epoch);
         std::lock_guard lock(self->mu_);
+        if (f.epoch == 1) self->sync_progress_.finish();
         if (f.epoch == 1) std::printf("protected: initial checkpoint acknowledged (stop-and-copy pause %.1f ms)\n", double(f.pause_ns) / 1e6);
         self->window_.push_back(f);
         if (f.epoch == 1) return;

@@ -13,6 +13,7 @@
 #include "cli/fencing.hpp"
 #include "cli/metrics.hpp"
 #include "cli/network.hpp"
+#include "cli/progress.hpp"
 #include "hv/vm.hpp"
 #include "replicator/primary.hpp"
 
@@ -38,6 +39,7 @@ public:
 private:
     void run_unprotected();
 
+    Progress sync_progress_{"initial sync"};
     std::unique_ptr<replicator::Primary> primary_;
     SourceGuard heartbeat_source_; // reads primary_: declared after it, so it goes first
     GuestNetwork* net_ = nullptr;

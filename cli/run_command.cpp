@@ -17,6 +17,7 @@
 #include "cli/config.hpp"
 #include "cli/option_rules.hpp"
 #include "cli/operations.hpp"
+#include "cli/progress.hpp"
 #include "cli/protection.hpp"
 #include "cli/stop_signals.hpp"
 #include "cli/vm_options.hpp"
@@ -163,7 +164,9 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
         if (!snapshot_done && elapsed >= o.snapshot_after_s) {
             snapshot_done = true;
             vm.pause_all();
-            auto info = hv::save_snapshot(vm, o.snapshot_to);
+            Progress progress("writing snapshot " + o.snapshot_to);
+            auto info = hv::save_snapshot(vm, o.snapshot_to, progress.callback());
+            progress.finish();
             if (!info) {
                 vm.stop();
                 return fail(info.error());
@@ -320,7 +323,9 @@ int restore_command(const std::vector<std::string>& args) {
     hv::SnapshotInfo info;
     std::unique_ptr<GuestNetwork> net;
     auto attach = GuestNetwork::attach_fn(no, net);
-    auto vm = hv::restore_snapshot(path, base, &info, {}, attach);
+    Progress progress("restoring " + path);
+    auto vm = hv::restore_snapshot(path, base, &info, progress.callback(), attach);
+    progress.finish();
     if (!vm) return fail(vm.error());
     std::printf("== restored %s: %llu MiB RAM, %u vCPU(s), %llu non-zero pages\n", path.c_str(),
                 (unsigned long long)(info.memory_bytes >> 20), info.vcpus, (unsigned long long)info.pages_written);

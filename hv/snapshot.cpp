@@ -205,6 +205,7 @@ Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig b
             for (uint32_t i = 0; i < h.vcpus; ++i)
                 if (!have_vcpu[i]) return bad("no state for vCPU " + std::to_string(i));
             US_TRYV(finish_restore(*vm, state));
+            if (progress) progress(mem.size(), mem.size()); // the zero pages after the last record are done too
             if (info) *info = SnapshotInfo{h.memory_bytes, h.vcpus, pages, in.offset()};
             return vm;
         }

@@ -235,6 +235,12 @@ Result<void> Primary::initial_sync() {
     auto t_start = steady_clock::now();
     std::vector<uint64_t> idx;
     std::vector<uint8_t> buf;
+    // Reported after every batch, so that a long first round shows its progress.
+    auto sent = [&](size_t pages) {
+        prog.bytes_sent += pages * hv::kPageSize;
+        prog.rate_bytes_per_s = double(prog.bytes_sent) / std::max(1e-9, duration<double>(steady_clock::now() - t_start).count());
+        if (hooks_.on_sync_progress) hooks_.on_sync_progress(prog);
+    };
     auto send_pages = [&](auto&& for_each_page) -> Result<void> {
         idx.clear();
         buf.clear();
@@ -245,16 +251,14 @@ Result<void> Primary::initial_sync() {
             buf.insert(buf.end(), mem.page_ptr(p), mem.page_ptr(p) + hv::kPageSize);
             if (idx.size() == 4096) {
                 r = w.pages(idx, buf);
-                prog.bytes_sent += idx.size() * hv::kPageSize;
+                if (r) sent(idx.size());
                 idx.clear();
                 buf.clear();
             }
         });
         US_TRYV(std::move(r));
         if (!idx.empty()) US_TRYV(w.pages(idx, buf));
-        prog.bytes_sent += idx.size() * hv::kPageSize;
-        prog.rate_bytes_per_s = double(prog.bytes_sent) / std::max(1e-9, duration<double>(steady_clock::now() - t_start).count());
-        if (hooks_.on_sync_progress) hooks_.on_sync_progress(prog);
+        sent(idx.size());
         return {};
     };
 

@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -25,6 +26,7 @@
 
 #include "cli/control_socket.hpp"
 #include "cli/logging.hpp"
+#include "cli/progress.hpp"
 #include "failover/etcd_arbiter.hpp"
 #include "cli/http_endpoint.hpp"
 #include "cli/metrics.hpp"
@@ -653,4 +655,61 @@ TEST_CASE("--log-format is taken from anywhere in the arguments and checked", "[
     CHECK_THAT(take_log_format(c).error().message, Catch::Contains("expected human or json"));
     std::vector<std::string> d = {"run", "--log-format"};
     CHECK_THAT(take_log_format(d).error().message, Catch::Contains("needs a value"));
+}
+
+TEST_CASE("progress: a line with rate and ETA; throttled on a terminal and in a journal", "[progress]") {
+    CHECK(Progress::line("restoring x", 512ull << 20, 1ull << 30, 2.0) ==
+          "restoring x: 512.0 MiB of 1.0 GiB (50%), 268 MB/s, ETA 2.0 s");
+    CHECK(Progress::line("w", 3ull << 20, 3ull << 20, 1.5) == "w: 3.0 MiB of 3.0 MiB (100%), 2 MB/s, 1.5 s");
+    CHECK(Progress::line("w", 0, 0, 0) == "w: 0.0 MiB of 0.0 MiB (100%)");
+
+    auto t = Progress::Clock::time_point{};
+    auto clock = [&t] { return t; };
+    std::string out;
+    auto sink = [&out](std::string_view s) { out += s; };
+    const uint64_t total = 100ull << 20;
+
+    SECTION("not a terminal: a line when 2 s and 10 % have both passed, and a final line") {
+        Progress p("sync", {false, sink}, clock);
+        for (int ms = 0; ms <= 10000; ms += 100) {
+            t = Progress::Clock::time_point{} + std::chrono::milliseconds(ms);
+            p.update(total * uint64_t(ms) / 10000, total); // 1 % per 100 ms
+        }
+        p.finish();
+        p.update(1, total); // ignored after finish
+        // t=0 (first), 2 s (20 %), 4 s, 6 s, 8 s, 10 s, then the final line.
+        CHECK(std::count(out.begin(), out.end(), '\n') == 7);
+        CHECK(out.find('\r') == std::string::npos);
+        CHECK_THAT(out, Catch::StartsWith("sync: 0.0 MiB of 100.0 MiB (0%)\n") && Catch::EndsWith("(100%), 10 MB/s, 10.0 s\n"));
+    }
+    SECTION("slow progress in a journal: 2 s apart is not enough without 10 %") {
+        Progress p("sync", {false, sink}, clock);
+        for (int s = 0; s <= 20; ++s) {
+            t = Progress::Clock::time_point{} + std::chrono::seconds(s);
+            p.update(total * uint64_t(s) / 100, total); // 1 % per second
+        }
+        CHECK(std::count(out.begin(), out.end(), '\n') == 3); // 0 %, 10 %, 20 %
+    }
+    SECTION("a terminal: redrawn in place at most every 100 ms, padded, newline at the end") {
+        Progress p("sync", {true, sink}, clock);
+        for (int ms = 0; ms < 1000; ms += 10) {
+            t = Progress::Clock::time_point{} + std::chrono::milliseconds(ms);
+            p.update(total * uint64_t(ms) / 1000, total, ms < 500 ? "initial sync, round 0" : "round 1");
+        }
+        p.finish();
+        CHECK(std::count(out.begin(), out.end(), '\r') == 11); // every 100 ms, plus the final redraw
+        CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+        CHECK(out.back() == '\n');
+        // The first line with the shorter label is padded over the longer one before it.
+        auto first = out.find("\rround 1: ");
+        REQUIRE(first != std::string::npos);
+        auto segment = out.substr(first, out.find('\r', first + 1) - first);
+        CHECK_THAT(segment, Catch::EndsWith("            "));
+        CHECK_THAT(out.substr(out.rfind('\r')), Catch::StartsWith("\rround 1: "));
+    }
+    SECTION("nothing shown, nothing finished") {
+        Progress p("sync", {true, sink}, clock);
+        p.finish();
+        CHECK(out.empty());
+    }
 }
