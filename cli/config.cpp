@@ -18,9 +18,12 @@
 #include <iostream>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <utility>
 #include <variant>
+
+#include "common/utf8.hpp"
 
 namespace understudy::cli {
 
@@ -86,49 +89,24 @@ std::pair<Kind, std::string> classify(const toml::node& n) {
 
 unsigned line_of(const toml::node& n) { return static_cast<unsigned>(n.source().begin.line); }
 
-// The line of the first non-ASCII byte outside a string or comment (TOML allows them only
-// there), or 0. toml++ 3.3 must not see one: its whitespace table is wrong for U+00A1 to
-// U+0499, U+2D3E to U+3137 and U+FB06 to U+FEFE and reaches __builtin_unreachable
-// (undefined behaviour) on them. A quote opens a string only where a key or value can
-// start (after a line start, '=', '[', ',', '{' or '.'), and a multi-line one only where a
-// value can (after '=', or '[' or ',' in an array), as for toml++; elsewhere it is part of
-// an invalid token.
-unsigned non_ascii_outside_strings(std::string_view t) {
+// toml++ 3.3 (Debian 12) has a wrong whitespace table for U+00A1..U+0499, U+2D3E..U+3137
+// and U+FB06..U+FEFE and reaches __builtin_unreachable (undefined behaviour) wherever its
+// lexer meets one of them, in a string or out of it. Such characters are refused anywhere
+// in the file (a string can still hold them written as \uXXXX), and so is text that is not
+// UTF-8, which TOML requires. Returns the problem and its line, or nothing.
+std::optional<std::pair<unsigned, std::string>> refused_text(std::string_view t) {
     unsigned line = 1;
-    char prev = '\n';       // the last character on this line other than blanks
-    std::string brackets;   // open '[' (array), 'h' (table header), '{' (inline table)
-    for (size_t i = 0; i < t.size(); ++i) {
-        char c = t[i];
-        bool opens = prev == '\n' || prev == '=' || prev == '[' || prev == ',' || prev == '{' || prev == '.';
-        bool value = prev == '=' || ((prev == '[' || prev == ',') && !brackets.empty() && brackets.back() == '[');
-        if (c == '[') brackets += (prev == '\n' && brackets.empty()) || (prev == '[' && !brackets.empty() && brackets.back() == 'h') ? 'h' : '[';
-        else if (c == '{') brackets += '{';
-        else if ((c == ']' || c == '}') && !brackets.empty()) brackets.pop_back();
-        if (c != ' ' && c != '\t') prev = c;
-        if (c == '\n') ++line;
-        else if (static_cast<unsigned char>(c) >= 0x80) return line;
-        else if (c == '#') {
-            while (i + 1 < t.size() && t[i + 1] != '\n') ++i;
-        } else if ((c == '"' || c == '\'') && opens) {
-            bool multi = value && t.substr(i, 3) == std::string(3, c), basic = c == '"';
-            i += multi ? 3 : 1;
-            for (; i < t.size(); ++i) {
-                if (t[i] == '\n') {
-                    ++line;
-                    prev = '\n';
-                    if (!multi) break; // unterminated: toml++ reports it
-                } else if (basic && t[i] == '\\') {
-                    if (i + 1 < t.size() && t[i + 1] == '\n') ++line;
-                    ++i;
-                } else if (t[i] == c && (!multi || t.substr(i, 3) == std::string(3, c))) {
-                    if (multi) i += 2;
-                    prev = c;
-                    break;
-                }
-            }
-        }
+    for (size_t i = 0; i < t.size();) {
+        size_t n = utf8_sequence(t, i);
+        if (n == 0) return std::pair{line, std::string("not valid TOML: the file is not UTF-8")};
+        uint32_t cp = utf8_code_point(t, i, n);
+        if ((cp >= 0xa1 && cp <= 0x499) || (cp >= 0x2d3e && cp <= 0x3137) || (cp >= 0xfb06 && cp <= 0xfefe))
+            return std::pair{line, fmt::format("U+{:04X} is refused in config files: the TOML reader of Debian 12 "
+                                               "mis-reads it; in a string, write it as \\u{:04X}", cp, cp)};
+        if (cp == '\n') ++line;
+        i += n;
     }
-    return 0;
+    return std::nullopt;
 }
 
 } // namespace
@@ -136,8 +114,8 @@ unsigned non_ascii_outside_strings(std::string_view t) {
 ConfigFile parse_config(std::string_view text, std::string path) {
     ConfigFile f;
     f.path = std::move(path);
-    if (unsigned at = non_ascii_outside_strings(text)) {
-        f.problems.push_back({f.path, at, "not valid TOML: a non-ASCII character outside a string or comment"});
+    if (auto refused = refused_text(text)) {
+        f.problems.push_back({f.path, refused->first, refused->second});
         return f;
     }
     auto parsed = toml::parse(text, std::string_view(f.path));

@@ -9,6 +9,8 @@
 #include <charconv>
 #include <cstdio>
 
+#include "common/utf8.hpp"
+
 namespace understudy::failover {
 
 namespace etcd_detail {
@@ -168,6 +170,13 @@ private:
             const char c = in_[pos_++];
             if (c == '"') return out;
             if (static_cast<unsigned char>(c) < 0x20) return fail("control character in a string");
+            if (static_cast<unsigned char>(c) >= 0x80) {
+                size_t n = utf8_sequence(in_, pos_ - 1);
+                if (n == 0) return fail("a string is not UTF-8");
+                out.append(in_.substr(pos_ - 1, n));
+                pos_ += n - 1;
+                continue;
+            }
             if (c != '\\') {
                 out += c;
                 continue;
@@ -230,24 +239,6 @@ private:
 } // namespace
 
 Result<Json> parse_json(std::string_view in) { return JsonParser(in).document(); }
-
-namespace {
-
-// Length of the well-formed UTF-8 sequence at s[i] (RFC 3629: no overlong forms, no
-// surrogates, nothing above U+10FFFF), or 0.
-size_t utf8_sequence(std::string_view s, size_t i) {
-    auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
-    unsigned char c = b(0);
-    size_t n = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
-    if (c > 0xf4 || n == 0 || i + n > s.size()) return 0;
-    for (size_t k = 1; k < n; ++k)
-        if ((b(k) & 0xc0) != 0x80) return 0;
-    if (n == 3 && ((c == 0xe0 && b(1) < 0xa0) || (c == 0xed && b(1) >= 0xa0))) return 0; // overlong, surrogate
-    if (n == 4 && ((c == 0xf0 && b(1) < 0x90) || (c == 0xf4 && b(1) >= 0x90))) return 0; // overlong, > U+10FFFF
-    return n;
-}
-
-} // namespace
 
 std::string json_quote(std::string_view s) {
     std::string out = "\"";

@@ -46,8 +46,8 @@ namespace understudy::failover {
 namespace etcd_detail {
 
 // A strict JSON reader for the few answers etcd's gateway gives (RFC 8259: no trailing
-// commas, comments, duplicate keys, bare control characters or trailing garbage; depth
-// at most 32). Boost.JSON is not in Debian 12's Boost 1.74 and libboost1.81-dev conflicts
+// commas, comments, duplicate keys, bare control characters, strings that are not UTF-8
+// or trailing garbage; depth at most 32). Boost.JSON is not in Debian 12's Boost 1.74 and libboost1.81-dev conflicts
 // with libboost1.74-dev, so this small reader is ours.
 struct Json {
     enum class Kind { null, boolean, number, string, array, object };
