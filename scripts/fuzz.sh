@@ -35,8 +35,7 @@ cc=${FUZZ_CC:-clang-16}
 cxx=${FUZZ_CXX:-clang++-16}
 if [ ! -f "$build/CMakeCache.txt" ]; then
   CC=$cc CXX=$cxx cmake -S . -B "$build" -DUNDERSTUDY_FUZZ=ON -DBUILD_TESTING=OFF -DUNDERSTUDY_BENCH=OFF \
-    -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -gline-tables-only" \
-    -DCMAKE_CXX_FLAGS="-Wno-macro-redefined -D__cpp_concepts=202002L" >/dev/null
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -gline-tables-only" >/dev/null
 fi
 # The config target exists only once cli/config.cpp does.
 have=()
