@@ -444,7 +444,14 @@ void say(const CommandSpec& spec, const std::string& msg) {
 
 std::string see_help(const CommandSpec& spec) { return "; see 'understudy " + spec.name + " --help'"; }
 
+std::function<void(const std::string&)>& config_log_format_hook() {
+    static std::function<void(const std::string&)> hook;
+    return hook;
+}
+
 } // namespace
+
+void on_config_log_format(std::function<void(const std::string&)> apply) { config_log_format_hook() = std::move(apply); }
 
 std::optional<int> parse_command(const std::vector<std::string>& args, CommandSpec& spec) {
     auto& desc = spec.desc;
@@ -454,6 +461,9 @@ std::optional<int> parse_command(const std::vector<std::string>& args, CommandSp
                            ("read settings from this TOML file (docs/config.md): these options' long names as keys, in [" +
                             spec.name + "] or a shared section; flags given here override it")
                                .c_str());
+    if (spec.config && !desc.find_nothrow("log-format", false))
+        desc.add_options()("log-format", po::value<std::string>()->value_name("FORMAT"),
+                           "log lines: human (the default) or json, one JSON object per line (docs/cli.md, \"Logs\")");
     po::variables_map vm;
     if (t_check) { // `understudy config check`: the file's settings for this command only
         t_check->visited = true;
@@ -520,6 +530,8 @@ std::optional<int> parse_command(const std::vector<std::string>& args, CommandSp
             say(spec, r.message);
     }
     if (!broken.empty()) return 2;
+    if (auto it = where.find("log-format"); it != where.end() && config_log_format_hook())
+        config_log_format_hook()(vm["log-format"].as<std::string>());
     try {
         po::notify(vm);
     } catch (const po::required_option& e) {

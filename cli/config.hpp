@@ -91,6 +91,11 @@ struct CommandSpec {
     bool config = true; // take --config FILE (commands that have a config section)
 };
 
+// `log-format` (docs/cli.md, "Logs") is a key of every command section but not a flag that
+// parse_command sees: main takes --log-format off the command line first. When the command
+// line had none, main installs this to apply a config file's value once the file is checked.
+void on_config_log_format(std::function<void(const std::string&)> apply);
+
 // Parses a subcommand's arguments: the command line, then `--config FILE` (added to
 // `desc`, with --help), then the rules, then program_options' notify (required options,
 // storing into the bound variables). Returns the exit code to return now (0 after --help,

@@ -43,7 +43,7 @@ public:
 Result<LogFormat> parse_log_format(std::string_view text) {
     if (text == "human") return LogFormat::human;
     if (text == "json") return LogFormat::json;
-    return make_error(Errc::invalid_input, "--log-format '" + std::string(text) + "': expected human or json");
+    return make_error(Errc::invalid_input, "'" + std::string(text) + "': expected human or json");
 }
 
 void set_log_format(LogFormat format) {
@@ -53,20 +53,20 @@ void set_log_format(LogFormat format) {
         spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
 }
 
-Result<LogFormat> take_log_format(std::vector<std::string>& args) {
-    LogFormat format = LogFormat::human;
+Result<std::optional<LogFormat>> take_log_format(std::vector<std::string>& args) {
+    std::optional<LogFormat> format;
     for (size_t i = 0; i < args.size();) {
         std::string_view a = args[i];
-        if (a == "--log-format") {
-            if (i + 1 >= args.size()) return make_error(Errc::invalid_input, "--log-format needs a value (human or json)");
-            format = US_TRY(parse_log_format(args[i + 1]));
-            args.erase(args.begin() + long(i), args.begin() + long(i) + 2);
-        } else if (a.starts_with("--log-format=")) {
-            format = US_TRY(parse_log_format(a.substr(13)));
-            args.erase(args.begin() + long(i));
-        } else {
+        size_t taken = a == "--log-format" ? 2 : a.starts_with("--log-format=") ? 1 : 0;
+        if (taken == 0) {
             ++i;
+            continue;
         }
+        if (i + taken > args.size()) return make_error(Errc::invalid_input, "--log-format needs a value (human or json)");
+        auto parsed = parse_log_format(taken == 2 ? std::string_view(args[i + 1]) : a.substr(13));
+        if (!parsed) return make_error(Errc::invalid_input, "--log-format " + parsed.error().message);
+        format = *parsed;
+        args.erase(args.begin() + long(i), args.begin() + long(i + taken));
     }
     return format;
 }

@@ -2,6 +2,7 @@
 // default, or one JSON object per line for log collectors (--log-format json).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,7 +18,7 @@ Result<LogFormat> parse_log_format(std::string_view text);
 void set_log_format(LogFormat format);
 
 // Takes the global `--log-format FORMAT` (or `--log-format=FORMAT`) out of `args`, where
-// it may stand anywhere; without it the format is human.
-Result<LogFormat> take_log_format(std::vector<std::string>& args);
+// it may stand anywhere; nullopt when it is not there.
+Result<std::optional<LogFormat>> take_log_format(std::vector<std::string>& args);
 
 } // namespace understudy::cli

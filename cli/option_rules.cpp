@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "cli/logging.hpp"
 #include "cli/network.hpp"
 #include "cli/vm_options.hpp"
 #include "failover/failure_detector.hpp"
@@ -108,6 +109,11 @@ const std::vector<OptionRule>& option_rules() {
          }},
         // Failover (backup).
         needs("reprotect-to", "promote"),
+        // Logs (cli/logging.hpp).
+        valid<std::string>("log-format", [](const std::string& s) -> Result<void> {
+            US_TRYV(parse_log_format(s));
+            return {};
+        }),
         // The guest network (network.hpp).
         valid<std::string>("mac", [](const std::string& s) -> Result<void> {
             US_TRYV(parse_mac(s));

@@ -17,17 +17,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <regex>
 #include <sstream>
 #include <thread>
 
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
-
 #include "cli/control_socket.hpp"
-#include "cli/logging.hpp"
 #include "cli/progress.hpp"
-#include "failover/etcd_arbiter.hpp"
 #include "cli/http_endpoint.hpp"
 #include "cli/metrics.hpp"
 #include "cli/operations.hpp"
@@ -596,65 +590,6 @@ TEST_CASE("HTTP endpoint: /metrics, /healthz and /primary by role and state", "[
     CHECK(!HttpEndpoint::start("nonsense", [](std::string_view) { return HttpAnswer{}; }));
     CHECK(!HttpEndpoint::start("127.0.0.1:99999", [](std::string_view) { return HttpAnswer{}; }));
     CHECK(!HttpEndpoint::start("example.com:80", [](std::string_view) { return HttpAnswer{}; }));
-}
-
-TEST_CASE("json log lines are one valid JSON object each, whatever the message holds", "[logs]") {
-    using failover::etcd_detail::parse_json;
-    std::ostringstream out;
-    auto logger = std::make_shared<spdlog::logger>("json-test", std::make_shared<spdlog::sinks::ostream_sink_st>(out));
-    spdlog::register_logger(logger);
-    set_log_format(LogFormat::json);
-    const std::vector<std::string> messages = {
-        "plain",
-        "quotes \" and \\ backslashes",
-        "two\nlines\r\n and a tab\t",
-        std::string("every control byte: ") + std::string("\x01\x02\x03\x07\x08\x0b\x0c\x0e\x1b\x1f") + std::string(1, '\0'),
-        "not UTF-8: \xff\xfe \xc0\xaf \xed\xa0\x80 \xf4\x90\x80\x80 truncated \xe2\x82",
-        "UTF-8 kept: \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
-    };
-    for (const auto& m : messages) logger->warn("{}", m);
-    logger->flush();
-    spdlog::drop("json-test");
-    set_log_format(LogFormat::human);
-
-    std::istringstream lines(out.str());
-    std::string line;
-    size_t n = 0;
-    while (std::getline(lines, line)) {
-        INFO(line);
-        auto j = parse_json(line);
-        REQUIRE(j);
-        REQUIRE(j->kind == failover::etcd_detail::Json::Kind::object);
-        REQUIRE(j->members.size() == 3);
-        CHECK(j->members[0].first == "ts");
-        CHECK(std::regex_match(j->members[0].second.text, std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)")));
-        CHECK(j->find("level")->text == "warning");
-        const std::string& msg = j->find("msg")->text;
-        REQUIRE(n < messages.size());
-        if (n == 4) {
-            CHECK(msg == "not UTF-8: \xef\xbf\xbd\xef\xbf\xbd \xef\xbf\xbd\xef\xbf\xbd \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd "
-                         "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd truncated \xef\xbf\xbd\xef\xbf\xbd");
-        } else {
-            CHECK(msg == messages[n]); // decoded back exactly
-        }
-        ++n;
-    }
-    CHECK(n == messages.size());
-}
-
-TEST_CASE("--log-format is taken from anywhere in the arguments and checked", "[logs]") {
-    std::vector<std::string> a = {"run", "x.elf", "--log-format", "json", "-c", "k=v"};
-    auto f = take_log_format(a);
-    REQUIRE(f);
-    CHECK(*f == LogFormat::json);
-    CHECK(a == std::vector<std::string>{"run", "x.elf", "-c", "k=v"});
-    std::vector<std::string> b = {"--log-format=human", "status"};
-    REQUIRE(take_log_format(b));
-    CHECK(b == std::vector<std::string>{"status"});
-    std::vector<std::string> c = {"run", "--log-format=yaml"};
-    CHECK_THAT(take_log_format(c).error().message, Catch::Contains("expected human or json"));
-    std::vector<std::string> d = {"run", "--log-format"};
-    CHECK_THAT(take_log_format(d).error().message, Catch::Contains("needs a value"));
 }
 
 TEST_CASE("progress: a line with rate and ETA; throttled on a terminal and in a journal", "[progress]") {
