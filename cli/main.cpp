@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "cli/action_command.hpp"
 #include "cli/backup_command.hpp"
 #include "cli/bench_command.hpp"
-#include "cli/config.hpp"
 #include "cli/config_command.hpp"
 #include "cli/link_options.hpp"
 #include "cli/logging.hpp"
@@ -27,6 +27,8 @@ const char* kUsage =
     "  backup            receive checkpoints from a protected VM's primary\n"
     "  verify-stream FILE  check a stream captured with `backup --capture` against the spec\n"
     "  status            show a running instance's state and figures (--control-socket PATH)\n"
+    "  snapshot FILE     have a running instance save its VM to FILE (--control-socket PATH)\n"
+    "  reprotect         protect a running, unprotected VM with a new backup (--backup HOST:PORT)\n"
     "  config check FILE   check a config file for `run|restore|backup --config FILE`\n"
     "  bench [--quick]     run the benchmarks; write a report with plots (--out DIR)\n"
     "  keygen FILE       write a fresh link key (--link-key) for a primary and its backup\n"
@@ -47,11 +49,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "understudy: %s\n", format.error().message.c_str());
         return 2;
     }
-    understudy::cli::set_log_format(format->value_or(understudy::cli::LogFormat::human));
-    if (!*format) // a command's --config file may choose; the value is checked by then
-        understudy::cli::on_config_log_format([](const std::string& text) {
-            if (auto chosen = understudy::cli::parse_log_format(text)) understudy::cli::set_log_format(*chosen);
-        });
+    understudy::cli::set_log_format(*format);
     if (args.empty()) {
         std::fputs("understudy: missing COMMAND; see 'understudy --help'\n", stderr);
         return 2;
@@ -67,6 +65,8 @@ int main(int argc, char** argv) {
     if (cmd == "backup") return understudy::cli::backup_command(args);
     if (cmd == "verify-stream") return understudy::cli::verify_stream_command(args);
     if (cmd == "status") return understudy::cli::status_command(args);
+    if (cmd == "snapshot") return understudy::cli::snapshot_command(args);
+    if (cmd == "reprotect") return understudy::cli::reprotect_command(args);
     if (cmd == "config") return understudy::cli::config_command(args);
     if (cmd == "bench") return understudy::cli::bench_command(args);
     if (cmd == "keygen") return understudy::cli::keygen_command(args);

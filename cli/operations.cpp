@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <deque>
 #include <mutex>
 
 #include "cli/control_socket.hpp"
@@ -27,6 +28,10 @@ namespace {
 struct Instance {
     Metrics metrics{Role::primary};
     std::mutex mu;
+    // Actions wait here for the VM's owner; accepting only while a PrimaryInstance runs.
+    std::mutex actions_mu;
+    std::deque<std::unique_ptr<ControlAction>> actions;
+    bool accepting_actions = false;
     std::unique_ptr<ControlSocket> control;
     std::unique_ptr<HttpEndpoint> http;
     std::string control_path, http_listen;
@@ -35,7 +40,68 @@ Instance& instance() {
     static Instance i;
     return i;
 }
+// Longest snapshot path accepted (PATH_MAX, terminating NUL included), and longest
+// HOST:PORT (a DNS name of 253 bytes and a port).
+constexpr size_t kMaxActionPath = 4095;
+constexpr size_t kMaxActionEndpoint = 259;
+
+// Queues a checked action for the VM's owner and waits for its answer.
+std::string queue_action(std::unique_ptr<ControlAction> action) {
+    Instance& in = instance();
+    const std::string cmd = action->cmd;
+    auto answer = action->answer.get_future();
+    {
+        std::lock_guard lock(in.actions_mu);
+        if (!in.accepting_actions)
+            return ControlSocket::error_json(cmd + ": this instance runs no VM (a backup has none until it promotes)");
+        if (!in.actions.empty()) return ControlSocket::error_json(cmd + ": another action is waiting; try again when it is done");
+        in.actions.push_back(std::move(action));
+    }
+    if (answer.wait_for(kActionTimeout) != std::future_status::ready)
+        return ControlSocket::error_json(cmd + ": no answer from the VM within " + std::to_string(kActionTimeout.count()) +
+                                         " s; it may still complete");
+    return answer.get();
+}
+
+// Checks {"cmd":CMD,FIELD:"..."} (a string of at most `limit` bytes, without NUL) and
+// queues it; the VM's owner checks what only it can (an endpoint's syntax).
+std::string request_action(const failover::etcd_detail::Json& req, const std::string& cmd, const char* field,
+                           size_t limit) {
+    using failover::etcd_detail::Json;
+    const Json* value = req.find(field);
+    if (!value || value->kind != Json::Kind::string)
+        return ControlSocket::error_json(cmd + ": no \"" + field + "\" string");
+    const std::string& v = value->text;
+    if (v.empty()) return ControlSocket::error_json(cmd + ": \"" + field + "\" is empty");
+    if (v.size() > limit)
+        return ControlSocket::error_json(cmd + ": \"" + field + "\" is longer than " + std::to_string(limit) + " bytes");
+    if (v.find('\0') != std::string::npos) return ControlSocket::error_json(cmd + ": \"" + field + "\" contains a NUL character");
+    if (cmd == "snapshot" && v.front() != '/') return ControlSocket::error_json("snapshot: \"path\" must be an absolute path");
+    auto action = std::make_unique<ControlAction>();
+    action->cmd = cmd;
+    action->target = v;
+    return queue_action(std::move(action));
+}
+
+// Answers every queued action with `why`; no further ones are accepted.
+void stop_accepting_actions(const std::string& why) {
+    Instance& in = instance();
+    std::lock_guard lock(in.actions_mu);
+    in.accepting_actions = false;
+    for (auto& a : in.actions) a->answer.set_value(ControlSocket::error_json(a->cmd + ": " + why));
+    in.actions.clear();
+}
+
 } // namespace
+
+std::unique_ptr<ControlAction> take_control_action() {
+    Instance& in = instance();
+    std::lock_guard lock(in.actions_mu);
+    if (in.actions.empty()) return nullptr;
+    auto a = std::move(in.actions.front());
+    in.actions.pop_front();
+    return a;
+}
 
 Metrics& instance_metrics() { return instance().metrics; }
 
@@ -73,9 +139,13 @@ std::string handle_control_request(const Metrics& m, std::string_view line) {
         w.begin_object().boolean("ok", true).string("metrics", prometheus_text(m)).end_object();
     } else if (cmd->text == "ping") {
         w.begin_object().boolean("ok", true).end_object();
+    } else if (cmd->text == "snapshot") {
+        return request_action(*req, cmd->text, "path", kMaxActionPath);
+    } else if (cmd->text == "reprotect") {
+        return request_action(*req, cmd->text, "backup", kMaxActionEndpoint);
     } else {
         return ControlSocket::error_json("unknown command '" + cmd->text.substr(0, 64) +
-                                         "' (known: status, metrics, ping)");
+                                         "' (known: status, metrics, ping, snapshot, reprotect)");
     }
     return w.str();
 }
@@ -101,11 +171,17 @@ HttpAnswer handle_http(const Metrics& m, std::string_view target) {
 Result<PrimaryInstance> PrimaryInstance::start(const OpsOptions& o, bool protect) {
     US_TRYV(start_operations(o, Role::primary));
     if (!protect) instance_metrics().set_state(ProtectionState::unprotected, "no backup configured");
+    {
+        std::lock_guard lock(instance().actions_mu);
+        instance().accepting_actions = true;
+    }
     return PrimaryInstance();
 }
 
 PrimaryInstance::~PrimaryInstance() {
-    if (active_) instance_metrics().set_state(ProtectionState::stopped, "the VM stopped");
+    if (!active_) return;
+    stop_accepting_actions("the VM stopped");
+    instance_metrics().set_state(ProtectionState::stopped, "the VM stopped");
 }
 
 void PrimaryInstance::backup_unreachable(const std::string& why) {

@@ -6,6 +6,9 @@
 
 #include <boost/program_options.hpp>
 
+#include <chrono>
+#include <future>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -30,8 +33,21 @@ Metrics& instance_metrics();
 // them (a promoted backup). Fails if the socket or the port cannot be had.
 Result<void> start_operations(const OpsOptions& o, Role role);
 
+// An operator's action on the running VM (docs/status.md, "Actions"). The control
+// socket's thread checks the request and queues it; the thread that owns the VM runs it
+// between two waits and answers one JSON response line through `answer`, for which the
+// socket's thread waits at most kActionTimeout.
+struct ControlAction {
+    std::string cmd;    // "snapshot" or "reprotect"
+    std::string target; // snapshot: the file to write, an absolute path; reprotect: the backup's HOST:PORT
+    std::promise<std::string> answer;
+};
+inline constexpr std::chrono::seconds kActionTimeout{60};
+// The next queued action, or nullptr. Only the VM's owner (a PrimaryInstance's thread) calls it.
+std::unique_ptr<ControlAction> take_control_action();
+
 // The request handlers, exposed for the tests.
-// One control-socket request line: {"cmd":"status"|"metrics"|"ping"}.
+// One control-socket request line: {"cmd":"status"|"metrics"|"ping"|"snapshot"|"reprotect"}.
 std::string handle_control_request(const Metrics& m, std::string_view line);
 // One HTTP GET: /metrics, /healthz, /primary.
 HttpAnswer handle_http(const Metrics& m, std::string_view target);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 #include <thread>
@@ -15,14 +16,17 @@
 #include "cli/fencing.hpp"
 #include "cli/link_options.hpp"
 #include "cli/config.hpp"
+#include "cli/control_socket.hpp"
 #include "cli/option_rules.hpp"
 #include "cli/operations.hpp"
 #include "cli/progress.hpp"
 #include "cli/protection.hpp"
+#include "cli/status.hpp"
 #include "cli/stop_signals.hpp"
 #include "cli/vm_options.hpp"
 #include "hv/pvh_loader.hpp"
 #include "hv/snapshot.hpp"
+#include "replicator/transport.hpp"
 
 namespace understudy::cli {
 
@@ -44,8 +48,11 @@ struct SuperviseOptions {
     unsigned failure_timeout_ms = 100;
     bool run_on_without_backup = false; // a backup that cannot be reached leaves the VM running unprotected
     OpsOptions ops;                     // --control-socket, --metrics-listen (cli/operations.hpp)
-    LinkOptions link;                   // with --backup: turned into `security` by check_snapshot_options
-    replicator::LinkSecurity security;
+    LinkOptions link;                   // turned into `security` by check_snapshot_options
+    // Unset when the link options do not make one (a `run` without --backup and without
+    // --link-key): `understudy reprotect` then says why.
+    std::optional<replicator::LinkSecurity> security;
+    std::string no_security_reason;
     FencingOptions fencing;
 };
 
@@ -85,13 +92,81 @@ int fail(const Error& e) {
     return e.code == Errc::invalid_input || e.code == Errc::unsupported ? 2 : 3;
 }
 
+// `understudy snapshot` (docs/status.md, "Actions"): pauses every vCPU, saves the VM as
+// --snapshot-to does, resumes it, and answers with the file's size and the pause. Refused
+// while a backup is protecting the VM: the replicator pauses and resumes the VM for its
+// checkpoints and would let the guest run in the middle of the snapshot.
+std::string snapshot_action(hv::Vm& vm, const std::string& path, bool protected_now) {
+    if (protected_now)
+        return ControlSocket::error_json("snapshot: the VM is protected by a backup; snapshots are taken only "
+                                         "while it runs unprotected");
+    auto paused_at = steady_clock::now();
+    vm.pause_all();
+    auto info = hv::save_snapshot(vm, path);
+    vm.resume_all();
+    double pause_s = duration<double>(steady_clock::now() - paused_at).count();
+    if (!info) return ControlSocket::error_json("snapshot: " + info.error().describe());
+    std::error_code ec;
+    auto bytes = std::filesystem::file_size(path, ec);
+    if (ec) return ControlSocket::error_json("snapshot: " + path + " was written but cannot be read back: " + ec.message());
+    std::printf("snapshot: %s (%llu non-zero pages, %llu bytes) for `understudy snapshot`; the guest paused %.3f s\n",
+                path.c_str(), static_cast<unsigned long long>(info->pages_written), static_cast<unsigned long long>(bytes),
+                pause_s);
+    std::fflush(stdout);
+    JsonWriter w;
+    w.begin_object()
+        .boolean("ok", true)
+        .string("path", path)
+        .integer("bytes", static_cast<uint64_t>(bytes))
+        .integer("pages", static_cast<uint64_t>(info->pages_written))
+        .number("pause_s", pause_s)
+        .end_object();
+    return w.str();
+}
+
+replicator::PrimaryConfig primary_config(const SuperviseOptions& o, const replicator::LinkSecurity& security) {
+    replicator::PrimaryConfig pc;
+    pc.epoch = microseconds(static_cast<int64_t>(o.epoch_ms * 1000));
+    pc.max_in_flight = o.max_in_flight;
+    pc.heartbeat = {milliseconds(o.heartbeat_ms), milliseconds(o.failure_timeout_ms)};
+    pc.security = security;
+    return pc;
+}
+
+// `understudy reprotect` (docs/status.md, "Actions"): protection to a new backup for a VM
+// that runs unprotected, started the way `--backup` starts it, while the guest runs.
+// Returns the answer line; `protection` holds the new protection on success.
+std::string reprotect_action(hv::Vm& vm, const std::string& backup, const SuperviseOptions& o, GuestNetwork* net,
+                             PrimaryRole* role, std::unique_ptr<Protection>& protection) {
+    if (protection && !protection->failure())
+        return ControlSocket::error_json("reprotect: the VM is already protected by a backup");
+    if (auto endpoint = replicator::Endpoint::parse(backup); !endpoint)
+        return ControlSocket::error_json("reprotect: " + endpoint.error().describe());
+    if (!o.security)
+        return ControlSocket::error_json("reprotect: no link security for a backup: " + o.no_security_reason +
+                                         " (start the VM with --link-key FILE or --link-security disabled)");
+    if (protection) (void)protection->finish(); // the failed session's end was reported when it failed
+    protection.reset();
+    auto p = Protection::start(vm, backup, primary_config(o, *o.security), net, role);
+    if (!p) {
+        instance_metrics().set_state(ProtectionState::unprotected, "reprotect to " + backup + " failed: " + p.error().describe());
+        return ControlSocket::error_json("reprotect: " + p.error().describe());
+    }
+    protection = std::move(*p);
+    std::printf("protected again: checkpoints go to %s (`understudy reprotect`)\n", backup.c_str());
+    std::fflush(stdout);
+    JsonWriter w;
+    w.begin_object().boolean("ok", true).string("backup", backup).end_object();
+    return w.str();
+}
+
 // Runs the VM until it stops: protected through a backup, or sampling dirty pages for
 // the summary (never both: the primary owns every harvest while it runs).
 int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::unique_ptr<PrimaryRole> role = nullptr) {
     const bool protect = !o.backup.empty();
     auto instance = PrimaryInstance::start(o.ops, protect); // status and metrics; "stopped" when it goes
     if (!instance) return fail(instance.error());
-    const bool tracking = vm.config().dirty.mode != hv::DirtyMode::none && !protect;
+    bool tracking = vm.config().dirty.mode != hv::DirtyMode::none && !protect;
     std::vector<uint64_t> per_sample;
     Bitmap sample(vm.memory().page_count()), distinct(vm.memory().page_count());
     auto start = steady_clock::now();
@@ -116,12 +191,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
     if (auto r = vm.start(); !r) return fail(r.error());
     std::unique_ptr<Protection> protection;
     if (protect) {
-        replicator::PrimaryConfig pc;
-        pc.epoch = microseconds(static_cast<int64_t>(o.epoch_ms * 1000));
-        pc.max_in_flight = o.max_in_flight;
-        pc.heartbeat = {milliseconds(o.heartbeat_ms), milliseconds(o.failure_timeout_ms)};
-        pc.security = o.security;
-        auto p = Protection::start(vm, o.backup, pc, net, role.get());
+        auto p = Protection::start(vm, o.backup, primary_config(o, *o.security), net, role.get());
         if (p) {
             protection = std::move(*p);
         } else if (o.run_on_without_backup) {
@@ -179,6 +249,17 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
                 continue;
             }
             vm.resume_all();
+        }
+        while (auto action = take_control_action()) {
+            if (action->cmd == "reprotect") {
+                action->answer.set_value(reprotect_action(vm, action->target, o, net, role.get(), protection));
+                if (protection) {
+                    tracking = false; // the primary owns every harvest while it runs
+                    reported_loss = false;
+                }
+            } else {
+                action->answer.set_value(snapshot_action(vm, action->target, protection && !protection->failure()));
+            }
         }
         if (role) instance_metrics().set_fenced_in(role->holds_now()); // /primary: 503 while fenced
         if (auto lost = role ? role->lost() : std::nullopt; lost && !fenced) {
@@ -238,14 +319,15 @@ bool check_snapshot_options(SuperviseOptions& s, int& code) {
         code = 2;
         return false;
     }
-    if (!s.backup.empty()) {
-        auto sec = to_link_security(s.link, "primary");
-        if (!sec) {
-            std::fprintf(stderr, "understudy: %s\n", sec.error().describe().c_str());
-            code = 2;
-            return false;
-        }
+    auto sec = to_link_security(s.link, "primary");
+    if (sec) {
         s.security = std::move(*sec);
+    } else if (!s.backup.empty()) {
+        std::fprintf(stderr, "understudy: %s\n", sec.error().describe().c_str());
+        code = 2;
+        return false;
+    } else {
+        s.no_security_reason = sec.error().describe();
     }
     return true;
 }

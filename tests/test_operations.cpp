@@ -13,10 +13,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
 
+#include "cli/control_socket.hpp"
 #include "cli/status.hpp"
 #include "failover/etcd_arbiter.hpp" // the strict JSON reader
 #include "hv/kvm.hpp"
@@ -279,6 +281,124 @@ TEST_CASE("a protected pair's status, metrics and health, before and after a fai
     REQUIRE(gone);
     CHECK(gone->exit_status == 3);
     CHECK(backup->running());
+}
+
+// The digest vCPU 0 reported in a run's output.
+std::optional<uint64_t> reported_digest(const std::string& out) {
+    auto at = out.find("vCPU 0 reported digest ");
+    if (at == std::string::npos) return std::nullopt;
+    return std::stoull(out.substr(at + 23, 16), nullptr, 16);
+}
+
+// `understudy snapshot` (docs/status.md, "Actions") against a running, unprotected
+// counter: the instance carries on to the digest of an undisturbed run, and the file,
+// restored in a fresh process, continues from where it was taken to that same digest.
+TEST_CASE("understudy snapshot saves a running VM that restore continues", "[operations]") {
+    const std::string dir = g_temp_dir;
+    const std::string sock = dir + "/counter.sock", log = dir + "/counter.log", snap = dir + "/live.snap";
+    const std::vector<std::string> run{US_CLI_PATH, "run", std::string(US_GUEST_DIR) + "/counter.elf", "--memory", "64M",
+                                       "--dirty", "none", "-c", "mib=16 rounds=600"};
+    auto straight = run_command(run, 300s);
+    REQUIRE(straight);
+    INFO(straight->out);
+    REQUIRE(straight->ok());
+    auto want = reported_digest(straight->out);
+    REQUIRE(want);
+
+    auto argv = run;
+    argv.insert(argv.end(), {"--control-socket", sock});
+    auto instance = Process::spawn(argv, log);
+    REQUIRE(instance);
+    wait_for_log(*instance, log, "control socket at", 30s);
+
+    // Refusals, each with its reason, before anything is written.
+    auto relative = cli::control_request(sock, R"({"cmd":"snapshot","path":"live.snap"})");
+    REQUIRE(relative);
+    CHECK(relative->find("must be an absolute path") != std::string::npos);
+    auto no_path = cli::control_request(sock, R"({"cmd":"snapshot"})");
+    REQUIRE(no_path);
+    CHECK(no_path->find(R"(no \"path\" string)") != std::string::npos); // as the JSON answer escapes it
+    auto too_long = cli::control_request(sock, R"({"cmd":"snapshot","path":"/)" + std::string(5000, 'a') + "\"}");
+    REQUIRE(too_long);
+    CHECK(too_long->find("too long") != std::string::npos);
+    CHECK(!std::filesystem::exists(snap));
+
+    auto taken = run_command({US_CLI_PATH, "snapshot", "--control-socket", sock, snap}, 120s);
+    REQUIRE(taken);
+    INFO(taken->describe() << "\n" << read_file(log));
+    REQUIRE(taken->ok());
+    CHECK(taken->out.find("snapshot: " + snap + ": " + std::to_string(std::filesystem::file_size(snap)) + " bytes") !=
+          std::string::npos);
+
+    // The instance was resumed: it finishes the computation undisturbed.
+    auto deadline = steady_clock::now() + 300s;
+    while (instance->running() && steady_clock::now() < deadline) std::this_thread::sleep_for(100ms);
+    REQUIRE(!instance->running());
+    CHECK(reported_digest(read_file(log)) == want);
+
+    auto restored = run_command({US_CLI_PATH, "restore", snap, "--dirty", "none"}, 300s);
+    REQUIRE(restored);
+    INFO(restored->describe() << "\n" << restored->out);
+    REQUIRE(restored->ok());
+    CHECK(reported_digest(restored->out) == want);
+
+    // No instance behind the socket any more: the host-error exit code.
+    auto gone = run_command({US_CLI_PATH, "snapshot", "--control-socket", sock, snap}, 10s);
+    REQUIRE(gone);
+    CHECK(gone->exit_status == 3);
+}
+
+// `understudy reprotect` against a counter started without a backup: refused while it has
+// no backup to go to, then protected by a backup on this host while the guest runs; the
+// backup commits checkpoints and a second reprotect is refused.
+TEST_CASE("understudy reprotect protects a running, unprotected VM", "[operations]") {
+    const std::string dir = g_temp_dir;
+    const std::string psock = dir + "/unprotected.sock", bsock = dir + "/new-backup.sock";
+    const std::string plog = dir + "/unprotected.log", blog = dir + "/new-backup.log";
+    const std::string endpoint = "127.0.0.1:7791";
+    auto primary = Process::spawn({US_CLI_PATH, "run", std::string(US_GUEST_DIR) + "/counter.elf", "--memory", "64M",
+                                   "-c", "mib=16 rounds=100000", "--control-socket", psock, "--link-security",
+                                   "disabled", "--failure-timeout-ms", "1000"},
+                                  plog);
+    REQUIRE(primary);
+    wait_for_log(*primary, plog, "control socket at", 30s);
+    CHECK(status_json(psock).state == cli::ProtectionState::unprotected);
+
+    auto bad = run_command({US_CLI_PATH, "reprotect", "--control-socket", psock, "--backup", "no-port"}, 10s);
+    REQUIRE(bad);
+    CHECK(bad->exit_status == 3);
+    CHECK(bad->err.find("reprotect: ") != std::string::npos);
+    auto nobody = run_command({US_CLI_PATH, "reprotect", "--control-socket", psock, "--backup", endpoint}, 90s);
+    REQUIRE(nobody);
+    CHECK(nobody->exit_status == 3);
+    CHECK(status_json(psock).state == cli::ProtectionState::unprotected);
+
+    auto backup = Process::spawn({US_CLI_PATH, "backup", "--listen", endpoint, "--control-socket", bsock,
+                                  "--link-security", "disabled", "--failure-timeout-ms", "1000"},
+                                 blog);
+    REQUIRE(backup);
+    wait_for_log(*backup, blog, "listening on", 10s);
+    auto done = run_command({US_CLI_PATH, "reprotect", "--control-socket", psock, "--backup", endpoint}, 90s);
+    REQUIRE(done);
+    INFO(done->describe() << "\n" << read_file(plog) << "\n" << read_file(blog));
+    REQUIRE(done->ok());
+
+    auto deadline = steady_clock::now() + 60s;
+    cli::StatusSnapshot p, b;
+    do {
+        std::this_thread::sleep_for(100ms);
+        p = status_json(psock);
+        b = status_json(bsock);
+    } while ((p.state != cli::ProtectionState::protected_ || b.epoch_acknowledged == 0) && steady_clock::now() < deadline);
+    CHECK(p.state == cli::ProtectionState::protected_);
+    CHECK(p.epoch_acknowledged > 0);
+    CHECK(b.epoch_acknowledged > 0);
+
+    auto again = run_command({US_CLI_PATH, "reprotect", "--control-socket", psock, "--backup", endpoint}, 90s);
+    REQUIRE(again);
+    CHECK(again->exit_status == 3);
+    CHECK(again->err.find("already protected") != std::string::npos);
+    CHECK(primary->running());
 }
 
 int main(int argc, char** argv) {

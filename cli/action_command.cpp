@@ -1,0 +1,120 @@
+#include "cli/action_command.hpp"
+
+#include <boost/program_options.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+
+#include "cli/control_socket.hpp"
+#include "cli/operations.hpp"
+#include "cli/status.hpp"
+#include "failover/etcd_arbiter.hpp" // the strict JSON reader
+
+namespace understudy::cli {
+
+namespace po = boost::program_options;
+using failover::etcd_detail::Json;
+
+namespace {
+
+// Parses an action's options; nullopt to go on, else the exit code (--help: 0, bad usage: 2).
+std::optional<int> parse_action(const char* name, const char* usage, const std::vector<std::string>& args,
+                                const po::options_description& desc, const po::positional_options_description& pos) {
+    po::variables_map vm;
+    try {
+        po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
+        if (vm.count("help")) {
+            std::cout << usage << "\n" << desc << "\n";
+            return 0;
+        }
+        po::notify(vm);
+    } catch (const po::error& e) {
+        std::fprintf(stderr, "understudy %s: %s; see 'understudy %s --help'\n", name, e.what(), name);
+        return 2;
+    }
+    return std::nullopt;
+}
+
+// Sends one action request and returns its successful answer, or prints why there is none
+// (the instance cannot be reached, or it refused) and returns nullopt: exit code 3.
+std::optional<Json> send_action(const std::string& socket, const std::string& request) {
+    // A little longer than the instance waits for its VM, so that its own answer arrives.
+    auto line = control_request(socket, request, kActionTimeout + std::chrono::seconds(5));
+    if (!line) {
+        std::fprintf(stderr, "understudy: %s\n", line.error().describe().c_str());
+        return std::nullopt;
+    }
+    auto doc = failover::etcd_detail::parse_json(*line);
+    const Json* ok = doc ? doc->find("ok") : nullptr;
+    if (!ok || ok->kind != Json::Kind::boolean) {
+        std::fprintf(stderr, "understudy: the control socket's answer is not understood: %.200s\n", line->c_str());
+        return std::nullopt;
+    }
+    if (!ok->boolean) {
+        const Json* e = doc->find("error");
+        std::fprintf(stderr, "understudy: the instance refused: %s\n",
+                     e && e->kind == Json::Kind::string ? e->text.c_str() : "(no reason given)");
+        return std::nullopt;
+    }
+    return std::move(*doc);
+}
+
+} // namespace
+
+int snapshot_command(const std::vector<std::string>& args) {
+    std::string socket, file;
+    po::options_description desc("Options");
+    desc.add_options()("help,h", "show this help")
+        ("control-socket", po::value(&socket)->required(), "the instance's control socket (its --control-socket)")
+        ("file", po::value(&file)->required(), "the snapshot file to write (on the instance's host)");
+    po::positional_options_description pos;
+    pos.add("file", 1);
+    const char* usage = "usage: understudy snapshot --control-socket PATH FILE\n"
+                        "  Has a running, unprotected VM save itself to FILE (as `run --snapshot-to` does) and\n"
+                        "  carry on; `understudy restore FILE` boots the copy. Exit codes: 0 saved, 2 bad usage,\n"
+                        "  3 the instance could not be reached or did not save the snapshot.";
+    if (auto code = parse_action("snapshot", usage, args, desc, pos)) return *code;
+    // The instance may run in another directory: it is given an absolute path.
+    std::error_code ec;
+    auto absolute = std::filesystem::absolute(file, ec);
+    if (ec || file.empty()) {
+        std::fprintf(stderr, "understudy: snapshot file '%s' is not a usable path\n", file.c_str());
+        return 2;
+    }
+    JsonWriter request;
+    request.begin_object().string("cmd", "snapshot").string("path", absolute.string()).end_object();
+    auto answer = send_action(socket, request.str());
+    if (!answer) return 3;
+    const Json* bytes = answer->find("bytes");
+    const Json* pause = answer->find("pause_s");
+    if (!bytes || bytes->kind != Json::Kind::number || !pause || pause->kind != Json::Kind::number) {
+        std::fprintf(stderr, "understudy: the instance's answer has no \"bytes\" or \"pause_s\"\n");
+        return 3;
+    }
+    std::printf("snapshot: %s: %s bytes; the guest paused %.1f ms\n", absolute.c_str(), bytes->text.c_str(),
+                std::strtod(pause->text.c_str(), nullptr) * 1000);
+    return 0;
+}
+
+int reprotect_command(const std::vector<std::string>& args) {
+    std::string socket, backup;
+    po::options_description desc("Options");
+    desc.add_options()("help,h", "show this help")
+        ("control-socket", po::value(&socket)->required(), "the instance's control socket (its --control-socket)")
+        ("backup", po::value(&backup)->required(), "the new backup's HOST:PORT (`understudy backup --listen`)");
+    const char* usage = "usage: understudy reprotect --control-socket PATH --backup HOST:PORT\n"
+                        "  Has a VM that runs unprotected stream checkpoints to a new backup while the guest runs,\n"
+                        "  with the instance's own link options. Exit codes: 0 protected again, 2 bad usage,\n"
+                        "  3 the instance could not be reached, is already protected, or could not reach the backup.";
+    if (auto code = parse_action("reprotect", usage, args, desc, {})) return *code;
+    JsonWriter request;
+    request.begin_object().string("cmd", "reprotect").string("backup", backup).end_object();
+    if (!send_action(socket, request.str())) return 3;
+    std::printf("reprotect: the VM is protected again by the backup at %s\n", backup.c_str());
+    return 0;
+}
+
+} // namespace understudy::cli

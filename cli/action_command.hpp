@@ -1,0 +1,16 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace understudy::cli {
+
+// `understudy snapshot --control-socket PATH FILE` (docs/status.md, "Actions"): the
+// running instance saves its VM to FILE without stopping it.
+int snapshot_command(const std::vector<std::string>& args);
+
+// `understudy reprotect --control-socket PATH --backup HOST:PORT`: a VM that runs
+// unprotected starts streaming checkpoints to a new backup, the guest running on.
+int reprotect_command(const std::vector<std::string>& args);
+
+} // namespace understudy::cli
