@@ -8,6 +8,7 @@
 #include "cli/action_command.hpp"
 #include "cli/backup_command.hpp"
 #include "cli/bench_command.hpp"
+#include "cli/config.hpp"
 #include "cli/config_command.hpp"
 #include "cli/link_options.hpp"
 #include "cli/logging.hpp"
@@ -49,7 +50,11 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "understudy: %s\n", format.error().message.c_str());
         return 2;
     }
-    understudy::cli::set_log_format(*format);
+    understudy::cli::set_log_format(format->value_or(understudy::cli::LogFormat::human));
+    if (!*format) // a command's --config file may choose; the value is checked by then
+        understudy::cli::on_config_log_format([](const std::string& text) {
+            if (auto chosen = understudy::cli::parse_log_format(text)) understudy::cli::set_log_format(*chosen);
+        });
     if (args.empty()) {
         std::fputs("understudy: missing COMMAND; see 'understudy --help'\n", stderr);
         return 2;
