@@ -147,6 +147,9 @@ std::string reprotect_action(hv::Vm& vm, const std::string& backup, const Superv
                                          " (start the VM with --link-key FILE or --link-security disabled)");
     if (protection) (void)protection->finish(); // the failed session's end was reported when it failed
     protection.reset();
+    // The new session counts epochs from 1; the output path must hold again from its first
+    // capture (after a lost backup it passes everything straight through).
+    if (net) net->commit().new_session();
     auto p = Protection::start(vm, backup, primary_config(o, *o.security), net, role);
     if (!p) {
         instance_metrics().set_state(ProtectionState::unprotected, "reprotect to " + backup + " failed: " + p.error().describe());

@@ -40,7 +40,7 @@ void OutputCommit::captured(uint64_t epoch) {
         started_ = true;
         buffer_.set_protected(true);
     }
-    epoch_ = epoch + 1;
+    epoch_ = base_ + epoch + 1;
     asked_ = false;
 }
 
@@ -57,7 +57,7 @@ void OutputCommit::releasing(Step step) {
 }
 
 void OutputCommit::acknowledged(uint64_t epoch) {
-    releasing([&] { buffer_.release_through(epoch); });
+    releasing([&] { buffer_.release_through(base_ + epoch); });
 }
 
 void OutputCommit::unprotect() {
@@ -65,6 +65,13 @@ void OutputCommit::unprotect() {
         started_ = true; // a later capture must not turn holding back on
         buffer_.set_protected(false);
     });
+}
+
+void OutputCommit::new_session() {
+    std::lock_guard lock(mu_);
+    base_ = epoch_; // every frame so far was tagged with an epoch <= this
+    started_ = false;
+    asked_ = false;
 }
 
 void OutputCommit::set_release_permit(OutputBuffer::Permit permit) {

@@ -47,6 +47,11 @@ public:
     // Replication ended (backup lost, or no backup): release everything held, in order,
     // and pass later frames straight through.
     void unprotect();
+    // A new replication session begins (re-protection after unprotect()): frames pass
+    // until its first capture, then wait for their checkpoint's ACK again. The session
+    // counts epochs from 1; they are taken past every epoch used so far, so that frames
+    // still held (fenced) keep their order.
+    void new_session();
     // Fencing: frames go to the wire only while `permit` grants (the arbiter's lease is
     // valid); refused frames stay held, in order. retry_release() releases what the
     // permit now allows (call it after each lease renewal).
@@ -64,6 +69,7 @@ private:
     OutputBuffer buffer_;
     OutputCommitHooks hooks_;
     uint64_t epoch_ = 1;          // the checkpoint that frames transmitted now belong to
+    uint64_t base_ = 0;           // the session's epoch e is epoch base_ + e here
     bool started_ = false;        // a first checkpoint was captured
     bool asked_ = false;          // on_output already called for this epoch
     bool stalled_ = false;        // a transmit was refused since the last release

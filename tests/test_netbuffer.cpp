@@ -161,6 +161,32 @@ TEST_CASE("output commit: losing the backup releases everything held, then frame
     CHECK(wire == std::vector<uint8_t>{1, 2, 3, 4});
 }
 
+TEST_CASE("output commit: a new session after losing the backup holds frames again, epochs from 1", "[netbuffer]") {
+    std::vector<uint8_t> wire;
+    bool permit = true;
+    auto gate = OutputCommit::create({}, {[&](std::span<const uint8_t> p) { wire.push_back(p[0]); }, nullptr, nullptr});
+    REQUIRE(gate);
+    auto& g = **gate;
+    for (uint64_t e = 1; e <= 40; ++e) g.captured(e);
+    g.unprotect();
+    g.set_release_permit([&](Clock::time_point) { return permit; });
+    permit = false; // fenced: this frame stays held, tagged with the old session's epoch
+    (void)g.transmit(pkt(1));
+    g.new_session();
+    (void)g.transmit(pkt(2)); // before the new session's first capture: behind the held one
+    permit = true;
+    g.retry_release();
+    CHECK(wire == std::vector<uint8_t>{1, 2});
+    g.captured(1); // the new session's epoch 1: holding again
+    REQUIRE(g.transmit(pkt(3)) == hv::virtio::EgressSink::Accept::sent_or_held);
+    CHECK(wire.size() == 2);
+    g.captured(2);
+    g.acknowledged(1);
+    CHECK(wire.size() == 2); // frame 3 belongs to checkpoint 2
+    g.acknowledged(2);
+    CHECK(wire == std::vector<uint8_t>{1, 2, 3});
+}
+
 TEST_CASE("fencing: while the release permit refuses, acknowledged and unprotected packets stay held, in order",
           "[netbuffer][fencing]") {
     std::vector<uint8_t> wire;
