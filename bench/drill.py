@@ -761,6 +761,7 @@ def one_run(sc, idx, opts, counter):
     except Exception as e:  # a failed run is reported, the drill goes on
         res["error"] = "%s: %s" % (type(e).__name__, str(e)[-3000:])
         res["violations"] = ["the run failed: " + res["error"][:300]]
+        res["logs"] = {"processes": [p.text()[-4000:] for p in procs]}  # in start order
     finally:
         res["wall_s"] = round(now() - t_begin, 1)
         if os.path.exists(primary_sock):  # a killed VMM leaves its socket file

@@ -3,8 +3,9 @@
 # bench/README.md "drill.py"): {primary, backup} fails x {steady, transmission,
 # initial-sync} x {kill, hang, partition}, DRILL_MATRIX_RUNS runs per cell (default 0:
 # skipped, as in CI, until every cell passes reliably). Fails when any run's outcome
-# differs from its cell's expectation. Prints the table with each cell's wall time per run; the summary JSON goes to drill_matrix.json and
-# every run's figures and logs to drill_matrix_runs.json in the current directory.
+# differs from its cell's expectation. Prints the table with each cell's wall time per
+# run; the summary JSON goes to drill_matrix.json and every run's figures and logs to
+# drill_matrix_runs.json in the current directory.
 # usage: drill_matrix.sh BUILD_DIR. Exit 77 (skipped) without root or /dev/kvm.
 set -eu
 runs=${DRILL_MATRIX_RUNS:-0}
