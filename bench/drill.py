@@ -689,9 +689,11 @@ def one_run(sc, idx, opts, counter):
             (primary if sc.side == "primary" else backup).signal(signal.SIGKILL)
         client.p.stdin.write("STOP\n")
         client.p.stdin.flush()
-        r = client.wait_for("RESULT ", opts.reply_timeout + 60)
+        # The read-back of the transmission phase's big values (hundreds of MB through the
+        # guest) can take minutes on a loaded host: wait while the client works.
+        r = client.wait_for("RESULT ", opts.result_timeout)
         if not r:
-            raise RuntimeError("the client gave no result:\n" + client.text())
+            raise RuntimeError("the client gave no result in %.0f s:\n%s" % (opts.result_timeout, client.text()))
         cr = json.loads(r[1][len("RESULT "):])
 
         # Figures.
@@ -737,6 +739,7 @@ def one_run(sc, idx, opts, counter):
             res["acked_unprotected"] = cr["acked"]  # acknowledged before protection began
         res["lost_keys"] = cr["lost_keys"]
         res["readback_error"] = cr["readback_error"]
+        res["readback_s"] = round(cr["readback_s"], 1)
         res["conns"] = len(cr["conns"])
         res["conns_survived"] = sum(1 for c in cr["conns"] if c["reconnects"] == 0)
         res["client_errors"] = [e for c in cr["conns"] for e in c["errors"]][:6]
@@ -936,6 +939,8 @@ def main():
     ap.add_argument("--conns", type=int, default=2, help="client connections")
     ap.add_argument("--interval-ms", type=float, default=5.0, help="pause between a reply and the next SET")
     ap.add_argument("--reply-timeout", type=float, default=6.0, help="a connection is given up after this")
+    ap.add_argument("--result-timeout", type=float, default=300.0,
+                    help="seconds to wait for the client's read-back after the run (default 300)")
     ap.add_argument("--runs-json", help="write every run's figures to this file")
     ap.add_argument("--verbose", action="store_true", help="keep the logs' tails in the per-run JSON")
     # internal modes
