@@ -11,7 +11,6 @@
 // Link security (docs/security.md) is on, as by default; each throughput row also runs
 // with --link-security disabled right after it, and the cost of encryption is reported
 // as the ratio of the two (--link-cost=1: only those rows).
-#include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <map>
@@ -20,6 +19,7 @@
 #include <thread>
 
 #include "bench/bench_common.hpp"
+#include "common/log.hpp"
 #include "guest/abi/understudy_abi.h"
 #include "hv/kvm.hpp"
 #include "replicator/backup.hpp"
@@ -375,7 +375,7 @@ int main(int argc, char** argv) {
     Options opt = parse_options(argc, argv, "checkpoint pause, bytes, ACK time, idle rate and throughput, end to end over loopback");
     std::string why;
     if (!kvm_available(&why)) die("KVM is not available: " + why);
-    spdlog::set_level(spdlog::level::warn); // the backup's "primary connected" lines would interleave the table
+    understudy::log::set_level(understudy::log::Level::warn); // the backup's "primary connected" lines would interleave the table
 
     uint64_t mib = opt.quick ? 256 : 1024;
     double seconds_per_row = opt.quick ? 1.5 : 5;

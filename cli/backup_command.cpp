@@ -1,7 +1,5 @@
 #include "cli/backup_command.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,14 +17,15 @@
 
 #include "cli/config.hpp"
 #include "cli/fencing.hpp"
-#include "cli/progress.hpp"
-#include "cli/link_options.hpp"
 #include "cli/instrument.hpp"
+#include "cli/link_options.hpp"
 #include "cli/network.hpp"
 #include "cli/operations.hpp"
 #include "cli/option_rules.hpp"
+#include "cli/progress.hpp"
 #include "cli/run_command.hpp"
 #include "cli/stop_signals.hpp"
+#include "common/log.hpp"
 #include "common/unique_fd.hpp"
 #include "failover/promotion.hpp"
 #include "hv/snapshot.hpp"
@@ -50,7 +49,7 @@ public:
             fd_ = UniqueFd(::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
             if (!fd_.valid() || ::fchmod(fd_.get(), 0600) < 0) return stop(sys_error("creating capture " + p));
             current_ = p;
-            spdlog::info("backup: capturing this session's stream to {}", p);
+            log::info("backup: capturing this session's stream to {}", p);
         }
         for (size_t done = 0; fd_.valid() && done < bytes.size();) {
             ssize_t n = ::write(fd_.get(), bytes.data() + done, bytes.size() - done);
@@ -62,7 +61,7 @@ public:
 
 private:
     void stop(const Error& e) {
-        spdlog::warn("backup: {}; not capturing the rest of this session", e.describe());
+        log::warn("backup: {}; not capturing the rest of this session", e.describe());
         fd_ = UniqueFd();
     }
     std::string path_, current_;
@@ -88,8 +87,8 @@ int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const Ne
         auto frame = failover::announce_frame(net->mac());
         for (int i = 0; i < 3; ++i) net->send_from_host(frame);
     }
-    spdlog::warn("backup: PROMOTED: running checkpoint {} as the primary ({} MiB, VM built in {:.1f} ms), {}", epoch,
-                 (*vm)->memory().size() >> 20, build_ms, reprotect_to.empty() ? "unprotected" : "re-protecting it to " + reprotect_to);
+    log::warn("backup: PROMOTED: running checkpoint {} as the primary ({} MiB, VM built in {:.1f} ms), {}", epoch,
+              (*vm)->memory().size() >> 20, build_ms, reprotect_to.empty() ? "unprotected" : "re-protecting it to " + reprotect_to);
     return run_vm(**vm, net.get(), reprotect_to, heartbeat.heartbeat_interval, heartbeat.timeout, security, std::move(role));
 }
 
@@ -167,7 +166,7 @@ int backup_command(const std::vector<std::string>& args) {
         std::fprintf(stderr, "understudy: %s\n", server.error().describe().c_str());
         return 3;
     }
-    spdlog::info("backup: listening on {}", (*server)->local().str());
+    log::info("backup: listening on {}", (*server)->local().str());
     if (auto started = start_operations(ops, Role::backup); !started) {
         std::fprintf(stderr, "understudy: %s\n", started.error().describe().c_str());
         return started.error().code == Errc::invalid_input ? 2 : 3;
@@ -196,7 +195,7 @@ int backup_command(const std::vector<std::string>& args) {
         uint64_t started = (*server)->sessions_started();
         auto r = (*server)->serve_one(std::chrono::seconds(1));
         if (stop_signal) {
-            spdlog::info("backup: {}: stopping", strsignal(stop_signal));
+            log::info("backup: {}: stopping", strsignal(stop_signal));
             break;
         }
         if ((*server)->sessions_started() == started) continue; // nobody connected yet
@@ -205,9 +204,9 @@ int backup_command(const std::vector<std::string>& args) {
         uint64_t epoch = replica && replica->has_committed() ? replica->committed_epoch() : 0;
         instance_metrics().on_session_end(r ? "the primary ended its session" : "session ended: " + r.error().describe());
         if (r)
-            spdlog::info("backup: session ended; committed checkpoint {}", epoch);
+            log::info("backup: session ended; committed checkpoint {}", epoch);
         else
-            spdlog::warn("backup: session ended: {}; committed checkpoint {} kept", r.error().describe(), epoch);
+            log::warn("backup: session ended: {}; committed checkpoint {} kept", r.error().describe(), epoch);
         // A primary that fell silent or vanished without a goodbye has failed; a stream it
         // corrupted (invalid input) is reported and waited out, not taken over.
         bool primary_failed = !r && (r.error().code == Errc::timeout || r.error().code == Errc::system);
@@ -229,8 +228,8 @@ int backup_command(const std::vector<std::string>& args) {
                 stop_watching(); // from here the promoted VM's supervision takes the stop signals
                 return promote_and_run((*server)->take_replica(), no, reprotect_to, cfg.heartbeat, cfg.security, std::move(*role));
             }
-            spdlog::error("backup: NOT PROMOTING: {}; checkpoint {} kept, waiting for a primary to connect",
-                          role.error().describe(), epoch);
+            log::error("backup: NOT PROMOTING: {}; checkpoint {} kept, waiting for a primary to connect",
+                       role.error().describe(), epoch);
         }
         if (!snapshot_to.empty() && epoch > 0) {
             Progress progress("writing snapshot " + snapshot_to);
@@ -240,7 +239,7 @@ int backup_command(const std::vector<std::string>& args) {
                 std::fprintf(stderr, "understudy: %s\n", info.error().describe().c_str());
                 return 3;
             }
-            spdlog::info("backup: checkpoint {} written to {}", epoch, snapshot_to);
+            log::info("backup: checkpoint {} written to {}", epoch, snapshot_to);
         }
     }
     return 0;

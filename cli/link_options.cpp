@@ -1,10 +1,10 @@
 #include "cli/link_options.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <cstdio>
 #include <cstring>
 #include <memory>
+
+#include "common/log.hpp"
 
 namespace understudy::cli {
 
@@ -23,9 +23,9 @@ Result<replicator::LinkSecurity> to_link_security(const LinkOptions& o, const ch
     replicator::LinkSecurity s;
     s.mode = US_TRY(replicator::parse_link_security_mode(o.mode));
     if (!s.enabled()) {
-        spdlog::warn("{}: --link-security disabled: checkpoints (guest memory) and heartbeats travel unauthenticated and "
-                     "in clear; anyone on the path can read them or feed this host a forged stream{}",
-                     role, o.key_file.empty() ? "" : " (--link-key is ignored)");
+        log::warn("{}: --link-security disabled: checkpoints (guest memory) and heartbeats travel unauthenticated and "
+                  "in clear; anyone on the path can read them or feed this host a forged stream{}",
+                  role, o.key_file.empty() ? "" : " (--link-key is ignored)");
         return s;
     }
     if (o.key_file.empty())

@@ -1,13 +1,12 @@
 #include "cli/operations.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <deque>
 #include <mutex>
 
 #include "cli/control_socket.hpp"
 #include "cli/prometheus.hpp"
 #include "cli/status.hpp"
+#include "common/log.hpp"
 #include "failover/etcd_arbiter.hpp" // the strict JSON reader
 
 namespace understudy::cli {
@@ -114,12 +113,12 @@ Result<void> start_operations(const OpsOptions& o, Role role) {
     if (!o.control_socket.empty() && !in.control) {
         in.control = US_TRY(ControlSocket::start(
             o.control_socket, [&m = in.metrics](std::string_view line) { return handle_control_request(m, line); }));
-        spdlog::info("status: control socket at {}", o.control_socket);
+        log::info("status: control socket at {}", o.control_socket);
     }
     if (!o.metrics_listen.empty() && !in.http) {
         in.http = US_TRY(HttpEndpoint::start(o.metrics_listen,
                                              [&m = in.metrics](std::string_view target) { return handle_http(m, target); }));
-        spdlog::info("metrics: serving /metrics, /healthz and /primary on {} (port {})", o.metrics_listen, in.http->port());
+        log::info("metrics: serving /metrics, /healthz and /primary on {} (port {})", o.metrics_listen, in.http->port());
     }
     return {};
 }

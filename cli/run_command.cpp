@@ -1,7 +1,5 @@
 #include "cli/run_command.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <csignal>
 #include <cstring>
 

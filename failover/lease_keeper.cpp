@@ -1,8 +1,8 @@
 #include "failover/lease_keeper.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <thread>
+
+#include "common/log.hpp"
 
 namespace understudy::failover {
 
@@ -24,7 +24,7 @@ Result<std::unique_ptr<LeaseKeeper>> LeaseKeeper::acquire(std::unique_ptr<Arbite
         std::this_thread::sleep_for(std::min(arbiter->settings().renew_interval, milliseconds(100)));
     }
     std::unique_ptr<LeaseKeeper> k(new LeaseKeeper(std::move(arbiter), std::move(holder), std::move(hooks)));
-    spdlog::info("arbiter: holding the primary role: {}", k->describe());
+    log::info("arbiter: holding the primary role: {}", k->describe());
     k->thread_ = std::thread([k = k.get()] { k->renew_loop(); });
     return k;
 }
@@ -63,15 +63,15 @@ void LeaseKeeper::renew_loop() {
             return arbiter_->renew();
         }();
         if (r) {
-            if (lapsed_reported) spdlog::warn("arbiter: lease renewed again: {}; releasing output", describe());
+            if (lapsed_reported) log::warn("arbiter: lease renewed again: {}; releasing output", describe());
             lapsed_reported = false;
             if (hooks_.on_renewed) hooks_.on_renewed();
         } else if (r.error().code == Errc::state) {
             if (!recover(r.error())) return; // superseded: no more requests
         } else if (!valid_at(Clock::now()) && !lapsed_reported) {
             lapsed_reported = true;
-            spdlog::error("arbiter: FENCED: the lease could not be renewed ({}); holding output until it is",
-                          r.error().describe());
+            log::error("arbiter: FENCED: the lease could not be renewed ({}); holding output until it is",
+                       r.error().describe());
         }
         lock.lock();
     }
@@ -83,13 +83,13 @@ bool LeaseKeeper::recover(const Error& lost) {
         return arbiter_->acquire(holder_);
     }();
     if (again) {
-        spdlog::warn("arbiter: the lease was lost ({}) but nobody else took the role; holding it again: {}",
-                     lost.describe(), describe());
+        log::warn("arbiter: the lease was lost ({}) but nobody else took the role; holding it again: {}",
+                  lost.describe(), describe());
         if (hooks_.on_renewed) hooks_.on_renewed();
         return true;
     }
     if (again.error().code != Errc::state) return true; // unreachable now: the next renewal tries again
-    spdlog::error("arbiter: FENCED: another host holds the primary role: {}", again.error().describe());
+    log::error("arbiter: FENCED: another host holds the primary role: {}", again.error().describe());
     if (hooks_.on_lost) hooks_.on_lost(again.error());
     return false;
 }

@@ -1,9 +1,9 @@
 #include "fuzz/fuzz_support.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <cstdio>
 #include <cstdlib>
+
+#include "common/log.hpp"
 
 namespace understudy::fuzz {
 
@@ -14,7 +14,7 @@ void fail(const std::string& what) {
 
 void quiet_logs() {
     static const bool once = [] {
-        spdlog::set_level(spdlog::level::off);
+        log::silence();
         return true;
     }();
     (void)once;

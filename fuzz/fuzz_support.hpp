@@ -106,7 +106,7 @@ private:
 // then keeps the input as a crash, the replay driver fails.
 [[noreturn]] void fail(const std::string& what);
 
-// Silences the project's logging (spdlog) once per process: the targets feed garbage
+// Silences the project's logging (common/log.hpp) once per process: the targets feed garbage
 // on purpose and the warnings would drown libFuzzer's output.
 void quiet_logs();
 

@@ -1,6 +1,5 @@
 #include "hv/hypercalls.hpp"
 
-#include <spdlog/spdlog.h>
 #include <fmt/format.h>
 
 #include <cstring>

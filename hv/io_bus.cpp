@@ -1,9 +1,9 @@
 #include "hv/io_bus.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <cstring>
 #include <mutex>
+
+#include "common/log.hpp"
 
 namespace understudy::hv {
 
@@ -37,8 +37,8 @@ Result<void> IoBus::dispatch(Vcpu& vcpu, uint64_t addr, std::span<uint8_t> data,
     }
     uint64_t n = unclaimed_.fetch_add(1, std::memory_order_relaxed);
     if (n < 16 || (n & (n - 1)) == 0)
-        spdlog::warn("{}: unclaimed {} of {} bytes at 0x{:x} (#{}), {}", name_, is_write ? "write" : "read", data.size(), addr,
-                     n + 1, is_write ? "dropped" : "reads as all ones");
+        log::warn("{}: unclaimed {} of {} bytes at 0x{:x} (#{}), {}", name_, is_write ? "write" : "read", data.size(), addr,
+                  n + 1, is_write ? "dropped" : "reads as all ones");
     if (!is_write) std::memset(data.data(), 0xff, data.size());
     return {};
 }

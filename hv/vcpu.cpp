@@ -3,12 +3,12 @@
 #include <signal.h>
 #include <sys/mman.h>
 
-#include <spdlog/spdlog.h>
 #include <fmt/format.h>
 
 #include <cstring>
 #include <memory>
 
+#include "common/log.hpp"
 #include "hv/kvm_flex.hpp"
 #include "hv/vm.hpp"
 
@@ -237,7 +237,7 @@ void Vcpu::park() {
     // (copies the data into the guest's registers) and returns without running guest code.
     store_immediate_exit(run_, 1);
     if (::ioctl(fd(), KVM_RUN, 0) < 0 && errno != EINTR)
-        spdlog::warn("vCPU {}: completing the pending exit before pausing failed: {}", index_, strerror(errno));
+        log::warn("vCPU {}: completing the pending exit before pausing failed: {}", index_, strerror(errno));
     consume_kick();
     state_.store(VcpuRunState::paused, std::memory_order_release);
     // Acknowledge every pause request seen while parked, including one that arrives

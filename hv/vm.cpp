@@ -1,10 +1,9 @@
 #include "hv/vm.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <cstdio>
 
 #include "common/codec.hpp"
+#include "common/log.hpp"
 #include "common/records.hpp"
 
 #include "guest/abi/understudy_abi.h"
@@ -46,10 +45,10 @@ static Result<std::vector<uint32_t>> saveable_msrs(int vcpu_fd, std::vector<uint
             if (::ioctl(vcpu_fd, kKvmSetMsrs, one.ptr()) == 1)
                 keep.push_back(indices[static_cast<size_t>(i)]);
             else
-                spdlog::debug("MSR {:#x} cannot be written back; it is left out of saved state", indices[static_cast<size_t>(i)]);
+                log::debug("MSR {:#x} cannot be written back; it is left out of saved state", indices[static_cast<size_t>(i)]);
         }
         if (n == static_cast<int>(indices.size())) break;
-        spdlog::debug("MSR {:#x} cannot be read; it is left out of saved state", indices[static_cast<size_t>(n)]);
+        log::debug("MSR {:#x} cannot be read; it is left out of saved state", indices[static_cast<size_t>(n)]);
         indices.erase(indices.begin(), indices.begin() + n + 1);
     }
     return keep;
@@ -208,7 +207,7 @@ void Vm::stop_with(VmStop why) {
         std::lock_guard lock(mu_);
         if (stop_) return;
         if (why.kind == VmStopKind::guest_fault || why.kind == VmStopKind::host_error || why.kind == VmStopKind::aborted)
-            spdlog::error("VM stopped ({}): {}", vm_stop_kind_name(why.kind), why.message);
+            log::error("VM stopped ({}): {}", vm_stop_kind_name(why.kind), why.message);
         stop_ = std::move(why);
     }
     for (auto& v : vcpus_) v->request_stop();

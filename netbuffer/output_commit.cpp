@@ -1,6 +1,6 @@
 #include "netbuffer/output_commit.hpp"
 
-#include <spdlog/spdlog.h>
+#include "common/log.hpp"
 
 namespace understudy::netbuffer {
 
@@ -19,7 +19,7 @@ OutputCommit::Accept OutputCommit::transmit(std::span<const uint8_t> frame) {
         // Only a frame larger than the whole buffer gets here (limits are checked at
         // creation; the device bounds frames far below them). Refusing it would stall
         // the queue forever, so it is sent as if unprotected and the breach is logged.
-        spdlog::error("netbuffer: {}; sent without holding", r.error().describe());
+        log::error("netbuffer: {}; sent without holding", r.error().describe());
         hooks_.wire(frame);
         return Accept::sent_or_held;
     }

@@ -1,8 +1,8 @@
 #include "replicator/backup.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <cstring>
+
+#include "common/log.hpp"
 
 namespace understudy::replicator {
 
@@ -124,9 +124,9 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h) 
     }
     US_TRYV(conn.send_record(kAccept, encode_u64s({replica_->committed_epoch()})));
     if (h.flags & kStreamFlagControl) US_TRYV(open_control(conn, h.session_id));
-    spdlog::info("backup: primary {} connected ({} MiB, {} vCPUs, {}, {})", conn.peer(), h.memory_bytes >> 20, h.vcpus,
-                 heartbeat_ ? "heartbeats on a control connection" : "no control connection",
-                 conn.encrypted() ? "link authenticated and encrypted" : "link security disabled");
+    log::info("backup: primary {} connected ({} MiB, {} vCPUs, {}, {})", conn.peer(), h.memory_bytes >> 20, h.vcpus,
+              heartbeat_ ? "heartbeats on a control connection" : "no control connection",
+              conn.encrypted() ? "link authenticated and encrypted" : "link security disabled");
     for (;;) {
         auto rec = conn.recv_record();
         if (!rec) {

@@ -1,10 +1,9 @@
 #include "replicator/backup_replica.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <cstring>
 
 #include "common/codec.hpp"
+#include "common/log.hpp"
 #include "hv/snapshot.hpp"
 
 namespace understudy::replicator {
@@ -34,8 +33,8 @@ Result<void> BackupReplica::begin_session(const StreamHeader& h) {
     abort_open_checkpoint();
     decoder_ = US_TRY(PageDecoder::create({memory_.page_count(), h.session_id}));
     if (has_committed_ && h.config_digest != committed_config_)
-        spdlog::warn("backup: the new primary's VM configuration differs from the committed checkpoint's; "
-                     "it replaces it when its first checkpoint commits");
+        log::warn("backup: the new primary's VM configuration differs from the committed checkpoint's; "
+                  "it replaces it when its first checkpoint commits");
     session_config_ = h.config_digest;
     session_id_ = h.session_id;
     return {};

@@ -1,6 +1,6 @@
 #include "replicator/control_link.hpp"
 
-#include <spdlog/spdlog.h>
+#include <fmt/format.h>
 
 #include <cstring>
 

@@ -1,7 +1,5 @@
 #include "replicator/primary.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <cstring>
 #include <random>
 

@@ -1,11 +1,11 @@
 // virtio-mmio register file and status state machine (see mmio_transport.hpp).
 #include "hv/virtio/mmio_transport.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <cstring>
 
 #include <fmt/format.h>
+
+#include "common/log.hpp"
 
 namespace understudy::hv::virtio {
 
@@ -32,15 +32,15 @@ MmioTransport::MmioTransport(std::string name, GuestMemory& mem, VirtioModel& mo
 void MmioTransport::bad_access(uint64_t off, size_t len, bool is_write, const char* why) {
     uint64_t n = bad_accesses_++;
     if (log_worthy(n))
-        spdlog::warn("{}: ignored {}-byte {} at offset 0x{:x}: {} (#{})", name_, len, is_write ? "write" : "read", off, why,
-                     n + 1);
+        log::warn("{}: ignored {}-byte {} at offset 0x{:x}: {} (#{})", name_, len, is_write ? "write" : "read", off, why,
+                  n + 1);
 }
 
 void MmioTransport::fail(const std::string& why) {
     status_ |= kStatusNeedsReset;
     uint64_t n = failures_++;
     if (log_worthy(n))
-        spdlog::error("{}: device broken, needs reset by the driver: {} (#{})", name_, why, n + 1);
+        log::error("{}: device broken, needs reset by the driver: {} (#{})", name_, why, n + 1);
 }
 
 void MmioTransport::access(uint64_t offset, std::span<uint8_t> data, bool is_write) {
@@ -145,8 +145,8 @@ void MmioTransport::write_status(uint32_t v) {
         if (!subset || !(driver_features_ & kFeatureVersion1) || !(next & kStatusDriver)) {
             next &= ~(kStatusFeaturesOk | kStatusDriverOk);
             if (log_worthy(refusals_++))
-                spdlog::warn("{}: refused driver features 0x{:x} (offered 0x{:x}; VERSION_1 is required) (#{})", name_,
-                             driver_features_, model_.device_features(), refusals_);
+                log::warn("{}: refused driver features 0x{:x} (offered 0x{:x}; VERSION_1 is required) (#{})", name_,
+                          driver_features_, model_.device_features(), refusals_);
         }
     }
     if ((next & kStatusDriverOk) && !(next & kStatusFeaturesOk)) {

@@ -1,14 +1,13 @@
 // virtio-net device model (see net_device.hpp), its RX/TX paths and its saved state.
 #include "hv/virtio/net_device.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
 
 #include "common/codec.hpp"
+#include "common/log.hpp"
 #include "hv/vm.hpp"
 
 namespace understudy::hv::virtio {
@@ -195,8 +194,8 @@ void VirtioNet::process_tx() {
         } else {
             ++stats_.tx_malformed;
             if (log_worthy(stats_.tx_malformed - 1))
-                spdlog::warn("{}: TX chain {} of {} bytes is too short for a header and a frame; returned unsent (#{})",
-                             name_, chain_.head, chain_.readable_bytes, stats_.tx_malformed);
+                log::warn("{}: TX chain {} of {} bytes is too short for a header and a frame; returned unsent (#{})",
+                          name_, chain_.head, chain_.readable_bytes, stats_.tx_malformed);
         }
         q.pop();
         if (auto r = q.push_used(chain_.head, 0); !r) {
@@ -226,8 +225,8 @@ VirtioNet::RxResult VirtioNet::write_rx(std::span<const uint8_t> frame) {
         // The buffer stays in the ring for the next, smaller frame.
         ++stats_.rx_dropped_too_big;
         if (log_worthy(stats_.rx_dropped_too_big - 1))
-            spdlog::warn("{}: dropped a {}-byte frame: the guest's RX buffer holds {} bytes with the header (#{})", name_,
-                         frame.size(), chain_.writable_bytes, stats_.rx_dropped_too_big);
+            log::warn("{}: dropped a {}-byte frame: the guest's RX buffer holds {} bytes with the header (#{})", name_,
+                      frame.size(), chain_.writable_bytes, stats_.rx_dropped_too_big);
         return RxResult::dropped;
     }
     VirtioNetHdr hdr{};
@@ -418,7 +417,7 @@ Result<void> VirtioNet::restore(const DeviceState& s) {
     if (std::find(seen_queue.begin(), seen_queue.end(), false) != seen_queue.end()) return d.error("a queue is missing");
     US_TRYV(transport_->restore(ts)); // validates before changing anything
     if (*mac != mac_)
-        spdlog::info("{}: MAC {:02x} from the saved state replaces the configured one", name_, fmt::join(*mac, ":"));
+        log::info("{}: MAC {:02x} from the saved state replaces the configured one", name_, fmt::join(*mac, ":"));
     mac_ = *mac;
     tx_stalled_ = false;
     return {};

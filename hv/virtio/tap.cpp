@@ -10,12 +10,11 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include <spdlog/spdlog.h>
-
 #include <array>
 #include <cstring>
 #include <vector>
 
+#include "common/log.hpp"
 #include "hv/virtio/mmio_transport.hpp"
 #include "hv/virtio/net_device.hpp"
 
@@ -84,7 +83,7 @@ EgressSink::Accept TapSink::transmit(std::span<const uint8_t> frame) {
     int err = n < 0 ? errno : EIO;
     uint64_t k = c.tx_errors.fetch_add(1, std::memory_order_relaxed);
     if (log_worthy(k))
-        spdlog::warn("tap {}: a {}-byte frame was not sent: {} (#{})", tap_.name_, frame.size(), std::strerror(err), k + 1);
+        log::warn("tap {}: a {}-byte frame was not sent: {} (#{})", tap_.name_, frame.size(), std::strerror(err), k + 1);
     return Accept::sent_or_held;
 }
 
@@ -105,7 +104,7 @@ void Tap::stop() {
 void Tap::run(VirtioNet& dev) {
     io_uring ring{};
     if (int rc = io_uring_queue_init(2 * kReads + 8, &ring, 0); rc < 0) {
-        spdlog::error("tap {}: creating an io_uring: {}; the tap is not read", name_, std::strerror(-rc));
+        log::error("tap {}: creating an io_uring: {}; the tap is not read", name_, std::strerror(-rc));
         return;
     }
     std::vector<std::array<uint8_t, kReadBytes>> bufs(kReads);
@@ -141,7 +140,7 @@ void Tap::run(VirtioNet& dev) {
             rc = io_uring_wait_cqe(&ring, &cqe);
         }
         if (rc < 0 && rc != -ETIME && rc != -EINTR) {
-            spdlog::error("tap {}: waiting for io_uring: {}; the tap is no longer read", name_, std::strerror(-rc));
+            log::error("tap {}: waiting for io_uring: {}; the tap is no longer read", name_, std::strerror(-rc));
             break;
         }
         unsigned head;
@@ -169,7 +168,7 @@ void Tap::run(VirtioNet& dev) {
                 } else if (res < 0 && res != -ECANCELED) {
                     counters_.rx_errors.fetch_add(1, std::memory_order_relaxed);
                     if (log_worthy(read_errors_logged++))
-                        spdlog::warn("tap {}: read failed: {}", name_, std::strerror(-res));
+                        log::warn("tap {}: read failed: {}", name_, std::strerror(-res));
                 }
                 if (!stop_.load(std::memory_order_relaxed)) post_read(i);
                 break;
