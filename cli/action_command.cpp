@@ -117,4 +117,28 @@ int reprotect_command(const std::vector<std::string>& args) {
     return 0;
 }
 
+int failover_command(const std::vector<std::string>& args) {
+    std::string socket;
+    po::options_description desc("Options");
+    desc.add_options()("help,h", "show this help")
+        ("control-socket", po::value(&socket)->required(), "the primary's control socket (its --control-socket)");
+    const char* usage = "usage: understudy failover --control-socket PATH\n"
+                        "  Planned switchover: the protected VM's backup takes over from a last checkpoint taken\n"
+                        "  now, with nothing lost and no failure timeout to wait for; the primary then stops.\n"
+                        "  Exit codes: 0 the backup runs the VM, 2 bad usage, 3 the instance could not be reached\n"
+                        "  or did not hand over (the reason is printed; the VM runs on where it was).";
+    if (auto code = parse_action("failover", usage, args, desc, {})) return *code;
+    JsonWriter request;
+    request.begin_object().string("cmd", "failover").end_object();
+    auto answer = send_action(socket, request.str());
+    if (!answer) return 3;
+    const Json* epoch = answer->find("epoch");
+    if (!epoch || epoch->kind != Json::Kind::number) {
+        std::fprintf(stderr, "understudy: the instance's answer has no \"epoch\"\n");
+        return 3;
+    }
+    std::printf("failover: the backup runs the VM from checkpoint %s; the old primary stops\n", epoch->text.c_str());
+    return 0;
+}
+
 } // namespace understudy::cli

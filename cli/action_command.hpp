@@ -13,4 +13,7 @@ int snapshot_command(const std::vector<std::string>& args);
 // unprotected starts streaming checkpoints to a new backup, the guest running on.
 int reprotect_command(const std::vector<std::string>& args);
 
+// `understudy failover --control-socket PATH`: planned switchover to the VM's backup.
+int failover_command(const std::vector<std::string>& args);
+
 } // namespace understudy::cli

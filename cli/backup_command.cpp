@@ -161,6 +161,7 @@ int backup_command(const std::vector<std::string>& args) {
         };
     instrument(hooks, instance_metrics());
     cfg.heartbeat = {std::chrono::milliseconds(heartbeat_ms), std::chrono::milliseconds(failure_timeout_ms)};
+    cfg.accept_handover = promote; // `understudy failover`: only a backup that can take over says yes
     auto server = replicator::BackupServer::listen(*ep, std::move(hooks), cfg);
     if (!server) {
         std::fprintf(stderr, "understudy: %s\n", server.error().describe().c_str());
@@ -202,15 +203,20 @@ int backup_command(const std::vector<std::string>& args) {
         ++done;
         const auto* replica = (*server)->replica();
         uint64_t epoch = replica && replica->has_committed() ? replica->committed_epoch() : 0;
-        instance_metrics().on_session_end(r ? "the primary ended its session" : "session ended: " + r.error().describe());
-        if (r)
+        const bool handover = r && *r == replicator::SessionEnd::handover;
+        instance_metrics().on_session_end(handover ? "the primary handed over"
+                                          : r      ? "the primary ended its session"
+                                                   : "session ended: " + r.error().describe());
+        if (handover)
+            log::warn("backup: HANDOVER: the primary handed the VM over at checkpoint {} (`understudy failover`)", epoch);
+        else if (r)
             log::info("backup: session ended; committed checkpoint {}", epoch);
         else
             log::warn("backup: session ended: {}; committed checkpoint {} kept", r.error().describe(), epoch);
         // A primary that fell silent or vanished without a goodbye has failed; a stream it
         // corrupted (invalid input) is reported and waited out, not taken over.
         bool primary_failed = !r && (r.error().code == Errc::timeout || r.error().code == Errc::system);
-        if (primary_failed && promote && epoch > 0) {
+        if ((primary_failed || handover) && promote && epoch > 0) {
             // Fencing: promote only as the holder of the primary role. A failed primary's
             // lease expires within its TTL; one still renewing after that is alive, merely
             // cut off from us, and keeps the role.
@@ -224,7 +230,8 @@ int backup_command(const std::vector<std::string>& args) {
                                    : std::move(retired.error()).wrap("checking whether this backup was retired");
             }
             if (role) {
-                instance_metrics().on_failover(failover_reason(r.error())); // status and metrics: promoting
+                // status and metrics: promoting
+                instance_metrics().on_failover(handover ? FailoverReason::handover : failover_reason(r.error()));
                 stop_watching(); // from here the promoted VM's supervision takes the stop signals
                 return promote_and_run((*server)->take_replica(), no, reprotect_to, cfg.heartbeat, cfg.security, std::move(*role));
             }

@@ -30,6 +30,7 @@ const char* kUsage =
     "  status            show a running instance's state and figures (--control-socket PATH)\n"
     "  snapshot FILE     have a running instance save its VM to FILE (--control-socket PATH)\n"
     "  reprotect         protect a running, unprotected VM with a new backup (--backup HOST:PORT)\n"
+    "  failover          planned switchover: the VM's backup takes over, nothing lost (--control-socket PATH)\n"
     "  config check FILE   check a config file for `run|restore|backup --config FILE`\n"
     "  bench [--quick]     run the benchmarks; write a report with plots (--out DIR)\n"
     "  keygen FILE       write a fresh link key (--link-key) for a primary and its backup\n"
@@ -72,6 +73,7 @@ int main(int argc, char** argv) {
     if (cmd == "status") return understudy::cli::status_command(args);
     if (cmd == "snapshot") return understudy::cli::snapshot_command(args);
     if (cmd == "reprotect") return understudy::cli::reprotect_command(args);
+    if (cmd == "failover") return understudy::cli::failover_command(args);
     if (cmd == "config") return understudy::cli::config_command(args);
     if (cmd == "bench") return understudy::cli::bench_command(args);
     if (cmd == "keygen") return understudy::cli::keygen_command(args);

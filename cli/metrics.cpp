@@ -26,7 +26,12 @@ const char* state_name(ProtectionState s) {
 }
 
 const char* failover_reason_name(FailoverReason r) {
-    return r == FailoverReason::primary_silent ? "primary_silent" : "primary_connection_lost";
+    switch (r) {
+    case FailoverReason::primary_silent: return "primary_silent";
+    case FailoverReason::primary_connection_lost: return "primary_connection_lost";
+    case FailoverReason::handover: return "handover";
+    }
+    return "unknown";
 }
 
 const char* loss_reason_name(LossReason r) {
@@ -221,7 +226,8 @@ void Metrics::on_failover(FailoverReason r, MetricsClock::time_point now) {
     rate_.clear();
     state_ = ProtectionState::promoting;
     state_since_ = now;
-    reason_ = std::string("the primary failed: ") + failover_reason_name(r);
+    reason_ = r == FailoverReason::handover ? std::string("the primary handed over (planned switchover)")
+                                            : std::string("the primary failed: ") + failover_reason_name(r);
 }
 
 void Metrics::push_rate_locked(MetricsClock::time_point now) {

@@ -49,9 +49,11 @@ constexpr std::array<ProtectionState, 8> kAllStates{ProtectionState::starting,  
                                                     ProtectionState::promoting,   ProtectionState::stopped};
 
 // Why a backup took over (counted where the promotion happens) ...
-enum class FailoverReason { primary_silent, primary_connection_lost };
-constexpr std::array<FailoverReason, 2> kAllFailoverReasons{FailoverReason::primary_silent,
-                                                             FailoverReason::primary_connection_lost};
+// handover: a planned switchover (`understudy failover`), not a failure.
+enum class FailoverReason { primary_silent, primary_connection_lost, handover };
+constexpr std::array<FailoverReason, 3> kAllFailoverReasons{FailoverReason::primary_silent,
+                                                             FailoverReason::primary_connection_lost,
+                                                             FailoverReason::handover};
 const char* failover_reason_name(FailoverReason r);
 // ... and why a primary lost its backup.
 enum class LossReason { backup_silent, backup_connection_lost, error };

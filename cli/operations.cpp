@@ -142,9 +142,13 @@ std::string handle_control_request(const Metrics& m, std::string_view line) {
         return request_action(*req, cmd->text, "path", kMaxActionPath);
     } else if (cmd->text == "reprotect") {
         return request_action(*req, cmd->text, "backup", kMaxActionEndpoint);
+    } else if (cmd->text == "failover") {
+        auto action = std::make_unique<ControlAction>();
+        action->cmd = cmd->text;
+        return queue_action(std::move(action));
     } else {
         return ControlSocket::error_json("unknown command '" + cmd->text.substr(0, 64) +
-                                         "' (known: status, metrics, ping, snapshot, reprotect)");
+                                         "' (known: status, metrics, ping, snapshot, reprotect, failover)");
     }
     return w.str();
 }

@@ -137,10 +137,23 @@ void Protection::print_window() {
     if (!w.empty()) print_figures("checkpoints", w, 1.0);
 }
 
+Result<uint64_t> Protection::hand_over(std::chrono::milliseconds answer_limit) {
+    return primary_->hand_over(
+        [this]() -> Result<void> {
+            uint64_t held = net_ ? net_->commit().stats().packets_held : 0;
+            if (held == 0) return {};
+            // Fenced: the lease does not allow their release. Handing over would lose them.
+            return make_error(Errc::state, std::to_string(held) + " output frames are still held here (the arbiter's "
+                                                                  "lease does not allow their release now)");
+        },
+        answer_limit);
+}
+
 Result<void> Protection::finish() {
     primary_->stop();
     auto r = primary_->wait();
-    run_unprotected();
+    // After a handover the backup runs the VM: its session must not be retired.
+    if (!primary_->handed_over()) run_unprotected();
     std::lock_guard lock(mu_);
     if (all_.size() > 1) print_figures("== protected run", all_, duration<double>(last_ack_ - first_ack_).count());
     return r;

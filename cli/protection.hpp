@@ -31,6 +31,11 @@ public:
     void print_window();
     // Ends replication and prints the totals; returns why it ended if it failed.
     Result<void> finish();
+    // Planned switchover (`understudy failover`): the backup takes over from a last
+    // checkpoint, taken now, once no output is held here (replicator::Primary::hand_over).
+    // Returns that checkpoint; the VM then stays paused and must be stopped. Otherwise the
+    // VM runs on and the error says why (protected still, or unprotected).
+    Result<uint64_t> hand_over(std::chrono::milliseconds answer_limit);
     // Why replication failed, once it has. A call that sees the failure releases the
     // output held for the backup (once the role retired its session): the VM keeps
     // running, unprotected.

@@ -161,6 +161,25 @@ std::string reprotect_action(hv::Vm& vm, const std::string& backup, const Superv
     return w.str();
 }
 
+// `understudy failover` (docs/failover.md, "Planned switchover"): the backup takes over
+// from a last checkpoint; true in `handed_over` when it did (the VM is then paused and
+// must stop here without running again).
+std::string failover_action(Protection* protection, const SuperviseOptions& o, std::optional<uint64_t>& handed_over) {
+    if (!protection || protection->failure())
+        return ControlSocket::error_json("failover: the VM is not protected: there is no backup to hand over to");
+    // The backup answers within a few round trips; give it at least half a second.
+    auto limit = std::max(milliseconds(500), milliseconds(o.failure_timeout_ms));
+    auto epoch = protection->hand_over(limit);
+    if (!epoch) return ControlSocket::error_json("failover: " + epoch.error().describe());
+    handed_over = *epoch;
+    std::printf("HANDED OVER: the backup runs the VM from checkpoint %llu (`understudy failover`); this VM stops\n",
+                static_cast<unsigned long long>(*epoch));
+    std::fflush(stdout);
+    JsonWriter w;
+    w.begin_object().boolean("ok", true).integer("epoch", *epoch).end_object();
+    return w.str();
+}
+
 // Runs the VM until it stops: protected through a backup, or sampling dirty pages for
 // the summary (never both: the primary owns every harvest while it runs).
 int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::unique_ptr<PrimaryRole> role = nullptr) {
@@ -206,6 +225,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
         }
     }
     bool reported_loss = false;
+    std::optional<uint64_t> handed_over;
     auto last_print = steady_clock::now();
 
     std::optional<hv::VmStop> stop;
@@ -258,6 +278,13 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
                     tracking = false; // the primary owns every harvest while it runs
                     reported_loss = false;
                 }
+            } else if (action->cmd == "failover") {
+                action->answer.set_value(failover_action(protection.get(), o, handed_over));
+                if (handed_over) {
+                    instance_metrics().set_state(ProtectionState::stopped, "handed over to the backup at checkpoint " +
+                                                                               std::to_string(*handed_over));
+                    vm.stop(); // paused since the last checkpoint: its vCPUs exit without running again
+                }
             } else {
                 action->answer.set_value(snapshot_action(vm, action->target, protection && !protection->failure()));
             }
@@ -276,7 +303,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
         }
     }
     if (protection) {
-        if (auto r = protection->finish(); !r && !reported_loss)
+        if (auto r = protection->finish(); !r && !reported_loss && !handed_over)
             std::printf("UNPROTECTED: replication failed: %s\n", r.error().describe().c_str());
     }
     double elapsed = duration<double>(steady_clock::now() - start).count();

@@ -30,7 +30,7 @@ void BackupServer::stop() {
     if (current_) current_->shutdown();
 }
 
-Result<void> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
+Result<SessionEnd> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
     auto conn = US_TRY(listener_.accept(accept_timeout));
     {
         std::lock_guard lock(mu_);
@@ -38,6 +38,7 @@ Result<void> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
         current_ = conn.get();
         ++sessions_started_;
         peer_failure_.reset();
+        handover_.reset();
     }
     StreamHeader h;
     Result<void> r;
@@ -61,10 +62,26 @@ Result<void> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
     }
     if (r) r = run_session(*conn, h);
     std::unique_ptr<HeartbeatLink> link;
+    std::optional<uint64_t> handover;
     {
         std::lock_guard lock(mu_);
         current_ = nullptr;
         link = std::move(heartbeat_);
+        handover = handover_;
+    }
+    if (handover && link) {
+        // The stream was shut down here when the HANDOVER arrived, which ended run_session.
+        // Take over only from exactly the checkpoint the primary names, with nothing half
+        // received; otherwise say why, as invalid input, which no backup promotes on.
+        if (replica_ && replica_->has_committed() && !replica_->receiving() && replica_->committed_epoch() == *handover) {
+            link->accept_handover(*handover);
+            return SessionEnd::handover;
+        }
+        std::string here = !replica_ || !replica_->has_committed() ? "no checkpoint is committed here"
+                           : replica_->receiving() ? "a checkpoint was still arriving"
+                                                   : "checkpoint " + std::to_string(replica_->committed_epoch()) + " is committed here";
+        r = make_error(Errc::invalid_input,
+                       "the primary asked to hand over at checkpoint " + std::to_string(*handover) + ", but " + here);
     }
     // With a control connection, only a GOODBYE makes a closed stream an orderly end: a
     // primary that dies also closes its sockets. The GOODBYE travels on the other
@@ -80,7 +97,8 @@ Result<void> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
     }
     if (link) link->stop();
     if (replica_) replica_->abort_open_checkpoint();
-    return r;
+    if (!r) return r.error();
+    return SessionEnd::goodbye;
 }
 
 // The control connection comes second, after the primary saw the ACCEPT. A heartbeat
@@ -99,11 +117,22 @@ Result<void> BackupServer::open_control(Connection& data, uint64_t session_id) {
     ControlHello hello;
     US_TRYV(conn->recv_exact({reinterpret_cast<uint8_t*>(&hello), sizeof hello}));
     US_TRYV(check_control_hello(hello, session_id));
-    auto link = US_TRY(HeartbeatLink::start(std::move(conn), cfg_.heartbeat, [this, &data](Error e) {
-        std::lock_guard lock(mu_);
-        peer_failure_ = std::move(e).wrap("primary");
-        data.shutdown();
-    }));
+    HeartbeatLink::OnHandover on_handover;
+    if (cfg_.accept_handover)
+        // The stream's reader is woken by the shutdown and finds the request (serve_one).
+        on_handover = [this, &data](uint64_t epoch) {
+            std::lock_guard lock(mu_);
+            handover_ = epoch;
+            data.shutdown();
+        };
+    auto link = US_TRY(HeartbeatLink::start(
+        std::move(conn), cfg_.heartbeat,
+        [this, &data](Error e) {
+            std::lock_guard lock(mu_);
+            peer_failure_ = std::move(e).wrap("primary");
+            data.shutdown();
+        },
+        std::move(on_handover)));
     std::lock_guard lock(mu_);
     heartbeat_ = std::move(link);
     return {};

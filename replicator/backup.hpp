@@ -26,9 +26,18 @@ struct BackupHooks {
 
 struct BackupConfig {
     failover::DetectorConfig heartbeat; // for primaries that open a control connection
+    // Planned switchover: answer a primary's HANDOVER (only a backup that will promote
+    // may; otherwise the request goes unanswered and the primary runs on).
+    bool accept_handover = false;
     std::chrono::milliseconds control_accept_timeout{5000};
     // Every connection runs the link handshake first (required by default: give a key).
     LinkSecurity security;
+};
+
+// How a session that went well ended.
+enum class SessionEnd {
+    goodbye,  // the primary stopped replicating on purpose
+    handover, // planned switchover: this backup accepted to take over from its committed checkpoint
 };
 
 class BackupServer {
@@ -39,10 +48,11 @@ public:
 
     // Serves one primary, from accept until its stream ends. Ok when the primary ended
     // the session on purpose: it closed the stream between checkpoints and, with a
-    // control connection, said GOODBYE on it first. An Error says what broke the session
-    // (a primary silent on the control connection for longer than the timeout is
-    // Errc::timeout); that is when a backup takes over.
-    Result<void> serve_one(std::chrono::milliseconds accept_timeout);
+    // control connection, said GOODBYE on it first; or it handed over (the caller
+    // promotes at once). An Error says what broke the session (a primary silent on the
+    // control connection for longer than the timeout is Errc::timeout); that is when a
+    // backup takes over.
+    Result<SessionEnd> serve_one(std::chrono::milliseconds accept_timeout);
     // Ends a session in progress and refuses new ones.
     void stop();
 
@@ -67,6 +77,7 @@ private:
     BackupConfig cfg_;
     std::unique_ptr<HeartbeatLink> heartbeat_;
     std::optional<Error> peer_failure_; // guarded by mu_
+    std::optional<uint64_t> handover_;  // the epoch a HANDOVER named; guarded by mu_
     std::unique_ptr<BackupReplica> replica_;
     mutable std::mutex mu_;
     Connection* current_ = nullptr;

@@ -41,17 +41,21 @@ Result<void> check_control_hello(const ControlHello& h, uint64_t session_id) {
 }
 
 Result<std::unique_ptr<HeartbeatLink>> HeartbeatLink::start(std::unique_ptr<Connection> conn,
-                                                            failover::DetectorConfig cfg, OnFailure on_failure) {
+                                                            failover::DetectorConfig cfg, OnFailure on_failure,
+                                                            OnHandover on_handover) {
     auto det = US_TRY(failover::FailureDetector::create(cfg));
-    std::unique_ptr<HeartbeatLink> l(new HeartbeatLink(std::move(conn), std::move(det), std::move(on_failure)));
+    std::unique_ptr<HeartbeatLink> l(
+        new HeartbeatLink(std::move(conn), std::move(det), std::move(on_failure), std::move(on_handover)));
     l->sender_ = std::thread([raw = l.get()] { raw->sender_main(); });
     l->receiver_ = std::thread([raw = l.get()] { raw->receiver_main(); });
     l->watcher_ = std::thread([raw = l.get()] { raw->watch_main(); });
     return l;
 }
 
-HeartbeatLink::HeartbeatLink(std::unique_ptr<Connection> conn, failover::FailureDetector det, OnFailure on_failure)
-    : conn_(std::move(conn)), on_failure_(std::move(on_failure)), detector_(std::move(det)),
+HeartbeatLink::HeartbeatLink(std::unique_ptr<Connection> conn, failover::FailureDetector det, OnFailure on_failure,
+                             OnHandover on_handover)
+    : conn_(std::move(conn)), on_failure_(std::move(on_failure)), on_handover_(std::move(on_handover)),
+      detector_(std::move(det)),
       started_(failover::Clock::now()) {
     // The start counts as a first heartbeat: a peer that never sends one is failed
     // after one timeout, like a peer that falls silent.
@@ -74,15 +78,37 @@ void HeartbeatLink::stop() {
         if (t->joinable() && t->get_id() != std::this_thread::get_id()) t->join();
 }
 
-void HeartbeatLink::goodbye() {
+void HeartbeatLink::goodbye() { end_with(kGoodbye, {}); }
+
+void HeartbeatLink::accept_handover(uint64_t epoch) { end_with(kHandoverAccept, encode_u64s({epoch})); }
+
+void HeartbeatLink::end_with(uint32_t type, std::vector<uint8_t> body) {
     {
         std::lock_guard lock(mu_);
         if (stopping_ || failed_) return;
-        say_goodbye_ = true;
+        last_record_.emplace(type, std::move(body));
     }
     cv_.notify_all();
     if (sender_.joinable() && sender_.get_id() != std::this_thread::get_id()) sender_.join();
     stop();
+}
+
+HeartbeatLink::HandoverAnswer HeartbeatLink::request_handover(uint64_t epoch, std::chrono::milliseconds limit) {
+    std::unique_lock lock(mu_);
+    if (failed_ || stopping_) return HandoverAnswer::failed;
+    handover_accepted_.reset();
+    handover_requested_ = true;
+    outgoing_ = encode_u64s({epoch});
+    cv_.notify_all();
+    cv_.wait_for(lock, limit, [&] { return handover_accepted_ || failed_ || stopping_; });
+    if (handover_accepted_ && *handover_accepted_ == epoch) return HandoverAnswer::accepted;
+    if (handover_accepted_) { // an answer for another checkpoint: the backup holds something else
+        lock.unlock();
+        declare_failed(make_error(Errc::invalid_input, fmt::format("the backup accepted a handover at checkpoint {}, "
+                                                                   "not at {}", *handover_accepted_, epoch)));
+        return HandoverAnswer::failed;
+    }
+    return failed_ || stopping_ ? HandoverAnswer::failed : HandoverAnswer::unanswered;
 }
 
 LinkEnd HeartbeatLink::wait_end(std::chrono::milliseconds limit) {
@@ -117,7 +143,7 @@ void HeartbeatLink::declare_failed(Error e) {
 void HeartbeatLink::watch_main() {
     const auto interval = detector_.config().heartbeat_interval;
     std::unique_lock lock(mu_);
-    while (!cv_.wait_for(lock, interval, [&] { return stopping_ || failed_ || say_goodbye_ || heard_goodbye_; })) {
+    while (!cv_.wait_for(lock, interval, [&] { return stopping_ || failed_ || last_record_ || heard_goodbye_; })) {
         auto now = failover::Clock::now();
         if (detector_.state(now) != failover::PeerState::failed) continue;
         auto silent = now - last_received_;
@@ -140,14 +166,27 @@ void HeartbeatLink::sender_main() {
         }
         std::unique_lock lock(mu_);
         ++stats_.sent;
-        if (say_goodbye_) {
-            lock.unlock();
-            (void)conn_->send_record(kGoodbye, {});
-            return;
-        }
         next += interval;
         if (next < now) next = now; // after a stall, keep the rhythm instead of bursting
-        if (cv_.wait_until(lock, next, [&] { return stopping_ || failed_ || say_goodbye_; }) && !say_goodbye_) return;
+        for (;;) {
+            cv_.wait_until(lock, next, [&] { return stopping_ || failed_ || last_record_ || outgoing_; });
+            if (last_record_) {
+                auto [type, last] = std::move(*last_record_);
+                lock.unlock();
+                (void)conn_->send_record(type, last);
+                return;
+            }
+            if (stopping_ || failed_) return;
+            if (!outgoing_) break; // time for the next heartbeat
+            auto handover = std::move(*outgoing_);
+            outgoing_.reset();
+            lock.unlock();
+            if (auto r = conn_->send_record(kHandover, handover); !r) {
+                declare_failed(std::move(r.error()).wrap("sending HANDOVER"));
+                return;
+            }
+            lock.lock();
+        }
     }
 }
 
@@ -162,6 +201,27 @@ void HeartbeatLink::receiver_main() {
             {
                 std::lock_guard lock(mu_);
                 heard_goodbye_ = true;
+            }
+            cv_.notify_all();
+            return;
+        }
+        if (rec->type == kHandover || rec->type == kHandoverAccept) {
+            Decoder d(rec->body, record_type_name(rec->type));
+            auto epoch = d.u64();
+            if (!epoch || rec->body.size() != 8) {
+                declare_failed(make_error(Errc::invalid_input, std::string("control connection: malformed ") +
+                                                                   record_type_name(rec->type)));
+                return;
+            }
+            if (rec->type == kHandover) {
+                if (on_handover_) on_handover_(*epoch);
+                continue;
+            }
+            {
+                std::lock_guard lock(mu_);
+                if (!handover_requested_) continue; // unasked for: skipped, as optional records are
+                handover_accepted_ = *epoch;
+                heard_goodbye_ = true; // the backup ends the session now: its close is no failure
             }
             cv_.notify_all();
             return;

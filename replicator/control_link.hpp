@@ -12,7 +12,10 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "common/error.hpp"
 #include "failover/failure_detector.hpp"
@@ -51,11 +54,15 @@ class HeartbeatLink {
 public:
     // Called once, from the link's own thread, when the peer is declared failed.
     using OnFailure = std::function<void(Error)>;
+    // Backup: called from the link's thread when the primary asks to hand over at `epoch`.
+    // Without one, a HANDOVER is skipped like any optional record (no answer).
+    using OnHandover = std::function<void(uint64_t epoch)>;
 
     // Starts sending at once; the detector arms with the first heartbeat received, so a
     // peer that never sends one is failed after `timeout` from start as well.
     static Result<std::unique_ptr<HeartbeatLink>> start(std::unique_ptr<Connection> conn,
-                                                        failover::DetectorConfig cfg, OnFailure on_failure);
+                                                        failover::DetectorConfig cfg, OnFailure on_failure,
+                                                        OnHandover on_handover = nullptr);
     ~HeartbeatLink();
     HeartbeatLink(const HeartbeatLink&) = delete;
     HeartbeatLink& operator=(const HeartbeatLink&) = delete;
@@ -67,11 +74,22 @@ public:
     void goodbye();
     // Waits up to `limit` for the link to end (goodbye heard, failure, or stop).
     LinkEnd wait_end(std::chrono::milliseconds limit);
+
+    // Planned switchover (docs/wire-format.md, "Handover"). Primary: sends HANDOVER(epoch)
+    // and waits up to `limit` for the backup's HANDOVER_ACCEPT; heartbeats go on meanwhile.
+    // Once accepted, the connection closing is no failure.
+    enum class HandoverAnswer { accepted, unanswered, failed };
+    HandoverAnswer request_handover(uint64_t epoch, std::chrono::milliseconds limit);
+    // Backup: answers HANDOVER_ACCEPT(epoch) as the link's last record, then stops.
+    void accept_handover(uint64_t epoch);
     HeartbeatStats stats() const;
     failover::PeerState peer_state() const;
 
 private:
-    HeartbeatLink(std::unique_ptr<Connection> conn, failover::FailureDetector det, OnFailure on_failure);
+    HeartbeatLink(std::unique_ptr<Connection> conn, failover::FailureDetector det, OnFailure on_failure,
+                  OnHandover on_handover);
+    // Has the sender send `type` as its last record, waits for it to go, then stops.
+    void end_with(uint32_t type, std::vector<uint8_t> body);
     void sender_main();
     void receiver_main();
     // Judges the peer every heartbeat interval. Not the sender's job: a send to a peer
@@ -81,6 +99,7 @@ private:
 
     std::unique_ptr<Connection> conn_;
     OnFailure on_failure_;
+    OnHandover on_handover_;
     mutable std::mutex mu_;
     std::condition_variable cv_;
     failover::FailureDetector detector_;
@@ -88,8 +107,11 @@ private:
     failover::Clock::time_point started_, last_received_{};
     bool stopping_ = false;
     bool failed_ = false;
-    bool say_goodbye_ = false;   // goodbye(): the sender's last record
-    bool heard_goodbye_ = false; // the peer said goodbye
+    std::optional<std::pair<uint32_t, std::vector<uint8_t>>> last_record_; // end_with(): the sender's last record
+    std::optional<std::vector<uint8_t>> outgoing_; // a HANDOVER for the sender to send next
+    bool handover_requested_ = false;
+    std::optional<uint64_t> handover_accepted_;    // the epoch the backup's HANDOVER_ACCEPT named
+    bool heard_goodbye_ = false; // the peer ended the session on purpose (GOODBYE or HANDOVER_ACCEPT)
     std::thread sender_, receiver_, watcher_;
 };
 

@@ -193,7 +193,7 @@ void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
 }
 
 // Pause, take what changed since the last harvest and the whole state, resume.
-Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch) {
+Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bool resume) {
     auto cp = std::move(building_);
     if (!cp) cp = take_buffer();
     cp->epoch = epoch;
@@ -211,7 +211,7 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch) {
         t4 = now_ns();
         if (hooks_.on_capture) hooks_.on_capture(epoch, vm_);
     }
-    vm_.resume_all();
+    if (resume || !state) vm_.resume_all();
     cp->pause_ns = now_ns() - t0;
     cp->stop_ns = t1 - t0;
     cp->harvest_ns = t2 - t1;
@@ -340,9 +340,10 @@ Result<void> Primary::epoch_loop() {
         }
         if (stopping_) break;
         early_end_.reset(); // output from here on belongs to the next checkpoint
+        const bool last = handover_ && !handover_->outcome;
         lock.unlock();
         if (vm_.stop_reason()) break; // the guest is gone; nothing left to protect
-        auto cp = US_TRY(capture(epoch));
+        auto cp = US_TRY(capture(epoch, !last));
         lock.lock();
         EpochFigures f;
         f.epoch = epoch;
@@ -351,8 +352,81 @@ Result<void> Primary::epoch_loop() {
         in_flight_.push_back({f});
         to_send_.push_back(std::move(cp));
         cv_.notify_all();
+        lock.unlock();
+        if (last && finish_handover(epoch)) break;
     }
     return {};
+}
+
+Result<uint64_t> Primary::hand_over(std::function<Result<void>()> check, std::chrono::milliseconds answer_limit) {
+    std::unique_lock lock(mu_);
+    if (stopping_ || control_done_) return make_error(Errc::state, "replication has ended");
+    if (!heartbeat_) return make_error(Errc::state, "a handover needs the control connection (heartbeats)");
+    if (acked_ == 0) return make_error(Errc::state, "the backup holds no checkpoint yet (initial synchronization)");
+    if (handover_) return make_error(Errc::state, "a handover is already under way");
+    handover_ = Handover{std::move(check), answer_limit, std::nullopt};
+    early_end_ = steady_clock::now(); // this epoch ends now
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return handover_->outcome || control_done_; });
+    Result<uint64_t> outcome = make_error(Errc::state, "replication ended");
+    if (handover_->outcome) outcome = *handover_->outcome;
+    else if (error_) outcome = Error(*error_).wrap("replication failed");
+    handover_.reset();
+    return outcome;
+}
+
+bool Primary::handed_over() const {
+    std::lock_guard lock(mu_);
+    return handed_over_;
+}
+
+bool Primary::finish_handover(uint64_t epoch) {
+    std::unique_lock lock(mu_);
+    // Every checkpoint acknowledged and its output released: the backup's copy is the
+    // guest as it is now, paused, and nothing of it is still held here.
+    cv_.wait(lock, [&] { return stopping_ || (in_flight_.empty() && reporting_ == 0); });
+    Result<uint64_t> outcome = epoch;
+    if (stopping_) {
+        outcome = make_error(Errc::state, "replication failed before the last checkpoint was acknowledged: " +
+                                              (error_ ? error_->describe() : std::string("stopped")));
+    } else {
+        auto check = handover_->check;
+        auto limit = handover_->answer_limit;
+        handing_over_ = true;
+        lock.unlock();
+        auto ok = check ? check() : Result<void>();
+        auto answer = ok ? heartbeat_->request_handover(epoch, limit) : HeartbeatLink::HandoverAnswer::unanswered;
+        bool stream_ended;
+        {
+            std::lock_guard relock(mu_);
+            stream_ended = stream_ended_;
+        }
+        // A backup that closed the stream without accepting ended the session.
+        if (answer != HeartbeatLink::HandoverAnswer::accepted && stream_ended) {
+            fail(make_error(Errc::system, "the backup closed the checkpoint stream during the handover"));
+            answer = HeartbeatLink::HandoverAnswer::failed;
+        }
+        lock.lock();
+        handing_over_ = false;
+        if (!ok) outcome = std::move(ok.error()).wrap("handover refused");
+        else if (answer == HeartbeatLink::HandoverAnswer::unanswered)
+            outcome = make_error(Errc::timeout, "the backup did not answer the handover within " + std::to_string(limit.count()) +
+                                                    " ms (it runs without --promote, or an older version); the VM runs on, protected");
+        else if (answer == HeartbeatLink::HandoverAnswer::failed)
+            outcome = make_error(Errc::state, "the backup failed during the handover: " +
+                                                  (error_ ? error_->describe() : std::string("the control connection ended")) +
+                                                  "; the VM runs on, unprotected");
+        else {
+            handed_over_ = true;
+            stopping_ = true; // no GOODBYE: the backup already runs the VM
+        }
+    }
+    handover_->outcome = outcome;
+    bool done = handed_over_;
+    lock.unlock();
+    cv_.notify_all();
+    if (!done) vm_.resume_all();
+    return done;
 }
 
 void Primary::control_main() {
@@ -366,10 +440,12 @@ void Primary::control_main() {
         r = epoch_loop();
     }
     if (!r) fail(std::move(r.error()));
-    else {
+    {
         std::lock_guard lock(mu_);
-        finished_ = true;
+        if (r) finished_ = true;
+        control_done_ = true;
     }
+    cv_.notify_all();
     stop();
 }
 
@@ -431,16 +507,33 @@ void Primary::record_sent(uint64_t epoch, const WriterStats& ws) {
                 e.sent = true;
             }
         finished = retire_locked(); // the ACK may have beaten us here
+        reporting_ += !finished.empty();
     }
+    report_acked(finished);
+}
+
+void Primary::report_acked(const std::vector<EpochFigures>& figures) {
+    if (figures.empty()) return;
     if (hooks_.on_acked)
-        for (const auto& f : finished) hooks_.on_acked(f);
+        for (const auto& f : figures) hooks_.on_acked(f);
+    {
+        std::lock_guard lock(mu_);
+        --reporting_;
+    }
+    cv_.notify_all();
 }
 
 void Primary::receiver_main() {
     for (;;) {
         auto r = conn_->recv_record();
         if (!r) {
-            if (!stopping_) fail(std::move(r.error()).wrap("the backup connection"));
+            bool expected;
+            {
+                std::lock_guard lock(mu_);
+                expected = stopping_ || handing_over_; // a backup taking over closes the stream
+                stream_ended_ = true;
+            }
+            if (!expected) fail(std::move(r.error()).wrap("the backup connection"));
             return;
         }
         if (r->type == kHeartbeat) continue;
@@ -475,6 +568,7 @@ void Primary::receiver_main() {
                     }
                 acked_ = *epoch;
                 acked = retire_locked();
+                reporting_ += !acked.empty();
             }
         }
         cv_.notify_all();
@@ -482,8 +576,7 @@ void Primary::receiver_main() {
             fail(make_error(Errc::invalid_input, "the backup acknowledged epoch " + std::to_string(*epoch) + ", which is not in flight"));
             return;
         }
-        if (hooks_.on_acked)
-            for (const auto& f : acked) hooks_.on_acked(f);
+        report_acked(acked);
     }
 }
 

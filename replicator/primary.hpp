@@ -94,6 +94,16 @@ public:
     // Blocks until replication ends; an error says why it failed (backup lost, ...).
     Result<void> wait();
 
+    // Planned switchover (docs/failover.md): at once the guest pauses, a last checkpoint
+    // goes out and is acknowledged (its output released through on_acked), `check` may
+    // still refuse (output that could not be released), and the backup is asked to take
+    // over from that checkpoint, waiting up to `answer_limit` for its answer. Accepted:
+    // returns the checkpoint; replication ends without a GOODBYE and the VM stays paused
+    // for the caller to end. Otherwise the guest resumes and an error says why: still
+    // protected if the backup did not answer, unprotected (failure()) if it failed.
+    Result<uint64_t> hand_over(std::function<Result<void>()> check, std::chrono::milliseconds answer_limit);
+    bool handed_over() const;
+
     bool is_protected() const { return acked_.load() > 0; }
     // Why replication failed, once it has.
     std::optional<Error> failure() const;
@@ -114,7 +124,12 @@ private:
     Result<void> initial_sync();
     Result<void> epoch_loop();
     Result<void> copy_while_running();
-    Result<std::unique_ptr<Checkpoint>> capture(uint64_t epoch);
+    // Pauses the VM and captures; with `resume` false (a handover's last checkpoint) the
+    // VM stays paused unless the capture failed.
+    Result<std::unique_ptr<Checkpoint>> capture(uint64_t epoch, bool resume = true);
+    // The epoch loop's half of hand_over() once checkpoint `epoch` is queued; true when
+    // the backup took over.
+    bool finish_handover(uint64_t epoch);
     // Checkpoint buffers are reused: growing fresh ones costs page faults in the pause.
     std::unique_ptr<Checkpoint> take_buffer();
     void return_buffer(std::unique_ptr<Checkpoint> cp);
@@ -147,10 +162,24 @@ private:
     // Moves finished checkpoints' figures to done_ and returns them for on_acked.
     std::vector<EpochFigures> retire_locked();
     void record_sent(uint64_t epoch, const WriterStats& ws);
+    // Runs on_acked for checkpoints retire_locked() returned (counted in reporting_).
+    void report_acked(const std::vector<EpochFigures>& figures);
     std::deque<EpochFigures> done_;      // recent ACKed epochs
     std::optional<Error> error_;
     bool finished_ = false;
     std::optional<std::chrono::steady_clock::time_point> early_end_; // request_checkpoint()
+    // on_acked hooks running outside the lock: a handover waits for them (output released).
+    unsigned reporting_ = 0;
+    struct Handover {
+        std::function<Result<void>()> check;
+        std::chrono::milliseconds answer_limit;
+        std::optional<Result<uint64_t>> outcome;
+    };
+    std::optional<Handover> handover_;     // hand_over() waiting
+    bool handing_over_ = false;            // HANDOVER sent: the backup closing the stream is expected
+    bool stream_ended_ = false;            // the receiver saw the checkpoint stream end
+    bool handed_over_ = false;
+    bool control_done_ = false;            // control_main() returned
 
     Bitmap dirty_;
     std::vector<int32_t> slot_of_page_; // page index -> slot in the checkpoint being built

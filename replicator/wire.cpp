@@ -50,6 +50,8 @@ const char* record_type_name(uint32_t type) {
     case kReject: return "REJECT";
     case kHeartbeat: return "HEARTBEAT";
     case kGoodbye: return "GOODBYE";
+    case kHandover: return "HANDOVER";
+    case kHandoverAccept: return "HANDOVER_ACCEPT";
     }
     return "unknown";
 }

@@ -49,6 +49,10 @@ enum RecordType : uint32_t {
     kReject = 9,          // backup: reason text; the connection then closes
     kHeartbeat = kRecordOptional | 10, // either side: u64 sequence, u64 sender clock ns
     kGoodbye = 11,        // control connection, primary: replication ends on purpose; empty
+    // Planned switchover, control connection (optional: a backup that does not know them
+    // skips HANDOVER and the primary, left without an answer, runs on as before).
+    kHandover = kRecordOptional | 12,       // primary: u64 epoch, the last checkpoint, acknowledged
+    kHandoverAccept = kRecordOptional | 13, // backup: u64 epoch; it takes over from that checkpoint
 };
 
 inline constexpr uint32_t kCheckpointInitial = 1; // CHECKPOINT_BEGIN flag: carries the initial synchronization

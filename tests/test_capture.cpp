@@ -71,7 +71,7 @@ TEST_CASE("a captured session verifies against the spec", "[capture][kvm]") {
     bc.security = test::link_security();
     auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), hooks, bc);
     REQUIRE(server);
-    Result<void> session;
+    Result<SessionEnd> session;
     std::thread t([&] { session = (*server)->serve_one(seconds(30)); });
     auto conn = Connection::connect((*server)->local(), seconds(5));
     REQUIRE(conn);

@@ -270,6 +270,8 @@ TEST_CASE("cli: bad usage is one line on stderr and exit code 2", "[binary]") {
         {"config check", "missing FILE"},
         {"status", "'--control-socket' is required"},
         {"status --control-socket /x --bogus", "unrecognised option '--bogus'"},
+        {"failover", "'--control-socket' is required"},
+        {"failover --control-socket /x --now", "unrecognised option '--now'"},
         {"bench --bogus", "unrecognised option '--bogus'"},
         {"bench --from /x --script /nonexistent/report.py", "no such file /nonexistent/report.py"},
     };
@@ -281,6 +283,14 @@ TEST_CASE("cli: bad usage is one line on stderr and exit code 2", "[binary]") {
         CHECK_THAT(o.err, Catch::Contains(c.what) && Catch::StartsWith("understudy"));
         CHECK(o.out.empty());
     }
+}
+
+TEST_CASE("cli: an action on an instance that is not there fails with its reason and exit code 3", "[binary]") {
+    auto o = run_cli("failover --control-socket /nonexistent/understudy.sock");
+    CHECK(o.code == 3);
+    CHECK(lines(o.err) == 1);
+    CHECK_THAT(o.err, Catch::StartsWith("understudy: ") && Catch::Contains("/nonexistent/understudy.sock"));
+    CHECK(o.out.empty());
 }
 
 TEST_CASE("cli: --log-format json makes every log line a JSON object", "[binary]") {
@@ -305,7 +315,8 @@ TEST_CASE("cli: --log-format json makes every log line a JSON object", "[binary]
 }
 
 TEST_CASE("cli: every subcommand has --help", "[binary]") {
-    for (const char* cmd : {"run", "restore", "backup", "verify-stream", "config", "config check", "bench", "status"}) {
+    for (const char* cmd : {"run", "restore", "backup", "verify-stream", "config", "config check", "bench", "status",
+                            "snapshot", "reprotect", "failover"}) {
         INFO(cmd);
         auto o = run_cli(std::string(cmd) + " --help");
         CHECK(o.code == 0);

@@ -16,6 +16,7 @@
 #include "replicator/wire.hpp"
 #include "support/link_key.hpp"
 #include "support/loopback.hpp"
+#include "support/stream_builder.hpp"
 
 using namespace understudy;
 using namespace understudy::replicator;
@@ -220,7 +221,7 @@ TEST_CASE("a goodbye ends the link on both sides without a failure", "[control]"
 namespace {
 // A session whose stand-in primary heartbeats through a real link, then ends with or
 // without GOODBYE.
-Result<void> session_ending(bool say_goodbye) {
+Result<SessionEnd> session_ending(bool say_goodbye) {
     BackupConfig cfg;
     cfg.heartbeat = kPatient;
     cfg.security = test::link_security();
@@ -241,10 +242,116 @@ Result<void> session_ending(bool say_goodbye) {
 } // namespace
 
 TEST_CASE("a backup counts a closed stream as an orderly end only after a goodbye", "[control]") {
-    CHECK(session_ending(true));
+    auto orderly = session_ending(true);
+    REQUIRE(orderly);
+    CHECK(*orderly == SessionEnd::goodbye);
     auto r = session_ending(false);
     REQUIRE(!r);
     INFO(r.error().describe());
     CHECK((r.error().message.find("without a goodbye") != std::string::npos ||
            r.error().message.find("control connection") != std::string::npos));
+}
+
+TEST_CASE("a handover request is answered, and neither side then reports a failure", "[control][handover]") {
+    auto [a, b] = connected_pair();
+    FailureProbe fa, fb;
+    std::promise<uint64_t> asked;
+    auto la = HeartbeatLink::start(std::move(a), kPatient, fa.callback());
+    auto lb = HeartbeatLink::start(std::move(b), kPatient, fb.callback(), [&](uint64_t epoch) { asked.set_value(epoch); });
+    REQUIRE(la);
+    REQUIRE(lb);
+    // The backup answers from another thread, as BackupServer does once its stream stopped.
+    auto answer = std::async(std::launch::async, [&] {
+        auto f = asked.get_future();
+        REQUIRE(f.wait_for(2s) == std::future_status::ready);
+        uint64_t epoch = f.get();
+        (*lb)->accept_handover(epoch);
+        return epoch;
+    });
+    CHECK((*la)->request_handover(42, 2s) == HeartbeatLink::HandoverAnswer::accepted);
+    CHECK(answer.get() == 42);
+    std::this_thread::sleep_for(200ms); // both connections are closing now: still no failure
+    CHECK(fa.future.wait_for(0s) == std::future_status::timeout);
+    CHECK(fb.future.wait_for(0s) == std::future_status::timeout);
+}
+
+TEST_CASE("a handover nobody answers leaves the link running", "[control][handover]") {
+    auto [a, b] = connected_pair();
+    FailureProbe fa, fb;
+    auto la = HeartbeatLink::start(std::move(a), kPatient, fa.callback());
+    auto lb = HeartbeatLink::start(std::move(b), kPatient, fb.callback()); // skips HANDOVER, as an older backup does
+    REQUIRE(la);
+    REQUIRE(lb);
+    CHECK((*la)->request_handover(7, 300ms) == HeartbeatLink::HandoverAnswer::unanswered);
+    auto before = (*la)->stats().received;
+    std::this_thread::sleep_for(100ms);
+    CHECK((*la)->stats().received > before); // heartbeats go on both ways
+    CHECK((*lb)->peer_state() == failover::PeerState::alive);
+    CHECK(fa.future.wait_for(0s) == std::future_status::timeout);
+    CHECK(fb.future.wait_for(0s) == std::future_status::timeout);
+}
+
+namespace {
+// A backup that accepts handovers, and a stand-in primary whose checkpoint 1 it committed.
+struct HandoverSession {
+    std::unique_ptr<BackupServer> server;
+    std::future<Result<SessionEnd>> session;
+    StandIn primary;
+    std::unique_ptr<HeartbeatLink> link;
+    FailureProbe probe;
+
+    explicit HandoverSession(bool accept) {
+        BackupConfig cfg;
+        cfg.heartbeat = kPatient;
+        cfg.security = test::link_security();
+        cfg.accept_handover = accept;
+        auto s = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), {}, cfg);
+        REQUIRE(s);
+        server = std::move(*s);
+        session = std::async(std::launch::async, [this] { return server->serve_one(10s); });
+        primary = open_session(*server, 42, 42, kPatient); // 42: StreamBuilder's session, the seed of its page checks
+        auto l = HeartbeatLink::start(std::move(primary.control), kPatient, probe.callback());
+        REQUIRE(l);
+        link = std::move(*l);
+        test::StreamBuilder b;
+        for (const auto& x : b.checkpoint(1, kCheckpointInitial, {0, 5}, 1)) REQUIRE(primary.data->send_record(x.type, x.body));
+        auto ack = primary.data->recv_record();
+        REQUIRE(ack);
+        REQUIRE(ack->type == kAck);
+    }
+    Result<SessionEnd> end() {
+        REQUIRE(session.wait_for(5s) == std::future_status::ready);
+        return session.get();
+    }
+};
+} // namespace
+
+TEST_CASE("a backup takes over from the checkpoint a handover names, and from no other", "[control][handover]") {
+    SECTION("the committed checkpoint: accepted, the session ends as a handover") {
+        HandoverSession h(true);
+        CHECK(h.link->request_handover(1, 2s) == HeartbeatLink::HandoverAnswer::accepted);
+        auto r = h.end();
+        REQUIRE(r);
+        CHECK(*r == SessionEnd::handover);
+        CHECK(h.server->replica()->committed_epoch() == 1);
+        CHECK(h.probe.future.wait_for(100ms) == std::future_status::timeout);
+    }
+    SECTION("another checkpoint: refused, the session ends with the reason and no takeover") {
+        HandoverSession h(true);
+        CHECK(h.link->request_handover(2, 2s) != HeartbeatLink::HandoverAnswer::accepted);
+        auto r = h.end();
+        REQUIRE(!r);
+        CHECK(r.error().code == Errc::invalid_input); // not a failed primary: nobody promotes
+        CHECK_THAT(r.error().message, Catch::Contains("checkpoint 2") && Catch::Contains("checkpoint 1 is committed"));
+    }
+    SECTION("a backup that may not promote does not answer; the session goes on") {
+        HandoverSession h(false);
+        CHECK(h.link->request_handover(1, 300ms) == HeartbeatLink::HandoverAnswer::unanswered);
+        CHECK(h.session.wait_for(0s) == std::future_status::timeout);
+        h.link->goodbye();
+        h.primary.data->shutdown();
+        auto r = h.end();
+        REQUIRE(r);
+        CHECK(*r == SessionEnd::goodbye);
+    }
 }

@@ -164,7 +164,7 @@ struct Backup {
         REQUIRE(s);
         server = std::move(*s);
     }
-    std::future<Result<void>> serve() {
+    std::future<Result<SessionEnd>> serve() {
         return std::async(std::launch::async, [this] { return server->serve_one(10s); });
     }
     uint64_t committed() const {

@@ -2,7 +2,7 @@
 // kv guest protected by a backup that promotes, each `understudy` process with a control
 // socket and a metrics endpoint. `curl` scrapes /metrics, /healthz and /primary on both
 // hosts, and `understudy status --json` is checked against docs/status.md, before and
-// after the primary is killed.
+// after the primary is killed; a planned switchover (`understudy failover`) loses nothing.
 #include <catch2/catch.hpp>
 
 #include <signal.h>
@@ -66,7 +66,7 @@ const std::map<std::string, std::set<std::string>> kDocumented = {
     {"lag", {"epochs", "seconds"}},
     {"output", {"held_packets", "held_bytes", "released_packets", "released_bytes", "stalls", "hold_p99_s"}},
     {"heartbeats", {"sent", "received", "max_gap_s"}},
-    {"failovers", {"primary_silent", "primary_connection_lost"}},
+    {"failovers", {"primary_silent", "primary_connection_lost", "handover"}},
     {"protection_lost", {"backup_silent", "backup_connection_lost", "error"}},
 };
 
@@ -100,6 +100,17 @@ cli::StatusSnapshot status_json(const std::string& socket) {
     auto s = cli::status_from_json(r->out);
     if (!s) FAIL(s.error().describe());
     return *s;
+}
+
+// The status once it shows `state`, or as it is after 5 s.
+cli::StatusSnapshot status_reaching(const std::string& socket, cli::ProtectionState state) {
+    cli::StatusSnapshot s;
+    for (int i = 0; i < 50; ++i) {
+        s = status_json(socket);
+        if (s.state == state) break;
+        std::this_thread::sleep_for(100ms);
+    }
+    return s;
 }
 
 struct Http {
@@ -253,12 +264,7 @@ TEST_CASE("a protected pair's status, metrics and health, before and after a fai
     REQUIRE(ping);
     CHECK(ping->out == "20\n");
     // The promoted VM's supervision may take a moment to record its state.
-    cli::StatusSnapshot a;
-    for (int i = 0; i < 50; ++i) {
-        a = status_json(bsock);
-        if (a.state == cli::ProtectionState::unprotected) break;
-        std::this_thread::sleep_for(100ms);
-    }
+    auto a = status_reaching(bsock, cli::ProtectionState::unprotected);
     CHECK(a.role == cli::Role::primary);
     CHECK(a.promoted);
     CHECK(a.state == cli::ProtectionState::unprotected);
@@ -399,6 +405,68 @@ TEST_CASE("understudy reprotect protects a running, unprotected VM", "[operation
     CHECK(again->exit_status == 3);
     CHECK(again->err.find("already protected") != std::string::npos);
     CHECK(primary->running());
+}
+
+TEST_CASE("understudy failover hands a protected VM to its backup with nothing lost", "[operations][handover]") {
+    auto t = Topology::create(topology_name("ho"));
+    REQUIRE(t);
+    const std::string dir = g_temp_dir;
+    const std::string psock = dir + "/handover-primary.sock", bsock = dir + "/handover-backup.sock";
+    const std::string plog = dir + "/handover-primary.log", blog = dir + "/handover-backup.log";
+    const std::vector<std::string> link{"--link-security", "disabled", "--failure-timeout-ms", "1000"};
+    std::vector<std::string> bargv{US_CLI_PATH, "backup", "--listen", t->ip(Host::backup) + ":7700", "--promote",
+                                   "--net-tap", t->tap(), "--control-socket", bsock};
+    bargv.insert(bargv.end(), link.begin(), link.end());
+    auto backup = t->spawn_in(Host::backup, bargv, blog);
+    REQUIRE(backup);
+    wait_for_log(*backup, blog, "listening on", 10s);
+    std::vector<std::string> pargv{US_CLI_PATH, "run", kKv, "--memory", "128M", "--net-tap", t->tap(),
+                                   "-c", "net.ip=" + t->guest_ip() + "/24", "--backup", t->ip(Host::backup) + ":7700",
+                                   "--control-socket", psock};
+    pargv.insert(pargv.end(), link.begin(), link.end());
+    auto primary = t->spawn_in(Host::primary, pargv, plog);
+    REQUIRE(primary);
+    wait_for_log(*primary, plog, "protected: initial checkpoint acknowledged", 60s);
+    auto incr = [&](int expect) {
+        auto r = t->run_in(Host::client, {"redis-cli", "-h", t->guest_ip(), "INCR", "n"}, 20s);
+        REQUIRE(r);
+        REQUIRE(r->ok());
+        CHECK(r->out == std::to_string(expect) + "\n");
+    };
+    for (int i = 1; i <= 10; ++i) incr(i);
+
+    auto done = run_command({US_CLI_PATH, "failover", "--control-socket", psock}, 90s);
+    REQUIRE(done);
+    INFO(done->describe() << "\nprimary:\n" << read_file(plog) << "\nbackup:\n" << read_file(blog));
+    REQUIRE(done->ok());
+    CHECK(done->out.find("the backup runs the VM from checkpoint") != std::string::npos);
+    wait_for_log(*backup, blog, "PROMOTED", 30s);
+    // The old primary stops by itself, successfully, and says why.
+    auto deadline = steady_clock::now() + 20s;
+    while (primary->running() && steady_clock::now() < deadline) std::this_thread::sleep_for(50ms);
+    REQUIRE(!primary->running());
+    auto ended = primary->stop(100ms);
+    REQUIRE(ended);
+    CHECK(ended->exit_status == 0);
+    CHECK(read_file(plog).find("HANDED OVER") != std::string::npos);
+    CHECK(read_file(blog).find("HANDOVER") != std::string::npos);
+
+    // Every acknowledged write is there, and the guest goes on from it on the backup.
+    incr(11);
+    auto a = status_reaching(bsock, cli::ProtectionState::unprotected);
+    CHECK(a.role == cli::Role::primary);
+    CHECK(a.promoted);
+    CHECK(a.active_primary);
+    CHECK(a.failovers.at("handover") == 1);
+    CHECK(a.failovers.at("primary_silent") + a.failovers.at("primary_connection_lost") == 0);
+
+    // A VM that has no backup refuses, and runs on.
+    auto alone = run_command({US_CLI_PATH, "failover", "--control-socket", bsock}, 90s);
+    REQUIRE(alone);
+    CHECK(alone->exit_status == 3);
+    CHECK(alone->err.find("not protected") != std::string::npos);
+    CHECK(backup->running());
+    incr(12);
 }
 
 int main(int argc, char** argv) {

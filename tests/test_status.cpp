@@ -347,6 +347,18 @@ TEST_CASE("metrics model: a backup waits, receives, and is promoted", "[status]"
     CHECK(m.snapshot().active_primary);
 }
 
+TEST_CASE("metrics model: a handover is counted apart from failures", "[status]") {
+    auto t0 = MetricsClock::now();
+    Metrics m(Role::backup, "", t0);
+    m.on_failover(FailoverReason::handover, t0 + 1s);
+    auto s = m.snapshot(t0 + 1s);
+    CHECK(s.state == ProtectionState::promoting);
+    CHECK(s.promoted);
+    CHECK(s.reason == "the primary handed over (planned switchover)");
+    CHECK(s.failovers.at("handover") == 1);
+    CHECK(s.failovers.at("primary_silent") + s.failovers.at("primary_connection_lost") == 0);
+}
+
 TEST_CASE("status JSON: every documented field round-trips; bad objects are refused", "[status]") {
     auto t0 = MetricsClock::now();
     Metrics m(Role::primary, "kv \"one\"", t0 - 2s);
@@ -500,6 +512,9 @@ TEST_CASE("control socket: mode 0600 whatever the umask; status, errors and boun
             CHECK(r.rfind("{\"ok\":false,\"error\":\"", 0) == 0);
             CHECK(r.back() == '\n');
         }
+        // An action needs a VM: a process without one (a backup) says so at once.
+        CHECK(unix_exchange(fd.get(), "{\"cmd\":\"failover\"}\n") ==
+              "{\"ok\":false,\"error\":\"failover: this instance runs no VM (a backup has none until it promotes)\"}\n");
         CHECK(unix_exchange(fd.get(), "{\"cmd\":\"ping\"}\n") == "{\"ok\":true}\n");
         // Two requests in one write: two answers, in order.
         auto two = unix_exchange(fd.get(), "{\"cmd\":\"ping\"}\n{\"cmd\":\"ping\"}\n");

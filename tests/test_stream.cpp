@@ -11,79 +11,16 @@
 #include "replicator/backup_replica.hpp"
 #include "replicator/wire.hpp"
 #include "support/link_key.hpp"
+#include "support/stream_builder.hpp"
 
 using namespace understudy;
 using namespace understudy::replicator;
+using test::kGuestPages;
+using test::kMem;
+using test::rec;
+using test::StreamBuilder;
 
 namespace {
-
-constexpr uint64_t kMem = 16 * hv::kMiB;
-constexpr uint64_t kGuestPages = kMem / hv::kPageSize;
-
-Record rec(uint32_t type, std::vector<uint8_t> body) { return Record{type, std::move(body)}; }
-
-// Produces the records of valid checkpoints, as a primary would.
-struct StreamBuilder {
-    uint64_t session = 42;
-    PageEncoder enc = *PageEncoder::create({kGuestPages, 64, 42});
-    std::vector<uint8_t> memory = std::vector<uint8_t>(kMem, 0);
-
-    StreamHeader header(uint32_t vcpus = 1) const {
-        auto mem = hv::GuestMemory::create(kMem);
-        return make_stream_header(kMem, vcpus, hv::memory_layout_digest(*mem), 0x1234, session);
-    }
-
-    // Changes `pages` pages (value-stamped) and returns the checkpoint's records.
-    // With `rounds` > 1 the pages are sent that many times, each round in its own PAGES
-    // record and stamped anew (stamp, stamp + 1, ...), as pre-copy rounds do.
-    std::vector<Record> checkpoint(uint64_t epoch, uint32_t flags, std::vector<uint64_t> pages, uint64_t stamp,
-                                   unsigned rounds = 1) {
-        std::vector<Record> out;
-        CheckpointDigest digest;
-        auto add = [&](uint32_t type, std::vector<uint8_t> body) {
-            digest.add(type, body);
-            out.push_back(rec(type, std::move(body)));
-        };
-        out.push_back(rec(kCheckpointBegin, [&] {
-            std::vector<uint8_t> b;
-            Encoder e(b);
-            e.u64(epoch);
-            e.u32(flags);
-            e.u32(0);
-            return b;
-        }()));
-        std::vector<uint8_t> body;
-        for (unsigned round = 0; round < rounds; ++round) {
-            std::vector<uint8_t> data;
-            for (uint64_t p : pages) {
-                std::memset(memory.data() + p * 4096, static_cast<int>(stamp + round), 64);
-                data.insert(data.end(), memory.begin() + long(p * 4096), memory.begin() + long((p + 1) * 4096));
-            }
-            body.clear();
-            Encoder(body).u64(epoch);
-            REQUIRE(enc.encode(pages, data, body));
-            add(replicator::kPages, body);
-        }
-        body.clear();
-        Encoder e(body);
-        e.u64(epoch);
-        e.u32(0);
-        e.u32(0);
-        hv::VcpuState vs;
-        vs.regs.rip = epoch;
-        vs.xsave.assign(4096, 0);
-        hv::encode_vcpu_state(vs, body);
-        add(kVcpuState, body);
-        body.clear();
-        Encoder(body).u64(epoch);
-        hv::VmState vm;
-        vm.guest_time_ns = epoch * 1000;
-        hv::encode_vm_clock(vm, body);
-        add(kVmState, body);
-        out.push_back(rec(kCheckpointEnd, encode_u64s({epoch, digest.records(), digest.value()})));
-        return out;
-    }
-};
 
 Result<std::optional<uint64_t>> feed_all(BackupReplica& r, const std::vector<Record>& recs) {
     std::optional<uint64_t> last;
@@ -260,7 +197,7 @@ TEST_CASE("a corrupt record on the wire ends the session; the backup keeps runni
     cfg.security = test::link_security();
     auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), {}, cfg);
     REQUIRE(server);
-    std::vector<Result<void>> results;
+    std::vector<Result<SessionEnd>> results;
     std::thread t([&] {
         for (int i = 0; i < 3; ++i) results.push_back((*server)->serve_one(std::chrono::seconds(20)));
     });
