@@ -10,6 +10,7 @@
 #include "cli/bench_command.hpp"
 #include "cli/config.hpp"
 #include "cli/config_command.hpp"
+#include "cli/drill_command.hpp"
 #include "cli/link_options.hpp"
 #include "cli/logging.hpp"
 #include "cli/run_command.hpp"
@@ -31,6 +32,7 @@ const char* kUsage =
     "  snapshot FILE     have a running instance save its VM to FILE (--control-socket PATH)\n"
     "  reprotect         protect a running, unprotected VM with a new backup (--backup HOST:PORT)\n"
     "  failover          planned switchover: the VM's backup takes over, nothing lost (--control-socket PATH)\n"
+    "  drill KIND        inject a fault into a running protected pair and report (exit 5: the drill failed)\n"
     "  config check FILE   check a config file for `run|restore|backup --config FILE`\n"
     "  bench [--quick]     run the benchmarks; write a report with plots (--out DIR)\n"
     "  keygen FILE       write a fresh link key (--link-key) for a primary and its backup\n"
@@ -39,7 +41,7 @@ const char* kUsage =
     "Every command takes --log-format human|json: log lines for people (the default) or one\n"
     "JSON object per line {\"ts\",\"level\",\"msg\"} for log collectors.\n"
     "Exit codes: 0 success, 1 the guest failed, 2 bad usage or input, 3 host error,\n"
-    "4 fenced (another host holds the primary role).\n";
+    "4 fenced (another host holds the primary role), 5 a drill failed (`understudy drill`).\n";
 
 } // namespace
 
@@ -74,6 +76,7 @@ int main(int argc, char** argv) {
     if (cmd == "snapshot") return understudy::cli::snapshot_command(args);
     if (cmd == "reprotect") return understudy::cli::reprotect_command(args);
     if (cmd == "failover") return understudy::cli::failover_command(args);
+    if (cmd == "drill") return understudy::cli::drill_command(args);
     if (cmd == "config") return understudy::cli::config_command(args);
     if (cmd == "bench") return understudy::cli::bench_command(args);
     if (cmd == "keygen") return understudy::cli::keygen_command(args);

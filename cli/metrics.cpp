@@ -113,6 +113,8 @@ QuantileFigures quantiles(const Histogram& h, double unit) {
     return f;
 }
 double seconds_between(MetricsClock::time_point a, MetricsClock::time_point b) { return duration<double>(b - a).count(); }
+// Wall-clock time, Unix seconds (status.last_failover).
+double unix_now_s() { return duration<double>(system_clock::now().time_since_epoch()).count(); }
 } // namespace
 
 // Pauses and ACKs: 10 us .. 100 s; dirty pages: 1 .. 10^7; output hold: 10 us .. 100 s.
@@ -132,6 +134,9 @@ void Metrics::set_name(std::string name) {
 
 void Metrics::set_state(ProtectionState s, std::string reason, MetricsClock::time_point now) {
     std::lock_guard lock(mu_);
+    if (state_.load() == ProtectionState::promoting && s != ProtectionState::promoting && s != ProtectionState::stopped &&
+        last_failover_ && !last_failover_->running_unix_s)
+        last_failover_->running_unix_s = unix_now_s();
     if (state_.load() != s) state_since_ = now;
     state_ = s;
     reason_ = std::move(reason);
@@ -188,6 +193,7 @@ void Metrics::observe_hold(MetricsClock::duration held) {
 
 void Metrics::on_session_end(std::string reason, MetricsClock::time_point now) {
     std::lock_guard lock(mu_);
+    session_end_unix_s_ = unix_now_s();
     if (state_.load() != ProtectionState::waiting) state_since_ = now;
     state_ = ProtectionState::waiting;
     reason_ = std::move(reason);
@@ -226,6 +232,8 @@ void Metrics::on_failover(FailoverReason r, MetricsClock::time_point now) {
     rate_.clear();
     state_ = ProtectionState::promoting;
     state_since_ = now;
+    last_failover_ = FailoverTimes{failover_reason_name(r), session_end_unix_s_ > 0 ? session_end_unix_s_ : unix_now_s(),
+                                   std::nullopt};
     reason_ = r == FailoverReason::handover ? std::string("the primary handed over (planned switchover)")
                                             : std::string("the primary failed: ") + failover_reason_name(r);
 }
@@ -273,6 +281,7 @@ StatusSnapshot Metrics::snapshot(MetricsClock::time_point now) const {
     s.state = state_.load();
     s.reason = reason_;
     s.state_age_s = seconds_between(state_since_, now);
+    s.last_failover = last_failover_;
     if (initial_pause_ns_) s.initial_pause_s = double(*initial_pause_ns_) * 1e-9;
     if (last_state_point_) {
         s.lag_s = std::max(0.0, seconds_between(*last_state_point_, now));

@@ -124,6 +124,14 @@ struct HeartbeatFigures {
     uint64_t max_gap_ns = 0;
 };
 
+// The last promotion of this process (a backup that took over), in wall-clock time (Unix
+// seconds) so that a drill on another host can compare it with its own fault time.
+struct FailoverTimes {
+    std::string reason;                   // failover_reason_name()
+    double detected_unix_s = 0;           // the session with the primary ended (the failure was detected)
+    std::optional<double> running_unix_s; // the promoted VM left `promoting` (it runs); null until then
+};
+
 struct QuantileFigures {
     std::optional<double> last, p50, p99; // in the documented unit
     uint64_t count = 0;
@@ -162,6 +170,7 @@ struct StatusSnapshot {
     std::map<std::string, uint64_t> failovers;       // every FailoverReason, 0 included
     std::map<std::string, uint64_t> protection_lost; // every LossReason, 0 included
     uint64_t sessions = 0;                           // backup: sessions accepted
+    std::optional<FailoverTimes> last_failover;      // null until this process promoted
 };
 
 // Clears a figure source (Metrics::set_*_source) when its owner goes.
@@ -216,6 +225,8 @@ public:
     // `raw_bytes_total`: page bytes applied by the replica so far.
     void on_committed(uint64_t epoch, uint64_t raw_bytes_total, MetricsClock::time_point now = MetricsClock::now());
     void set_session_source(std::function<uint64_t()> fn);
+    // Records last_failover: detected at the last on_session_end (else now); running when
+    // set_state() next moves the state from `promoting` to a running one.
     void on_failover(FailoverReason r, MetricsClock::time_point now = MetricsClock::now());
 
     // Figures read at snapshot time from objects that live shorter than the instance.
@@ -263,6 +274,8 @@ private:
     std::function<HeartbeatFigures()> heartbeat_source_;
     std::function<uint64_t()> session_source_;
     uint64_t sessions_at_wait_ = 0;
+    double session_end_unix_s_ = 0; // wall time of the last on_session_end (0: none)
+    std::optional<FailoverTimes> last_failover_;
 };
 
 } // namespace understudy::cli

@@ -1,13 +1,16 @@
 #include "cli/operations.hpp"
 
+#include <chrono>
 #include <deque>
 #include <mutex>
+#include <thread>
 
 #include "cli/control_socket.hpp"
 #include "cli/prometheus.hpp"
 #include "cli/status.hpp"
 #include "common/log.hpp"
 #include "failover/etcd_arbiter.hpp" // the strict JSON reader
+#include "replicator/transport.hpp"   // arm_bit_flip: `understudy drill corrupt-link`
 
 namespace understudy::cli {
 
@@ -82,6 +85,38 @@ std::string request_action(const failover::etcd_detail::Json& req, const std::st
     return queue_action(std::move(action));
 }
 
+// {"cmd":"drill","fault":"corrupt-link"} (`understudy drill`, docs/status.md): flips one
+// bit of the next checkpoint-stream bytes this primary sends and answers once they went
+// out, or after kDrillFlipWait. Needs no VM thread: the flag is the transport's.
+constexpr auto kDrillFlipWait = std::chrono::seconds(2);
+std::string drill_request(const Metrics& m, const failover::etcd_detail::Json& req) {
+    using failover::etcd_detail::Json;
+    const Json* fault = req.find("fault");
+    if (!fault || fault->kind != Json::Kind::string)
+        return ControlSocket::error_json("drill: no \"fault\" string (the one fault injected from inside: corrupt-link)");
+    if (fault->text != "corrupt-link")
+        return ControlSocket::error_json("drill: unknown fault '" + fault->text.substr(0, 64) + "' (known: corrupt-link)");
+    if (m.role() != Role::primary || m.state() != ProtectionState::protected_)
+        return ControlSocket::error_json(std::string("drill: corrupt-link needs a protected primary; this instance is ") +
+                                         role_name(m.role()) + ", " + state_name(m.state()));
+    const uint64_t before = replicator::bit_flips_done();
+    replicator::arm_bit_flip();
+    const auto deadline = std::chrono::steady_clock::now() + kDrillFlipWait;
+    while (replicator::bit_flips_done() == before) {
+        if (std::chrono::steady_clock::now() >= deadline) {
+            if (replicator::disarm_bit_flip())
+                return ControlSocket::error_json("drill: the primary sent no checkpoint stream bytes within 2 s; nothing flipped");
+            break; // taken just now
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    const double t = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    log::warn("drill: corrupt-link: one bit of the checkpoint stream flipped on its way to the backup");
+    JsonWriter w;
+    w.begin_object().boolean("ok", true).string("fault", "corrupt-link").number("flipped_unix_s", t).end_object();
+    return w.str();
+}
+
 // Answers every queued action with `why`; no further ones are accepted.
 void stop_accepting_actions(const std::string& why) {
     Instance& in = instance();
@@ -146,9 +181,11 @@ std::string handle_control_request(const Metrics& m, std::string_view line) {
         auto action = std::make_unique<ControlAction>();
         action->cmd = cmd->text;
         return queue_action(std::move(action));
+    } else if (cmd->text == "drill") {
+        return drill_request(m, *req);
     } else {
         return ControlSocket::error_json("unknown command '" + cmd->text.substr(0, 64) +
-                                         "' (known: status, metrics, ping, snapshot, reprotect, failover)");
+                                         "' (known: status, metrics, ping, snapshot, reprotect, failover, drill)");
     }
     return w.str();
 }

@@ -47,7 +47,7 @@ inline constexpr std::chrono::seconds kActionTimeout{60};
 std::unique_ptr<ControlAction> take_control_action();
 
 // The request handlers, exposed for the tests.
-// One control-socket request line: {"cmd":"status"|"metrics"|"ping"|"snapshot"|"reprotect"|"failover"}.
+// One control-socket request line: {"cmd":"status"|"metrics"|"ping"|"snapshot"|"reprotect"|"failover"|"drill"}.
 std::string handle_control_request(const Metrics& m, std::string_view line);
 // One HTTP GET: /metrics, /healthz, /primary.
 HttpAnswer handle_http(const Metrics& m, std::string_view target);

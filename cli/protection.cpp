@@ -62,6 +62,7 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
         std::this_thread::sleep_for(milliseconds(100));
     }
     if (!conn) return std::move(conn.error()).wrap("connecting to the backup at " + backup);
+    (*conn)->allow_bit_flip(); // `understudy drill corrupt-link` corrupts this stream, not the control connection
     auto p = std::make_unique<Protection>();
     Protection* self = p.get();
     p->net_ = net;

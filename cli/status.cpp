@@ -148,6 +148,14 @@ std::string status_to_json(const StatusSnapshot& s) {
     count_object(w, "failovers", s.failovers);
     count_object(w, "protection_lost", s.protection_lost);
     w.integer("sessions", s.sessions);
+    if (s.last_failover)
+        w.begin_object("last_failover")
+            .string("reason", s.last_failover->reason)
+            .number("detected_unix_s", s.last_failover->detected_unix_s)
+            .number("running_unix_s", s.last_failover->running_unix_s)
+            .end_object();
+    else
+        w.null("last_failover");
     w.end_object();
     return w.str();
 }
@@ -300,6 +308,15 @@ Result<StatusSnapshot> status_from_json(std::string_view json) {
     s.failovers = US_TRY(r.counts("failovers", kAllFailoverReasons, failover_reason_name));
     s.protection_lost = US_TRY(r.counts("protection_lost", kAllLossReasons, loss_reason_name));
     s.sessions = US_TRY(r.u64("sessions"));
+    // Added within format 1: an older instance's object has no such member.
+    if (doc->find("last_failover"))
+        if (auto f = US_TRY(r.optional_object("last_failover"))) {
+            FailoverTimes t;
+            t.reason = US_TRY(f->string("reason"));
+            t.detected_unix_s = US_TRY(f->number("detected_unix_s"));
+            t.running_unix_s = US_TRY(f->optional_number("running_unix_s"));
+            s.last_failover = t;
+        }
     return s;
 }
 

@@ -18,11 +18,8 @@ namespace understudy::cli {
 namespace po = boost::program_options;
 using failover::etcd_detail::Json;
 
-namespace {
-
-// One status request; the answer checked against docs/status.md.
-Result<StatusSnapshot> fetch_status(const std::string& path) {
-    auto line = US_TRY(control_request(path, R"({"cmd":"status"})"));
+Result<StatusSnapshot> fetch_status(const std::string& path, std::chrono::milliseconds timeout) {
+    auto line = US_TRY(control_request(path, R"({"cmd":"status"})", timeout));
     auto doc = failover::etcd_detail::parse_json(line);
     if (!doc) return std::move(doc.error()).wrap("the control socket's answer");
     const Json* ok = doc->find("ok");
@@ -37,8 +34,6 @@ Result<StatusSnapshot> fetch_status(const std::string& path) {
         return make_error(Errc::invalid_input, "the control socket's answer has no \"status\" object");
     return status_from_json(std::string_view(line).substr(at + 9, line.size() - at - 10));
 }
-
-} // namespace
 
 int status_command(const std::vector<std::string>& raw_args) {
     std::string socket;

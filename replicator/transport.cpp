@@ -33,6 +33,11 @@ constexpr size_t kOpenBuffer = 2 * (kMaxFramePlain + kFrameOverhead);
 
 size_t padding_of(size_t len) { return (8 - len % 8) % 8; }
 
+// arm_bit_flip(): one flip armed for the process, and the flips done.
+std::atomic<bool> g_flip_armed{false};
+std::atomic<uint64_t> g_flips_done{0};
+constexpr uint8_t kFlipMask = 0x10;
+
 // The one place where a -errno from io_uring (submission or completion) becomes an
 // Error. -ETIME is what a linked timeout reports when it fired.
 Error from_cqe(int res, const std::string& what) {
@@ -207,18 +212,47 @@ Error Connection::peer_closed(size_t have, size_t want) const {
                                         std::to_string(have) + " of " + std::to_string(want) + " bytes received)");
 }
 
+void arm_bit_flip() { g_flip_armed.store(true); }
+bool disarm_bit_flip() { return g_flip_armed.exchange(false); }
+uint64_t bit_flips_done() { return g_flips_done.load(); }
+
 Result<void> Connection::send(std::span<const std::span<const uint8_t>> buffers) {
     std::lock_guard lock(send_mutex_);
     if (shut_.load(std::memory_order_relaxed)) return closed_error("sending to");
-    if (tx_) return send_sealed(buffers);
+    size_t total = 0;
+    for (auto b : buffers) total += b.size();
+    const bool flip = flip_target_ && total > 0 && g_flip_armed.exchange(false);
+    if (flip) g_flips_done.fetch_add(1);
+    if (tx_) return send_sealed(buffers, flip);
     iov_.clear();
     for (auto b : buffers)
         if (!b.empty()) iov_.push_back({const_cast<uint8_t*>(b.data()), b.size()});
+    if (flip) flip_in_iov();
     return send_iov();
 }
 
+void Connection::flip_in_iov() {
+    size_t total = 0;
+    for (const auto& v : iov_) total += v.iov_len;
+    size_t at = total / 2;
+    for (size_t i = 0; i < iov_.size(); ++i) {
+        if (at >= iov_[i].iov_len) {
+            at -= iov_[i].iov_len;
+            continue;
+        }
+        auto* base = static_cast<uint8_t*>(iov_[i].iov_base);
+        const size_t len = iov_[i].iov_len;
+        flip_byte_ = base[at] ^ kFlipMask;
+        // [base, at) flipped-byte [at + 1, len): the caller's buffer is not written.
+        iov_[i].iov_len = at;
+        iov_.insert(iov_.begin() + long(i) + 1, {iovec{&flip_byte_, 1}, iovec{base + at + 1, len - at - 1}});
+        std::erase_if(iov_, [](const iovec& v) { return v.iov_len == 0; });
+        return;
+    }
+}
+
 // Seals the buffers into frames, a batch at a time, each read once by the cipher.
-Result<void> Connection::send_sealed(std::span<const std::span<const uint8_t>> buffers) {
+Result<void> Connection::send_sealed(std::span<const std::span<const uint8_t>> buffers, bool flip) {
     size_t remaining = 0;
     for (auto b : buffers) remaining += b.size();
     size_t bi = 0, off = 0; // next plaintext byte: buffers[bi][off]
@@ -243,6 +277,8 @@ Result<void> Connection::send_sealed(std::span<const std::span<const uint8_t>> b
             used += len + kFrameOverhead;
             remaining -= len;
         }
+        if (flip) sbuf_[used / 2] ^= kFlipMask; // in a sealed frame: its tag no longer matches
+        flip = false;
         iov_.assign(1, {sbuf_.get(), used});
         US_TRYV(send_iov());
     }
