@@ -249,8 +249,8 @@ struct ConnStats {
 
 class Client {
 public:
-    Client(Endpoint service, unsigned connections, std::string run_id)
-        : service_(std::move(service)), run_id_(std::move(run_id)), stats_(connections) {}
+    Client(Endpoint service, unsigned connections, std::string run_id, milliseconds interval)
+        : service_(std::move(service)), run_id_(std::move(run_id)), interval_(interval), stats_(connections) {}
 
     void start() {
         for (unsigned i = 0; i < stats_.size(); ++i) threads_.emplace_back([this, i] { write_loop(i); });
@@ -336,6 +336,7 @@ private:
             if (!r && r.error().code == Errc::state) break; // stopped while waiting: neither acknowledged nor lost
             if (record(ci, std::move(key), std::move(value), r, Clock::now())) {
                 backoff = milliseconds(25);
+                if (interval_.count() > 0) std::this_thread::sleep_for(interval_);
                 continue;
             }
             if (r) continue; // the service answered something else: recorded, the connection goes on
@@ -365,6 +366,7 @@ private:
 
     Endpoint service_;
     std::string run_id_;
+    milliseconds interval_; // between a reply and the connection's next SET
     std::atomic<bool> stop_{false};
     mutable std::mutex mu_;
     std::vector<ConnStats> stats_;
@@ -638,7 +640,7 @@ std::string random_run_id() {
 
 int drill_command(const std::vector<std::string>& args) {
     std::string kind_text, primary_socket, backup_socket, service_text, partition_cmd, heal_cmd;
-    unsigned connections = 4;
+    unsigned connections = 4, interval_ms = 5;
     double warmup = 2, after = 5, wait_limit = 30;
     bool json = false;
     po::options_description desc("Options");
@@ -648,6 +650,8 @@ int drill_command(const std::vector<std::string>& args) {
         ("backup-socket", po::value(&backup_socket)->required(), "the backup's --control-socket")
         ("service", po::value(&service_text)->required(), "the guest's RESP service, HOST:PORT, as clients reach it")
         ("connections", po::value(&connections)->default_value(4), "client connections writing (1..64)")
+        ("interval-ms", po::value(&interval_ms)->default_value(5),
+         "pause between a reply and the connection's next write (0..1000; 0: as fast as the service answers)")
         ("warmup", po::value(&warmup)->default_value(2), "seconds of writes before the fault (0..600)")
         ("after", po::value(&after)->default_value(5), "seconds of writes after the survivor serves again (0..600)")
         ("timeout", po::value(&wait_limit)->default_value(30),
@@ -693,6 +697,7 @@ int drill_command(const std::vector<std::string>& args) {
     if (*kind != Kind::partition && (!partition_cmd.empty() || !heal_cmd.empty()))
         return usage_error("--partition-command and --heal-command are for KIND partition only");
     if (connections < 1 || connections > 64) return usage_error("--connections must be between 1 and 64");
+    if (interval_ms > 1000) return usage_error("--interval-ms must be between 0 and 1000");
     for (auto [name, v, lo] : {std::tuple{"--warmup", warmup, 0.0}, {"--after", after, 0.0}, {"--timeout", wait_limit, 1.0}})
         if (!std::isfinite(v) || v < lo || v > 600) return usage_error(fmt::format("{} must be between {:g} and 600 seconds", name, lo));
     auto service = parse_service(service_text);
@@ -738,7 +743,7 @@ int drill_command(const std::vector<std::string>& args) {
     };
     WallClock wall;
     const std::string run_id = random_run_id();
-    Client client(*service, connections, run_id);
+    Client client(*service, connections, run_id, milliseconds(interval_ms));
     say(fmt::format("writing drill:{}:* through {} on {} connections", run_id, service_text, connections));
     client.start();
     if (!client.wait_ready(Clock::now() + std::chrono::seconds(10))) {

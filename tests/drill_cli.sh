@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# ctest drill_cli: `understudy drill` against a protected kv pair that this script starts
+# in the namespace topology (scripts/topology.sh, docs/testing.md), as an operator would:
+#   1. corrupt-link: the primary flips one bit of its checkpoint stream; the backup must
+#      refuse the stream and not promote, the primary must serve on unprotected;
+#   2. `understudy reprotect` to the same backup, then kill-primary: the backup promotes.
+# Each drill must report verdict "pass" with writes_lost 0 (and exit 0).
+# usage: drill_cli.sh BUILD_DIR. Exit 77 (skipped) without root, /dev/kvm or iproute2.
+set -Eeuo pipefail
+build=$(cd "${1:?usage: drill_cli.sh BUILD_DIR}" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+cli=$build/cli/understudy
+kv=$build/guest/kv.elf
+topology=$here/../scripts/topology.sh
+if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/kvm ] || ! command -v ip >/dev/null; then
+  echo "drill_cli: needs root, /dev/kvm and iproute2: skipped"
+  exit 77
+fi
+for f in "$cli" "$kv"; do [ -e "$f" ] || { echo "drill_cli: $f missing" >&2; exit 2; }; done
+
+name=dc$(printf '%05d' $(($$ % 100000)))
+work=$(mktemp -d /tmp/understudy-drill-cli.XXXXXX)
+psock=$work/primary.sock bsock=$work/backup.sock key=$work/link.key
+pids=()
+cleanup() {
+  local rc=$?
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  "$topology" down "$name" >/dev/null 2>&1 || true
+  if [ "$rc" -ne 0 ]; then
+    for f in "$work"/*.log; do echo "--- $f (tail)"; tail -n 25 "$f"; done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$topology" up "$name" >/dev/null
+"$cli" keygen "$key" >/dev/null
+ip netns exec "$name-backup" "$cli" backup --listen 10.77.0.12:7400 --promote --net-tap "$name-tap" \
+  --link-key "$key" --control-socket "$bsock" >"$work/backup.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q "backup: listening" "$work/backup.log" && break; sleep 0.1; done
+ip netns exec "$name-primary" "$cli" run "$kv" --memory 128M --net-tap "$name-tap" -c "net.ip=10.77.0.2/24" \
+  --backup 10.77.0.12:7400 --link-key "$key" --control-socket "$psock" >"$work/primary.log" 2>&1 &
+pids+=($!)
+
+wait_protected() {
+  for _ in $(seq 600); do
+    [ "$("$cli" status --control-socket "$psock" --json 2>/dev/null | jq -r .state)" = protected ] && return 0
+    sleep 0.1
+  done
+  echo "drill_cli: the primary was not protected within 60 s" >&2
+  return 1
+}
+
+# One drill from the client's namespace; checks its JSON report and exit code.
+drill() {
+  local kind=$1 out rc=0
+  out=$(ip netns exec "$name-client" "$cli" drill "$kind" --primary-socket "$psock" --backup-socket "$bsock" \
+    --service 10.77.0.2:6379 --warmup 1 --after 2 --json 2>"$work/drill-$kind.log") || rc=$?
+  echo "$kind: exit $rc: $out"
+  echo "$out" | jq -e '.verdict == "pass" and .writes_lost == 0 and .writes_acknowledged > 0' >/dev/null ||
+    { echo "drill_cli: $kind: not a pass with 0 writes lost" >&2; return 1; }
+  [ "$rc" -eq 0 ] || { echo "drill_cli: $kind: exit $rc on a pass" >&2; return 1; }
+  echo "$out" | jq -e "$2" >/dev/null || { echo "drill_cli: $kind: expected $2" >&2; return 1; }
+}
+
+wait_protected
+drill corrupt-link '.survivor == "primary" and .connections_survived and .detection_ms != null'
+grep -q "UNPROTECTED" "$work/primary.log"
+if grep -q "PROMOTED" "$work/backup.log"; then echo "drill_cli: the backup promoted after a corrupt stream" >&2; exit 1; fi
+
+"$cli" reprotect --control-socket "$psock" --backup 10.77.0.12:7400
+wait_protected
+drill kill-primary '.survivor == "backup" and .connections_survived and .promotion_ms != null and .detection_source != ""'
+grep -q "PROMOTED" "$work/backup.log"
+echo "drill_cli: both drills passed"
