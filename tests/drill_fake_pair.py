@@ -70,11 +70,13 @@ def serve_control(path, answer):
 
 def fake_primary(path, state):
     """The fake primary process: protected until a corrupt-link drill, then unprotected."""
-    st = {"state": state}
+    # "protected-elsewhere": a protected primary whose pid is no process here (another host).
+    st = {"state": state.split("-")[0]}
+    pid = 4194301 if state.endswith("-elsewhere") else os.getpid()
 
     def answer(req):
         if req.get("cmd") == "status":
-            return {"ok": True, "status": status_object(os.getpid(), "primary", st["state"], True)}
+            return {"ok": True, "status": status_object(pid, "primary", st["state"], True)}
         if req.get("cmd") == "drill" and req.get("fault") == "corrupt-link":
             t = time.time()
             threading.Timer(0.08, lambda: st.update(state="unprotected")).start()
@@ -188,6 +190,17 @@ def drill(cli, args):
     return r.returncode, r.stdout, r.stderr
 
 
+def drill_pair(cli, pair, kind, extra):
+    """One drill against PAIR: exit code, the JSON report ({} if none), stdout, stderr."""
+    rc, out, err = drill(cli, [kind, "--primary-socket", pair.psock, "--backup-socket", pair.bsock,
+                               "--service", "127.0.0.1:%d" % pair.service.port] + extra)
+    try:
+        report = json.loads(out)
+    except ValueError:
+        report = {}
+    return rc, report, out, err
+
+
 def main():
     if len(sys.argv) >= 4 and sys.argv[1] == "--fake-primary":
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -224,20 +237,21 @@ def main():
 
         # A pair that is not protected is refused (2).
         p = Pair(tmp, "unprot", primary_state="unprotected")
-        rc, out, err = drill(cli, ["kill-primary", "--primary-socket", p.psock, "--backup-socket", p.bsock,
-                                   "--service", "127.0.0.1:%d" % p.service.port] + quick)
+        rc, r, out, err = drill_pair(cli, p, "kill-primary", quick)
         check("unprotected primary refused", rc == 2 and "not an active, protected primary" in err and p.primary.poll() is None,
+              "exit %d, %r" % (rc, err))
+        p.end()
+
+        # A signal kind against a primary on another host is refused (2).
+        p = Pair(tmp, "elsewhere", primary_state="protected-elsewhere")
+        rc, r, out, err = drill_pair(cli, p, "hang-primary", quick)
+        check("primary on another host refused", rc == 2 and "is not a process of this host" in err,
               "exit %d, %r" % (rc, err))
         p.end()
 
         # A clean kill-primary: pass.
         p = Pair(tmp, "clean")
-        rc, out, err = drill(cli, ["kill-primary", "--primary-socket", p.psock, "--backup-socket", p.bsock,
-                                   "--service", "127.0.0.1:%d" % p.service.port] + quick)
-        try:
-            r = json.loads(out)
-        except ValueError:
-            r = {}
+        rc, r, out, err = drill_pair(cli, p, "kill-primary", quick)
         check("kill-primary passes", rc == 0 and r.get("verdict") == "pass", "exit %d, %s %s" % (rc, out, err))
         check("kill-primary killed the primary", p.primary.poll() == -signal.SIGKILL, str(p.primary.poll()))
         check("kill-primary figures", r.get("writes_lost") == 0 and r.get("writes_acknowledged", 0) > 0 and
@@ -249,24 +263,14 @@ def main():
 
         # The same, but the service forgets the writes of the last 300 ms at the fault: fail (5).
         p = Pair(tmp, "lossy", forget_s=0.3)
-        rc, out, err = drill(cli, ["kill-primary", "--primary-socket", p.psock, "--backup-socket", p.bsock,
-                                   "--service", "127.0.0.1:%d" % p.service.port] + quick)
-        try:
-            r = json.loads(out)
-        except ValueError:
-            r = {}
+        rc, r, out, err = drill_pair(cli, p, "kill-primary", quick)
         check("lost writes fail the drill", rc == 5 and r.get("verdict") == "fail" and r.get("writes_lost", 0) > 0 and
               any("acknowledged writes lost" in x for x in r.get("reasons", [])), "exit %d, %s" % (rc, out))
         p.end()
 
         # corrupt-link: the primary flips, turns unprotected and serves on.
         p = Pair(tmp, "corrupt")
-        rc, out, err = drill(cli, ["corrupt-link", "--primary-socket", p.psock, "--backup-socket", p.bsock,
-                                   "--service", "127.0.0.1:%d" % p.service.port] + quick)
-        try:
-            r = json.loads(out)
-        except ValueError:
-            r = {}
+        rc, r, out, err = drill_pair(cli, p, "corrupt-link", quick)
         check("corrupt-link passes", rc == 0 and r.get("verdict") == "pass" and r.get("survivor") == "primary" and
               r.get("writes_lost") == 0 and 60 <= (r.get("detection_ms") or 0) <= 400 and p.primary.poll() is None,
               "exit %d, %s %s" % (rc, out, err))
@@ -274,8 +278,7 @@ def main():
 
         # The table for people (no --json).
         p = Pair(tmp, "table")
-        rc, out, err = drill(cli, ["kill-primary", "--primary-socket", p.psock, "--backup-socket", p.bsock,
-                                   "--service", "127.0.0.1:%d" % p.service.port, "--warmup", "0.3", "--after", "0.5"])
+        rc, r, out, err = drill_pair(cli, p, "kill-primary", ["--warmup", "0.3", "--after", "0.5"])
         check("table report", rc == 0 and out.startswith("drill kill-primary: PASS\n") and "writes" in out, out + err)
         p.end()
 
