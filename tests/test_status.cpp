@@ -359,6 +359,67 @@ TEST_CASE("metrics model: a handover is counted apart from failures", "[status]"
     CHECK(s.failovers.at("primary_silent") + s.failovers.at("primary_connection_lost") == 0);
 }
 
+TEST_CASE("status.last_failover: wall-clock detection and running times of a promotion", "[status]") {
+    using std::chrono::system_clock;
+    auto unix_now = [] { return std::chrono::duration<double>(system_clock::now().time_since_epoch()).count(); };
+    auto t0 = MetricsClock::now();
+    Metrics m(Role::backup, "", t0);
+    CHECK(!m.snapshot().last_failover);
+    const double before = unix_now();
+    m.on_session_end("session ended: the primary fell silent", t0 + 1s);
+    std::this_thread::sleep_for(20ms); // the promotion starts later than the detection
+    m.on_failover(FailoverReason::primary_silent, t0 + 2s);
+    auto s = m.snapshot();
+    REQUIRE(s.last_failover);
+    CHECK(s.last_failover->reason == "primary_silent");
+    CHECK(s.last_failover->detected_unix_s >= before);
+    CHECK(s.last_failover->detected_unix_s <= unix_now() - 0.015); // the session's end, not the call
+    CHECK(!s.last_failover->running_unix_s);
+    m.set_role(Role::primary);
+    m.set_state(ProtectionState::unprotected, "no backup configured");
+    s = m.snapshot();
+    REQUIRE(s.last_failover->running_unix_s);
+    CHECK(*s.last_failover->running_unix_s >= s.last_failover->detected_unix_s + 0.015);
+    const double running = *s.last_failover->running_unix_s;
+    m.set_state(ProtectionState::protected_); // later states leave it alone
+    CHECK(*m.snapshot().last_failover->running_unix_s == running);
+    // JSON: round-trips, and an object without the member (an older instance) still reads.
+    std::string json = status_to_json(m.snapshot());
+    auto b = status_from_json(json);
+    REQUIRE(b);
+    REQUIRE(b->last_failover);
+    CHECK(b->last_failover->detected_unix_s == s.last_failover->detected_unix_s);
+    CHECK(b->last_failover->running_unix_s == running);
+    auto at = json.find(",\"last_failover\":");
+    REQUIRE(at != std::string::npos);
+    auto older = status_from_json(json.substr(0, at) + "}");
+    REQUIRE(older);
+    CHECK(!older->last_failover);
+    CHECK(!status_from_json(json.substr(0, at) + ",\"last_failover\":{\"reason\":\"x\"}}"));
+    CHECK(status_to_json(Metrics(Role::backup).snapshot()).find("\"last_failover\":null") != std::string::npos);
+}
+
+TEST_CASE("control socket: the drill action is checked before anything is armed", "[status][drill]") {
+    Metrics m(Role::primary);
+    auto refused = [&m](const std::string& line, const std::string& why) {
+        std::string a = handle_control_request(m, line);
+        INFO(a);
+        CHECK(a.rfind("{\"ok\":false", 0) == 0);
+        CHECK(a.find(why) != std::string::npos);
+    };
+    refused(R"({"cmd":"drill"})", "no \\\"fault\\\" string");
+    refused(R"({"cmd":"drill","fault":"meteor"})", "unknown fault 'meteor'");
+    m.set_state(ProtectionState::unprotected, "no backup configured");
+    refused(R"({"cmd":"drill","fault":"corrupt-link"})", "needs a protected primary; this instance is primary, unprotected");
+    Metrics b(Role::backup);
+    std::string a = handle_control_request(b, R"({"cmd":"drill","fault":"corrupt-link"})");
+    CHECK(a.find("this instance is backup, waiting") != std::string::npos);
+    // A protected primary without a stream to flip (none here): refused after the wait, disarmed.
+    m.set_state(ProtectionState::protected_);
+    a = handle_control_request(m, R"({"cmd":"drill","fault":"corrupt-link"})");
+    CHECK(a.find("sent no checkpoint stream bytes within 2 s") != std::string::npos);
+}
+
 TEST_CASE("status JSON: every documented field round-trips; bad objects are refused", "[status]") {
     auto t0 = MetricsClock::now();
     Metrics m(Role::primary, "kv \"one\"", t0 - 2s);

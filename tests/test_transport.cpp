@@ -13,7 +13,9 @@
 #include <random>
 #include <thread>
 
+#include "replicator/link_security.hpp"
 #include "replicator/transport.hpp"
+#include "support/link_key.hpp"
 #include "support/loopback.hpp"
 
 using namespace understudy;
@@ -398,4 +400,53 @@ TEST_CASE("accept honours its timeout, and a closed listener refuses to accept")
     auto closed = l->accept(10ms);
     REQUIRE_FALSE(closed);
     CHECK(closed.error().code == Errc::state);
+}
+
+// `understudy drill corrupt-link`: arm_bit_flip() corrupts the next send of a connection
+// that opted in, on the wire only, once; the peer's checks catch it.
+TEST_CASE("arm_bit_flip flips one bit of an opted-in connection's next send, once", "[drill]") {
+    const auto body = pattern(4096, 7);
+    const auto copy = body;
+    SECTION("a connection that did not opt in never flips") {
+        auto [client, server] = connected_pair();
+        const uint64_t before = bit_flips_done();
+        arm_bit_flip();
+        REQUIRE(client->send_record(3, body));
+        auto r = server->recv_record();
+        REQUIRE(r);
+        CHECK(r->body == body);
+        CHECK(bit_flips_done() == before);
+        CHECK(disarm_bit_flip()); // still armed: nobody took it
+    }
+    SECTION("clear: the record checksum catches it; the sender's buffer stays intact") {
+        auto [client, server] = connected_pair();
+        client->allow_bit_flip();
+        REQUIRE(client->send_record(1, pattern(10, 1))); // not armed yet: intact
+        const uint64_t before = bit_flips_done();
+        arm_bit_flip();
+        REQUIRE(client->send_record(3, body));
+        CHECK(bit_flips_done() == before + 1);
+        CHECK_FALSE(disarm_bit_flip()); // used up
+        CHECK(body == copy);
+        REQUIRE(server->recv_record());
+        auto r = server->recv_record();
+        REQUIRE_FALSE(r);
+        CHECK(r.error().code == Errc::invalid_input);
+    }
+    SECTION("sealed: the frame's tag catches it") {
+        auto [client, server] = connected_pair();
+        auto key = test::shared_link_key();
+        auto srv = std::async(std::launch::async, [&, s = server.get()] { return secure_server(*s, *key); });
+        REQUIRE(secure_client(*client, *key, LinkChannel::stream));
+        REQUIRE(srv.get());
+        client->allow_bit_flip();
+        const uint64_t before = bit_flips_done();
+        arm_bit_flip();
+        REQUIRE(client->send_record(3, body));
+        CHECK(bit_flips_done() == before + 1);
+        CHECK(body == copy);
+        auto r = server->recv_record();
+        REQUIRE_FALSE(r);
+        CHECK(r.error().code == Errc::invalid_input);
+    }
 }
