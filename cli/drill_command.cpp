@@ -40,6 +40,7 @@
 #include "cli/control_socket.hpp"
 #include "cli/status.hpp"
 #include "cli/status_command.hpp"
+#include "cli/stop_signals.hpp"
 #include "common/unique_fd.hpp"
 #include "failover/etcd_arbiter.hpp" // the strict JSON reader
 
@@ -629,6 +630,17 @@ std::string state_text(const StatusSnapshot& s) {
                        s.reason.empty() ? "" : " (" + s.reason + ")");
 }
 
+// Waits `d`, or less when SIGINT/SIGTERM arrives (then `interrupted` is set): a drill
+// stopped by the operator still cleans up (a stopped primary killed, a cut healed).
+void wait_or_stop(duration<double> d, bool& interrupted) {
+    const auto end = Clock::now() + std::chrono::duration_cast<Clock::duration>(d);
+    while (!interrupted) {
+        auto left = std::chrono::duration_cast<milliseconds>(end - Clock::now());
+        if (left.count() <= 0) return;
+        if (take_stop_signal(std::min(left, milliseconds(10))) != 0) interrupted = true;
+    }
+}
+
 std::string random_run_id() {
     std::random_device rd;
     return fmt::format("{:08x}{:08x}", rd(), rd());
@@ -753,7 +765,13 @@ int drill_command(const std::vector<std::string>& args) {
                                                    : (" (" + client.stats()[0].errors[0] + ")").c_str());
         return kExitUnreachable;
     }
-    std::this_thread::sleep_for(duration<double>(warmup));
+    bool interrupted = false;
+    wait_or_stop(duration<double>(warmup), interrupted);
+    if (interrupted) {
+        client.stop();
+        std::fprintf(stderr, "understudy drill: interrupted before the fault; nothing was injected\n");
+        return kExitFailed;
+    }
 
     // 3. The fault.
     Report rep;
@@ -801,27 +819,27 @@ int drill_command(const std::vector<std::string>& args) {
     // 4. The pair's reaction, then --after seconds of service.
     const auto limit = t_fault + std::chrono::duration_cast<Clock::duration>(duration<double>(wait_limit));
     std::optional<Clock::time_point> reacted; // the survivor took over (or knew it was alone)
-    while (Clock::now() < limit) {
+    while (Clock::now() < limit && !interrupted) {
         Observed o = monitor.observed();
         if (primary_fails(*kind)) reacted = o.backup_active;
         else if (*kind == Kind::kill_backup || *kind == Kind::corrupt_link) reacted = o.primary_unprotected;
         else reacted = o.backup_active ? o.backup_active : o.primary_unprotected;
         if (reacted) break;
-        std::this_thread::sleep_for(kPollEvery);
+        wait_or_stop(kPollEvery, interrupted);
     }
     std::optional<Clock::time_point> served;
     if (reacted) {
         say("the pair reacted; waiting for the service to answer again");
-        while (Clock::now() < limit && !(served = client.reply_after(std::max(*reacted, t_fault))))
-            std::this_thread::sleep_for(milliseconds(10));
+        while (Clock::now() < limit && !interrupted && !(served = client.reply_after(std::max(*reacted, t_fault))))
+            wait_or_stop(milliseconds(10), interrupted);
     }
     if (served) {
         say(fmt::format("served again {:.1f} ms after the fault; writing {:g} s more", duration<double, std::milli>(*served - t_fault).count(), after));
-        std::this_thread::sleep_for(duration<double>(after));
+        wait_or_stop(duration<double>(after), interrupted);
     }
     // For a partition, a promotion can follow the primary's loss of its backup: give the
     // backup its failure timeout before judging who serves.
-    if (*kind == Kind::partition) std::this_thread::sleep_for(milliseconds(500));
+    if (*kind == Kind::partition) wait_or_stop(milliseconds(500), interrupted);
     client.stop();
     monitor.stop();
     Observed seen = monitor.observed();
@@ -877,7 +895,7 @@ int drill_command(const std::vector<std::string>& args) {
     auto acked = client.acknowledged();
     rep.acknowledged = acked.size();
     say(fmt::format("reading {} acknowledged keys back", acked.size()));
-    Readback rb = read_back(*service, acked, Clock::now() + std::chrono::seconds(30));
+    Readback rb = read_back(*service, acked, Clock::now() + std::chrono::seconds(interrupted ? 5 : 30));
     rep.readback_error = rb.error;
     rep.missing = rb.missing;
     rep.wrong = rb.wrong;
@@ -906,7 +924,8 @@ int drill_command(const std::vector<std::string>& args) {
     }
 
     // The verdict.
-    if (!reacted) rep.reasons.push_back(fmt::format("the pair did not react within {:g} s", wait_limit));
+    if (interrupted) rep.reasons.push_back("interrupted (SIGINT or SIGTERM) before the drill finished");
+    else if (!reacted) rep.reasons.push_back(fmt::format("the pair did not react within {:g} s", wait_limit));
     else if (!served) rep.reasons.push_back(fmt::format("the service did not answer again within {:g} s of the fault", wait_limit));
     if (rb.error) rep.reasons.push_back("the read-back failed: " + *rb.error);
     else if (rep.lost) rep.reasons.push_back(fmt::format("{} acknowledged writes lost (e.g. {})", rep.lost, rb.examples.front()));

@@ -276,6 +276,24 @@ def main():
               "exit %d, %s %s" % (rc, out, err))
         p.end()
 
+        # SIGINT during the drill ends it early, with its report (exit 5, "interrupted").
+        p = Pair(tmp, "intr")
+        t0 = time.time()
+        d = subprocess.Popen([cli, "drill", "kill-primary", "--primary-socket", p.psock, "--backup-socket", p.bsock,
+                              "--service", "127.0.0.1:%d" % p.service.port, "--warmup", "0.5", "--after", "60",
+                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.5)
+        d.send_signal(signal.SIGINT)
+        out, err = d.communicate(timeout=60)
+        try:
+            r = json.loads(out)
+        except ValueError:
+            r = {}
+        check("SIGINT ends the drill with a report", d.returncode == 5 and time.time() - t0 < 20 and
+              any("interrupted" in x for x in r.get("reasons", [])) and r.get("writes_lost") == 0,
+              "exit %d, %s %s" % (d.returncode, out, err))
+        p.end()
+
         # The table for people (no --json).
         p = Pair(tmp, "table")
         rc, r, out, err = drill_pair(cli, p, "kill-primary", ["--warmup", "0.3", "--after", "0.5"])
