@@ -689,6 +689,11 @@ int drill_command(const std::vector<std::string>& args) {
             std::cout << usage << "\n" << desc << "\n";
             return kExitPass;
         }
+        if (!vm.count("kind")) {
+            std::fprintf(stderr, "understudy drill: missing KIND (one of kill-primary, hang-primary, kill-backup, partition, "
+                                 "corrupt-link); see 'understudy drill --help'\n");
+            return kExitUsage;
+        }
         po::notify(vm);
     } catch (const po::error& e) {
         std::fprintf(stderr, "understudy drill: %s; see 'understudy drill --help'\n", e.what());

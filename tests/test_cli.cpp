@@ -272,6 +272,15 @@ TEST_CASE("cli: bad usage is one line on stderr and exit code 2", "[binary]") {
         {"status --control-socket /x --bogus", "unrecognised option '--bogus'"},
         {"failover", "'--control-socket' is required"},
         {"failover --control-socket /x --now", "unrecognised option '--now'"},
+        {"drill", "missing KIND"},
+        {"drill meteor --primary-socket /p --backup-socket /b --service 10.0.0.1:6379", "unknown KIND 'meteor'"},
+        {"drill kill-primary --backup-socket /b --service 10.0.0.1:6379", "'--primary-socket' is required"},
+        {"drill kill-primary --primary-socket /p --service 10.0.0.1:6379", "'--backup-socket' is required"},
+        {"drill partition --primary-socket /p --backup-socket /b --service 10.0.0.1:6379", "partition needs --partition-command"},
+        {"drill kill-backup --primary-socket /p --backup-socket /b --service 10.0.0.1:6379 --heal-command true",
+         "are for KIND partition only"},
+        {"drill kill-primary --primary-socket /p --backup-socket /b --service 10.0.0.1", "--service must be HOST:PORT"},
+        {"drill kill-primary --primary-socket /p --backup-socket /b --service h:1 --warmup -1", "--warmup must be between"},
         {"bench --bogus", "unrecognised option '--bogus'"},
         {"bench --from /x --script /nonexistent/report.py", "no such file /nonexistent/report.py"},
     };
@@ -290,6 +299,15 @@ TEST_CASE("cli: an action on an instance that is not there fails with its reason
     CHECK(o.code == 3);
     CHECK(lines(o.err) == 1);
     CHECK_THAT(o.err, Catch::StartsWith("understudy: ") && Catch::Contains("/nonexistent/understudy.sock"));
+    CHECK(o.out.empty());
+}
+
+TEST_CASE("cli: a drill whose sockets do not answer refuses with exit code 3", "[binary]") {
+    auto o = run_cli("drill kill-primary --primary-socket /nonexistent/p.sock --backup-socket /nonexistent/b.sock "
+                     "--service 127.0.0.1:1 --json");
+    CHECK(o.code == 3);
+    CHECK(lines(o.err) == 1);
+    CHECK_THAT(o.err, Catch::StartsWith("understudy drill: the primary") && Catch::Contains("/nonexistent/p.sock"));
     CHECK(o.out.empty());
 }
 
@@ -316,7 +334,7 @@ TEST_CASE("cli: --log-format json makes every log line a JSON object", "[binary]
 
 TEST_CASE("cli: every subcommand has --help", "[binary]") {
     for (const char* cmd : {"run", "restore", "backup", "verify-stream", "config", "config check", "bench", "status",
-                            "snapshot", "reprotect", "failover"}) {
+                            "snapshot", "reprotect", "failover", "drill"}) {
         INFO(cmd);
         auto o = run_cli(std::string(cmd) + " --help");
         CHECK(o.code == 0);
