@@ -377,6 +377,11 @@ std::string status_to_text(const StatusSnapshot& s) {
         if (v) f += fmt::format("{}{} {}", f.empty() ? "" : ", ", v, k);
     for (const auto& [k, v] : s.protection_lost)
         if (v) f += fmt::format("{}{} backup lost ({})", f.empty() ? "" : ", ", v, k);
+    if (s.last_failover)
+        f += fmt::format("; last: {}, running {} after detection", s.last_failover->reason,
+                         s.last_failover->running_unix_s
+                             ? secs(*s.last_failover->running_unix_s - s.last_failover->detected_unix_s)
+                             : std::string("not yet"));
     line("failovers", f.empty() ? "none" : f);
     return out;
 }

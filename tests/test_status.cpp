@@ -383,6 +383,8 @@ TEST_CASE("status.last_failover: wall-clock detection and running times of a pro
     const double running = *s.last_failover->running_unix_s;
     m.set_state(ProtectionState::protected_); // later states leave it alone
     CHECK(*m.snapshot().last_failover->running_unix_s == running);
+    CHECK_THAT(status_to_text(m.snapshot()), Catch::Contains("1 primary_silent; last: primary_silent, running ") &&
+                                                  Catch::Contains(" ms after detection"));
     // JSON: round-trips, and an object without the member (an older instance) still reads.
     std::string json = status_to_json(m.snapshot());
     auto b = status_from_json(json);
