@@ -243,7 +243,7 @@ private:
 // The verifying client: one writer thread per connection.
 
 struct ConnStats {
-    uint64_t sent = 0, acked = 0, in_doubt = 0, reconnects = 0, connect_failures = 0;
+    uint64_t sent = 0, acked = 0, in_doubt = 0, broken = 0, reconnects = 0, connect_failures = 0;
     std::vector<std::string> errors; // the first few
     bool replied = false;
 };
@@ -359,6 +359,7 @@ private:
             return true;
         }
         ++st.in_doubt; // sent, never acknowledged: counted neither way
+        if (!r) ++st.broken; // the connection is given up (a reply that is not +OK keeps it)
         if (st.errors.size() < 3)
             st.errors.push_back(r ? fmt::format("{:.3f} unexpected reply {}{}", unix_now(), r->type, r->text.substr(0, 60))
                                   : fmt::format("{:.3f} {}", unix_now(), r.error().describe()));
@@ -552,7 +553,7 @@ struct Report {
     std::optional<std::string> readback_error;
     std::vector<std::string> lost_examples;
     unsigned connections = 0;
-    uint64_t reconnects = 0;
+    uint64_t broken = 0, reconnects = 0; // connections given up; re-opened
     bool connections_survived = true;
     std::string survivor;        // "primary", "backup" or "none"
     std::string survivor_socket; // its control socket
@@ -591,6 +592,7 @@ std::string report_json(const Report& r) {
     if (r.readback_error) w.string("readback_error", *r.readback_error);
     else w.null("readback_error");
     w.integer("connections", uint64_t(r.connections))
+        .integer("connections_broken", r.broken)
         .integer("reconnects", r.reconnects)
         .boolean("connections_survived", r.connections_survived)
         .string("survivor", r.survivor)
@@ -618,7 +620,7 @@ std::string report_text(const Report& r) {
                                                          : std::string(" (every one read back)")));
     line("connections", fmt::format("{} {}", r.connections,
                                     r.connections_survived ? "survived (no reconnect)"
-                                                           : fmt::format("did not all survive ({} reconnects)", r.reconnects)));
+                                                           : fmt::format("did not all survive ({} broken, {} reconnects)", r.broken, r.reconnects)));
     line("survivor", r.survivor == "none" ? std::string("none") : fmt::format("{} ({}): {}", r.survivor, r.survivor_socket, r.survivor_state));
     for (const auto& s : r.reasons) line("FAILED", s);
     for (const auto& s : r.notes) line("note", s);
@@ -908,8 +910,9 @@ int drill_command(const std::vector<std::string>& args) {
     rep.lost_examples = rb.examples;
     for (const auto& s : client.stats()) {
         rep.reconnects += s.reconnects;
+        rep.broken += s.broken;
         rep.in_doubt += s.in_doubt;
-        if (s.reconnects > 0) rep.connections_survived = false;
+        if (s.broken > 0 || s.reconnects > 0) rep.connections_survived = false;
     }
 
     // After the drill: a stopped primary must not be left to resume; a cut is healed.
@@ -940,7 +943,7 @@ int drill_command(const std::vector<std::string>& args) {
         rep.reasons.push_back("the primary does not serve on");
     if (*kind == Kind::corrupt_link && promoted) rep.reasons.push_back("the backup promoted after a corrupt stream");
     if (primary_fails(*kind) && !rep.connections_survived)
-        rep.reasons.push_back(fmt::format("client connections did not survive ({} reconnects)", rep.reconnects));
+        rep.reasons.push_back(fmt::format("client connections did not survive ({} broken, {} reconnects)", rep.broken, rep.reconnects));
     if (rep.acknowledged == 0) rep.reasons.push_back("no write was acknowledged");
     rep.pass = rep.reasons.empty();
 

@@ -97,6 +97,7 @@ class Service:
         self.data, self.written = {}, {}  # key -> value, key -> time written
         self.lock = threading.Lock()
         self.hold_until = 0.0
+        self.clients = []
         self.srv = socket.socket()
         self.srv.bind(("127.0.0.1", 0))
         self.srv.listen(64)
@@ -112,7 +113,19 @@ class Service:
     def loop(self):
         while True:
             c, _ = self.srv.accept()
+            with self.lock:
+                self.clients.append(c)
             threading.Thread(target=self.client, args=(c,), daemon=True).start()
+
+    def reset_connections(self):
+        """Every open connection reset (what a failover must not do to clients)."""
+        with self.lock:
+            for c in self.clients:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.clients = []
 
     def client(self, c):
         f = c.makefile("rb")
@@ -146,14 +159,14 @@ class Service:
 class Pair:
     """A fake primary process, a fake backup in this process, and the service."""
 
-    def __init__(self, tmp, tag, primary_state="protected", forget_s=0.0):
+    def __init__(self, tmp, tag, primary_state="protected", forget_s=0.0, reset=False):
         self.psock, self.bsock = os.path.join(tmp, tag + "-p.sock"), os.path.join(tmp, tag + "-b.sock")
         self.service = Service()
         self.primary = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--fake-primary", self.psock,
                                          primary_state], stdout=subprocess.PIPE, text=True)
         assert self.primary.stdout.readline().strip() == "READY"
         self.backup = {"state": "receiving", "promoted": False, "last_failover": None}
-        self.forget_s = forget_s
+        self.forget_s, self.reset = forget_s, reset
         serve_control(self.bsock, self.backup_answer)
         threading.Thread(target=self.watch, daemon=True).start()
 
@@ -170,6 +183,8 @@ class Pair:
         self.service.hold_until = t_dead + 0.3  # clients wait through the failover
         if self.forget_s:
             self.service.forget_recent(self.forget_s)
+        if self.reset:
+            self.service.reset_connections()
         time.sleep(0.1)
         detected = time.time()
         self.backup.update(state="promoting", promoted=True,
@@ -266,6 +281,15 @@ def main():
         rc, r, out, err = drill_pair(cli, p, "kill-primary", quick)
         check("lost writes fail the drill", rc == 5 and r.get("verdict") == "fail" and r.get("writes_lost", 0) > 0 and
               any("acknowledged writes lost" in x for x in r.get("reasons", [])), "exit %d, %s" % (rc, out))
+        p.end()
+
+        # Connections reset at the failover: nothing lost, but the drill fails (5).
+        p = Pair(tmp, "reset", reset=True)
+        rc, r, out, err = drill_pair(cli, p, "kill-primary", quick)
+        check("broken connections fail the drill", rc == 5 and r.get("writes_lost") == 0 and
+              r.get("connections_survived") is False and r.get("connections_broken", 0) >= 1 and
+              r.get("reconnects", 0) >= 1 and any("did not survive" in x for x in r.get("reasons", [])),
+              "exit %d, %s" % (rc, out))
         p.end()
 
         # corrupt-link: the primary flips, turns unprotected and serves on.
