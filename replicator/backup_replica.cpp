@@ -51,6 +51,16 @@ void BackupReplica::abort_open_checkpoint() {
     open_ = false;
 }
 
+void BackupReplica::apply_staged() {
+    for (size_t i = 0; i < staged_.indices.size(); ++i) {
+        uint64_t idx = staged_.indices[i];
+        std::memcpy(memory_.page_ptr(idx), staged_.data.data() + i * hv::kPageSize, hv::kPageSize);
+        staged_slot_[idx] = -1;
+        ++stats_.pages_applied;
+    }
+    staged_.clear();
+}
+
 // A page sent again in the same checkpoint (pre-copy rounds, in-epoch copies) overwrites
 // its staged slot instead of taking a new one: staging never holds more than one copy of
 // each page, so a checkpoint needs at most the guest's memory plus one batch, however
@@ -132,6 +142,12 @@ Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
         size_t before = staged_.indices.size();
         US_TRYV(decoder_->decode(rest, [this](uint64_t i) { return base_page(i); }, staged_));
         fold_staged_from(before);
+        // A replica that holds no checkpoint yet has nothing to protect: the first one's
+        // pages go straight into it, batch by batch (one torn leaves no committed
+        // checkpoint, as before). Staging it would hold up to a second copy of guest
+        // memory and copy all of it again at the END: for 4 GiB, a stall of the whole
+        // backup long enough to miss heartbeats (bench/bench_heartbeat).
+        if (!has_committed_) apply_staged();
         return {};
     }
     case kVcpuState: {
@@ -173,11 +189,7 @@ Result<uint64_t> BackupReplica::commit(Decoder& d) {
         if (!staged_vcpu_[i]) return stream_error("checkpoint " + std::to_string(epoch) + " lacks vCPU " + std::to_string(i));
 
     // Everything is verified: apply. Nothing below can fail.
-    for (size_t i = 0; i < staged_.indices.size(); ++i) {
-        uint64_t idx = staged_.indices[i];
-        std::memcpy(memory_.page_ptr(idx), staged_.data.data() + i * hv::kPageSize, hv::kPageSize);
-        ++stats_.pages_applied;
-    }
+    apply_staged();
     state_ = std::move(staged_state_);
     committed_epoch_ = epoch;
     committed_config_ = session_config_;

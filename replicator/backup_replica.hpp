@@ -87,6 +87,8 @@ private:
     uint32_t open_flags_ = 0;
     CheckpointDigest digest_;
     void fold_staged_from(size_t first);
+    // Copies the staged pages into the replica and empties the staging.
+    void apply_staged();
 
     StagedPages staged_;
     std::vector<int64_t> staged_slot_; // page index -> newest slot in staged_, or -1

@@ -181,6 +181,39 @@ TEST_CASE("pages sent again within a checkpoint are staged once; the last versio
     CHECK(r->memory().page_ptr(300)[0] == static_cast<uint8_t>(3 + 39));
 }
 
+TEST_CASE("a fresh replica takes its first checkpoint batch by batch; later ones wait for their END", "[stream]") {
+    StreamBuilder b;
+    auto r = BackupReplica::create(kMem, 1);
+    REQUIRE(r);
+    REQUIRE((*r)->begin_session(b.header()));
+    // Nothing committed yet: each PAGES record lands at once, nothing is staged.
+    auto first = b.checkpoint(1, kCheckpointInitial, {0, 1, 2, 100}, 1, 3);
+    for (size_t i = 0; i + 1 < first.size(); ++i) REQUIRE((*r)->feed(first[i]));
+    CHECK((*r)->staged_pages() == 0);
+    CHECK((*r)->memory().page_ptr(100)[0] == 1 + 2); // the third round's stamp
+    CHECK(!(*r)->has_committed());
+    // A first checkpoint torn before its END leaves no committed checkpoint.
+    (*r)->abort_open_checkpoint();
+    CHECK(!(*r)->has_committed());
+    // Sent again whole, it commits, and matches.
+    REQUIRE((*r)->begin_session(b.header()));
+    auto again = feed_all(**r, b.checkpoint(1, kCheckpointInitial, {0, 1, 2, 100}, 7));
+    REQUIRE(again);
+    CHECK(*again == 1u);
+    CHECK(replica_matches(**r, b, 1));
+    // From now on the committed replica is what a failover runs: a new initial checkpoint
+    // (a new session) is staged and, torn, leaves it exactly as it was.
+    auto committed = std::vector<uint8_t>((*r)->memory().page_ptr(0), (*r)->memory().page_ptr(0) + kMem);
+    REQUIRE((*r)->begin_session(b.header()));
+    StreamBuilder other;
+    auto resync = other.checkpoint(5, kCheckpointInitial, {0, 1, 2, 100, 200}, 9);
+    for (size_t i = 0; i + 1 < resync.size(); ++i) REQUIRE((*r)->feed(resync[i]));
+    CHECK((*r)->staged_pages() == 5);
+    (*r)->abort_open_checkpoint();
+    CHECK(std::memcmp((*r)->memory().page_ptr(0), committed.data(), kMem) == 0);
+    CHECK((*r)->committed_epoch() == 1);
+}
+
 TEST_CASE("unknown optional records are skipped", "[stream]") {
     StreamBuilder b;
     auto r = committed_replica(b);
