@@ -1,5 +1,7 @@
 #include "failover/failure_detector.hpp"
 
+#include <algorithm>
+
 namespace understudy::failover {
 
 const char* peer_state_name(PeerState s) {
@@ -31,6 +33,10 @@ void FailureDetector::heartbeat(Clock::time_point now) {
     if (state_ == PeerState::failed) return;
     last_ = now;
     state_ = PeerState::alive;
+}
+
+void FailureDetector::discount_stall(Clock::duration stall, Clock::time_point now) {
+    if (state_ == PeerState::alive) last_ = std::min(now, last_ + stall);
 }
 
 PeerState FailureDetector::state(Clock::time_point now) {

@@ -30,6 +30,10 @@ public:
     // Once failed, the peer stays failed until reset(): a late heartbeat from a peer we
     // already failed over from must not resurrect it.
     PeerState state(Clock::time_point now);
+    // This host did not run for `stall` up to `now` (the watcher woke that late): the
+    // peer's heartbeats of that time may be waiting unread, so that time is not counted
+    // as the peer's silence.
+    void discount_stall(Clock::duration stall, Clock::time_point now);
     void reset() { state_ = PeerState::unknown; }
     const DetectorConfig& config() const { return cfg_; }
 
