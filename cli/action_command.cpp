@@ -73,8 +73,9 @@ int snapshot_command(const std::vector<std::string>& args) {
     po::positional_options_description pos;
     pos.add("file", 1);
     const char* usage = "usage: understudy snapshot --control-socket PATH FILE\n"
-                        "  Has a running, unprotected VM save itself to FILE (as `run --snapshot-to` does) and\n"
-                        "  carry on; `understudy restore FILE` boots the copy. Exit codes: 0 saved, 2 bad usage,\n"
+                        "  Has a running VM save itself to FILE (as `run --snapshot-to` does; a protected VM inside a\n"
+                        "  checkpoint's pause) and carry on; `understudy restore FILE` boots the copy.\n"
+                        "  Exit codes: 0 saved, 2 bad usage,\n"
                         "  3 the instance could not be reached or did not save the snapshot.";
     if (auto code = parse_action("snapshot", usage, args, desc, pos)) return *code;
     // The instance may run in another directory: it is given an absolute path.

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <mutex>
@@ -36,6 +37,9 @@ public:
     // Returns that checkpoint; the VM then stays paused and must be stopped. Otherwise the
     // VM runs on and the error says why (protected still, or unprotected).
     Result<uint64_t> hand_over(std::chrono::milliseconds answer_limit);
+    // Runs `fn` on the paused VM at a checkpoint taken now (replicator::Primary::while_paused);
+    // returns that checkpoint.
+    Result<uint64_t> while_paused(std::function<void(hv::Vm&)> fn) { return primary_->while_paused(std::move(fn)); }
     // Why replication failed, once it has. A call that sees the failure releases the
     // output held for the backup (once the role retired its session): the VM keeps
     // running, unprotected.

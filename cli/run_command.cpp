@@ -91,18 +91,24 @@ int fail(const Error& e) {
 }
 
 // `understudy snapshot` (docs/status.md, "Actions"): pauses every vCPU, saves the VM as
-// --snapshot-to does, resumes it, and answers with the file's size and the pause. Refused
-// while a backup is protecting the VM: the replicator pauses and resumes the VM for its
-// checkpoints and would let the guest run in the middle of the snapshot.
-std::string snapshot_action(hv::Vm& vm, const std::string& path, bool protected_now) {
-    if (protected_now)
-        return ControlSocket::error_json("snapshot: the VM is protected by a backup; snapshots are taken only "
-                                         "while it runs unprotected");
-    auto paused_at = steady_clock::now();
-    vm.pause_all();
-    auto info = hv::save_snapshot(vm, path);
-    vm.resume_all();
-    double pause_s = duration<double>(steady_clock::now() - paused_at).count();
+// --snapshot-to does, resumes it, and answers with the file's size and the pause. A
+// protected VM is saved inside a checkpoint's pause (the replicator's pauses do not nest
+// with another), so the file holds exactly that checkpoint.
+std::string snapshot_action(hv::Vm& vm, const std::string& path, Protection* protection) {
+    Result<hv::SnapshotInfo> info = make_error(Errc::state, "not saved");
+    double pause_s = 0;
+    auto save = [&](hv::Vm& paused) {
+        auto at = steady_clock::now();
+        info = hv::save_snapshot(paused, path);
+        pause_s = duration<double>(steady_clock::now() - at).count();
+    };
+    if (protection && !protection->failure()) {
+        if (auto at = protection->while_paused(save); !at) return ControlSocket::error_json("snapshot: " + at.error().describe());
+    } else {
+        vm.pause_all();
+        save(vm);
+        vm.resume_all();
+    }
     if (!info) return ControlSocket::error_json("snapshot: " + info.error().describe());
     std::error_code ec;
     auto bytes = std::filesystem::file_size(path, ec);
@@ -286,7 +292,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
                     vm.stop(); // paused since the last checkpoint: its vCPUs exit without running again
                 }
             } else {
-                action->answer.set_value(snapshot_action(vm, action->target, protection && !protection->failure()));
+                action->answer.set_value(snapshot_action(vm, action->target, protection.get()));
             }
         }
         if (role) instance_metrics().set_fenced_in(role->holds_now()); // /primary: 503 while fenced

@@ -193,7 +193,8 @@ void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
 }
 
 // Pause, take what changed since the last harvest and the whole state, resume.
-Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bool resume) {
+Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bool resume,
+                                                              const std::function<void(hv::Vm&)>& paused) {
     auto cp = std::move(building_);
     if (!cp) cp = take_buffer();
     cp->epoch = epoch;
@@ -210,6 +211,7 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bo
         cp->copied_at_pause = dirty_.count();
         t4 = now_ns();
         if (hooks_.on_capture) hooks_.on_capture(epoch, vm_);
+        if (paused) paused(vm_);
     }
     if (resume || !state) vm_.resume_all();
     cp->pause_ns = now_ns() - t0;
@@ -341,10 +343,13 @@ Result<void> Primary::epoch_loop() {
         if (stopping_) break;
         early_end_.reset(); // output from here on belongs to the next checkpoint
         const bool last = handover_ && !handover_->outcome;
+        std::function<void(hv::Vm&)> paused;
+        if (paused_request_ && !paused_request_->done_at) paused = paused_request_->fn;
         lock.unlock();
         if (vm_.stop_reason()) break; // the guest is gone; nothing left to protect
-        auto cp = US_TRY(capture(epoch, !last));
+        auto cp = US_TRY(capture(epoch, !last, paused));
         lock.lock();
+        if (paused) paused_request_->done_at = epoch;
         EpochFigures f;
         f.epoch = epoch;
         fill_pause(f, *cp);
@@ -363,7 +368,7 @@ Result<uint64_t> Primary::hand_over(std::function<Result<void>()> check, std::ch
     if (stopping_ || control_done_) return make_error(Errc::state, "replication has ended");
     if (!heartbeat_) return make_error(Errc::state, "a handover needs the control connection (heartbeats)");
     if (acked_ == 0) return make_error(Errc::state, "the backup holds no checkpoint yet (initial synchronization)");
-    if (handover_) return make_error(Errc::state, "a handover is already under way");
+    if (handover_ || paused_request_) return make_error(Errc::state, "another action on the checkpoints is under way");
     handover_ = Handover{std::move(check), answer_limit, std::nullopt};
     early_end_ = steady_clock::now(); // this epoch ends now
     cv_.notify_all();
@@ -372,6 +377,21 @@ Result<uint64_t> Primary::hand_over(std::function<Result<void>()> check, std::ch
     if (handover_->outcome) outcome = *handover_->outcome;
     else if (error_) outcome = Error(*error_).wrap("replication failed");
     handover_.reset();
+    return outcome;
+}
+
+Result<uint64_t> Primary::while_paused(std::function<void(hv::Vm&)> fn) {
+    std::unique_lock lock(mu_);
+    if (stopping_ || control_done_) return make_error(Errc::state, "replication has ended");
+    if (acked_ == 0) return make_error(Errc::state, "the initial synchronization is still running; try again once protected");
+    if (paused_request_ || handover_) return make_error(Errc::state, "another action on the checkpoints is under way");
+    paused_request_ = PausedRequest{std::move(fn), std::nullopt};
+    early_end_ = steady_clock::now(); // this epoch ends now
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return paused_request_->done_at || control_done_; });
+    Result<uint64_t> outcome = make_error(Errc::state, "replication ended before the next checkpoint");
+    if (paused_request_->done_at) outcome = *paused_request_->done_at;
+    paused_request_.reset();
     return outcome;
 }
 

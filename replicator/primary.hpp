@@ -103,6 +103,11 @@ public:
     // protected if the backup did not answer, unprotected (failure()) if it failed.
     Result<uint64_t> hand_over(std::function<Result<void>()> check, std::chrono::milliseconds answer_limit);
     bool handed_over() const;
+    // Runs `fn` at a checkpoint taken now, while the vCPUs are paused and right after that
+    // checkpoint's state was captured (`understudy snapshot` of a protected VM: the file
+    // then holds exactly checkpoint N). Its time counts in that checkpoint's pause.
+    // Returns N once `fn` ran; an error if replication ends first.
+    Result<uint64_t> while_paused(std::function<void(hv::Vm&)> fn);
 
     bool is_protected() const { return acked_.load() > 0; }
     // Why replication failed, once it has.
@@ -124,9 +129,11 @@ private:
     Result<void> initial_sync();
     Result<void> epoch_loop();
     Result<void> copy_while_running();
-    // Pauses the VM and captures; with `resume` false (a handover's last checkpoint) the
-    // VM stays paused unless the capture failed.
-    Result<std::unique_ptr<Checkpoint>> capture(uint64_t epoch, bool resume = true);
+    // Pauses the VM and captures; `paused` (a while_paused() request) runs while paused,
+    // after the capture. With `resume` false (a handover's last checkpoint) the VM stays
+    // paused unless the capture failed.
+    Result<std::unique_ptr<Checkpoint>> capture(uint64_t epoch, bool resume = true,
+                                                const std::function<void(hv::Vm&)>& paused = nullptr);
     // The epoch loop's half of hand_over() once checkpoint `epoch` is queued; true when
     // the backup took over.
     bool finish_handover(uint64_t epoch);
@@ -176,6 +183,11 @@ private:
         std::optional<Result<uint64_t>> outcome;
     };
     std::optional<Handover> handover_;     // hand_over() waiting
+    struct PausedRequest {
+        std::function<void(hv::Vm&)> fn;
+        std::optional<uint64_t> done_at; // the checkpoint it ran at
+    };
+    std::optional<PausedRequest> paused_request_; // while_paused() waiting
     bool handing_over_ = false;            // HANDOVER sent: the backup closing the stream is expected
     bool stream_ended_ = false;            // the receiver saw the checkpoint stream end
     bool handed_over_ = false;

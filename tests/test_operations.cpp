@@ -435,6 +435,16 @@ TEST_CASE("understudy failover hands a protected VM to its backup with nothing l
     };
     for (int i = 1; i <= 10; ++i) incr(i);
 
+    // A protected VM saves a snapshot inside a checkpoint's pause and stays protected.
+    const std::string snap = dir + "/protected.snap";
+    auto saved = run_command({US_CLI_PATH, "snapshot", "--control-socket", psock, snap}, 90s);
+    REQUIRE(saved);
+    INFO(saved->describe());
+    CHECK(saved->ok());
+    CHECK(std::filesystem::file_size(snap) > 0);
+    CHECK(status_json(psock).state == cli::ProtectionState::protected_);
+    incr(11);
+
     auto done = run_command({US_CLI_PATH, "failover", "--control-socket", psock}, 90s);
     REQUIRE(done);
     INFO(done->describe() << "\nprimary:\n" << read_file(plog) << "\nbackup:\n" << read_file(blog));
@@ -452,7 +462,7 @@ TEST_CASE("understudy failover hands a protected VM to its backup with nothing l
     CHECK(read_file(blog).find("HANDOVER") != std::string::npos);
 
     // Every acknowledged write is there, and the guest goes on from it on the backup.
-    incr(11);
+    incr(12);
     auto a = status_reaching(bsock, cli::ProtectionState::unprotected);
     CHECK(a.role == cli::Role::primary);
     CHECK(a.promoted);
@@ -466,7 +476,7 @@ TEST_CASE("understudy failover hands a protected VM to its backup with nothing l
     CHECK(alone->exit_status == 3);
     CHECK(alone->err.find("not protected") != std::string::npos);
     CHECK(backup->running());
-    incr(12);
+    incr(13);
 }
 
 int main(int argc, char** argv) {
