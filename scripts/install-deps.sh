@@ -9,6 +9,7 @@ packages=(
   liburing-dev liblz4-dev libxxhash-dev libboost-dev libboost-program-options-dev
   libspdlog-dev libfmt-dev catch2
   iproute2 iputils-ping tcpdump tshark redis-tools etcd-server etcd-client curl
+  python3 jq # tests/drill_fake_pair.py, tests/drill_cli.sh, bench/*.py
   libssl-dev libtomlplusplus-dev gnuplot-nox
   clang-16 libclang-rt-16-dev # libFuzzer; clang 14 cannot compile libstdc++ 12's std::expected
   "$@"
