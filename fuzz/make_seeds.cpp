@@ -224,6 +224,13 @@ void control_link_seeds() {
     append_record(s, kRecordOptional | 0x99, std::vector<uint8_t>{1, 2, 3});
     append_record(s, kGoodbye, {});
     write_seed("control_link", "heartbeats-optional-goodbye", with_flags(1, s));
+    // A planned switchover as the backup hears it, and an answer nobody asked for.
+    s.resize(sizeof hello);
+    append_record(s, kHeartbeat, encode_u64s({1, 10000000}));
+    append_record(s, kHandover, encode_u64s({42}));
+    append_record(s, kHandoverAccept, encode_u64s({42}));
+    append_record(s, kHeartbeat, encode_u64s({2, 20000000}));
+    write_seed("control_link", "handover", with_flags(0, s));
 }
 
 void virtqueue_seeds() {

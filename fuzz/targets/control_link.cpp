@@ -1,6 +1,6 @@
 // The control connection as the backup receives it (docs/wire-format.md, "Control
 // connection"): the 64-byte hello, checked by check_control_hello, then HEARTBEAT /
-// GOODBYE records read by a real HeartbeatLink through a real loopback TCP Connection,
+// GOODBYE / HANDOVER records read by a real HeartbeatLink through a real loopback TCP Connection,
 // so Connection::recv_record's framing (length bound, padding, checksum, records split
 // across reads) and the link's heartbeat decoding both see the fuzz bytes.
 //
@@ -64,7 +64,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         fuzz::fail("control_link: the hello did not arrive as sent");
 
     failover::DetectorConfig cfg{.heartbeat_interval = 1000ms, .timeout = 5000ms};
-    auto link = HeartbeatLink::start(std::move(*server), cfg, [](Error) {});
+    // A backup that would take over: HANDOVER requests reach the callback (not answered).
+    auto link = HeartbeatLink::start(std::move(*server), cfg, [](Error) {}, [](uint64_t) {});
     if (!link) return 0;
     // Every input ends: a malformed record or the close fails the link, GOODBYE ends it.
     LinkEnd end = (*link)->wait_end(4000ms);
