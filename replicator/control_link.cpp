@@ -131,6 +131,12 @@ HeartbeatLink::HandoverAnswer HeartbeatLink::request_handover(uint64_t epoch, st
     handover_requested_ = true;
     outgoing_ = encode_u64s({epoch});
     cv_.notify_all();
+    lock.unlock();
+    return await_handover(epoch, limit);
+}
+
+HeartbeatLink::HandoverAnswer HeartbeatLink::await_handover(uint64_t epoch, std::chrono::milliseconds limit) {
+    std::unique_lock lock(mu_);
     cv_.wait_for(lock, limit, [&] { return handover_accepted_ || failed_ || stopping_; });
     if (handover_accepted_ && *handover_accepted_ == epoch) return HandoverAnswer::accepted;
     if (handover_accepted_) { // an answer for another checkpoint: the backup holds something else

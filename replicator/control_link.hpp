@@ -80,6 +80,8 @@ public:
     // Once accepted, the connection closing is no failure.
     enum class HandoverAnswer { accepted, unanswered, failed };
     HandoverAnswer request_handover(uint64_t epoch, std::chrono::milliseconds limit);
+    // Waits up to `limit` more for the answer to the request above.
+    HandoverAnswer await_handover(uint64_t epoch, std::chrono::milliseconds limit);
     // Backup: answers HANDOVER_ACCEPT(epoch) as the link's last record, then stops.
     void accept_handover(uint64_t epoch);
     HeartbeatStats stats() const;

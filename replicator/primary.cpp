@@ -416,13 +416,16 @@ bool Primary::finish_handover(uint64_t epoch) {
         lock.unlock();
         auto ok = check ? check() : Result<void>();
         auto answer = ok ? heartbeat_->request_handover(epoch, limit) : HeartbeatLink::HandoverAnswer::unanswered;
-        bool stream_ended;
-        {
+        auto stream_ended = [&] {
             std::lock_guard relock(mu_);
-            stream_ended = stream_ended_;
-        }
+            return stream_ended_;
+        };
+        // A backup that shut the stream has the request and answers it (accepts or ends the
+        // session): a late answer must not find the guest running here again.
+        if (answer == HeartbeatLink::HandoverAnswer::unanswered && stream_ended())
+            answer = heartbeat_->await_handover(epoch, std::max(limit, std::chrono::milliseconds(5000)));
         // A backup that closed the stream without accepting ended the session.
-        if (answer != HeartbeatLink::HandoverAnswer::accepted && stream_ended) {
+        if (answer != HeartbeatLink::HandoverAnswer::accepted && stream_ended()) {
             fail(make_error(Errc::system, "the backup closed the checkpoint stream during the handover"));
             answer = HeartbeatLink::HandoverAnswer::failed;
         }
