@@ -72,7 +72,7 @@ private:
 int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const NetOptions& no,
                     const std::string& reprotect_to, const failover::DetectorConfig& heartbeat,
                     const replicator::LinkSecurity& security,
-                    std::unique_ptr<PrimaryRole> role) {
+                    std::unique_ptr<PrimaryRole> role, const FencingOptions& fencing) {
     std::unique_ptr<GuestNetwork> net;
     auto attach = GuestNetwork::attach_fn(no, net);
     uint64_t epoch = replica->committed_epoch();
@@ -89,7 +89,8 @@ int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const Ne
     }
     log::warn("backup: PROMOTED: running checkpoint {} as the primary ({} MiB, VM built in {:.1f} ms), {}", epoch,
               (*vm)->memory().size() >> 20, build_ms, reprotect_to.empty() ? "unprotected" : "re-protecting it to " + reprotect_to);
-    return run_vm(**vm, net.get(), reprotect_to, heartbeat.heartbeat_interval, heartbeat.timeout, security, std::move(role));
+    return run_vm(**vm, net.get(), reprotect_to, heartbeat.heartbeat_interval, heartbeat.timeout, security, std::move(role),
+                  fencing);
 }
 
 } // namespace
@@ -233,7 +234,8 @@ int backup_command(const std::vector<std::string>& args) {
                 // status and metrics: promoting
                 instance_metrics().on_failover(handover ? FailoverReason::handover : failover_reason(r.error()));
                 stop_watching(); // from here the promoted VM's supervision takes the stop signals
-                return promote_and_run((*server)->take_replica(), no, reprotect_to, cfg.heartbeat, cfg.security, std::move(*role));
+                return promote_and_run((*server)->take_replica(), no, reprotect_to, cfg.heartbeat, cfg.security, std::move(*role),
+                                       fencing);
             }
             log::error("backup: NOT PROMOTING: {}; checkpoint {} kept, waiting for a primary to connect",
                        role.error().describe(), epoch);

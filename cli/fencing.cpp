@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <thread>
+
 namespace understudy::cli {
 
 namespace po = boost::program_options;
@@ -72,5 +74,19 @@ std::optional<std::string> PrimaryRole::lost() const {
 }
 
 milliseconds promotion_patience(const FencingOptions& o) { return 2 * milliseconds(o.ttl_ms); }
+
+Result<void> hand_role_over(std::unique_ptr<PrimaryRole>& role, const FencingOptions& o) {
+    if (!role || o.kind == "none") return {};
+    role.reset(); // the lease is revoked: the backup, retrying every 100 ms, takes the key
+    std::this_thread::sleep_for(milliseconds(o.ttl_ms));
+    auto again = PrimaryRole::take(o);
+    if (!again) {
+        if (again.error().code == Errc::state) return {}; // held by another host: the backup
+        return std::move(again.error()).wrap("checking that the backup took the primary role");
+    }
+    role = std::move(*again);
+    return make_error(Errc::state, "nobody took the primary role within " + std::to_string(o.ttl_ms) +
+                                       " ms of the handover; this host holds it again");
+}
 
 } // namespace understudy::cli

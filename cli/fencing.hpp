@@ -59,4 +59,12 @@ private:
 // the primary is alive and still holds the role: two TTLs.
 std::chrono::milliseconds promotion_patience(const FencingOptions& o);
 
+// A planned switchover's last step on the old primary, once the backup accepted: gives
+// the role up at once (`role` is released) so that the backup can take it, waits one TTL
+// and checks that it did. Ok: another host holds the role now, or no arbiter decides
+// (`none`). Errc::state: nobody took it and this host holds it again (`role` is the new
+// hold): the backup did not promote and the VM must run on here. Any other error: the
+// arbiter cannot say, and the VM must not run here.
+Result<void> hand_role_over(std::unique_ptr<PrimaryRole>& role, const FencingOptions& o);
+
 } // namespace understudy::cli

@@ -150,6 +150,18 @@ Result<uint64_t> Protection::hand_over(std::chrono::milliseconds answer_limit) {
         answer_limit);
 }
 
+Result<void> Protection::take_back(PrimaryRole* role) {
+    {
+        std::lock_guard lock(unprotect_mu_);
+        role_ = role;
+        retired_ = false;
+        if (role_) US_TRYV(role_->retire_session(session_id_));
+        retired_ = true;
+    }
+    run_unprotected();
+    return {};
+}
+
 Result<void> Protection::finish() {
     primary_->stop();
     auto r = primary_->wait();

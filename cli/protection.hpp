@@ -37,6 +37,10 @@ public:
     // Returns that checkpoint; the VM then stays paused and must be stopped. Otherwise the
     // VM runs on and the error says why (protected still, or unprotected).
     Result<uint64_t> hand_over(std::chrono::milliseconds answer_limit);
+    // After a handover the backup did not complete (it never took the primary role): the
+    // VM is to run on here, unprotected. Records that the backup's session must never
+    // promote (through `role`, the role held again) and stops holding output.
+    Result<void> take_back(PrimaryRole* role);
     // Runs `fn` on the paused VM at a checkpoint taken now (replicator::Primary::while_paused);
     // returns that checkpoint.
     Result<uint64_t> while_paused(std::function<void(hv::Vm&)> fn) { return primary_->while_paused(std::move(fn)); }

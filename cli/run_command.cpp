@@ -170,13 +170,39 @@ std::string reprotect_action(hv::Vm& vm, const std::string& backup, const Superv
 // `understudy failover` (docs/failover.md, "Planned switchover"): the backup takes over
 // from a last checkpoint; true in `handed_over` when it did (the VM is then paused and
 // must stop here without running again).
-std::string failover_action(Protection* protection, const SuperviseOptions& o, std::optional<uint64_t>& handed_over) {
+std::string failover_action(hv::Vm& vm, std::unique_ptr<Protection>& protection, const SuperviseOptions& o,
+                            GuestNetwork* net, std::unique_ptr<PrimaryRole>& role, std::optional<uint64_t>& handed_over) {
     if (!protection || protection->failure())
         return ControlSocket::error_json("failover: the VM is not protected: there is no backup to hand over to");
     // The backup answers within a few round trips; give it at least half a second.
     auto limit = std::max(milliseconds(500), milliseconds(o.failure_timeout_ms));
     auto epoch = protection->hand_over(limit);
     if (!epoch) return ControlSocket::error_json("failover: " + epoch.error().describe());
+    // With an arbiter the backup runs the VM only once it holds the role: check that it does.
+    if (auto taken = hand_role_over(role, o.fencing); !taken) {
+        std::string why = taken.error().describe();
+        if (taken.error().code != Errc::state) { // cannot tell: the backup may run it, so this VM must not
+            handed_over = *epoch;
+            std::printf("HANDED OVER: the backup accepted checkpoint %llu, but %s; this VM stops\n",
+                        static_cast<unsigned long long>(*epoch), why.c_str());
+            std::fflush(stdout);
+            return ControlSocket::error_json("failover: the backup accepted, but " + why + "; this VM stopped");
+        }
+        // Nobody took the role: the backup did not promote. The VM runs on here.
+        if (net) role->guard(net->commit());
+        auto back = protection->take_back(role.get());
+        protection->finish();
+        protection.reset();
+        if (!back) {
+            handed_over = *epoch;
+            return ControlSocket::error_json("failover: " + why + ", but " + back.error().describe() + "; this VM stopped");
+        }
+        vm.resume_all();
+        instance_metrics().set_state(ProtectionState::unprotected, "the backup accepted a handover but never took the role");
+        std::printf("UNPROTECTED: %s: the backup did not take over; the VM runs on here\n", why.c_str());
+        std::fflush(stdout);
+        return ControlSocket::error_json("failover: " + why + ": the backup did not take over; the VM runs on here, unprotected");
+    }
     handed_over = *epoch;
     std::printf("HANDED OVER: the backup runs the VM from checkpoint %llu (`understudy failover`); this VM stops\n",
                 static_cast<unsigned long long>(*epoch));
@@ -285,7 +311,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
                     reported_loss = false;
                 }
             } else if (action->cmd == "failover") {
-                action->answer.set_value(failover_action(protection.get(), o, handed_over));
+                action->answer.set_value(failover_action(vm, protection, o, net, role, handed_over));
                 if (handed_over) {
                     instance_metrics().set_state(ProtectionState::stopped, "handed over to the backup at checkpoint " +
                                                                                std::to_string(*handed_over));
@@ -406,8 +432,10 @@ int run_command(const std::vector<std::string>& args) {
 }
 
 int run_vm(hv::Vm& vm, GuestNetwork* net, const std::string& backup, milliseconds heartbeat,
-           milliseconds failure_timeout, const replicator::LinkSecurity& security, std::unique_ptr<PrimaryRole> role) {
+           milliseconds failure_timeout, const replicator::LinkSecurity& security, std::unique_ptr<PrimaryRole> role,
+           const FencingOptions& fencing) {
     SuperviseOptions o;
+    o.fencing = fencing;
     o.backup = backup;
     o.heartbeat_ms = static_cast<unsigned>(heartbeat.count());
     o.failure_timeout_ms = static_cast<unsigned>(failure_timeout.count());

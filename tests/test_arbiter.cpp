@@ -25,11 +25,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "cli/fencing.hpp"
 #include "failover/arbiter.hpp"
 #include "failover/etcd_arbiter.hpp"
 #include "failover/lease_keeper.hpp"
@@ -1058,4 +1060,55 @@ TEST_CASE("lease keeper: a lost lease nobody took is taken again; one another ho
     int before = renewals();
     std::this_thread::sleep_for(100ms);
     CHECK(renewals() == before); // superseded: no more renewals
+}
+
+TEST_CASE("etcd: a planned switchover hands the role to the backup, or takes it back", "[etcd]") {
+    EtcdServer etcd;
+    cli::FencingOptions a;
+    a.kind = "etcd";
+    a.endpoint = etcd.endpoint();
+    a.key = "/understudy/handover-test/primary";
+    a.holder = "host-a";
+    a.ttl_ms = 1000;
+    a.margin_ms = 300;
+    a.renew_ms = 200;
+    cli::FencingOptions b = a;
+    b.holder = "host-b";
+
+    SECTION("the backup takes the role as soon as it is given up") {
+        auto taken = cli::PrimaryRole::take(a);
+        REQUIRE(taken);
+        std::unique_ptr<cli::PrimaryRole> role = std::move(*taken);
+        // The backup waits for the role, as a promoting backup does after HANDOVER_ACCEPT.
+        auto backup = std::async(std::launch::async, [&] { return cli::PrimaryRole::take(b, cli::promotion_patience(b)); });
+        auto handed = cli::hand_role_over(role, a);
+        INFO((handed ? std::string("ok") : handed.error().describe()));
+        CHECK(handed);
+        CHECK(!role);
+        auto b_role = backup.get();
+        REQUIRE(b_role);
+        CHECK((*b_role)->holds_now());
+    }
+    SECTION("nobody takes it: this host holds it again") {
+        auto taken = cli::PrimaryRole::take(a);
+        REQUIRE(taken);
+        std::unique_ptr<cli::PrimaryRole> role = std::move(*taken);
+        auto handed = cli::hand_role_over(role, a);
+        REQUIRE(!handed);
+        CHECK(handed.error().code == Errc::state);
+        REQUIRE(role);
+        CHECK(role->holds_now());
+        // And the backup, late, finds it held.
+        auto late = cli::PrimaryRole::take(b);
+        REQUIRE(!late);
+        CHECK(late.error().code == Errc::state);
+    }
+    SECTION("no arbiter decides: nothing to hand over") {
+        cli::FencingOptions none;
+        auto taken = cli::PrimaryRole::take(none);
+        REQUIRE(taken);
+        std::unique_ptr<cli::PrimaryRole> role = std::move(*taken);
+        CHECK(cli::hand_role_over(role, none));
+        CHECK(role); // kept until the process ends
+    }
 }
