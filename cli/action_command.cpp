@@ -42,21 +42,9 @@ std::optional<int> parse_action(const char* name, const char* usage, const std::
 // (the instance cannot be reached, or it refused) and returns nullopt: exit code 3.
 std::optional<Json> send_action(const std::string& socket, const std::string& request) {
     // A little longer than the instance waits for its VM, so that its own answer arrives.
-    auto line = control_request(socket, request, kActionTimeout + std::chrono::seconds(5));
-    if (!line) {
-        std::fprintf(stderr, "understudy: %s\n", line.error().describe().c_str());
-        return std::nullopt;
-    }
-    auto doc = failover::etcd_detail::parse_json(*line);
-    const Json* ok = doc ? doc->find("ok") : nullptr;
-    if (!ok || ok->kind != Json::Kind::boolean) {
-        std::fprintf(stderr, "understudy: the control socket's answer is not understood: %.200s\n", line->c_str());
-        return std::nullopt;
-    }
-    if (!ok->boolean) {
-        const Json* e = doc->find("error");
-        std::fprintf(stderr, "understudy: the instance refused: %s\n",
-                     e && e->kind == Json::Kind::string ? e->text.c_str() : "(no reason given)");
+    auto doc = control_action(socket, request, kActionTimeout + std::chrono::seconds(5));
+    if (!doc) {
+        std::fprintf(stderr, "understudy: %s\n", doc.error().describe().c_str());
         return std::nullopt;
     }
     return std::move(*doc);

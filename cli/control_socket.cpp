@@ -224,4 +224,20 @@ Result<std::string> control_request(const std::string& path, std::string_view re
     }
 }
 
+Result<failover::etcd_detail::Json> control_action(const std::string& path, std::string_view request,
+                                                  milliseconds timeout) {
+    using failover::etcd_detail::Json;
+    auto line = US_TRY(control_request(path, request, timeout));
+    auto doc = failover::etcd_detail::parse_json(line);
+    const Json* ok = doc ? doc->find("ok") : nullptr;
+    if (!ok || ok->kind != Json::Kind::boolean)
+        return make_error(Errc::invalid_input, "the control socket's answer is not understood: " + line.substr(0, 200));
+    if (!ok->boolean) {
+        const Json* e = doc->find("error");
+        return make_error(Errc::state, "the instance refused: " +
+                                           (e && e->kind == Json::Kind::string ? e->text : std::string("(no reason given)")));
+    }
+    return std::move(*doc);
+}
+
 } // namespace understudy::cli

@@ -43,6 +43,7 @@
 #include "cli/stop_signals.hpp"
 #include "common/unique_fd.hpp"
 #include "failover/etcd_arbiter.hpp" // the strict JSON reader
+#include "replicator/transport.hpp"     // Endpoint
 
 namespace understudy::cli {
 
@@ -91,20 +92,8 @@ struct WallClock {
 // ---------------------------------------------------------------------------------------
 // A RESP connection: blocking requests with deadlines; every reply checked.
 
-struct Endpoint {
-    std::string host, port;
-};
-
-std::optional<Endpoint> parse_service(const std::string& text) {
-    auto colon = text.rfind(':');
-    if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) return std::nullopt;
-    Endpoint e{text.substr(0, colon), text.substr(colon + 1)};
-    if (e.host.front() == '[' && e.host.back() == ']') e.host = e.host.substr(1, e.host.size() - 2);
-    unsigned port = 0;
-    auto [end, ec] = std::from_chars(e.port.data(), e.port.data() + e.port.size(), port);
-    if (ec != std::errc() || end != e.port.data() + e.port.size() || port == 0 || port > 65535) return std::nullopt;
-    return e;
-}
+// The service as HOST:PORT, parsed as the replication endpoints are.
+using replicator::Endpoint;
 
 // A reply: a simple string, an error, an integer, a bulk string or nil.
 struct Reply {
@@ -121,29 +110,30 @@ public:
         hints.ai_socktype = SOCK_STREAM;
         hints.ai_flags = AI_NUMERICSERV;
         addrinfo* list = nullptr;
-        if (int rc = ::getaddrinfo(to.host.c_str(), to.port.c_str(), &hints, &list); rc != 0)
-            return make_error(Errc::invalid_input, "service " + to.host + ":" + to.port + ": " + ::gai_strerror(rc));
-        Error last{Errc::system, "service " + to.host + ":" + to.port + ": no address", 0};
+        const std::string port = std::to_string(to.port);
+        if (int rc = ::getaddrinfo(to.host.c_str(), port.c_str(), &hints, &list); rc != 0)
+            return make_error(Errc::invalid_input, "service " + to.str() + ": " + ::gai_strerror(rc));
+        Error last{Errc::system, "service " + to.str() + ": no address", 0};
         for (addrinfo* a = list; a; a = a->ai_next) {
             UniqueFd fd(::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol));
             if (!fd.valid()) continue;
             int one = 1;
             ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             if (::connect(fd.get(), a->ai_addr, a->ai_addrlen) != 0 && errno != EINPROGRESS) {
-                last = sys_error("connecting to the service " + to.host + ":" + to.port, errno);
+                last = sys_error("connecting to the service " + to.str(), errno);
                 continue;
             }
             pollfd p{fd.get(), POLLOUT, 0};
             int left = int(std::max<int64_t>(0, std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count()));
             if (::poll(&p, 1, left) != 1) {
-                last = Error{Errc::timeout, "connecting to the service " + to.host + ":" + to.port + ": timed out", 0};
+                last = Error{Errc::timeout, "connecting to the service " + to.str() + ": timed out", 0};
                 continue;
             }
             int err = 0;
             socklen_t len = sizeof err;
             ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
             if (err != 0) {
-                last = sys_error("connecting to the service " + to.host + ":" + to.port, err);
+                last = sys_error("connecting to the service " + to.str(), err);
                 continue;
             }
             ::freeaddrinfo(list);
@@ -523,15 +513,7 @@ Result<void> run_shell(const std::string& cmd, std::chrono::seconds limit) {
 
 // Sends {"cmd":"drill","fault":"corrupt-link"} to the primary; the Unix time of the flip.
 Result<double> corrupt_link(const std::string& primary_socket) {
-    auto line = US_TRY(control_request(primary_socket, R"({"cmd":"drill","fault":"corrupt-link"})", milliseconds(5000)));
-    auto doc = US_TRY(failover::etcd_detail::parse_json(line));
-    const Json* ok = doc.find("ok");
-    if (!ok || ok->kind != Json::Kind::boolean)
-        return make_error(Errc::invalid_input, "the primary's answer is not understood: " + line.substr(0, 200));
-    if (!ok->boolean) {
-        const Json* e = doc.find("error");
-        return make_error(Errc::state, "the primary refused: " + (e && e->kind == Json::Kind::string ? e->text : "(no reason given)"));
-    }
+    auto doc = US_TRY(control_action(primary_socket, R"({"cmd":"drill","fault":"corrupt-link"})", milliseconds(5000)));
     const Json* t = doc.find("flipped_unix_s");
     double v = 0;
     if (!t || t->kind != Json::Kind::number ||
@@ -719,8 +701,8 @@ int drill_command(const std::vector<std::string>& args) {
     if (interval_ms > 1000) return usage_error("--interval-ms must be between 0 and 1000");
     for (auto [name, v, lo] : {std::tuple{"--warmup", warmup, 0.0}, {"--after", after, 0.0}, {"--timeout", wait_limit, 1.0}})
         if (!std::isfinite(v) || v < lo || v > 600) return usage_error(fmt::format("{} must be between {:g} and 600 seconds", name, lo));
-    auto service = parse_service(service_text);
-    if (!service) return usage_error("--service must be HOST:PORT (a port 1..65535), not '" + service_text.substr(0, 100) + "'");
+    auto service = Endpoint::parse(service_text);
+    if (!service || service->port == 0) return usage_error("--service must be HOST:PORT (a port 1..65535), not '" + service_text.substr(0, 100) + "'");
     if (primary_socket == backup_socket) return usage_error("--primary-socket and --backup-socket are the same socket");
 
     // 1. Both instances answer, in the state a drill starts from.
