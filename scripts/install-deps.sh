@@ -12,6 +12,7 @@ packages=(
   python3 jq # tests/drill_fake_pair.py, tests/drill_cli.sh, bench/*.py
   libssl-dev libtomlplusplus-dev gnuplot-nox
   clang-16 libclang-rt-16-dev # libFuzzer; clang 14 cannot compile libstdc++ 12's std::expected
+  qemu-system-x86 # tests/test_qemu_guest.cpp and bench/vs_qemu: the guest images under QEMU microvm
   "$@"
 )
 
