@@ -19,7 +19,7 @@ LossReason loss_reason(const Error& e) {
 HeartbeatFigures heartbeat_figures(const replicator::HeartbeatStats& s) { return {s.sent, s.received, s.max_gap_ns}; }
 
 void instrument(replicator::PrimaryHooks& hooks, Metrics& m) {
-    m.set_state(ProtectionState::syncing);
+    m.on_session_start();
     hooks.on_capture = [&m, next = std::move(hooks.on_capture)](uint64_t epoch, hv::Vm& vm) {
         m.on_captured(epoch); // in the pause: one atomic store
         if (next) next(epoch, vm);

@@ -134,6 +134,10 @@ void Metrics::set_name(std::string name) {
 
 void Metrics::set_state(ProtectionState s, std::string reason, MetricsClock::time_point now) {
     std::lock_guard lock(mu_);
+    set_state_locked(s, std::move(reason), now);
+}
+
+void Metrics::set_state_locked(ProtectionState s, std::string reason, MetricsClock::time_point now) {
     if (state_.load() == ProtectionState::promoting && s != ProtectionState::promoting && s != ProtectionState::stopped &&
         last_failover_ && !last_failover_->running_unix_s)
         last_failover_->running_unix_s = unix_now_s();
@@ -153,6 +157,19 @@ void Metrics::on_sync_progress(unsigned round, uint64_t bytes_sent, uint64_t byt
     sync_round_ = round;
     sync_sent_ = bytes_sent;
     sync_total_ = bytes_total;
+}
+
+void Metrics::reset_epoch_figures_locked() {
+    captured_ = 0;
+    acked_ = 0;
+    last_state_point_.reset();
+    rate_.clear();
+}
+
+void Metrics::on_session_start(MetricsClock::time_point now) {
+    std::lock_guard lock(mu_);
+    reset_epoch_figures_locked();
+    set_state_locked(ProtectionState::syncing, {}, now);
 }
 
 void Metrics::on_captured(uint64_t epoch) { captured_.store(epoch, std::memory_order_relaxed); }
@@ -225,11 +242,8 @@ void Metrics::on_failover(FailoverReason r, MetricsClock::time_point now) {
     promoted_ = true;
     // The figures of the replication this host received end here: the promoted VM's own
     // protection (if any) starts afresh. Counters stay monotonic.
-    captured_ = 0;
-    acked_ = 0;
     std::lock_guard lock(mu_);
-    last_state_point_.reset();
-    rate_.clear();
+    reset_epoch_figures_locked();
     state_ = ProtectionState::promoting;
     state_since_ = now;
     last_failover_ = FailoverTimes{failover_reason_name(r), session_end_unix_s_ > 0 ? session_end_unix_s_ : unix_now_s(),

@@ -212,7 +212,10 @@ public:
     void set_fenced_in(bool v) { fenced_in_ = v; }
     bool active_primary() const;
 
-    // Primary.
+    // Primary. A new replication session (the first, or `understudy reprotect`'s): state
+    // syncing, and the epoch, lag and rate figures start afresh, since its epochs restart
+    // at 1. Counters stay monotonic.
+    void on_session_start(MetricsClock::time_point now = MetricsClock::now());
     void on_sync_progress(unsigned round, uint64_t bytes_sent, uint64_t bytes_total);
     void on_captured(uint64_t epoch); // in the pause: one atomic store
     void on_acked(const CheckpointFigures& f, MetricsClock::time_point now = MetricsClock::now());
@@ -245,6 +248,8 @@ public:
     static constexpr auto kRateWindow = std::chrono::seconds(10);
 
 private:
+    void set_state_locked(ProtectionState s, std::string reason, MetricsClock::time_point now);
+    void reset_epoch_figures_locked(); // captured, acked, lag and rate: a new epoch numbering
     struct RatePoint {
         MetricsClock::time_point t;
         uint64_t raw, wire;

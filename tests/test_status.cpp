@@ -309,6 +309,33 @@ TEST_CASE("metrics model: a primary from syncing to protected to unprotected", "
     CHECK(!m.snapshot(now).active_primary);
 }
 
+TEST_CASE("metrics model: a new session after reprotect numbers its epochs afresh", "[status]") {
+    auto t0 = MetricsClock::now();
+    Metrics m(Role::primary, "kv", t0 - 1s);
+    feed_primary(m, t0, 100); // session 1: epochs 1..101 acknowledged
+    auto lost = t0 + 3s;
+    m.on_protection_lost(LossReason::backup_silent, "backup: no heartbeat for 100 ms", lost);
+    const auto before = m.snapshot(lost);
+    // `understudy reprotect`: session 2 starts at epoch 1 again.
+    m.on_session_start(lost + 1s);
+    auto s = m.snapshot(lost + 1s);
+    CHECK(s.state == ProtectionState::syncing);
+    CHECK(s.reason.empty());
+    CHECK(s.epoch_captured == 0);
+    CHECK(s.epoch_acknowledged == 0);
+    CHECK(!s.lag_s);
+    CHECK(s.epoch_rate_per_s == 0);
+    CHECK(s.raw_bytes == before.raw_bytes); // counters stay monotonic
+    CHECK(s.protection_lost.at("backup_silent") == 1);
+    for (uint64_t e = 1; e <= 3; ++e) m.on_captured(e);
+    m.on_acked({1, 5'000'000, 2'000'000, 30000, 4096, 1024}, lost + 2s);
+    s = m.snapshot(lost + 2s);
+    CHECK(s.state == ProtectionState::protected_);
+    CHECK(s.epoch_captured == 3);
+    CHECK(s.epoch_acknowledged == 1); // not session 1's 101
+    CHECK(s.lag_epochs == 2u);        // the backup really is two behind
+}
+
 TEST_CASE("metrics model: a backup waits, receives, and is promoted", "[status]") {
     auto t0 = MetricsClock::now();
     Metrics m(Role::backup, "", t0);
