@@ -191,7 +191,7 @@ std::string failover_action(hv::Vm& vm, std::unique_ptr<Protection>& protection,
         // Nobody took the role: the backup did not promote. The VM runs on here.
         if (net) role->guard(net->commit());
         auto back = protection->take_back(role.get());
-        protection->finish();
+        (void)protection->finish(); // a handed-over session ends without a GOODBYE: not a failure
         protection.reset();
         if (!back) {
             handed_over = *epoch;

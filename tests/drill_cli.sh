@@ -5,15 +5,15 @@
 #      refuse the stream and not promote, the primary must serve on unprotected;
 #   2. `understudy reprotect` to the same backup, then kill-primary: the backup promotes.
 # Each drill must report verdict "pass" with writes_lost 0 (and exit 0).
-# usage: drill_cli.sh BUILD_DIR. Exit 77 (skipped) without root, /dev/kvm or iproute2.
+# usage: drill_cli.sh BUILD_DIR. Exit 77 (skipped) without root, /dev/kvm, iproute2 or jq.
 set -Eeuo pipefail
 build=$(cd "${1:?usage: drill_cli.sh BUILD_DIR}" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 cli=$build/cli/understudy
 kv=$build/guest/kv.elf
 topology=$here/../scripts/topology.sh
-if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/kvm ] || ! command -v ip >/dev/null; then
-  echo "drill_cli: needs root, /dev/kvm and iproute2: skipped"
+if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/kvm ] || ! command -v ip >/dev/null || ! command -v jq >/dev/null; then
+  echo "drill_cli: needs root, /dev/kvm, iproute2 and jq: skipped"
   exit 77
 fi
 for f in "$cli" "$kv"; do [ -e "$f" ] || { echo "drill_cli: $f missing" >&2; exit 2; }; done
@@ -24,11 +24,11 @@ psock=$work/primary.sock bsock=$work/backup.sock key=$work/link.key
 pids=()
 cleanup() {
   local rc=$?
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in ${pids[@]+"${pids[@]}"}; do kill -KILL "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   "$topology" down "$name" >/dev/null 2>&1 || true
   if [ "$rc" -ne 0 ]; then
-    for f in "$work"/*.log; do echo "--- $f (tail)"; tail -n 25 "$f"; done
+    for f in "$work"/*.log; do [ -e "$f" ] || continue; echo "--- $f (tail)"; tail -n 25 "$f" || true; done
   fi
   rm -rf "$work"
 }
@@ -39,7 +39,12 @@ trap cleanup EXIT
 ip netns exec "$name-backup" "$cli" backup --listen 10.77.0.12:7400 --promote --net-tap "$name-tap" \
   --link-key "$key" --control-socket "$bsock" >"$work/backup.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do grep -q "backup: listening" "$work/backup.log" && break; sleep 0.1; done
+alive() { kill -0 "$1" 2>/dev/null || { echo "drill_cli: the $2 exited early" >&2; exit 1; }; }
+for _ in $(seq 100); do
+  grep -q "backup: listening" "$work/backup.log" && break
+  alive "${pids[0]}" backup
+  sleep 0.1
+done
 ip netns exec "$name-primary" "$cli" run "$kv" --memory 128M --net-tap "$name-tap" -c "net.ip=10.77.0.2/24" \
   --backup 10.77.0.12:7400 --link-key "$key" --control-socket "$psock" >"$work/primary.log" 2>&1 &
 pids+=($!)
@@ -47,6 +52,8 @@ pids+=($!)
 wait_protected() {
   for _ in $(seq 600); do
     [ "$("$cli" status --control-socket "$psock" --json 2>/dev/null | jq -r .state)" = protected ] && return 0
+    alive "${pids[0]}" backup
+    alive "${pids[1]}" primary
     sleep 0.1
   done
   echo "drill_cli: the primary was not protected within 60 s" >&2
@@ -67,11 +74,11 @@ drill() {
 
 wait_protected
 drill corrupt-link '.survivor == "primary" and .connections_survived and .detection_ms != null'
-grep -q "UNPROTECTED" "$work/primary.log"
+grep -q "UNPROTECTED" "$work/primary.log" || { echo "drill_cli: the primary never said UNPROTECTED" >&2; exit 1; }
 if grep -q "PROMOTED" "$work/backup.log"; then echo "drill_cli: the backup promoted after a corrupt stream" >&2; exit 1; fi
 
 "$cli" reprotect --control-socket "$psock" --backup 10.77.0.12:7400
 wait_protected
 drill kill-primary '.survivor == "backup" and .connections_survived and .promotion_ms != null and .detection_source != ""'
-grep -q "PROMOTED" "$work/backup.log"
+grep -q "PROMOTED" "$work/backup.log" || { echo "drill_cli: the backup never said PROMOTED" >&2; exit 1; }
 echo "drill_cli: both drills passed"
