@@ -251,8 +251,9 @@ public:
         for (auto& t : threads_) t.join();
         threads_.clear();
     }
-    // Every connection has had a successful reply (or `deadline` passed: false).
-    bool wait_ready(Clock::time_point deadline) {
+    // Every connection has had a successful reply (or `deadline` passed, or a stop signal
+    // came, which sets `interrupted`: false).
+    bool wait_ready(Clock::time_point deadline, bool& interrupted) {
         for (;;) {
             {
                 std::lock_guard lock(mu_);
@@ -261,7 +262,10 @@ public:
                 if (all) return true;
             }
             if (Clock::now() >= deadline) return false;
-            std::this_thread::sleep_for(milliseconds(20));
+            if (take_stop_signal(milliseconds(20)) != 0) {
+                interrupted = true;
+                return false;
+            }
         }
     }
     // The first successful reply after `t`, if one came.
@@ -625,6 +629,18 @@ void wait_or_stop(duration<double> d, bool& interrupted) {
     }
 }
 
+// Why the pair is not in the state a drill starts from, if it is not.
+std::optional<std::string> not_ready(const StatusSnapshot& primary, const std::string& primary_socket,
+                                     const StatusSnapshot& backup, const std::string& backup_socket) {
+    if (primary.role != Role::primary || !primary.active_primary || primary.state != ProtectionState::protected_)
+        return fmt::format("{} is not an active, protected primary ({}); a drill starts from a protected pair",
+                           primary_socket, state_text(primary));
+    if (backup.role != Role::backup) return fmt::format("{} is not a backup ({})", backup_socket, state_text(backup));
+    if (backup.state != ProtectionState::receiving)
+        return fmt::format("the backup {} receives no checkpoints ({})", backup_socket, state_text(backup));
+    return std::nullopt;
+}
+
 std::string random_run_id() {
     std::random_device rd;
     return fmt::format("{:08x}{:08x}", rd(), rd());
@@ -716,13 +732,7 @@ int drill_command(const std::vector<std::string>& args) {
         std::fprintf(stderr, "understudy drill: the backup (%s): %s\n", backup_socket.c_str(), backup.error().describe().c_str());
         return kExitUnreachable;
     }
-    if (primary->role != Role::primary || !primary->active_primary || primary->state != ProtectionState::protected_)
-        return usage_error(fmt::format("{} is not an active, protected primary ({}); a drill starts from a protected pair",
-                                       primary_socket, state_text(*primary)));
-    if (backup->role != Role::backup)
-        return usage_error(fmt::format("{} is not a backup ({})", backup_socket, state_text(*backup)));
-    if (backup->state != ProtectionState::receiving)
-        return usage_error(fmt::format("the backup {} receives no checkpoints ({})", backup_socket, state_text(*backup)));
+    if (auto why = not_ready(*primary, primary_socket, *backup, backup_socket)) return usage_error(*why);
     // The signal kinds act on a process of this host.
     const bool signals_primary = primary_fails(*kind), signals_backup = *kind == Kind::kill_backup;
     const pid_t target_pid = pid_t(signals_primary ? primary->pid : backup->pid);
@@ -747,19 +757,37 @@ int drill_command(const std::vector<std::string>& args) {
     Client client(*service, connections, run_id, milliseconds(interval_ms));
     say(fmt::format("writing drill:{}:* through {} on {} connections", run_id, service_text, connections));
     client.start();
-    if (!client.wait_ready(Clock::now() + std::chrono::seconds(10))) {
+    bool interrupted = false;
+    if (!client.wait_ready(Clock::now() + std::chrono::seconds(10), interrupted)) {
         client.stop();
+        if (interrupted) {
+            std::fprintf(stderr, "understudy drill: interrupted before the fault; nothing was injected\n");
+            return kExitFailed;
+        }
         std::fprintf(stderr, "understudy drill: the service at %s did not answer every connection within 10 s%s\n",
                      service_text.c_str(), client.stats().empty() || client.stats()[0].errors.empty() ? ""
                                                    : (" (" + client.stats()[0].errors[0] + ")").c_str());
         return kExitUnreachable;
     }
-    bool interrupted = false;
     wait_or_stop(duration<double>(warmup), interrupted);
     if (interrupted) {
         client.stop();
         std::fprintf(stderr, "understudy drill: interrupted before the fault; nothing was injected\n");
         return kExitFailed;
+    }
+    // Still a protected pair after the warmup: a pair that lost protection meanwhile would
+    // fail the drill for a reason that is not the fault's.
+    {
+        auto p = fetch_status(primary_socket, milliseconds(5000));
+        auto b = fetch_status(backup_socket, milliseconds(5000));
+        std::optional<std::string> why;
+        if (!p) why = "the primary (" + primary_socket + "): " + p.error().describe();
+        else if (!b) why = "the backup (" + backup_socket + "): " + b.error().describe();
+        else why = not_ready(*p, primary_socket, *b, backup_socket);
+        if (why) {
+            client.stop();
+            return usage_error("after the warmup, before any fault: " + *why);
+        }
     }
 
     // 3. The fault.

@@ -159,7 +159,7 @@ class Service:
 class Pair:
     """A fake primary process, a fake backup in this process, and the service."""
 
-    def __init__(self, tmp, tag, primary_state="protected", forget_s=0.0, reset=False):
+    def __init__(self, tmp, tag, primary_state="protected", forget_s=0.0, reset=False, backup_lost_after=None):
         self.psock, self.bsock = os.path.join(tmp, tag + "-p.sock"), os.path.join(tmp, tag + "-b.sock")
         self.service = Service()
         self.primary = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--fake-primary", self.psock,
@@ -169,6 +169,8 @@ class Pair:
         self.forget_s, self.reset = forget_s, reset
         serve_control(self.bsock, self.backup_answer)
         threading.Thread(target=self.watch, daemon=True).start()
+        if backup_lost_after is not None:  # the backup's session ends by itself (a spurious timeout)
+            threading.Timer(backup_lost_after, lambda: self.backup.update(state="waiting")).start()
 
     def backup_answer(self, req):
         b = self.backup
@@ -255,6 +257,13 @@ def main():
         rc, r, out, err = drill_pair(cli, p, "kill-primary", quick)
         check("unprotected primary refused", rc == 2 and "not an active, protected primary" in err and p.primary.poll() is None,
               "exit %d, %r" % (rc, err))
+        p.end()
+
+        # Protection lost during the warmup: refused before any fault (2), the primary alive.
+        p = Pair(tmp, "lost", backup_lost_after=1.0)
+        rc, r, out, err = drill_pair(cli, p, "kill-primary", ["--warmup", "3", "--after", "1", "--json"])
+        check("protection lost in the warmup refused", rc == 2 and "after the warmup, before any fault" in err and
+              "receives no checkpoints" in err and p.primary.poll() is None, "exit %d, %r" % (rc, err))
         p.end()
 
         # A signal kind against a primary on another host is refused (2).
