@@ -13,6 +13,7 @@ packages=(
   libssl-dev libtomlplusplus-dev gnuplot-nox
   clang-16 libclang-rt-16-dev # libFuzzer; clang 14 cannot compile libstdc++ 12's std::expected
   qemu-system-x86 # tests/test_qemu_guest.cpp and bench/vs_qemu: the guest images under QEMU microvm
+  kmod cpio # scripts/nested-kvm.sh (depmod, the initramfs)
   "$@"
 )
 
