@@ -150,6 +150,11 @@ Result<uint64_t> Protection::hand_over(std::chrono::milliseconds answer_limit) {
         answer_limit);
 }
 
+void Protection::forget_role() {
+    std::lock_guard lock(unprotect_mu_);
+    role_ = nullptr;
+}
+
 Result<void> Protection::take_back(PrimaryRole* role) {
     {
         std::lock_guard lock(unprotect_mu_);

@@ -41,6 +41,8 @@ public:
     // VM is to run on here, unprotected. Records that the backup's session must never
     // promote (through `role`, the role held again) and stops holding output.
     Result<void> take_back(PrimaryRole* role);
+    // The role is about to be given up (and destroyed): stop using it.
+    void forget_role();
     // Runs `fn` on the paused VM at a checkpoint taken now (replicator::Primary::while_paused);
     // returns that checkpoint.
     Result<uint64_t> while_paused(std::function<void(hv::Vm&)> fn) { return primary_->while_paused(std::move(fn)); }

@@ -179,6 +179,8 @@ std::string failover_action(hv::Vm& vm, std::unique_ptr<Protection>& protection,
     auto epoch = protection->hand_over(limit);
     if (!epoch) return ControlSocket::error_json("failover: " + epoch.error().describe());
     // With an arbiter the backup runs the VM only once it holds the role: check that it does.
+    // The role object goes away in there; a late failure() must not reach it.
+    if (role) protection->forget_role();
     if (auto taken = hand_role_over(role, o.fencing); !taken) {
         std::string why = taken.error().describe();
         if (taken.error().code != Errc::state) { // cannot tell: the backup may run it, so this VM must not

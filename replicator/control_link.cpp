@@ -128,7 +128,7 @@ HeartbeatLink::HandoverAnswer HeartbeatLink::request_handover(uint64_t epoch, st
     std::unique_lock lock(mu_);
     if (failed_ || stopping_) return HandoverAnswer::failed;
     handover_accepted_.reset();
-    handover_requested_ = true;
+    handover_requested_ = epoch;
     outgoing_ = encode_u64s({epoch});
     cv_.notify_all();
     lock.unlock();
@@ -273,7 +273,9 @@ void HeartbeatLink::receiver_main() {
                 std::lock_guard lock(mu_);
                 if (!handover_requested_) continue; // unasked for: skipped, as optional records are
                 handover_accepted_ = *epoch;
-                heard_goodbye_ = true; // the backup ends the session now: its close is no failure
+                // The backup ends the session now: its close is no failure. An answer naming
+                // another checkpoint is one (await_handover declares it).
+                heard_goodbye_ = *epoch == *handover_requested_;
             }
             cv_.notify_all();
             return;

@@ -111,7 +111,7 @@ private:
     bool failed_ = false;
     std::optional<std::pair<uint32_t, std::vector<uint8_t>>> last_record_; // end_with(): the sender's last record
     std::optional<std::vector<uint8_t>> outgoing_; // a HANDOVER for the sender to send next
-    bool handover_requested_ = false;
+    std::optional<uint64_t> handover_requested_;   // the checkpoint a HANDOVER we sent named
     std::optional<uint64_t> handover_accepted_;    // the epoch the backup's HANDOVER_ACCEPT named
     bool heard_goodbye_ = false; // the peer ended the session on purpose (GOODBYE or HANDOVER_ACCEPT)
     std::thread sender_, receiver_, watcher_;

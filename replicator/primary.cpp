@@ -404,11 +404,17 @@ bool Primary::finish_handover(uint64_t epoch) {
     std::unique_lock lock(mu_);
     // Every checkpoint acknowledged and its output released: the backup's copy is the
     // guest as it is now, paused, and nothing of it is still held here.
-    cv_.wait(lock, [&] { return stopping_ || (in_flight_.empty() && reporting_ == 0); });
+    // Bounded: a backup that heartbeats but does not acknowledge would otherwise keep the
+    // guest paused for good. HANDOVER is not sent yet, so giving up is safe.
+    const auto ack_limit = std::max(handover_->answer_limit, std::chrono::milliseconds(5000));
+    const bool acked = cv_.wait_for(lock, ack_limit, [&] { return stopping_ || (in_flight_.empty() && reporting_ == 0); });
     Result<uint64_t> outcome = epoch;
     if (stopping_) {
         outcome = make_error(Errc::state, "replication failed before the last checkpoint was acknowledged: " +
                                               (error_ ? error_->describe() : std::string("stopped")));
+    } else if (!acked) {
+        outcome = make_error(Errc::timeout, "the backup did not acknowledge the last checkpoint within " +
+                                                std::to_string(ack_limit.count()) + " ms; the VM runs on, protected");
     } else {
         auto check = handover_->check;
         auto limit = handover_->answer_limit;

@@ -275,6 +275,28 @@ TEST_CASE("a handover request is answered, and neither side then reports a failu
     CHECK(fb.future.wait_for(0s) == std::future_status::timeout);
 }
 
+TEST_CASE("an answer naming another checkpoint fails the primary's link", "[control][handover]") {
+    auto [a, b] = connected_pair();
+    FailureProbe fa, fb;
+    std::promise<uint64_t> asked;
+    auto la = HeartbeatLink::start(std::move(a), kPatient, fa.callback());
+    auto lb = HeartbeatLink::start(std::move(b), kPatient, fb.callback(), [&](uint64_t epoch) { asked.set_value(epoch); });
+    REQUIRE(la);
+    REQUIRE(lb);
+    auto answer = std::async(std::launch::async, [&] {
+        auto f = asked.get_future();
+        REQUIRE(f.wait_for(2s) == std::future_status::ready);
+        (*lb)->accept_handover(f.get() + 1); // a backup holding something else
+    });
+    CHECK((*la)->request_handover(42, 2s) == HeartbeatLink::HandoverAnswer::failed);
+    answer.get();
+    // Reported as a failure, so the primary runs on unprotected instead of trusting a link
+    // whose threads have ended.
+    REQUIRE(fa.future.wait_for(1s) == std::future_status::ready);
+    CHECK(fa.future.get().first.describe().find("not at 42") != std::string::npos);
+    CHECK((*la)->peer_state() == failover::PeerState::failed);
+}
+
 TEST_CASE("a handover nobody answers leaves the link running", "[control][handover]") {
     auto [a, b] = connected_pair();
     FailureProbe fa, fb;
