@@ -252,49 +252,51 @@ TEST_CASE("a backup counts a closed stream as an orderly end only after a goodby
            r.error().message.find("control connection") != std::string::npos));
 }
 
-TEST_CASE("a handover request is answered, and neither side then reports a failure", "[control][handover]") {
-    auto [a, b] = connected_pair();
+namespace {
+// Two links; the backup's answers a HANDOVER from another thread, as BackupServer does once
+// its stream stopped, naming the checkpoint asked for plus `skew`.
+struct AnsweringPair {
     FailureProbe fa, fb;
     std::promise<uint64_t> asked;
-    auto la = HeartbeatLink::start(std::move(a), kPatient, fa.callback());
-    auto lb = HeartbeatLink::start(std::move(b), kPatient, fb.callback(), [&](uint64_t epoch) { asked.set_value(epoch); });
-    REQUIRE(la);
-    REQUIRE(lb);
-    // The backup answers from another thread, as BackupServer does once its stream stopped.
-    auto answer = std::async(std::launch::async, [&] {
-        auto f = asked.get_future();
-        REQUIRE(f.wait_for(2s) == std::future_status::ready);
-        uint64_t epoch = f.get();
-        (*lb)->accept_handover(epoch);
-        return epoch;
-    });
-    CHECK((*la)->request_handover(42, 2s) == HeartbeatLink::HandoverAnswer::accepted);
-    CHECK(answer.get() == 42);
+    std::unique_ptr<HeartbeatLink> primary, backup;
+    std::future<uint64_t> answer;
+    explicit AnsweringPair(uint64_t skew) {
+        auto [a, b] = connected_pair();
+        auto la = HeartbeatLink::start(std::move(a), kPatient, fa.callback());
+        auto lb = HeartbeatLink::start(std::move(b), kPatient, fb.callback(), [this](uint64_t epoch) { asked.set_value(epoch); });
+        REQUIRE(la);
+        REQUIRE(lb);
+        primary = std::move(*la);
+        backup = std::move(*lb);
+        answer = std::async(std::launch::async, [this, skew] {
+            auto f = asked.get_future();
+            REQUIRE(f.wait_for(2s) == std::future_status::ready);
+            uint64_t epoch = f.get() + skew;
+            backup->accept_handover(epoch);
+            return epoch;
+        });
+    }
+};
+} // namespace
+
+TEST_CASE("a handover request is answered, and neither side then reports a failure", "[control][handover]") {
+    AnsweringPair p(0);
+    CHECK(p.primary->request_handover(42, 2s) == HeartbeatLink::HandoverAnswer::accepted);
+    CHECK(p.answer.get() == 42);
     std::this_thread::sleep_for(200ms); // both connections are closing now: still no failure
-    CHECK(fa.future.wait_for(0s) == std::future_status::timeout);
-    CHECK(fb.future.wait_for(0s) == std::future_status::timeout);
+    CHECK(p.fa.future.wait_for(0s) == std::future_status::timeout);
+    CHECK(p.fb.future.wait_for(0s) == std::future_status::timeout);
 }
 
 TEST_CASE("an answer naming another checkpoint fails the primary's link", "[control][handover]") {
-    auto [a, b] = connected_pair();
-    FailureProbe fa, fb;
-    std::promise<uint64_t> asked;
-    auto la = HeartbeatLink::start(std::move(a), kPatient, fa.callback());
-    auto lb = HeartbeatLink::start(std::move(b), kPatient, fb.callback(), [&](uint64_t epoch) { asked.set_value(epoch); });
-    REQUIRE(la);
-    REQUIRE(lb);
-    auto answer = std::async(std::launch::async, [&] {
-        auto f = asked.get_future();
-        REQUIRE(f.wait_for(2s) == std::future_status::ready);
-        (*lb)->accept_handover(f.get() + 1); // a backup holding something else
-    });
-    CHECK((*la)->request_handover(42, 2s) == HeartbeatLink::HandoverAnswer::failed);
-    answer.get();
+    AnsweringPair p(1); // a backup holding something else
+    CHECK(p.primary->request_handover(42, 2s) == HeartbeatLink::HandoverAnswer::failed);
+    CHECK(p.answer.get() == 43);
     // Reported as a failure, so the primary runs on unprotected instead of trusting a link
     // whose threads have ended.
-    REQUIRE(fa.future.wait_for(1s) == std::future_status::ready);
-    CHECK(fa.future.get().first.describe().find("not at 42") != std::string::npos);
-    CHECK((*la)->peer_state() == failover::PeerState::failed);
+    REQUIRE(p.fa.future.wait_for(1s) == std::future_status::ready);
+    CHECK(p.fa.future.get().first.describe().find("not at 42") != std::string::npos);
+    CHECK(p.primary->peer_state() == failover::PeerState::failed);
 }
 
 TEST_CASE("a handover nobody answers leaves the link running", "[control][handover]") {
