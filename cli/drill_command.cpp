@@ -721,18 +721,24 @@ int drill_command(const std::vector<std::string>& args) {
     if (!service || service->port == 0) return usage_error("--service must be HOST:PORT (a port 1..65535), not '" + service_text.substr(0, 100) + "'");
     if (primary_socket == backup_socket) return usage_error("--primary-socket and --backup-socket are the same socket");
 
-    // 1. Both instances answer, in the state a drill starts from.
-    auto primary = fetch_status(primary_socket, milliseconds(5000));
-    if (!primary) {
-        std::fprintf(stderr, "understudy drill: the primary (%s): %s\n", primary_socket.c_str(), primary.error().describe().c_str());
-        return kExitUnreachable;
-    }
-    auto backup = fetch_status(backup_socket, milliseconds(5000));
-    if (!backup) {
-        std::fprintf(stderr, "understudy drill: the backup (%s): %s\n", backup_socket.c_str(), backup.error().describe().c_str());
-        return kExitUnreachable;
-    }
-    if (auto why = not_ready(*primary, primary_socket, *backup, backup_socket)) return usage_error(*why);
+    // 1. Both instances answer, in the state a drill starts from: checked now, and again
+    // after the warmup (a pair that lost protection meanwhile would fail the drill for a
+    // reason that is not the fault's). An exit code if not.
+    std::optional<StatusSnapshot> primary, backup;
+    auto check_pair = [&](const std::string& when) -> std::optional<int> {
+        for (auto [who, path, into] : {std::tuple{"primary", &primary_socket, &primary}, {"backup", &backup_socket, &backup}}) {
+            auto s = fetch_status(*path, milliseconds(5000));
+            if (!s) {
+                std::fprintf(stderr, "understudy drill: %sthe %s (%s): %s\n", when.c_str(), who, path->c_str(),
+                             s.error().describe().c_str());
+                return kExitUnreachable;
+            }
+            *into = std::move(*s);
+        }
+        if (auto why = not_ready(*primary, primary_socket, *backup, backup_socket)) return usage_error(when + *why);
+        return std::nullopt;
+    };
+    if (auto code = check_pair("")) return *code;
     // The signal kinds act on a process of this host.
     const bool signals_primary = primary_fails(*kind), signals_backup = *kind == Kind::kill_backup;
     const pid_t target_pid = pid_t(signals_primary ? primary->pid : backup->pid);
@@ -758,36 +764,24 @@ int drill_command(const std::vector<std::string>& args) {
     say(fmt::format("writing drill:{}:* through {} on {} connections", run_id, service_text, connections));
     client.start();
     bool interrupted = false;
-    if (!client.wait_ready(Clock::now() + std::chrono::seconds(10), interrupted)) {
+    auto stopped_before_fault = [&] {
         client.stop();
-        if (interrupted) {
-            std::fprintf(stderr, "understudy drill: interrupted before the fault; nothing was injected\n");
-            return kExitFailed;
-        }
+        std::fprintf(stderr, "understudy drill: interrupted before the fault; nothing was injected\n");
+        return kExitFailed;
+    };
+    if (!client.wait_ready(Clock::now() + std::chrono::seconds(10), interrupted)) {
+        if (interrupted) return stopped_before_fault();
+        client.stop();
         std::fprintf(stderr, "understudy drill: the service at %s did not answer every connection within 10 s%s\n",
                      service_text.c_str(), client.stats().empty() || client.stats()[0].errors.empty() ? ""
                                                    : (" (" + client.stats()[0].errors[0] + ")").c_str());
         return kExitUnreachable;
     }
     wait_or_stop(duration<double>(warmup), interrupted);
-    if (interrupted) {
+    if (interrupted) return stopped_before_fault();
+    if (auto code = check_pair("after the warmup, before any fault: ")) {
         client.stop();
-        std::fprintf(stderr, "understudy drill: interrupted before the fault; nothing was injected\n");
-        return kExitFailed;
-    }
-    // Still a protected pair after the warmup: a pair that lost protection meanwhile would
-    // fail the drill for a reason that is not the fault's.
-    {
-        auto p = fetch_status(primary_socket, milliseconds(5000));
-        auto b = fetch_status(backup_socket, milliseconds(5000));
-        std::optional<std::string> why;
-        if (!p) why = "the primary (" + primary_socket + "): " + p.error().describe();
-        else if (!b) why = "the backup (" + backup_socket + "): " + b.error().describe();
-        else why = not_ready(*p, primary_socket, *b, backup_socket);
-        if (why) {
-            client.stop();
-            return usage_error("after the warmup, before any fault: " + *why);
-        }
+        return *code;
     }
 
     // 3. The fault.
