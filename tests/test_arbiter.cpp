@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <mutex>
@@ -622,7 +623,14 @@ public:
         std::filesystem::remove_all(dir_, ec);
     }
     const std::string& endpoint() const { return endpoint_; }
-    void signal(int sig) { ::kill(pid_, sig); }
+    // kill() returns before every thread of the Go process has stopped: a thread still
+    // running could answer one more request. Wait until each thread shows state 'T'.
+    void signal(int sig) {
+        ::kill(pid_, sig);
+        if (sig != SIGSTOP) return;
+        for (int i = 0; i < 1000 && !all_threads_stopped(); ++i) std::this_thread::sleep_for(1ms);
+        REQUIRE(all_threads_stopped());
+    }
     void stop() {
         if (pid_ <= 0) return;
         ::kill(pid_, SIGCONT);
@@ -640,6 +648,19 @@ public:
     }
 
 private:
+    bool all_threads_stopped() const {
+        const std::string tasks = "/proc/" + std::to_string(pid_) + "/task";
+        std::error_code ec;
+        for (const auto& t : std::filesystem::directory_iterator(tasks, ec)) {
+            std::ifstream in(t.path() / "stat");
+            std::string line;
+            std::getline(in, line);
+            const auto paren = line.rfind(')');  // the command name may hold spaces
+            if (paren == std::string::npos || paren + 2 >= line.size()) return false;
+            if (line[paren + 2] != 'T' && line[paren + 2] != 't') return false;
+        }
+        return !ec;
+    }
     void start(const std::string& bin) {
         const unsigned cport = free_port(), pport = free_port();
         endpoint_ = "127.0.0.1:" + std::to_string(cport);
