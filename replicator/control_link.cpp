@@ -19,6 +19,9 @@ using namespace std::chrono;
 namespace {
 constexpr char kControlMagic[8] = {'U', 'S', 'C', 'T', 'R', 'L', '\r', '\n'};
 
+// How long a last record (GOODBYE, HANDOVER_ACCEPT) may take to reach the peer.
+constexpr milliseconds kLastRecordLimit{1000};
+
 double ms(failover::Clock::duration d) { return duration<double, std::milli>(d).count(); }
 
 // Heartbeat threads run at a low real-time priority where allowed (as corosync's do): on a
@@ -121,6 +124,10 @@ void HeartbeatLink::end_with(uint32_t type, std::vector<uint8_t> body) {
     }
     cv_.notify_all();
     if (sender_.joinable() && sender_.get_id() != std::this_thread::get_id()) sender_.join();
+    // Until the peer has the record: closing with its heartbeats unread would reset the
+    // connection and could drop the record on its way (a lost GOODBYE makes a backup take
+    // a stopped primary for a dead one).
+    conn_->finish_sending(kLastRecordLimit);
     stop();
 }
 
@@ -169,7 +176,7 @@ failover::PeerState HeartbeatLink::peer_state() const {
 void HeartbeatLink::declare_failed(Error e) {
     {
         std::lock_guard lock(mu_);
-        if (failed_ || stopping_ || heard_goodbye_) return;
+        if (failed_ || stopping_ || heard_goodbye_ || last_record_) return; // ending on purpose
         failed_ = true;
     }
     cv_.notify_all();

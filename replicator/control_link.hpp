@@ -90,7 +90,8 @@ public:
 private:
     HeartbeatLink(std::unique_ptr<Connection> conn, failover::FailureDetector det, OnFailure on_failure,
                   OnHandover on_handover);
-    // Has the sender send `type` as its last record, waits for it to go, then stops.
+    // Has the sender send `type` as its last record, waits (up to 1 s) until the peer's
+    // TCP has it, then stops.
     void end_with(uint32_t type, std::vector<uint8_t> body);
     void sender_main();
     void receiver_main();
@@ -109,7 +110,8 @@ private:
     failover::Clock::time_point started_, last_received_{};
     bool stopping_ = false;
     bool failed_ = false;
-    std::optional<std::pair<uint32_t, std::vector<uint8_t>>> last_record_; // end_with(): the sender's last record
+    // end_with(): the sender's last record; from then on a broken connection is no failure
+    std::optional<std::pair<uint32_t, std::vector<uint8_t>>> last_record_;
     std::optional<std::vector<uint8_t>> outgoing_; // a HANDOVER for the sender to send next
     std::optional<uint64_t> handover_requested_;   // the checkpoint a HANDOVER we sent named
     std::optional<uint64_t> handover_accepted_;    // the epoch the backup's HANDOVER_ACCEPT named

@@ -2,15 +2,17 @@
 
 #include <arpa/inet.h>
 #include <liburing.h>
+#include <linux/sockios.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <thread>
 
 #include "replicator/link_cipher.hpp"
 
@@ -526,17 +528,11 @@ Result<void> Connection::start_encryption(std::unique_ptr<FrameCipher> tx, std::
 void Connection::finish_sending(std::chrono::milliseconds limit) {
     if (shut_.load(std::memory_order_relaxed)) return;
     ::shutdown(fd_.get(), SHUT_WR);
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    std::array<uint8_t, 64 << 10> sink;
-    for (;;) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0 || shut_.load(std::memory_order_relaxed)) return;
-        pollfd p{fd_.get(), POLLIN, 0};
-        int rc = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 50)));
-        if (rc < 0 && errno != EINTR) return;
-        if (rc <= 0) continue;
-        ssize_t n = ::recv(fd_.get(), sink.data(), sink.size(), MSG_DONTWAIT);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return;
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    // SIOCOUTQ: bytes not yet acknowledged by the peer, the FIN included.
+    for (int unacked = 1; unacked > 0 && std::chrono::steady_clock::now() < deadline;) {
+        if (shut_.load(std::memory_order_relaxed) || ::ioctl(fd_.get(), SIOCOUTQ, &unacked) < 0) return;
+        if (unacked > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
 }
 

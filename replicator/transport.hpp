@@ -105,9 +105,11 @@ public:
     // Wakes a send or receive blocked in another thread with an error and fails every
     // later one (Errc::state). Idempotent; the socket stays open until destruction.
     void shutdown();
-    // After a last record (a REJECT): stops sending, then reads and drops whatever the
-    // peer still sends until it closes or `limit` passes, so that closing the socket
-    // does not reset the connection before the peer has read that record.
+    // After a last record (REJECT, GOODBYE, HANDOVER_ACCEPT): stops sending, so that the
+    // peer reads an end after it, and waits up to `limit` until the peer's TCP has
+    // acknowledged every byte. Closing a socket with unread input resets the connection,
+    // which drops whatever is still queued here; what the peer received stays readable
+    // there. Other threads may go on receiving meanwhile.
     void finish_sending(std::chrono::milliseconds limit);
     std::string peer() const { return peer_; }
 

@@ -3,6 +3,10 @@
 // session whose primary falls silent while keeping its committed checkpoint.
 #include <catch2/catch.hpp>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -313,6 +317,88 @@ TEST_CASE("a handover nobody answers leaves the link running", "[control][handov
     CHECK((*lb)->peer_state() == failover::PeerState::alive);
     CHECK(fa.future.wait_for(0s) == std::future_status::timeout);
     CHECK(fb.future.wait_for(0s) == std::future_status::timeout);
+}
+
+namespace {
+// A peer that stops reading for a while, as a primary whose host stalls: a raw socket
+// with the smallest receive buffer (set before connecting, so the window is small from
+// the start) that heartbeats every 5 ms all along, reads nothing until `read_after`,
+// then reads everything until the connection ends.
+struct SlowReader {
+    int fd = -1;
+    std::atomic<bool> done{false};
+    std::thread heartbeats;
+    std::future<std::vector<uint8_t>> received;
+
+    SlowReader(const Endpoint& to, milliseconds read_after) {
+        fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        REQUIRE(fd >= 0);
+        int small = 1024;
+        REQUIRE(::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small) == 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(to.port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        heartbeats = std::thread([this] {
+            for (uint64_t seq = 1; !done; ++seq) {
+                std::vector<uint8_t> rec;
+                append_record(rec, kHeartbeat, encode_u64s({seq, seq}));
+                if (::send(fd, rec.data(), rec.size(), MSG_NOSIGNAL) < 0) return;
+                std::this_thread::sleep_for(5ms);
+            }
+        });
+        received = std::async(std::launch::async, [this, read_after] {
+            std::this_thread::sleep_for(read_after);
+            std::vector<uint8_t> all;
+            uint8_t buf[4096];
+            for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) all.insert(all.end(), buf, buf + n);
+            return all;
+        });
+    }
+    ~SlowReader() {
+        done = true;
+        ::shutdown(fd, SHUT_RDWR);
+        heartbeats.join();
+        ::close(fd);
+    }
+    // The records received, in order, as {type, first u64 of the body}.
+    std::vector<std::pair<uint32_t, uint64_t>> records() {
+        auto bytes = received.get();
+        std::vector<std::pair<uint32_t, uint64_t>> out;
+        for (size_t at = 0; at + sizeof(RecordHeader) <= bytes.size();) {
+            RecordHeader h;
+            std::memcpy(&h, &bytes[at], sizeof h);
+            uint64_t first = 0;
+            if (h.length >= 8 && at + sizeof h + 8 <= bytes.size()) std::memcpy(&first, &bytes[at + sizeof h], 8);
+            out.emplace_back(h.type, first);
+            at += sizeof h + ((h.length + 7) & ~size_t{7});
+        }
+        return out;
+    }
+};
+} // namespace
+
+TEST_CASE("a last record reaches a peer that reads late, though its heartbeats are left unread", "[control][handover]") {
+    auto l = Listener::listen(*Endpoint::parse("127.0.0.1:0"));
+    REQUIRE(l);
+    auto accepted = std::async(std::launch::async, [&] { return l->accept(5s); });
+    SlowReader primary(l->local(), 300ms);
+    auto conn = accepted.get();
+    REQUIRE(conn);
+    FailureProbe probe;
+    auto link = HeartbeatLink::start(std::move(*conn), {1ms, 5000ms}, probe.callback());
+    REQUIRE(link);
+    std::this_thread::sleep_for(150ms); // the peer's window is closed: heartbeats queue here
+    (*link)->accept_handover(7);
+    // Closing now, with the peer's heartbeats unread, resets the connection: only what
+    // the peer's TCP has acknowledged survives that.
+    std::this_thread::sleep_for(50ms);
+    link->reset();
+    auto records = primary.records();
+    REQUIRE(!records.empty());
+    CHECK(records.back() == std::pair<uint32_t, uint64_t>{kHandoverAccept, 7});
+    CHECK(probe.future.wait_for(0s) == std::future_status::timeout);
 }
 
 namespace {
