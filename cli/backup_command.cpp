@@ -160,6 +160,9 @@ int backup_command(const std::vector<std::string>& args) {
                          (long long)std::chrono::duration_cast<std::chrono::nanoseconds>(now).count());
             std::fflush(ack_file);
         };
+    hooks.on_handover = [](uint64_t epoch) {
+        log::info("backup: the primary asks to hand over at checkpoint {}; answering", epoch);
+    };
     instrument(hooks, instance_metrics());
     cfg.heartbeat = {std::chrono::milliseconds(heartbeat_ms), std::chrono::milliseconds(failure_timeout_ms)};
     cfg.accept_handover = promote; // `understudy failover`: only a backup that can take over says yes

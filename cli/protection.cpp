@@ -168,13 +168,14 @@ Result<void> Protection::take_back(PrimaryRole* role) {
 }
 
 Result<void> Protection::finish() {
+    if (finished_) return *finished_;
     primary_->stop();
-    auto r = primary_->wait();
+    finished_ = primary_->wait();
     // After a handover the backup runs the VM: its session must not be retired.
     if (!primary_->handed_over()) run_unprotected();
     std::lock_guard lock(mu_);
     if (all_.size() > 1) print_figures("== protected run", all_, duration<double>(last_ack_ - first_ack_).count());
-    return r;
+    return *finished_;
 }
 
 } // namespace understudy::cli

@@ -30,13 +30,17 @@ public:
                                                      GuestNetwork* net, PrimaryRole* role);
     // The figures of the checkpoints acknowledged since the last call, as one line.
     void print_window();
-    // Ends replication and prints the totals; returns why it ended if it failed.
+    // Ends replication and prints the totals; returns why it ended if it failed. Once:
+    // later calls return the same.
     Result<void> finish();
     // Planned switchover (`understudy failover`): the backup takes over from a last
     // checkpoint, taken now, once no output is held here (replicator::Primary::hand_over).
     // Returns that checkpoint; the VM then stays paused and must be stopped. Otherwise the
     // VM runs on and the error says why (protected still, or unprotected).
     Result<uint64_t> hand_over(std::chrono::milliseconds answer_limit);
+    // The checkpoint a backup took over from after hand_over() stopped waiting for its
+    // answer (replicator::Primary::late_handover()): the VM must stop as after a handover.
+    std::optional<uint64_t> late_handover() const { return primary_->late_handover(); }
     // After a handover the backup did not complete (it never took the primary role): the
     // VM is to run on here, unprotected. Records that the backup's session must never
     // promote (through `role`, the role held again) and stops holding output.
@@ -63,6 +67,7 @@ private:
     bool retired_ = false;        // guarded by unprotect_mu_
     bool retire_reported_ = false;
     std::atomic<uint64_t> session_id_{0}; // set once the primary has started
+    std::optional<Result<void>> finished_;
     mutable std::mutex mu_;
     std::vector<replicator::EpochFigures> window_, all_;
     std::chrono::steady_clock::time_point first_ack_, last_ack_;

@@ -167,48 +167,67 @@ std::string reprotect_action(hv::Vm& vm, const std::string& backup, const Superv
     return w.str();
 }
 
-// `understudy failover` (docs/failover.md, "Planned switchover"): the backup takes over
-// from a last checkpoint; true in `handed_over` when it did (the VM is then paused and
-// must stop here without running again).
+// A switchover the backup accepted, as it ended here.
+struct HandedOver {
+    uint64_t epoch;  // the checkpoint the backup took over from
+    bool uncertain;  // this host cannot tell whether the backup runs the VM (exit 6)
+};
+
+// The backup accepted checkpoint `epoch` (docs/failover.md, "Planned switchover"):
+// replication ends and the VM is paused. With an arbiter, gives the role up and checks
+// that the backup took it. Sets `handed_over` when the VM must stop here; otherwise
+// nobody took the role, the VM runs on here unprotected, and the error says so.
+Result<void> complete_handover(hv::Vm& vm, std::unique_ptr<Protection>& protection, const SuperviseOptions& o,
+                               GuestNetwork* net, std::unique_ptr<PrimaryRole>& role, uint64_t epoch,
+                               std::optional<HandedOver>& handed_over) {
+    (void)protection->finish(); // a handed-over session ends without a GOODBYE: not a failure
+    vm.pause_all();             // already paused after a handover in time; not after a late one
+    // With an arbiter the backup runs the VM only once it holds the role: check that it does.
+    // The role object goes away in there; nothing may reach it through the protection.
+    if (role) protection->forget_role();
+    auto taken = hand_role_over(role, o.fencing);
+    if (taken) {
+        handed_over = HandedOver{epoch, false};
+        std::printf("HANDED OVER: the backup runs the VM from checkpoint %llu; this VM stops\n",
+                    static_cast<unsigned long long>(epoch));
+        std::fflush(stdout);
+        return {};
+    }
+    std::string why = taken.error().describe();
+    if (taken.error().code == Errc::state) { // nobody took the role: the backup did not promote
+        if (net) role->guard(net->commit());
+        auto back = protection->take_back(role.get());
+        if (back) {
+            protection.reset();
+            vm.resume_all();
+            instance_metrics().set_state(ProtectionState::unprotected, "the backup accepted a handover but never took the role");
+            std::printf("UNPROTECTED: %s: the backup did not take over; the VM runs on here\n", why.c_str());
+            std::fflush(stdout);
+            return make_error(Errc::state, why + ": the backup did not take over; the VM runs on here, unprotected");
+        }
+        why += ", but " + back.error().describe();
+    }
+    // The backup may run the VM: this one must not, and the operator must look.
+    handed_over = HandedOver{epoch, true};
+    std::printf("STOPPED: the backup accepted checkpoint %llu, but %s; this host cannot tell whether the backup runs "
+                "the VM, so this VM stops (check the backup before starting either again)\n",
+                static_cast<unsigned long long>(epoch), why.c_str());
+    std::fflush(stdout);
+    return make_error(Errc::system, "the backup accepted, but " + why + "; this VM stopped without knowing whether the "
+                                    "backup runs it");
+}
+
+// `understudy failover`: the backup takes over from a last checkpoint taken now.
 std::string failover_action(hv::Vm& vm, std::unique_ptr<Protection>& protection, const SuperviseOptions& o,
-                            GuestNetwork* net, std::unique_ptr<PrimaryRole>& role, std::optional<uint64_t>& handed_over) {
+                            GuestNetwork* net, std::unique_ptr<PrimaryRole>& role, std::optional<HandedOver>& handed_over) {
     if (!protection || protection->failure())
         return ControlSocket::error_json("failover: the VM is not protected: there is no backup to hand over to");
     // The backup answers within a few round trips; give it at least half a second.
     auto limit = std::max(milliseconds(500), milliseconds(o.failure_timeout_ms));
     auto epoch = protection->hand_over(limit);
     if (!epoch) return ControlSocket::error_json("failover: " + epoch.error().describe());
-    // With an arbiter the backup runs the VM only once it holds the role: check that it does.
-    // The role object goes away in there; a late failure() must not reach it.
-    if (role) protection->forget_role();
-    if (auto taken = hand_role_over(role, o.fencing); !taken) {
-        std::string why = taken.error().describe();
-        if (taken.error().code != Errc::state) { // cannot tell: the backup may run it, so this VM must not
-            handed_over = *epoch;
-            std::printf("HANDED OVER: the backup accepted checkpoint %llu, but %s; this VM stops\n",
-                        static_cast<unsigned long long>(*epoch), why.c_str());
-            std::fflush(stdout);
-            return ControlSocket::error_json("failover: the backup accepted, but " + why + "; this VM stopped");
-        }
-        // Nobody took the role: the backup did not promote. The VM runs on here.
-        if (net) role->guard(net->commit());
-        auto back = protection->take_back(role.get());
-        (void)protection->finish(); // a handed-over session ends without a GOODBYE: not a failure
-        protection.reset();
-        if (!back) {
-            handed_over = *epoch;
-            return ControlSocket::error_json("failover: " + why + ", but " + back.error().describe() + "; this VM stopped");
-        }
-        vm.resume_all();
-        instance_metrics().set_state(ProtectionState::unprotected, "the backup accepted a handover but never took the role");
-        std::printf("UNPROTECTED: %s: the backup did not take over; the VM runs on here\n", why.c_str());
-        std::fflush(stdout);
-        return ControlSocket::error_json("failover: " + why + ": the backup did not take over; the VM runs on here, unprotected");
-    }
-    handed_over = *epoch;
-    std::printf("HANDED OVER: the backup runs the VM from checkpoint %llu (`understudy failover`); this VM stops\n",
-                static_cast<unsigned long long>(*epoch));
-    std::fflush(stdout);
+    if (auto done = complete_handover(vm, protection, o, net, role, *epoch, handed_over); !done)
+        return ControlSocket::error_json("failover: " + done.error().describe());
     JsonWriter w;
     w.begin_object().boolean("ok", true).integer("epoch", *epoch).end_object();
     return w.str();
@@ -259,7 +278,8 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
         }
     }
     bool reported_loss = false;
-    std::optional<uint64_t> handed_over;
+    std::optional<HandedOver> handed_over;
+    bool handover_stopped = false;
     auto last_print = steady_clock::now();
 
     std::optional<hv::VmStop> stop;
@@ -314,14 +334,24 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
                 }
             } else if (action->cmd == "failover") {
                 action->answer.set_value(failover_action(vm, protection, o, net, role, handed_over));
-                if (handed_over) {
-                    instance_metrics().set_state(ProtectionState::stopped, "handed over to the backup at checkpoint " +
-                                                                               std::to_string(*handed_over));
-                    vm.stop(); // paused since the last checkpoint: its vCPUs exit without running again
-                }
             } else {
                 action->answer.set_value(snapshot_action(vm, action->target, protection.get()));
             }
+        }
+        // A handover the backup accepted after `understudy failover` stopped waiting: what
+        // the guest did here since that checkpoint is dropped with its held output.
+        if (auto late = protection && !handed_over ? protection->late_handover() : std::nullopt) {
+            std::printf("HANDOVER ACCEPTED LATE: the backup took over from checkpoint %llu after `understudy failover` "
+                        "stopped waiting; the guest's run here since then is dropped, its output was held\n",
+                        static_cast<unsigned long long>(*late));
+            std::fflush(stdout);
+            (void)complete_handover(vm, protection, o, net, role, *late, handed_over);
+        }
+        if (handed_over && !handover_stopped) {
+            handover_stopped = true;
+            instance_metrics().set_state(ProtectionState::stopped, "handed over to the backup at checkpoint " +
+                                                                       std::to_string(handed_over->epoch));
+            vm.stop(); // paused since that checkpoint: its vCPUs exit without running again
         }
         if (role) instance_metrics().set_fenced_in(role->holds_now()); // /primary: 503 while fenced
         if (auto lost = role ? role->lost() : std::nullopt; lost && !fenced) {
@@ -357,6 +387,7 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
     }
     for (unsigned i = 0; i < vm.vcpu_count(); ++i)
         if (auto d = vm.report(i, 1)) std::printf("== vCPU %u reported digest %016llx\n", i, (unsigned long long)*d);
+    if (handed_over && handed_over->uncertain) return 6;
     return fenced ? 4 : exit_code(*stop);
 }
 

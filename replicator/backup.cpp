@@ -121,6 +121,7 @@ Result<void> BackupServer::open_control(Connection& data, uint64_t session_id) {
     if (cfg_.accept_handover)
         // The stream's reader is woken by the shutdown and finds the request (serve_one).
         on_handover = [this, &data](uint64_t epoch) {
+            if (hooks_.on_handover) hooks_.on_handover(epoch);
             std::lock_guard lock(mu_);
             handover_ = epoch;
             data.shutdown();

@@ -22,6 +22,10 @@ struct BackupHooks {
     // stream header (session_start, before it is checked), then each record that passed
     // its framing checks, before the replica sees it.
     std::function<void(std::span<const uint8_t> bytes, bool session_start)> on_receive;
+    // A primary asks to hand over at `epoch` (BackupConfig::accept_handover), on the control
+    // connection's thread, before the stream stops for the answer: time spent here delays
+    // the answer (tests make it late this way).
+    std::function<void(uint64_t epoch)> on_handover;
 };
 
 struct BackupConfig {

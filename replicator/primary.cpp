@@ -1,5 +1,6 @@
 #include "replicator/primary.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
@@ -73,6 +74,7 @@ Primary::~Primary() {
 }
 
 void Primary::fail(Error e) {
+    if (late_answer_decides()) return;
     bool first = false;
     {
         std::lock_guard lock(mu_);
@@ -85,6 +87,36 @@ void Primary::fail(Error e) {
     cv_.notify_all();
     conn_->shutdown();
     if (first && hooks_.on_failure) hooks_.on_failure(e);
+}
+
+bool Primary::late_answer_decides() {
+    std::unique_lock lock(mu_);
+    if (!unanswered_handover_ || error_ || stopping_) return false;
+    if (awaiting_verdict_) { // another thread is asking already
+        cv_.wait(lock, [&] { return !awaiting_verdict_; });
+        return late_handover_.has_value();
+    }
+    awaiting_verdict_ = true;
+    const auto asked = *unanswered_handover_;
+    lock.unlock();
+    const bool accepted = heartbeat_->await_handover(asked.epoch, asked.grace) == HeartbeatLink::HandoverAnswer::accepted;
+    lock.lock();
+    awaiting_verdict_ = false;
+    unanswered_handover_.reset();
+    if (accepted) {
+        handed_over_ = true;
+        late_handover_ = asked.epoch;
+        stopping_ = true; // no GOODBYE: the backup runs the VM
+    }
+    lock.unlock();
+    cv_.notify_all();
+    if (accepted) conn_->shutdown();
+    return accepted;
+}
+
+std::optional<uint64_t> Primary::late_handover() const {
+    std::lock_guard lock(mu_);
+    return late_handover_;
 }
 
 void Primary::stop() {
@@ -400,13 +432,21 @@ bool Primary::handed_over() const {
     return handed_over_;
 }
 
+namespace {
+// How long a backup that has a handover's request may take to answer it, or to
+// acknowledge the last checkpoint before it: at least 5 s, whatever the answer limit.
+std::chrono::milliseconds answer_grace(std::chrono::milliseconds limit) {
+    return std::max(limit, std::chrono::milliseconds(5000));
+}
+} // namespace
+
 bool Primary::finish_handover(uint64_t epoch) {
     std::unique_lock lock(mu_);
     // Every checkpoint acknowledged and its output released: the backup's copy is the
     // guest as it is now, paused, and nothing of it is still held here.
     // Bounded: a backup that heartbeats but does not acknowledge would otherwise keep the
     // guest paused for good. HANDOVER is not sent yet, so giving up is safe.
-    const auto ack_limit = std::max(handover_->answer_limit, std::chrono::milliseconds(5000));
+    const auto ack_limit = answer_grace(handover_->answer_limit);
     const bool acked = cv_.wait_for(lock, ack_limit, [&] { return stopping_ || (in_flight_.empty() && reporting_ == 0); });
     Result<uint64_t> outcome = epoch;
     if (stopping_) {
@@ -429,7 +469,7 @@ bool Primary::finish_handover(uint64_t epoch) {
         // A backup that shut the stream has the request and answers it (accepts or ends the
         // session): a late answer must not find the guest running here again.
         if (answer == HeartbeatLink::HandoverAnswer::unanswered && stream_ended())
-            answer = heartbeat_->await_handover(epoch, std::max(limit, std::chrono::milliseconds(5000)));
+            answer = heartbeat_->await_handover(epoch, answer_grace(limit));
         // A backup that closed the stream without accepting ended the session.
         if (answer != HeartbeatLink::HandoverAnswer::accepted && stream_ended()) {
             fail(make_error(Errc::system, "the backup closed the checkpoint stream during the handover"));
@@ -438,9 +478,11 @@ bool Primary::finish_handover(uint64_t epoch) {
         lock.lock();
         handing_over_ = false;
         if (!ok) outcome = std::move(ok.error()).wrap("handover refused");
-        else if (answer == HeartbeatLink::HandoverAnswer::unanswered)
+        else if (answer == HeartbeatLink::HandoverAnswer::unanswered) {
             outcome = make_error(Errc::timeout, "the backup did not answer the handover within " + std::to_string(limit.count()) +
                                                     " ms (it runs without --promote, or an older version); the VM runs on, protected");
+            unanswered_handover_ = Unanswered{epoch, answer_grace(limit)};
+        }
         else if (answer == HeartbeatLink::HandoverAnswer::failed)
             outcome = make_error(Errc::state, "the backup failed during the handover: " +
                                                   (error_ ? error_->describe() : std::string("the control connection ended")) +
@@ -596,6 +638,7 @@ void Primary::receiver_main() {
                         e.f.ack_ns = now - e.f.ack_ns;
                     }
                 acked_ = *epoch;
+                if (unanswered_handover_ && *epoch > unanswered_handover_->epoch) unanswered_handover_.reset();
                 acked = retire_locked();
                 reporting_ += !acked.empty();
             }

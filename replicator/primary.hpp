@@ -101,8 +101,14 @@ public:
     // returns the checkpoint; replication ends without a GOODBYE and the VM stays paused
     // for the caller to end. Otherwise the guest resumes and an error says why: still
     // protected if the backup did not answer, unprotected (failure()) if it failed.
+    // A backup may still accept a request it did not answer in time: see late_handover().
     Result<uint64_t> hand_over(std::function<Result<void>()> check, std::chrono::milliseconds answer_limit);
     bool handed_over() const;
+    // Set when the backup accepted a HANDOVER after hand_over() stopped waiting for it: the
+    // checkpoint it took over from. The guest ran on here since, its output held (nothing
+    // after that checkpoint was acknowledged); replication has ended, and the VM must now
+    // stop as after a handover, its held output dropped.
+    std::optional<uint64_t> late_handover() const;
     // Runs `fn` at a checkpoint taken now, while the vCPUs are paused and right after that
     // checkpoint's state was captured (`understudy snapshot` of a protected VM: the file
     // then holds exactly checkpoint N). Its time counts in that checkpoint's pause.
@@ -142,6 +148,10 @@ private:
     void return_buffer(std::unique_ptr<Checkpoint> cp);
     void copy_dirty(Checkpoint& cp, const Bitmap& dirty);
     void fail(Error e);
+    // After an unanswered HANDOVER, a failure may be the backup taking over late (it shuts
+    // the stream first, then answers): waits for the control connection's verdict. True
+    // when the backup accepted; the failure is then none.
+    bool late_answer_decides();
 
     hv::Vm& vm_;
     std::unique_ptr<Connection> conn_;
@@ -191,6 +201,15 @@ private:
     bool handing_over_ = false;            // HANDOVER sent: the backup closing the stream is expected
     bool stream_ended_ = false;            // the receiver saw the checkpoint stream end
     bool handed_over_ = false;
+    // HANDOVER(epoch) went unanswered within its limit: until the backup acknowledges a later
+    // checkpoint (after which it refuses that request), it may still accept it.
+    struct Unanswered {
+        uint64_t epoch;
+        std::chrono::milliseconds grace; // how long a verdict may still take
+    };
+    std::optional<Unanswered> unanswered_handover_;
+    bool awaiting_verdict_ = false;        // a thread in late_answer_decides() asks the link
+    std::optional<uint64_t> late_handover_;
     bool control_done_ = false;            // control_main() returned
 
     Bitmap dirty_;

@@ -258,13 +258,13 @@ TEST_CASE("a backup counts a closed stream as an orderly end only after a goodby
 
 namespace {
 // Two links; the backup's answers a HANDOVER from another thread, as BackupServer does once
-// its stream stopped, naming the checkpoint asked for plus `skew`.
+// its stream stopped, after `delay`, naming the checkpoint asked for plus `skew`.
 struct AnsweringPair {
     FailureProbe fa, fb;
     std::promise<uint64_t> asked;
     std::unique_ptr<HeartbeatLink> primary, backup;
     std::future<uint64_t> answer;
-    explicit AnsweringPair(uint64_t skew) {
+    explicit AnsweringPair(uint64_t skew, milliseconds delay = 0ms) {
         auto [a, b] = connected_pair();
         auto la = HeartbeatLink::start(std::move(a), kPatient, fa.callback());
         auto lb = HeartbeatLink::start(std::move(b), kPatient, fb.callback(), [this](uint64_t epoch) { asked.set_value(epoch); });
@@ -272,9 +272,10 @@ struct AnsweringPair {
         REQUIRE(lb);
         primary = std::move(*la);
         backup = std::move(*lb);
-        answer = std::async(std::launch::async, [this, skew] {
+        answer = std::async(std::launch::async, [this, skew, delay] {
             auto f = asked.get_future();
             REQUIRE(f.wait_for(2s) == std::future_status::ready);
+            std::this_thread::sleep_for(delay);
             uint64_t epoch = f.get() + skew;
             backup->accept_handover(epoch);
             return epoch;
@@ -301,6 +302,16 @@ TEST_CASE("an answer naming another checkpoint fails the primary's link", "[cont
     REQUIRE(p.fa.future.wait_for(1s) == std::future_status::ready);
     CHECK(p.fa.future.get().first.describe().find("not at 42") != std::string::npos);
     CHECK(p.primary->peer_state() == failover::PeerState::failed);
+}
+
+TEST_CASE("an answer that comes after the wait for it ended is heard by a later wait", "[control][handover]") {
+    AnsweringPair p(0, 400ms); // a backup whose host stalls with the request in hand
+    CHECK(p.primary->request_handover(42, 100ms) == HeartbeatLink::HandoverAnswer::unanswered);
+    CHECK(p.primary->await_handover(42, 2s) == HeartbeatLink::HandoverAnswer::accepted);
+    CHECK(p.answer.get() == 42);
+    std::this_thread::sleep_for(200ms);
+    CHECK(p.fa.future.wait_for(0s) == std::future_status::timeout);
+    CHECK(p.fb.future.wait_for(0s) == std::future_status::timeout);
 }
 
 TEST_CASE("a handover nobody answers leaves the link running", "[control][handover]") {

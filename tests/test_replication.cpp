@@ -43,8 +43,9 @@ struct BackupThread {
     std::vector<std::string> session_errors;
     std::mutex mu;
 
-    explicit BackupThread(BackupHooks hooks = {}) {
+    explicit BackupThread(BackupHooks hooks = {}, bool accept_handover = false) {
         BackupConfig cfg;
+        cfg.accept_handover = accept_handover;
         cfg.heartbeat = {milliseconds(10), milliseconds(2000)}; // see the primary's, below
         cfg.security = test::link_security();
         auto s = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), std::move(hooks), cfg);
@@ -287,4 +288,86 @@ TEST_CASE("SIGKILL of a primary process leaves the backup process a restorable c
     INFO("backup log:\n" << blog << "\nprimary log:\n" << plog);
     REQUIRE(plog.find("checkpoints:") != std::string::npos); // it was protected before the kill
     test::check_churn_snapshot_continues(snap);
+}
+
+namespace {
+// A protected churn guest whose backup answers a HANDOVER only after `answer_after`, and
+// a primary that waits 200 ms for that answer: the answer comes late.
+struct LateAnswer {
+    std::atomic<int> failures{0};
+    std::unique_ptr<BackupThread> backup;
+    std::unique_ptr<Vm> vm;
+    std::unique_ptr<Primary> primary;
+    uint64_t asked = 0;
+
+    LateAnswer(milliseconds epoch, milliseconds answer_after) {
+        BackupHooks bh;
+        bh.on_handover = [answer_after](uint64_t) { std::this_thread::sleep_for(answer_after); };
+        backup = std::make_unique<BackupThread>(bh, true);
+        VmConfig cfg;
+        cfg.memory_bytes = 16 * kMiB;
+        vm = test::boot("churn", "pages=64 rate=1000", cfg);
+        REQUIRE(vm->start());
+        PrimaryConfig pc;
+        pc.security = test::link_security();
+        pc.epoch = epoch;
+        pc.heartbeat = {milliseconds(10), milliseconds(2000)};
+        PrimaryHooks ph;
+        ph.on_failure = [this](const Error&) { ++failures; };
+        auto data = connect_to(*backup->server); // the stream first: the backup takes the next one as control
+        auto p = Primary::start(*vm, std::move(data), pc, ph, connect_to(*backup->server));
+        REQUIRE(p);
+        primary = std::move(*p);
+        auto deadline = steady_clock::now() + seconds(60);
+        while (!primary->is_protected() && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(5));
+        REQUIRE(primary->is_protected());
+        auto r = primary->hand_over(nullptr, milliseconds(200));
+        REQUIRE(!r);
+        CHECK(r.error().code == Errc::timeout);
+        asked = primary->acked_epoch(); // every checkpoint was acknowledged before HANDOVER went
+    }
+    ~LateAnswer() {
+        primary->stop();
+        (void)primary->wait();
+        vm->stop();
+        vm->resume_all();
+    }
+    // Waits until the primary either learns of a late handover or fails.
+    void wait_outcome(seconds limit) {
+        auto deadline = steady_clock::now() + limit;
+        while (!primary->late_handover() && !primary->failure() && steady_clock::now() < deadline)
+            std::this_thread::sleep_for(milliseconds(5));
+    }
+};
+} // namespace
+
+TEST_CASE("a backup that accepts a handover late takes over, and the primary stops instead of failing", "[replication][kvm]") {
+    // Epochs of 3 s: the backup answers long before the next checkpoint could reach it.
+    LateAnswer t(milliseconds(3000), milliseconds(800));
+    t.wait_outcome(seconds(20));
+    REQUIRE(t.primary->late_handover());
+    CHECK(*t.primary->late_handover() == t.asked);
+    CHECK(t.primary->handed_over());
+    // No failure: a failure would release the output held since the resume, while the
+    // backup runs the VM from the checkpoint before it.
+    CHECK_FALSE(t.primary->failure());
+    CHECK(t.failures == 0);
+    t.backup->wait_sessions(1);
+    std::lock_guard lock(t.backup->mu);
+    CHECK(t.backup->session_errors.empty()); // the session ended as a handover
+    CHECK(t.backup->server->replica()->committed_epoch() == t.asked);
+}
+
+TEST_CASE("a late handover request the backup finds overtaken by a later checkpoint is refused; the primary runs on unprotected",
+          "[replication][kvm]") {
+    // Epochs of 20 ms: the backup acknowledges the next checkpoint before it reads the request.
+    LateAnswer t(milliseconds(20), milliseconds(800));
+    t.wait_outcome(seconds(20));
+    CHECK_FALSE(t.primary->late_handover());
+    REQUIRE(t.primary->failure());
+    CHECK(t.failures == 1);
+    t.backup->wait_sessions(1);
+    std::lock_guard lock(t.backup->mu);
+    REQUIRE(t.backup->session_errors.size() == 1);
+    CHECK_THAT(t.backup->session_errors[0], Catch::Contains("asked to hand over at checkpoint " + std::to_string(t.asked)));
 }
