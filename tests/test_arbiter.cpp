@@ -1124,6 +1124,17 @@ TEST_CASE("etcd: a planned switchover hands the role to the backup, or takes it 
         REQUIRE(!late);
         CHECK(late.error().code == Errc::state);
     }
+    SECTION("the arbiter cannot be asked: no answer either way (the old primary stops, exit 6)") {
+        auto taken = cli::PrimaryRole::take(a);
+        REQUIRE(taken);
+        std::unique_ptr<cli::PrimaryRole> role = std::move(*taken);
+        etcd.stop();
+        auto handed = cli::hand_role_over(role, a);
+        REQUIRE(!handed);
+        CHECK(handed.error().code != Errc::state);
+        CHECK_THAT(handed.error().describe(), Catch::Contains("checking that the backup took the primary role"));
+        CHECK(!role);
+    }
     SECTION("no arbiter decides: nothing to hand over") {
         cli::FencingOptions none;
         auto taken = cli::PrimaryRole::take(none);
