@@ -481,6 +481,9 @@ bool Primary::finish_handover(uint64_t epoch) {
         else if (answer == HeartbeatLink::HandoverAnswer::unanswered) {
             outcome = make_error(Errc::timeout, "the backup did not answer the handover within " + std::to_string(limit.count()) +
                                                     " ms (it runs without --promote, or an older version); the VM runs on, protected");
+            // The backup may still answer: until it acknowledges a later checkpoint, a
+            // failure waits for its verdict (late_answer_decides). A stream that ended
+            // since the check above is found by the next send, which fails into it.
             unanswered_handover_ = Unanswered{epoch, answer_grace(limit)};
         }
         else if (answer == HeartbeatLink::HandoverAnswer::failed)
