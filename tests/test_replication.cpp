@@ -365,6 +365,9 @@ TEST_CASE("a late handover request the backup finds overtaken by a later checkpo
     t.wait_outcome(seconds(20));
     CHECK_FALSE(t.primary->late_handover());
     REQUIRE(t.primary->failure());
+    // on_failure runs just after failure() is set, from the thread that found it.
+    for (auto deadline = steady_clock::now() + seconds(5); t.failures == 0 && steady_clock::now() < deadline;)
+        std::this_thread::sleep_for(milliseconds(5));
     CHECK(t.failures == 1);
     t.backup->wait_sessions(1);
     std::lock_guard lock(t.backup->mu);
