@@ -175,19 +175,25 @@ struct HandedOver {
 
 // The backup accepted checkpoint `epoch` (docs/failover.md, "Planned switchover"):
 // replication ends and the VM is paused. With an arbiter, gives the role up and checks
-// that the backup took it. Sets `handed_over` when the VM must stop here; otherwise
-// nobody took the role, the VM runs on here unprotected, and the error says so.
+// that the backup took it. Stops the VM and sets `handed_over` when it must not run here;
+// otherwise nobody took the role, the VM runs on here unprotected, and the error says so.
 Result<void> complete_handover(hv::Vm& vm, std::unique_ptr<Protection>& protection, const SuperviseOptions& o,
                                GuestNetwork* net, std::unique_ptr<PrimaryRole>& role, uint64_t epoch,
                                std::optional<HandedOver>& handed_over) {
     (void)protection->finish(); // a handed-over session ends without a GOODBYE: not a failure
     vm.pause_all();             // already paused after a handover in time; not after a late one
+    auto stop_here = [&](bool uncertain) {
+        handed_over = HandedOver{epoch, uncertain};
+        instance_metrics().set_state(ProtectionState::stopped, "handed over to the backup at checkpoint " +
+                                                                   std::to_string(epoch));
+        vm.stop(); // paused since that checkpoint: its vCPUs exit without running again
+    };
     // With an arbiter the backup runs the VM only once it holds the role: check that it does.
     // The role object goes away in there; nothing may reach it through the protection.
     if (role) protection->forget_role();
     auto taken = hand_role_over(role, o.fencing);
     if (taken) {
-        handed_over = HandedOver{epoch, false};
+        stop_here(false);
         std::printf("HANDED OVER: the backup runs the VM from checkpoint %llu; this VM stops\n",
                     static_cast<unsigned long long>(epoch));
         std::fflush(stdout);
@@ -208,7 +214,7 @@ Result<void> complete_handover(hv::Vm& vm, std::unique_ptr<Protection>& protecti
         why += ", but " + back.error().describe();
     }
     // The backup may run the VM: this one must not, and the operator must look.
-    handed_over = HandedOver{epoch, true};
+    stop_here(true);
     std::printf("STOPPED: the backup accepted checkpoint %llu, but %s; this host cannot tell whether the backup runs "
                 "the VM, so this VM stops (check the backup before starting either again)\n",
                 static_cast<unsigned long long>(epoch), why.c_str());
@@ -279,7 +285,6 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
     }
     bool reported_loss = false;
     std::optional<HandedOver> handed_over;
-    bool handover_stopped = false;
     auto last_print = steady_clock::now();
 
     std::optional<hv::VmStop> stop;
@@ -346,12 +351,6 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
                         static_cast<unsigned long long>(*late));
             std::fflush(stdout);
             (void)complete_handover(vm, protection, o, net, role, *late, handed_over);
-        }
-        if (handed_over && !handover_stopped) {
-            handover_stopped = true;
-            instance_metrics().set_state(ProtectionState::stopped, "handed over to the backup at checkpoint " +
-                                                                       std::to_string(handed_over->epoch));
-            vm.stop(); // paused since that checkpoint: its vCPUs exit without running again
         }
         if (role) instance_metrics().set_fenced_in(role->holds_now()); // /primary: 503 while fenced
         if (auto lost = role ? role->lost() : std::nullopt; lost && !fenced) {
