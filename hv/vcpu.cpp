@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "common/log.hpp"
+#include "hv/fault_report.hpp"
 #include "hv/kvm_flex.hpp"
 #include "hv/vm.hpp"
 
@@ -305,11 +306,16 @@ Result<void> Vcpu::handle_exit() {
     case KVM_EXIT_INTR: return {};
     case KVM_EXIT_HLT:
         return make_error(Errc::guest_fault, "the guest executed HLT with no interrupt source; guests halt with the HALT hypercall");
-    case KVM_EXIT_SHUTDOWN: return make_error(Errc::guest_fault, "the guest shut down the CPU (triple fault)");
+    // A fault stop carries the vCPU's registers and pending events (docs/guest-abi.md,
+    // "When the guest faults"): the reason must be readable without a debugger.
+    case KVM_EXIT_SHUTDOWN:
+        return make_error(Errc::guest_fault, "the guest shut down the CPU (triple fault); vCPU state:" + describe_fault_state(fd()));
     case KVM_EXIT_FAIL_ENTRY:
-        return make_error(Errc::guest_fault, fmt::format("KVM could not enter the guest (hardware reason {:#x})", run_->fail_entry.hardware_entry_failure_reason));
+        return make_error(Errc::guest_fault, fmt::format("KVM could not enter the guest (hardware reason {:#x}); vCPU state:{}",
+                                                         run_->fail_entry.hardware_entry_failure_reason, describe_fault_state(fd())));
     case KVM_EXIT_INTERNAL_ERROR:
-        return make_error(Errc::guest_fault, "KVM internal error, suberror " + std::to_string(run_->internal.suberror));
+        return make_error(Errc::guest_fault, "KVM internal error, suberror " + std::to_string(run_->internal.suberror) +
+                                                 "; vCPU state:" + describe_fault_state(fd()));
     default: return make_error(Errc::system, "unexpected KVM exit reason " + std::to_string(run_->exit_reason));
     }
 }

@@ -2,24 +2,38 @@
 # Runs a command where /dev/kvm works, on a machine without it: inside a Linux VM that
 # QEMU's emulator (TCG) runs with an emulated AMD-V CPU (-cpu max), so that Debian's kernel
 # there loads kvm_amd and offers a real /dev/kvm. The VM sees this machine's whole file
-# system (9p, read-write, as root), with its own /tmp, /run and /dev/shm, loopback up and
-# the modules the network tests use loaded; the command runs in the current directory.
+# system (9p, read-write, as root), with its own /tmp, /run and /dev/shm (the current
+# directory and the repository stay visible even when they lie under those), loopback up
+# and the modules the network tests use loaded; the command runs in the current directory.
 #
-#   scripts/nested-kvm.sh 'cd build && ctest -L kvm'      exit status: the command's
+#   scripts/nested-kvm.sh 'cd build && ctest -L kvm'
 #
 # Everything runs emulated, guest CPL0 code included, so it is slow and its timings are
 # not this machine's: use it to run the KVM suites and tools where /dev/kvm is missing,
 # never to measure (docs/testing.md, "Without /dev/kvm"). Needs root and, once, Debian's
 # kernel and busybox packages, fetched into .deps/nested-kvm (nothing is installed).
-# NESTED_KVM_MEM (default 8G) and NESTED_KVM_TIMEOUT (seconds, default 3600) tune it.
+#
+# Inside, UNDERSTUDY_TEST_TIME_SCALE (docs/testing.md) is NESTED_KVM_TIME_SCALE (default
+# 10) unless already set, and these variables of the caller are passed on: UNDERSTUDY_*,
+# ASAN_OPTIONS, UBSAN_OPTIONS, CI. NESTED_KVM_MEM (default 8G) and NESTED_KVM_TIMEOUT
+# (seconds, default 3600) tune the VM; the VM's console goes to NESTED_KVM_CONSOLE
+# (default .deps/nested-kvm/console.log) as well as to the standard output.
+#
+# Exit status: the command's own, or one of the runner's, each with its own last line:
+#   120  the VM could not be set up (missing tool, no kernel, not root)
+#   121  the VM's kernel panicked before the command finished
+#   122  the VM could not reach the command (no /dev/kvm there, 9p mount failed)
+#   123  the VM ended before the command did, for another reason
+#   124  the command did not finish within NESTED_KVM_TIMEOUT
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 dir=$repo/.deps/nested-kvm
-[ $# -eq 1 ] || { echo "usage: scripts/nested-kvm.sh 'COMMAND'" >&2; exit 2; }
-[ "$(id -u)" -eq 0 ] || { echo "nested-kvm: needs root (9p as root, modules, namespaces)" >&2; exit 2; }
-for tool in qemu-system-x86_64 apt-get dpkg-deb depmod cpio gzip; do
-  command -v "$tool" >/dev/null || { echo "nested-kvm: '$tool' is missing (scripts/install-deps.sh)" >&2; exit 2; }
+fail() { echo "nested-kvm: $2" >&2; exit "$1"; }
+[ $# -eq 1 ] || { echo "usage: scripts/nested-kvm.sh 'COMMAND'" >&2; exit 120; }
+[ "$(id -u)" -eq 0 ] || fail 120 "needs root (9p as root, modules, namespaces)"
+for tool in qemu-system-x86_64 apt-get dpkg-deb depmod cpio gzip timeout; do
+  command -v "$tool" >/dev/null || fail 120 "'$tool' is missing (scripts/install-deps.sh)"
 done
 
 prepare() {
@@ -28,8 +42,9 @@ prepare() {
   # The kernel the metapackage points at now, unpacked, not installed.
   local image
   image=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -1)
-  [ -n "$image" ] || { echo "nested-kvm: no kernel behind linux-image-amd64 (apt-get update?)" >&2; exit 1; }
-  (cd "$dir/debs" && apt-get download -q "$image" busybox-static 2>&1 | grep -v '^W: Download is performed unsandboxed')
+  [ -n "$image" ] || fail 120 "no kernel behind linux-image-amd64 (apt-get update?)"
+  (cd "$dir/debs" && apt-get download -q "$image" busybox-static 2>&1 | grep -v '^W: Download is performed unsandboxed') ||
+    fail 120 "could not download $image and busybox-static"
   for deb in "$dir"/debs/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
   rm -rf "$dir/debs"
   local version
@@ -39,22 +54,28 @@ prepare() {
 
   # The initramfs: busybox and the modules that mount this machine's root over 9p.
   local init=$dir/initramfs kernel=$dir/root/lib/modules/$version/kernel
-  mkdir -p "$init"/{bin,proc,sys,dev,mnt,mod}
+  mkdir -p "$init"/{bin,proc,sys,dev,mnt,mod,host}
   cp "$dir/root/bin/busybox" "$init/bin/"
   local mods="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev
     drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci fs/netfs/netfs fs/fscache/fscache
     net/9p/9pnet net/9p/9pnet_virtio fs/9p/9p"
   for m in $mods; do cp "$kernel/$m.ko" "$init/mod/"; done
+  # The VM's own /tmp, /run and /dev/shm are tmpfs (unix sockets and scratch files
+  # must not go through 9p); the folders the command needs that lie under them
+  # (understudy.keep=, colon-separated) are bound back from this machine's over 9p.
   cat >"$init/init" <<EOF
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in $(for m in $mods; do printf '%s ' "${m##*/}"; done); do insmod /mod/\$m.ko || echo "nested-kvm: insmod \$m failed"; done
-run=\$(sed -n 's/.*understudy.run=\([^ ]*\).*/\1/p' /proc/cmdline)
+arg() { sed -n "s/.*understudy\\.\$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
+run=\$(arg run)
 if mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 hostroot /mnt; then
+  mount --bind /mnt /host
   mount -t proc proc /mnt/proc; mount -t sysfs sys /mnt/sys; mount --bind /dev /mnt/dev
   mkdir -p /mnt/dev/pts /mnt/dev/shm; mount -t devpts pts /mnt/dev/pts; mount -t tmpfs shm /mnt/dev/shm
   mount -t tmpfs tmp /mnt/tmp; mount -t tmpfs run /mnt/run
+  for p in \$(arg keep | tr ':' ' '); do mkdir -p "/mnt\$p" && mount --bind "/host\$p" "/mnt\$p"; done
   chroot /mnt /bin/bash "\$run/inside.sh"
 else
   echo "nested-kvm: mounting this machine's root over 9p failed"
@@ -66,26 +87,68 @@ EOF
   touch "$dir/.prepared"
 }
 
-[ -f "$dir/.prepared" ] || prepare
+# Set up by an older version of this script (no /host in the initramfs): prepare again.
+[ -f "$dir/.prepared" ] && [ -d "$dir/initramfs/host" ] || prepare
 
 run=$(mktemp -d /var/tmp/nested-kvm.XXXXXX)
 trap 'rm -rf "$run"' EXIT
+# Folders under the VM's own tmpfs mounts that must stay this machine's.
+keep=()
+for p in "$PWD" "$repo"; do
+  case $p in /tmp/* | /run/* | /dev/shm/*) keep+=("$p") ;; esac
+done
+[[ "$(printf '%s' "${keep[@]}")" != *[[:space:]:]* ]] || fail 120 "the current folder or the repository has a space or ':' in its path"
+
 # Run inside the VM: the modules, loopback, then the command; its status comes back in a file.
-cat >"$run/inside.sh" <<EOF
+{
+  echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root"
+  echo "export UNDERSTUDY_TEST_TIME_SCALE=$(printf '%q' "${UNDERSTUDY_TEST_TIME_SCALE:-${NESTED_KVM_TIME_SCALE:-10}}")"
+  echo "export UNDERSTUDY_NESTED=1"
+  while read -r name; do
+    [[ $name =~ ^(UNDERSTUDY_.*|ASAN_OPTIONS|UBSAN_OPTIONS|CI)$ ]] || continue
+    [ "$name" = UNDERSTUDY_TEST_TIME_SCALE ] && continue
+    printf 'export %s=%q\n' "$name" "${!name}"
+  done < <(compgen -e)
+  cat <<EOF
 for m in kvm_amd tun veth bridge br_netfilter sch_netem; do
   modprobe -d '$dir/root' "\$m" || echo "nested-kvm: modprobe \$m failed"
 done
 ip link set lo up
-[ -c /dev/kvm ] || echo "nested-kvm: no /dev/kvm in the VM"
-cd '$PWD' && bash -c $(printf '%q' "$1")
+if [ ! -c /dev/kvm ]; then echo unreachable >'$run/status'; echo "nested-kvm: no /dev/kvm in the VM"; exit; fi
+cd '$PWD' || { echo unreachable >'$run/status'; exit; }
+echo started >'$run/status'
+# A sign of life every NESTED_KVM_PULSE seconds (default 120; 0: none): the VM's uptime,
+# load and busiest processes, so that a slow run can be told from a stuck one.
+pulse=${NESTED_KVM_PULSE:-120}
+if [ "\$pulse" -gt 0 ] 2>/dev/null; then
+  (while sleep "\$pulse"; do
+     echo "nested-kvm: up \$(cut -d' ' -f1 /proc/uptime) s, load \$(cut -d' ' -f1-3 /proc/loadavg); busiest:"
+     ps -eo pcpu=,etimes=,args= --sort=-pcpu | head -n 3 | cut -c1-150 | sed 's/^/  /'
+   done) &
+fi
+bash -c $(printf '%q' "$1")
 echo \$? >'$run/status'
 EOF
+} >"$run/inside.sh"
 
+console=${NESTED_KVM_CONSOLE:-$dir/console.log}
+limit=${NESTED_KVM_TIMEOUT:-3600}
 echo "== nested-kvm: $1"
-timeout "${NESTED_KVM_TIMEOUT:-3600}" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$(nproc)" \
+set +e
+timeout "$limit" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$(nproc)" \
   -m "${NESTED_KVM_MEM:-8G}" -nographic -no-reboot -kernel "$dir/root/vmlinuz" -initrd "$dir/initramfs.gz" \
-  -append "console=ttyS0 loglevel=4 panic=-1 understudy.run=$run" \
+  -append "console=ttyS0 loglevel=4 panic=-1 understudy.run=$run understudy.keep=$(IFS=:; echo "${keep[*]}")" \
   -virtfs "local,path=/,mount_tag=hostroot,security_model=passthrough,id=hostroot,multidevs=remap" </dev/null |
-  sed -u -e 's/\x1b\[[0-9;?]*[a-zA-Z]//g' -e 's/\x1bc//g' -e '/^\(SeaBIOS\|iPXE\|Press Ctrl-B\|Booting from ROM\)/d' || true
-[ -f "$run/status" ] || { echo "nested-kvm: the VM ended before the command did (timeout or crash)" >&2; exit 124; }
-exit "$(cat "$run/status")"
+  sed -u -e 's/\x1b\[[0-9;?]*[a-zA-Z]//g' -e 's/\x1bc//g' -e '/^\(SeaBIOS\|iPXE\|Press Ctrl-B\|Booting from ROM\)/d' |
+  tee "$console"
+qemu_status=${PIPESTATUS[0]}
+set -e
+
+status=$(cat "$run/status" 2>/dev/null || true)
+case $status in
+  [0-9]*) echo "nested-kvm: the command exited $status"; exit "$status" ;;
+  unreachable) fail 122 "the VM could not run the command (see the lines above)" ;;
+esac
+[ "$qemu_status" -eq 124 ] && fail 124 "timed out after $limit s (NESTED_KVM_TIMEOUT); console in $console"
+grep -q "Kernel panic" "$console" && fail 121 "the VM's kernel panicked (${status:-before the command started}); console in $console"
+fail 123 "the VM ended before the command did (QEMU exit $qemu_status); console in $console"

@@ -18,6 +18,10 @@ if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/kvm ] || ! command -v ip >/dev/null || ! 
 fi
 for f in "$cli" "$kv"; do [ -e "$f" ] || { echo "drill_cli: $f missing" >&2; exit 2; }; done
 
+# Waits (and the drill's own --timeout) scale with UNDERSTUDY_TEST_TIME_SCALE on slow
+# hosts (docs/testing.md, "Deadlines on slow hosts"); what is checked does not.
+scaled() { awk -v n="$1" -v s="${UNDERSTUDY_TEST_TIME_SCALE:-1}" 'BEGIN { printf "%d", n * s + 0.5 }'; }
+
 name=dc$(printf '%05d' $(($$ % 100000)))
 work=$(mktemp -d /tmp/understudy-drill-cli.XXXXXX)
 psock=$work/primary.sock bsock=$work/backup.sock key=$work/link.key
@@ -40,7 +44,7 @@ ip netns exec "$name-backup" "$cli" backup --listen 10.77.0.12:7400 --promote --
   --link-key "$key" --control-socket "$bsock" >"$work/backup.log" 2>&1 &
 pids+=($!)
 alive() { kill -0 "$1" 2>/dev/null || { echo "drill_cli: the $2 exited early" >&2; exit 1; }; }
-for _ in $(seq 100); do
+for _ in $(seq "$(scaled 100)"); do
   grep -q "backup: listening" "$work/backup.log" && break
   alive "${pids[0]}" backup
   sleep 0.1
@@ -50,13 +54,13 @@ ip netns exec "$name-primary" "$cli" run "$kv" --memory 128M --net-tap "$name-ta
 pids+=($!)
 
 wait_protected() {
-  for _ in $(seq 600); do
+  for _ in $(seq "$(scaled 600)"); do
     [ "$("$cli" status --control-socket "$psock" --json 2>/dev/null | jq -r .state)" = protected ] && return 0
     alive "${pids[0]}" backup
     alive "${pids[1]}" primary
     sleep 0.1
   done
-  echo "drill_cli: the primary was not protected within 60 s" >&2
+  echo "drill_cli: the primary was not protected within $(scaled 60) s" >&2
   return 1
 }
 
@@ -64,7 +68,7 @@ wait_protected() {
 drill() {
   local kind=$1 out rc=0
   out=$(ip netns exec "$name-client" "$cli" drill "$kind" --primary-socket "$psock" --backup-socket "$bsock" \
-    --service 10.77.0.2:6379 --warmup 1 --after 2 --json 2>"$work/drill-$kind.log") || rc=$?
+    --service 10.77.0.2:6379 --warmup 1 --after 2 --timeout "$(scaled 30)" --json 2>"$work/drill-$kind.log") || rc=$?
   echo "$kind: exit $rc: $out"
   echo "$out" | jq -e '.verdict == "pass" and .writes_lost == 0 and .writes_acknowledged > 0' >/dev/null ||
     { echo "drill_cli: $kind: not a pass with 0 writes lost" >&2; return 1; }

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "tests/support/test_vm.hpp"
+#include "tests/support/time_scale.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
@@ -204,7 +205,7 @@ TEST_CASE("hostile hypercalls stop the guest with a reason; the VMM survives", "
             auto console = std::make_shared<std::string>();
             auto vm = test::boot("bad_hypercall", std::string("case=") + c.name, cfg, console);
             REQUIRE(vm->start());
-            auto stop = vm->wait_for(seconds(30));
+            auto stop = vm->wait_for(test::scaled(seconds(30)));
             REQUIRE(stop.has_value());
             INFO(stop->message << "\nconsole:\n" << *console);
             if (c.stops) {
@@ -231,7 +232,7 @@ TEST_CASE("guest CPU faults and assertion failures are reported with their place
         cfg.memory_bytes = 32 * kMiB;
         auto vm = test::boot("bad_hypercall", std::string("case=") + c.name, cfg);
         REQUIRE(vm->start());
-        auto stop = vm->wait_for(seconds(30));
+        auto stop = vm->wait_for(test::scaled(seconds(30)));
         REQUIRE(stop.has_value());
         INFO(stop->message);
         CHECK(stop->kind == VmStopKind::aborted);

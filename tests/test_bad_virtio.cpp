@@ -18,6 +18,7 @@
 
 #include "hv/virtio/net_device.hpp"
 #include "tests/support/test_vm.hpp"
+#include "tests/support/time_scale.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
@@ -131,7 +132,7 @@ Outcome run_attack(const std::string& attack) {
         CHECK_FALSE(*r);
     }
     REQUIRE(vm->start());
-    auto stop = vm->wait_for(seconds(30));
+    auto stop = vm->wait_for(test::scaled(seconds(30)));
     if (!stop) {
         vm->stop();
         vm->wait();

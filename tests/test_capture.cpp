@@ -13,6 +13,7 @@
 #include "replicator/stream_verifier.hpp"
 #include "tests/support/link_key.hpp"
 #include "tests/support/test_vm.hpp"
+#include "tests/support/time_scale.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
@@ -33,7 +34,7 @@ uint64_t protect(std::unique_ptr<Connection> conn, uint64_t epochs) {
     pc.epoch = milliseconds(5);
     auto primary = Primary::start(*vm, std::move(conn), pc);
     REQUIRE(primary);
-    auto deadline = steady_clock::now() + seconds(120);
+    auto deadline = test::deadline_in(seconds(120));
     while ((*primary)->acked_epoch() < epochs && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(10));
     uint64_t acked = (*primary)->acked_epoch();
     (*primary)->stop();
@@ -104,7 +105,7 @@ TEST_CASE("understudy backup --capture, then understudy verify-stream", "[captur
                                         &backup_output);
     });
     std::unique_ptr<Connection> conn;
-    for (auto deadline = steady_clock::now() + seconds(10); !conn && steady_clock::now() < deadline;) {
+    for (auto deadline = test::deadline_in(seconds(10)); !conn && steady_clock::now() < deadline;) {
         auto c = Connection::connect(*Endpoint::parse(listen), seconds(1));
         if (c) conn = std::move(*c);
         else std::this_thread::sleep_for(milliseconds(50));

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "tests/support/test_vm.hpp"
+#include "tests/support/time_scale.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
@@ -110,7 +111,7 @@ void run_exactness(DirtyMode mode) {
         return d.on_hypercall(args);
     }));
     REQUIRE(vm->start());
-    auto stop = vm->wait_for(std::chrono::seconds(240));
+    auto stop = vm->wait_for(test::scaled(std::chrono::seconds(240)));
     REQUIRE(stop.has_value());
     INFO(stop->message);
     REQUIRE(stop->kind == VmStopKind::exited);

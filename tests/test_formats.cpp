@@ -7,6 +7,7 @@
 #include "common/codec.hpp"
 #include "common/records.hpp"
 #include "hv/dirty_tracker.hpp"
+#include "hv/fault_report.hpp"
 #include "hv/guest_memory.hpp"
 #include "hv/io_bus.hpp"
 #include "hv/vcpu_state.hpp"
@@ -131,6 +132,31 @@ TEST_CASE("vCPU state round-trips through its encoding and rejects damage", "[st
     Encoder e(extended);
     e.field_pod(1000, uint64_t(1));
     CHECK(decode_vcpu_state(extended));
+}
+
+TEST_CASE("a fault stop names the registers, descriptor tables and pending events", "[state]") {
+    kvm_regs r{};
+    kvm_sregs s{};
+    kvm_vcpu_events e{};
+    r.rip = 0x101234;
+    r.rdi = 14;
+    r.r10 = 1;
+    s.cr2 = 0xdeadb000;
+    s.cs.selector = 0x8;
+    s.idt.base = 0x104000;
+    s.idt.limit = 0;
+    e.exception.injected = 1;
+    e.exception.nr = 8;
+    std::string text = format_fault_state(r, s, e);
+    CHECK_THAT(text, Catch::Contains("rip=0x0000000000101234"));
+    CHECK_THAT(text, Catch::Contains("rdi=0xe"));
+    CHECK_THAT(text, Catch::Contains("r10=0x1"));
+    CHECK_THAT(text, Catch::Contains("cr2=0xdeadb000"));
+    CHECK_THAT(text, Catch::Contains("cs=0x0008"));
+    CHECK_THAT(text, Catch::Contains("idt base=0x104000 limit=0x0"));
+    CHECK_THAT(text, Catch::Contains("exception injected=1 nr=8"));
+    // Without a vCPU the registers cannot be read, and the report says so instead of failing.
+    CHECK_THAT(describe_fault_state(-1), Catch::Contains("registers unreadable: KVM_GET_REGS"));
 }
 
 TEST_CASE("device state and VM clock round-trip", "[state]") {

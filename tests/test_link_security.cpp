@@ -29,6 +29,7 @@
 #include "tests/support/link_key.hpp"
 #include "tests/support/loopback.hpp"
 #include "tests/support/test_vm.hpp"
+#include "tests/support/time_scale.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
@@ -207,7 +208,7 @@ std::unique_ptr<Primary> start_primary(Vm& vm, const Endpoint& to, LinkSecurity 
 }
 
 void wait_acked(Primary& p, uint64_t epoch) {
-    auto deadline = steady_clock::now() + 60s;
+    auto deadline = test::deadline_in(60s);
     while (p.acked_epoch() < epoch && !p.failure() && steady_clock::now() < deadline) std::this_thread::sleep_for(2ms);
     INFO((p.failure() ? p.failure()->describe() : std::string("no failure")));
     REQUIRE(p.acked_epoch() >= epoch);

@@ -29,12 +29,16 @@
 #include "hv/kvm.hpp"
 #include "tests/support/catch_run.hpp"
 #include "tests/support/topology.hpp"
+#include "tests/support/time_scale.hpp"
 
 using namespace understudy::test;
 using namespace std::chrono;
 using namespace std::chrono_literals;
 
 namespace {
+
+// A setting in milliseconds, scaled for a slow host (docs/testing.md, "Deadlines on slow hosts").
+std::string scaled_ms(long ms) { return std::to_string(scaled(milliseconds(ms)).count()); }
 
 std::string g_temp_dir;
 const std::string kKv = std::string(US_GUEST_DIR) + "/kv.elf";
@@ -93,7 +97,8 @@ struct KvSetup {
         // The default 100 ms failure timeout suits a quiet LAN; a loaded 2-core test
         // machine (sanitizer builds) can starve a heartbeat thread that long, and these
         // tests check what happens on a failure, not how fast it is detected.
-        const std::vector<std::string> patient{"--failure-timeout-ms", "1000"};
+        // Scaled on slow hosts as well (docs/testing.md, "Deadlines on slow hosts").
+        const std::vector<std::string> patient{"--failure-timeout-ms", scaled_ms(1000)};
         if (protect) {
             std::vector<std::string> argv{US_CLI_PATH, "backup", "--listen", backup_at, "--ack-log", s.ack_log,
                                           "--link-key", link_key()};
@@ -123,7 +128,7 @@ struct KvSetup {
     }
 
     void wait_for_log(const std::string& path, const std::string& text, milliseconds limit) {
-        auto deadline = steady_clock::now() + limit;
+        auto deadline = deadline_in(limit);
         while (read_file(path).find(text) == std::string::npos) {
             INFO("waiting for '" << text << "' in " << path << ":\n" << read_file(path));
             REQUIRE((path == backup_log ? backup : primary)->running());
@@ -363,7 +368,7 @@ TEST_CASE("re-protection: a promoted VM is protected again and survives a second
     std::filesystem::remove(log2);
     REQUIRE(::kill(s.primary->pid(), SIGKILL) == 0);
     auto backup2 = s.topo.spawn_in(Host::primary, {US_CLI_PATH, "backup", "--listen", s.topo.ip(Host::primary) + ":7401",
-                                                   "--promote", "--net-tap", s.topo.tap(), "--failure-timeout-ms", "1000",
+                                                   "--promote", "--net-tap", s.topo.tap(), "--failure-timeout-ms", scaled_ms(1000),
                                                    "--link-key", link_key()},
                                    log2);
     REQUIRE(backup2);
@@ -400,8 +405,14 @@ constexpr const char* kGuestMac = "52:54:00:12:34:56";
 constexpr const char* kRoleKey = "/understudy/fencing/primary";
 const std::string kEtcdEndpoint = "10.77.0.10:2379"; // scripts/topology.sh's client address
 
+// The product's lease timings (TTL 2 s, margin, renewal and request limit 500 ms), scaled
+// for a slow host and passed explicitly: under the nested runner etcd answers a lease
+// grant in more than 500 ms. The TTL is whole seconds (etcd's unit).
 std::vector<std::string> arbiter_args(const std::string& holder) {
-    return {"--arbiter", "etcd", "--arbiter-endpoint", kEtcdEndpoint, "--arbiter-key", kRoleKey, "--arbiter-holder", holder};
+    long ttl_s = (scaled(milliseconds(2000)).count() + 999) / 1000;
+    return {"--arbiter", "etcd", "--arbiter-endpoint", kEtcdEndpoint, "--arbiter-key", kRoleKey, "--arbiter-holder", holder,
+            "--lease-ttl-ms", std::to_string(ttl_s * 1000), "--lease-margin-ms", scaled_ms(500),
+            "--lease-renew-ms", scaled_ms(500), "--arbiter-timeout-ms", scaled_ms(500)};
 }
 
 struct Etcd {
@@ -421,7 +432,7 @@ struct Etcd {
                             dir + ".log");
         REQUIRE(p);
         e.server.emplace(std::move(*p));
-        auto deadline = steady_clock::now() + 20s;
+        auto deadline = deadline_in(20s);
         for (;;) {
             auto r = t.run_in(Host::client, {"curl", "-s", "-m", "1", url + "/health"}, 5s);
             if (r && r->out.find("\"health\":\"true\"") != std::string::npos) break;
@@ -557,7 +568,7 @@ TEST_CASE("fencing: a primary cut off from the backup and etcd stops releasing b
     f.kv.wait_for_log(f.kv.backup_log, "PROMOTED", 1s);
     cut(f.kv.topo, Host::primary, {f.kv.topo.ip(Host::backup), f.kv.topo.ip(Host::client)}, false);
     f.kv.wait_for_log(f.kv.primary_log, "FENCED", 10s);
-    auto deadline = steady_clock::now() + 10s;
+    auto deadline = deadline_in(10s);
     while (f.kv.primary->running() && steady_clock::now() < deadline) std::this_thread::sleep_for(50ms);
     auto end = f.kv.primary->stop();
     REQUIRE(end);
@@ -595,7 +606,7 @@ TEST_CASE("fencing: a backup cut off from a live primary does not promote; the p
     auto unreachable = arbiter_args("intruder");
     unreachable[3] = "10.77.0.10:1";
     CHECK(refused(unreachable).find("refusing to run as the primary") != std::string::npos);
-    auto unsafe = FencedPair::with(arbiter_args("intruder"), {"--lease-margin-ms", "3000"});
+    auto unsafe = FencedPair::with(arbiter_args("intruder"), {"--lease-margin-ms", scaled_ms(3000)}); // over the TTL
     CHECK(refused(unsafe).find("margin") != std::string::npos);
 }
 

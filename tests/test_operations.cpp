@@ -24,6 +24,7 @@
 #include "hv/kvm.hpp"
 #include "tests/support/catch_run.hpp"
 #include "tests/support/topology.hpp"
+#include "tests/support/time_scale.hpp"
 
 using namespace understudy;
 using namespace understudy::test;
@@ -44,7 +45,7 @@ std::string read_file(const std::string& path) {
 }
 
 void wait_for_log(Process& p, const std::string& path, const std::string& text, milliseconds limit) {
-    auto deadline = steady_clock::now() + limit;
+    auto deadline = test::deadline_in(limit);
     while (read_file(path).find(text) == std::string::npos) {
         INFO("waiting for '" << text << "' in " << path << ":\n" << read_file(path));
         REQUIRE(p.running());
@@ -338,7 +339,7 @@ TEST_CASE("understudy snapshot saves a running VM that restore continues", "[ope
           std::string::npos);
 
     // The instance was resumed: it finishes the computation undisturbed.
-    auto deadline = steady_clock::now() + 300s;
+    auto deadline = test::deadline_in(300s);
     while (instance->running() && steady_clock::now() < deadline) std::this_thread::sleep_for(100ms);
     REQUIRE(!instance->running());
     CHECK(reported_digest(read_file(log)) == want);
@@ -390,7 +391,7 @@ TEST_CASE("understudy reprotect protects a running, unprotected VM", "[operation
     INFO(done->describe() << "\n" << read_file(plog) << "\n" << read_file(blog));
     REQUIRE(done->ok());
 
-    auto deadline = steady_clock::now() + 60s;
+    auto deadline = test::deadline_in(60s);
     cli::StatusSnapshot p, b;
     do {
         std::this_thread::sleep_for(100ms);
@@ -453,7 +454,7 @@ TEST_CASE("understudy failover hands a protected VM to its backup with nothing l
     CHECK(done->out.find("the backup runs the VM from checkpoint") != std::string::npos);
     wait_for_log(*backup, blog, "PROMOTED", 30s);
     // The old primary stops by itself, successfully, and says why.
-    auto deadline = steady_clock::now() + 20s;
+    auto deadline = test::deadline_in(20s);
     while (primary->running() && steady_clock::now() < deadline) std::this_thread::sleep_for(50ms);
     REQUIRE(!primary->running());
     auto ended = primary->stop(100ms);

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "tests/support/test_vm.hpp"
+#include "tests/support/time_scale.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
@@ -21,7 +22,7 @@ TEST_CASE("10,000 pause/resume cycles of a 2-vCPU churn guest", "[pause][kvm]") 
     auto header = test::wait_churn_header(*vm, seconds(20));
     REQUIRE(header.has_value());
     // Wait until both vCPUs have claimed their slots.
-    auto deadline = steady_clock::now() + seconds(20);
+    auto deadline = test::deadline_in(seconds(20));
     test::ChurnProgress p{};
     while (steady_clock::now() < deadline) {
         vm->pause_all();
@@ -56,7 +57,7 @@ TEST_CASE("10,000 pause/resume cycles of a 2-vCPU churn guest", "[pause][kvm]") 
     INFO("progress between " << grew << " of 10,000 pause pairs");
     CHECK(grew > 0);
     vm->stop();
-    auto stop = vm->wait_for(seconds(10));
+    auto stop = vm->wait_for(test::scaled(seconds(10)));
     REQUIRE(stop.has_value());
     CHECK(stop->kind == VmStopKind::stopped);
 }
@@ -72,11 +73,11 @@ TEST_CASE("pausing a halted guest wakes it and the halt ends early", "[pause][kv
     for (int i = 0; i < 200; ++i) {
         auto t0 = steady_clock::now();
         vm->pause_all();
-        CHECK(steady_clock::now() - t0 < seconds(2));
+        CHECK(steady_clock::now() - t0 < test::scaled(seconds(2)));
         vm->resume_all();
     }
     vm->stop();
-    REQUIRE(vm->wait_for(seconds(10)).has_value());
+    REQUIRE(vm->wait_for(test::scaled(seconds(10))).has_value());
 }
 
 TEST_CASE("a moved VM tells each halted vCPU once at its next halt", "[pause][kvm]") {
@@ -86,7 +87,7 @@ TEST_CASE("a moved VM tells each halted vCPU once at its next halt", "[pause][kv
     // counter's vCPU 1 halts and reports every US_HALT_MOVED it gets as a running count.
     auto vm = test::boot("counter", "mib=4 rounds=1000000", cfg);
     REQUIRE(vm->start());
-    REQUIRE(vm->wait_report(0, US_REPORT_READY, seconds(20)).has_value());
+    REQUIRE(vm->wait_report(0, US_REPORT_READY, test::scaled(seconds(20))).has_value());
     CHECK(!vm->report(1, US_REPORT_MOVED).has_value());
     // Pauses are not moves.
     for (int i = 0; i < 20; ++i) {
@@ -94,16 +95,16 @@ TEST_CASE("a moved VM tells each halted vCPU once at its next halt", "[pause][kv
         vm->resume_all();
     }
     vm->notify_moved();
-    auto first = vm->wait_report(1, US_REPORT_MOVED, seconds(10));
+    auto first = vm->wait_report(1, US_REPORT_MOVED, test::scaled(seconds(10)));
     REQUIRE(first.has_value());
     CHECK(*first == 1);
     // Once per move: vCPU 1 halts on, and its count only grows with the next move.
     vm->notify_moved();
-    auto deadline = steady_clock::now() + seconds(10);
+    auto deadline = test::deadline_in(seconds(10));
     while (vm->report(1, US_REPORT_MOVED) == std::optional<uint64_t>(1) && steady_clock::now() < deadline)
         std::this_thread::sleep_for(milliseconds(5));
     CHECK(vm->report(1, US_REPORT_MOVED) == std::optional<uint64_t>(2));
     CHECK(!vm->stop_reason().has_value());
     vm->stop();
-    REQUIRE(vm->wait_for(seconds(10)).has_value());
+    REQUIRE(vm->wait_for(test::scaled(seconds(10))).has_value());
 }

@@ -13,6 +13,7 @@
 #include "replicator/primary.hpp"
 #include "tests/support/link_key.hpp"
 #include "tests/support/test_vm.hpp"
+#include "tests/support/time_scale.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
@@ -67,7 +68,7 @@ struct BackupThread {
         if (thread.joinable()) thread.join();
     }
     void wait_sessions(int n) {
-        auto deadline = steady_clock::now() + seconds(30);
+        auto deadline = test::deadline_in(seconds(30));
         while (sessions.load() < n && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(2));
     }
 };
@@ -116,7 +117,7 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     auto data = connect_to(*backup.server);
     auto primary = Primary::start(*vm, std::move(data), pc, ph, connect_to(*backup.server));
     REQUIRE(primary);
-    auto deadline = steady_clock::now() + seconds(120);
+    auto deadline = test::deadline_in(seconds(120));
     while ((*primary)->acked_epoch() < 520 && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(20));
     REQUIRE((*primary)->acked_epoch() >= 520);
     auto figures = (*primary)->recent_epochs();
@@ -162,21 +163,23 @@ TEST_CASE("request_checkpoint ends a long epoch early; without it the epoch runs
     REQUIRE(vm->start());
     PrimaryConfig pc;
     pc.security = test::link_security();
-    pc.epoch = milliseconds(3000);
+    // The epoch, the wait and the bound scale together: a requested checkpoint must come
+    // well within half an epoch, on any host.
+    pc.epoch = test::scaled(milliseconds(3000));
     auto primary = Primary::start(*vm, connect_to(*backup.server), pc);
     REQUIRE(primary);
-    auto deadline = steady_clock::now() + seconds(30);
+    auto deadline = test::deadline_in(seconds(30));
     while (!(*primary)->is_protected() && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(1));
     REQUIRE((*primary)->is_protected());
     // Epoch 2 started when epoch 1 was captured; asking now ends it long before 3 s.
     uint64_t before = (*primary)->acked_epoch();
     auto asked = steady_clock::now();
     (*primary)->request_checkpoint(asked + milliseconds(5));
-    while ((*primary)->acked_epoch() == before && steady_clock::now() < asked + seconds(2)) std::this_thread::sleep_for(milliseconds(1));
+    while ((*primary)->acked_epoch() == before && steady_clock::now() < asked + test::scaled(seconds(2))) std::this_thread::sleep_for(milliseconds(1));
     CHECK((*primary)->acked_epoch() == before + 1);
-    CHECK(steady_clock::now() - asked < milliseconds(1500));
+    CHECK(steady_clock::now() - asked < test::scaled(milliseconds(1500)));
     // The request was consumed: the next epoch runs its full length.
-    std::this_thread::sleep_for(milliseconds(1000));
+    std::this_thread::sleep_for(test::scaled(milliseconds(1000)));
     CHECK((*primary)->acked_epoch() == before + 1);
     (*primary)->stop();
     CHECK((*primary)->wait());
@@ -203,7 +206,7 @@ TEST_CASE("killing the primary at random moments leaves one whole checkpoint on 
         hooks.on_sync_progress = [&](const SyncProgress&) { syncing = true; };
         auto primary = Primary::start(*vm, connect_to(*backup.server), pc, hooks);
         REQUIRE(primary);
-        auto deadline = steady_clock::now() + seconds(30);
+        auto deadline = test::deadline_in(seconds(30));
         if (round == 49) {
             // The last round leaves a checkpoint of a running churn for the restore below.
             auto header = test::wait_churn_header(*vm, seconds(20));
@@ -318,7 +321,7 @@ struct LateAnswer {
         auto p = Primary::start(*vm, std::move(data), pc, ph, connect_to(*backup->server));
         REQUIRE(p);
         primary = std::move(*p);
-        auto deadline = steady_clock::now() + seconds(60);
+        auto deadline = test::deadline_in(seconds(60));
         while (!primary->is_protected() && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(5));
         REQUIRE(primary->is_protected());
         auto r = primary->hand_over(nullptr, milliseconds(200));
@@ -334,7 +337,7 @@ struct LateAnswer {
     }
     // Waits until the primary either learns of a late handover or fails.
     void wait_outcome(seconds limit) {
-        auto deadline = steady_clock::now() + limit;
+        auto deadline = test::deadline_in(limit);
         while (!primary->late_handover() && !primary->failure() && steady_clock::now() < deadline)
             std::this_thread::sleep_for(milliseconds(5));
     }
@@ -366,7 +369,7 @@ TEST_CASE("a late handover request the backup finds overtaken by a later checkpo
     CHECK_FALSE(t.primary->late_handover());
     REQUIRE(t.primary->failure());
     // on_failure runs just after failure() is set, from the thread that found it.
-    for (auto deadline = steady_clock::now() + seconds(5); t.failures == 0 && steady_clock::now() < deadline;)
+    for (auto deadline = test::deadline_in(seconds(5)); t.failures == 0 && steady_clock::now() < deadline;)
         std::this_thread::sleep_for(milliseconds(5));
     CHECK(t.failures == 1);
     t.backup->wait_sessions(1);

@@ -10,6 +10,7 @@
 
 #include "hv/snapshot.hpp"
 #include "tests/support/test_vm.hpp"
+#include "tests/support/time_scale.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
@@ -22,7 +23,7 @@ const char* kCounterArgs = "mib=16 rounds=60";
 
 uint64_t run_counter_to_end(Vm& vm) {
     REQUIRE(vm.start());
-    auto stop = vm.wait_for(seconds(120));
+    auto stop = vm.wait_for(test::scaled(seconds(120)));
     REQUIRE(stop.has_value());
     INFO(stop->message);
     REQUIRE(stop->kind == VmStopKind::exited);

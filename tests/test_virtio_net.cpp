@@ -30,6 +30,7 @@
 #include "hv/virtio/net_device.hpp"
 #include "hv/virtio/tap.hpp"
 #include "hv/vm.hpp"
+#include "tests/support/time_scale.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
@@ -697,7 +698,7 @@ std::vector<uint8_t> test_frame(const MacAddress& dst, size_t payload, uint8_t s
 }
 
 bool wait_until(auto pred, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
-    auto end = std::chrono::steady_clock::now() + limit;
+    auto end = test::deadline_in(limit);
     while (std::chrono::steady_clock::now() < end) {
         if (pred()) return true;
         std::this_thread::sleep_for(std::chrono::milliseconds(1));

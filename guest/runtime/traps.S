@@ -46,7 +46,17 @@ us_trap_common:
     mov     %rax, (%rsp)
     iretq
 
+/* The VMM's stop reason lists the registers at the triple fault (docs/guest-abi.md):
+ * leave the fault in them. rdi vector, rsi error code, rdx rip, rcx cr2, r8 rsp,
+ * r9 cs, r10 us_fault_depth (CPL3 faults whose report had begun, this one included). */
 die:
+    mov     0(%rsp), %rdi
+    mov     8(%rsp), %rsi
+    mov     16(%rsp), %rdx
+    mov     %cr2, %rcx
+    mov     40(%rsp), %r8
+    mov     24(%rsp), %r9
+    mov     us_fault_depth(%rip), %r10d
     lidt    null_idt_ptr(%rip)
     ud2                                 /* #UD with no IDT: triple fault */
 

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "hv/snapshot.hpp"
+#include "tests/support/time_scale.hpp"
 
 namespace understudy::test {
 
@@ -84,7 +85,7 @@ std::optional<uint64_t> churn_header_gpa(const hv::GuestMemory& mem) {
 }
 
 std::optional<uint64_t> wait_churn_header(hv::Vm& vm, std::chrono::milliseconds limit) {
-    auto deadline = std::chrono::steady_clock::now() + limit;
+    auto deadline = test::deadline_in(limit);
     do {
         for (unsigned v = 0; v < vm.vcpu_count(); ++v)
             if (auto g = vm.report(v, abi::US_REPORT_LAYOUT)) return g;

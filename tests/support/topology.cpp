@@ -1,4 +1,5 @@
 #include "tests/support/topology.hpp"
+#include "tests/support/time_scale.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -122,7 +123,7 @@ Result<ProcessOutput> run_command(const std::vector<std::string>& argv, millisec
     ::close(std::exchange(err_w.fd, -1));
 
     ProcessOutput result;
-    auto deadline = Clock::now() + timeout;
+    auto deadline = test::deadline_in(timeout);
     // After a kill, a grandchild that left the process group may still hold the pipes:
     // read a little longer, then give up on them.
     auto give_up = Clock::time_point::max();
@@ -196,7 +197,7 @@ Result<ProcessOutput> Process::stop(milliseconds grace) {
     if (pid_ <= 0) return make_error(Errc::state, "stopping a process that was never started");
     if (running()) {
         ::kill(-pid_, SIGTERM);
-        auto deadline = Clock::now() + grace;
+        auto deadline = test::deadline_in(grace);
         while (running() && Clock::now() < deadline) std::this_thread::sleep_for(milliseconds(10));
         if (!reaped_) {
             ::kill(-pid_, SIGKILL);
@@ -351,7 +352,7 @@ Result<Capture> Capture::start(const Topology& topo, Host h, const std::string& 
     Capture c(US_TRY(topo.spawn_in(h, argv, log)), std::move(file));
     // tcpdump writes the file's header only once the interface is open: from then on
     // every packet is captured.
-    auto deadline = Clock::now() + std::chrono::seconds(10);
+    auto deadline = test::deadline_in(std::chrono::seconds(10));
     for (;;) {
         struct stat sb {};
         if (::stat(c.file_.c_str(), &sb) == 0 && sb.st_size > 0) return c;

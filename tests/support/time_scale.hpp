@@ -1,0 +1,48 @@
+// How long tests wait, on hosts of different speeds. Every wait of a test for something
+// to happen (epochs, a log line, a lease, a promotion, a drill) goes through scaled() or
+// deadline_in(): its limit is multiplied by UNDERSTUDY_TEST_TIME_SCALE (default 1; the
+// nested runner, scripts/nested-kvm.sh, sets 10). What the tests check never changes with
+// it: only how long they wait before deciding that it did not happen (docs/testing.md,
+// "Deadlines on slow hosts").
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+namespace understudy::test {
+
+// The factor, read once: a number from 1 to 1000, or the test binary stops at once
+// with a message (a typo must not pass as "no scaling").
+inline double time_scale() {
+    static const double scale = [] {
+        const char* text = std::getenv("UNDERSTUDY_TEST_TIME_SCALE");
+        if (!text || !*text) return 1.0;
+        char* end = nullptr;
+        double v = std::strtod(text, &end);
+        if (*end != '\0' || !(v >= 1.0 && v <= 1000.0)) {
+            std::fprintf(stderr, "UNDERSTUDY_TEST_TIME_SCALE=%s: not a number from 1 to 1000\n", text);
+            std::abort();
+        }
+        return v;
+    }();
+    return scale;
+}
+
+template <class Rep, class Period>
+std::chrono::milliseconds scaled(std::chrono::duration<Rep, Period> limit) {
+    auto ms = std::chrono::duration_cast<std::chrono::duration<double, std::milli>>(limit).count();
+    return std::chrono::milliseconds(static_cast<long long>(ms * time_scale()));
+}
+
+// A deadline `limit` from now, scaled.
+template <class Rep, class Period>
+std::chrono::steady_clock::time_point deadline_in(std::chrono::duration<Rep, Period> limit) {
+    return std::chrono::steady_clock::now() + scaled(limit);
+}
+
+// The factor as text, for command lines and scripts that take seconds.
+inline std::string scaled_seconds(double seconds) { return std::to_string(seconds * time_scale()); }
+
+} // namespace understudy::test
