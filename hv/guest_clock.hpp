@@ -13,10 +13,15 @@ public:
     GuestClock() { set(0); }
     uint64_t now_ns() const { return static_cast<uint64_t>(host_ns() + offset_.load(std::memory_order_relaxed)); }
     void set(uint64_t guest_ns) { offset_.store(static_cast<int64_t>(guest_ns) - host_ns(), std::memory_order_relaxed); }
-    // Host steady-clock deadline for a guest-time deadline.
+    // Host steady-clock deadline for a guest-time deadline; time_point::max() (never) for
+    // one beyond the host clock's range. UINT64_MAX is how the guest says "no deadline"
+    // (us_halt_forever): cast to int64_t it was -1, a deadline in the past, and a halted
+    // vCPU spun on HALT hypercalls instead of sleeping.
     std::chrono::steady_clock::time_point host_deadline(uint64_t guest_ns) const {
-        return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(static_cast<int64_t>(guest_ns) -
-                                                                                offset_.load(std::memory_order_relaxed)));
+        int64_t offset = offset_.load(std::memory_order_relaxed), host = 0;
+        if (guest_ns > static_cast<uint64_t>(INT64_MAX) || __builtin_sub_overflow(static_cast<int64_t>(guest_ns), offset, &host))
+            return std::chrono::steady_clock::time_point::max();
+        return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(host));
     }
 
 private:

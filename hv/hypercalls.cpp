@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <iterator>
 
 #include "guest/abi/understudy_abi.h"
+#include "hv/fault_report.hpp"
 #include "hv/vm.hpp"
 
 namespace understudy::hv {
@@ -65,7 +67,21 @@ Result<std::string> guest_string(const GuestMemory& mem, uint64_t gpa, uint64_t 
     return out;
 }
 
+const char* exception_name(uint64_t vector) {
+    static const char* const names[] = {"#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#MF (coprocessor)",
+                                        "#TS", "#NP", "#SS", "#GP", "#PF", "reserved", "#MF", "#AC", "#MC", "#XM",
+                                        "#VE", "#CP"};
+    return vector < std::size(names) ? names[vector] : "exception";
+}
+
 } // namespace
+
+std::string describe_guest_fault(unsigned vcpu, const us_hc_fault& f) {
+    return fmt::format("vCPU {}: CPU exception {} ({}) at CPL{} that the guest could not report itself: rip={:#x} "
+                       "cs={:#x} rflags={:#x} rsp={:#x} ss={:#x} error={:#x} cr2={:#x}, fault depth {}",
+                       vcpu, f.vector, exception_name(f.vector), f.cs & 3, f.rip, f.cs, f.rflags, f.rsp, f.ss, f.error,
+                       f.cr2, f.depth);
+}
 
 Result<void> Hypercalls::add_core() {
     Vm& vm = vm_;
@@ -98,6 +114,11 @@ Result<void> Hypercalls::add_core() {
         auto msg = US_TRY(guest_string(vm.memory(), a.msg_gpa, a.msg_len));
         vm.stop_with({VmStopKind::aborted, a.line,
                       "guest assertion failed on vCPU " + std::to_string(v.index()) + " at " + file + ":" + std::to_string(a.line) + ": " + msg});
+        return {};
+    }));
+    US_TRYV(add(US_HC_FAULT, [&vm](Vcpu& v, Gpa args) -> Result<void> {
+        auto a = US_TRY(vm.memory().read_obj<us_hc_fault>(args));
+        vm.stop_with({VmStopKind::guest_fault, a.vector, describe_guest_fault(v.index(), a) + "; vCPU state:" + describe_fault_state(v.fd())});
         return {};
     }));
     US_TRYV(add(US_HC_REPORT, [&vm](Vcpu& v, Gpa args) -> Result<void> {

@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "common/error.hpp"
+#include "guest/abi/understudy_abi.h"
 #include "hv/guest_memory.hpp"
 #include "hv/io_bus.hpp"
 
@@ -33,5 +34,8 @@ private:
     std::mutex mu_;
     std::array<HypercallHandler, 64> handlers_;
 };
+
+// The stop reason for a FAULT hypercall: the exception, in words and numbers.
+std::string describe_guest_fault(unsigned vcpu, const abi::us_hc_fault& f);
 
 } // namespace understudy::hv

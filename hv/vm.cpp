@@ -319,7 +319,8 @@ uint64_t Vm::halt(Vcpu& v, uint64_t deadline_ns) {
         }
         if (event_seq_ != seen) return done(abi::US_HALT_EVENT);
         if (std::chrono::steady_clock::now() >= host_deadline) return done(abi::US_HALT_TIMEOUT);
-        cv_.wait_until(lock, host_deadline);
+        if (host_deadline == std::chrono::steady_clock::time_point::max()) cv_.wait(lock); // wait_until overflows on max()
+        else cv_.wait_until(lock, host_deadline);
     }
 }
 

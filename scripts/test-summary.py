@@ -77,7 +77,7 @@ def main(argv):
 
     counts = {"passed": 0, "failed": 0, "skipped": 0, "left out": 0}
     print(f"== summary of the {build_name} build ({build_dir})")
-    print(f"{'suite':<22} {'where':<8} {'result':<9} {'time':>8}  note")
+    print(f"{'suite':<30} {'where':<8} {'result':<9} {'time':>8}  note")
     for name, labels in sorted(suites(build_dir).items()):
         kvm = "kvm" in labels
         if name in seen:
@@ -92,7 +92,7 @@ def main(argv):
         else:
             where, outcome, time, note = "-", "failed", "", "no run reports it (see the runs above)"
         counts[outcome] += 1
-        print(f"{name:<22} {where:<8} {outcome:<9} {time:>8}  {note}")
+        print(f"{name:<30} {where:<8} {outcome:<9} {time:>8}  {note}")
     print(f"{build_name}: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped, "
           f"{counts['left out']} left out")
     return 1 if counts["failed"] else 0

@@ -47,12 +47,16 @@ run_suites() {
     (cd "$build" && ctest --output-on-failure --timeout 600 -LE kvm --output-junit test-results/native.xml) || true
     runs+=("$results/native.xml:native")
     echo "== tests ($name build), the kvm suites in the nested VM ($(( SECONDS - t0 )) s so far)"
-    local status=0
-    NESTED_KVM_CONSOLE=$results/nested-console.log scripts/nested-kvm.sh \
-      "cd '$build' && ctest --output-on-failure -L kvm -R '$only' --output-junit test-results/nested.xml" || status=$?
+    # One ctest per suite, each with its own report, so that a VM that dies part way
+    # keeps the results of the suites before it.
+    local status=0 f
+    NESTED_KVM_CONSOLE=$results/nested-console.log scripts/nested-kvm.sh "cd '$build' &&
+      for t in \$(ctest -N -L kvm -R '$only' | sed -n 's/^ *Test *#[0-9]*: //p'); do
+        ctest --output-on-failure -R \"^\$t\\\$\" --output-junit test-results/nested-\$t.xml
+      done" || status=$?
     # Any status but the command's own is the runner's (scripts/nested-kvm.sh): its last
     # line said which; the suites it did not report then fail in the summary.
-    runs+=("$results/nested.xml:nested")
+    for f in "$results"/nested-*.xml; do [ -e "$f" ] && runs+=("$f:nested"); done
     [ "$status" -ge 120 ] && [ "$status" -le 124 ] && echo "== the nested VM failed (status $status); see $results/nested-console.log"
   fi
   echo "== $name build: tests took $(( SECONDS - t0 )) s"

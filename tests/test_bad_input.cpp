@@ -239,3 +239,28 @@ TEST_CASE("guest CPU faults and assertion failures are reported with their place
         CHECK_THAT(stop->message, Catch::Contains(c.expect));
     }
 }
+
+TEST_CASE("faults the guest cannot report itself stop it with the exception and the vCPU state", "[bad-input][kvm]") {
+    VmConfig cfg;
+    cfg.memory_bytes = 32 * kMiB;
+    // A fault while one is being reported: the runtime's FAULT hypercall names it.
+    auto nested = test::boot("bad_hypercall", "case=fault_nested", cfg);
+    REQUIRE(nested->start());
+    auto stop = nested->wait_for(test::scaled(seconds(30)));
+    REQUIRE(stop.has_value());
+    INFO(stop->message);
+    CHECK(stop->kind == VmStopKind::guest_fault);
+    CHECK_THAT(stop->message, Catch::Contains("CPU exception 6 (#UD) at CPL3 that the guest could not report itself"));
+    CHECK_THAT(stop->message, Catch::Contains("fault depth 2"));
+    CHECK_THAT(stop->message, Catch::Contains("vCPU state:"));
+    // A bare triple fault: KVM_EXIT_SHUTDOWN, with whatever KVM still has of the vCPU.
+    auto triple = test::boot("bad_hypercall", "case=triple_fault", cfg);
+    REQUIRE(triple->start());
+    stop = triple->wait_for(test::scaled(seconds(30)));
+    REQUIRE(stop.has_value());
+    INFO(stop->message);
+    CHECK(stop->kind == VmStopKind::guest_fault);
+    CHECK_THAT(stop->message, Catch::Contains("triple fault"));
+    CHECK_THAT(stop->message, Catch::Contains("rip="));
+    CHECK_THAT(stop->message, Catch::Contains("idt base="));
+}

@@ -35,7 +35,9 @@ uint64_t protect(std::unique_ptr<Connection> conn, uint64_t epochs) {
     auto primary = Primary::start(*vm, std::move(conn), pc);
     REQUIRE(primary);
     auto deadline = test::deadline_in(seconds(120));
-    while ((*primary)->acked_epoch() < epochs && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(10));
+    while ((*primary)->acked_epoch() < epochs && steady_clock::now() < deadline && !(*primary)->failure() && !vm->stop_reason())
+        std::this_thread::sleep_for(milliseconds(10));
+    UNSCOPED_INFO(test::describe_run(*vm, (*primary)->failure()));
     uint64_t acked = (*primary)->acked_epoch();
     (*primary)->stop();
     (void)(*primary)->wait();

@@ -8,6 +8,7 @@
 #include "common/records.hpp"
 #include "hv/dirty_tracker.hpp"
 #include "hv/fault_report.hpp"
+#include "hv/guest_clock.hpp"
 #include "hv/guest_memory.hpp"
 #include "hv/io_bus.hpp"
 #include "hv/vcpu_state.hpp"
@@ -157,6 +158,19 @@ TEST_CASE("a fault stop names the registers, descriptor tables and pending event
     CHECK_THAT(text, Catch::Contains("exception injected=1 nr=8"));
     // Without a vCPU the registers cannot be read, and the report says so instead of failing.
     CHECK_THAT(describe_fault_state(-1), Catch::Contains("registers unreadable: KVM_GET_REGS"));
+}
+
+TEST_CASE("the guest clock: no deadline means never, not the past", "[clock]") {
+    using std::chrono::steady_clock;
+    GuestClock c;
+    auto far = steady_clock::now() + std::chrono::hours(24 * 365);
+    CHECK(c.host_deadline(UINT64_MAX) > far); // us_halt_forever's deadline
+    c.set(uint64_t(1) << 62);                 // a VM restored with a large guest time
+    CHECK(c.host_deadline(UINT64_MAX - 1) > far);
+    CHECK(c.host_deadline(0) <= steady_clock::now());
+    auto soon = c.host_deadline(c.now_ns() + 1'000'000'000);
+    CHECK(soon > steady_clock::now());
+    CHECK(soon < steady_clock::now() + std::chrono::seconds(2));
 }
 
 TEST_CASE("device state and VM clock round-trip", "[state]") {

@@ -154,7 +154,7 @@ struct Backup {
 
     explicit Backup(LinkSecurity security) {
         BackupConfig cfg;
-        cfg.heartbeat = {10ms, 2000ms};
+        cfg.heartbeat = {10ms, test::scaled(2000ms)};
         cfg.security = std::move(security);
         BackupHooks hooks;
         hooks.on_commit = [this](uint64_t epoch, const BackupReplica& r) {
@@ -196,7 +196,7 @@ struct Guest {
 std::unique_ptr<Primary> start_primary(Vm& vm, const Endpoint& to, LinkSecurity security) {
     PrimaryConfig pc;
     pc.epoch = 10ms;
-    pc.heartbeat = {10ms, 2000ms};
+    pc.heartbeat = {10ms, test::scaled(2000ms)};
     pc.security = std::move(security);
     auto data = Connection::connect(to, 5s);
     REQUIRE(data);

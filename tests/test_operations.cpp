@@ -150,7 +150,7 @@ TEST_CASE("a protected pair's status, metrics and health, before and after a fai
     const std::string psock = dir + "/primary.sock", bsock = dir + "/backup.sock";
     const std::string plog = dir + "/primary.log", blog = dir + "/backup.log";
     const std::string purl = "http://" + t->ip(Host::primary) + ":9470", burl = "http://" + t->ip(Host::backup) + ":9470";
-    const std::vector<std::string> common{"--link-security", "disabled", "--failure-timeout-ms", "1000"};
+    const std::vector<std::string> common{"--link-security", "disabled", "--failure-timeout-ms", std::to_string(scaled(1000ms).count())};
 
     std::vector<std::string> bargv{US_CLI_PATH, "backup", "--listen", t->ip(Host::backup) + ":7700", "--promote",
                                    "--net-tap", t->tap(), "--control-socket", bsock,
@@ -366,7 +366,7 @@ TEST_CASE("understudy reprotect protects a running, unprotected VM", "[operation
     const std::string endpoint = "127.0.0.1:7791";
     auto primary = Process::spawn({US_CLI_PATH, "run", std::string(US_GUEST_DIR) + "/counter.elf", "--memory", "64M",
                                    "-c", "mib=16 rounds=100000", "--control-socket", psock, "--link-security",
-                                   "disabled", "--failure-timeout-ms", "1000"},
+                                   "disabled", "--failure-timeout-ms", std::to_string(scaled(1000ms).count())},
                                   plog);
     REQUIRE(primary);
     wait_for_log(*primary, plog, "control socket at", 30s);
@@ -382,7 +382,7 @@ TEST_CASE("understudy reprotect protects a running, unprotected VM", "[operation
     CHECK(status_json(psock).state == cli::ProtectionState::unprotected);
 
     auto backup = Process::spawn({US_CLI_PATH, "backup", "--listen", endpoint, "--control-socket", bsock,
-                                  "--link-security", "disabled", "--failure-timeout-ms", "1000"},
+                                  "--link-security", "disabled", "--failure-timeout-ms", std::to_string(scaled(1000ms).count())},
                                  blog);
     REQUIRE(backup);
     wait_for_log(*backup, blog, "listening on", 10s);
@@ -415,7 +415,7 @@ TEST_CASE("understudy failover hands a protected VM to its backup with nothing l
     const std::string dir = g_temp_dir;
     const std::string psock = dir + "/handover-primary.sock", bsock = dir + "/handover-backup.sock";
     const std::string plog = dir + "/handover-primary.log", blog = dir + "/handover-backup.log";
-    const std::vector<std::string> link{"--link-security", "disabled", "--failure-timeout-ms", "1000"};
+    const std::vector<std::string> link{"--link-security", "disabled", "--failure-timeout-ms", std::to_string(scaled(1000ms).count())};
     std::vector<std::string> bargv{US_CLI_PATH, "backup", "--listen", t->ip(Host::backup) + ":7700", "--promote",
                                    "--net-tap", t->tap(), "--control-socket", bsock};
     bargv.insert(bargv.end(), link.begin(), link.end());

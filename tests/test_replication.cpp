@@ -47,7 +47,7 @@ struct BackupThread {
     explicit BackupThread(BackupHooks hooks = {}, bool accept_handover = false) {
         BackupConfig cfg;
         cfg.accept_handover = accept_handover;
-        cfg.heartbeat = {milliseconds(10), milliseconds(2000)}; // see the primary's, below
+        cfg.heartbeat = {milliseconds(10), test::scaled(milliseconds(2000))}; // see the primary's, below
         cfg.security = test::link_security();
         auto s = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), std::move(hooks), cfg);
         REQUIRE(s);
@@ -103,7 +103,7 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     pc.epoch = milliseconds(5);
     // Two busy vCPUs on two cores (four under a sanitizer's weight): a generous timeout
     // keeps a starved heartbeat thread from ending the session.
-    pc.heartbeat = {milliseconds(10), milliseconds(2000)};
+    pc.heartbeat = {milliseconds(10), test::scaled(milliseconds(2000))};
     PrimaryHooks ph;
     ph.on_capture = [&](uint64_t epoch, Vm& v) {
         if (epoch % 25 != 1) return;
@@ -118,7 +118,9 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     auto primary = Primary::start(*vm, std::move(data), pc, ph, connect_to(*backup.server));
     REQUIRE(primary);
     auto deadline = test::deadline_in(seconds(120));
-    while ((*primary)->acked_epoch() < 520 && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(20));
+    while ((*primary)->acked_epoch() < 520 && steady_clock::now() < deadline && !(*primary)->failure() && !vm->stop_reason())
+        std::this_thread::sleep_for(milliseconds(20));
+    INFO(test::describe_run(*vm, (*primary)->failure()));
     REQUIRE((*primary)->acked_epoch() >= 520);
     auto figures = (*primary)->recent_epochs();
     CHECK((*primary)->heartbeats().received > 50);
@@ -314,7 +316,7 @@ struct LateAnswer {
         PrimaryConfig pc;
         pc.security = test::link_security();
         pc.epoch = epoch;
-        pc.heartbeat = {milliseconds(10), milliseconds(2000)};
+        pc.heartbeat = {milliseconds(10), test::scaled(milliseconds(2000))};
         PrimaryHooks ph;
         ph.on_failure = [this](const Error&) { ++failures; };
         auto data = connect_to(*backup->server); // the stream first: the backup takes the next one as control

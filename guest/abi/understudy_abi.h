@@ -44,6 +44,9 @@ enum us_hypercall {
     US_HC_EXIT = 4,    /* struct us_hc_exit: the guest is done; the VM stops */
     US_HC_ABORT = 5,   /* struct us_hc_abort: assertion failure; the VM stops */
     US_HC_REPORT = 6,  /* struct us_hc_report: publish a named 64-bit value to the host */
+    US_HC_FAULT = 7,   /* struct us_hc_fault: an exception the runtime cannot report at CPL3; the VM stops.
+                        * Made at CPL0 just before the runtime triple-faults on purpose (an older VMM
+                        * stops the VM on the undefined call instead: the same outcome, less said) */
     /* 0x20..0x3f: reserved for test harnesses, which register their own handlers. */
     US_HC_TEST_FIRST = 0x20,
     US_HC_TEST_LAST = 0x3f,
@@ -99,6 +102,20 @@ struct us_hc_report {
     uint64_t value; /* 8 */
 };
 US_STATIC_ASSERT(sizeof(struct us_hc_report) == 16, "abi");
+
+/* The CPU's exception frame as the runtime's trap entry saw it, then cr2 and the depth. */
+struct us_hc_fault {
+    uint64_t vector; /* 0 */
+    uint64_t error;  /* 8: the CPU's error code, 0 for vectors without one */
+    uint64_t rip;    /* 16 */
+    uint64_t cs;     /* 24 */
+    uint64_t rflags; /* 32 */
+    uint64_t rsp;    /* 40 */
+    uint64_t ss;     /* 48 */
+    uint64_t cr2;    /* 56 */
+    uint64_t depth;  /* 64: faults at CPL3 whose report had begun (0: the fault was at CPL0) */
+};
+US_STATIC_ASSERT(sizeof(struct us_hc_fault) == 72, "abi");
 
 enum us_report_key {
     US_REPORT_DIGEST = 1,    /* counter: the final digest */

@@ -4,6 +4,7 @@
  * so the host can tell "rejected and continued" from "VM stopped".
  * With no case= (or an unknown one) it lists the cases and exits with 2.
  */
+#include "traps.h"
 #include "us/guest.h"
 
 #define SURVIVED_STATUS 3
@@ -88,6 +89,15 @@ static void c_mmio_write(void) { *(volatile uint32_t *)(uintptr_t)0xd0000000u = 
  * with an abort naming the vector, rip and cr2 (seen under KVM's PVM backend too). */
 static void c_fault_ud2(void) { __asm__ volatile("ud2"); }
 static void c_fault_pf(void) { (void)*(volatile uint64_t *)(uintptr_t)(boot->map_end + 4096); }
+/* A fault while another is being reported: the runtime cannot report it at CPL3, so
+ * it makes the FAULT hypercall at CPL0 (then triple-faults). */
+static void c_fault_nested(void)
+{
+    us_fault_depth = 1;
+    __asm__ volatile("ud2");
+}
+/* A triple fault with nothing said first: the VMM's stop reason carries the vCPU state. */
+static void c_triple_fault(void) { us_triple_fault(); }
 /* Not hostile: an ordinary failed assertion, which must reach the host with its place. */
 static void c_assert_fail(void) { US_ASSERT(boot->vcpu == 12345); }
 
@@ -105,6 +115,7 @@ static const struct {
     {"port_read_outside", c_port_read_outside}, {"mmio_read", c_mmio_read},
     {"mmio_write", c_mmio_write},             {"fault_ud2", c_fault_ud2},
     {"fault_pf", c_fault_pf},                 {"assert_fail", c_assert_fail},
+    {"fault_nested", c_fault_nested},         {"triple_fault", c_triple_fault},
 };
 
 void guest_main(const struct guest_boot *b)

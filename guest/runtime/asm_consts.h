@@ -9,6 +9,9 @@
 #define US_ASM_ABI_VERSION 1          /* == UNDERSTUDY_ABI_VERSION */
 #define US_ASM_MAX_VCPUS 8            /* == US_CHURN_MAX_VCPUS */
 
+#define US_ASM_HC_FAULT_PORT 0x507     /* == US_HC_PORT_BASE + US_HC_FAULT */
+#define US_ASM_HC_FAULT_SIZE 72        /* == sizeof(struct us_hc_fault) */
+
 #define US_STACK_SIZE 0x10000         /* CPL3 stack per vCPU (64 KiB) */
 #define US_FAULT_STACK_SIZE 0x1000    /* CPL0 stack per vCPU, used only on exceptions */
 

@@ -3,8 +3,8 @@
  * stack; instead of handling it at CPL0 (slow, and C here would need a kernel
  * runtime) the handler rewrites the iret frame to "call" us_fault_user(vector,
  * error, rip, cr2, rsp) at CPL3, which reports it and stops the VM.
- * A fault at CPL0, or a second fault while reporting, triple-faults on purpose:
- * the VMM then sees a shutdown, which is the honest outcome.
+ * A fault at CPL0, or a second fault while reporting, is reported to the VMM with
+ * the FAULT hypercall, and then triple-faults on purpose in case the VMM runs on.
  */
 #include "asm_consts.h"
 
@@ -46,17 +46,25 @@ us_trap_common:
     mov     %rax, (%rsp)
     iretq
 
-/* The VMM's stop reason lists the registers at the triple fault (docs/guest-abi.md):
- * leave the fault in them. rdi vector, rsi error code, rdx rip, rcx cr2, r8 rsp,
- * r9 cs, r10 us_fault_depth (CPL3 faults whose report had begun, this one included). */
+/* Before the triple fault, tell the VMM what happened (FAULT hypercall): a triple
+ * fault alone says nothing, since on AMD KVM resets the vCPU's registers at the
+ * shutdown. struct us_hc_fault is built below the frame: the frame's seven words
+ * (vector, error, rip, cs, rflags, rsp, ss) are its first seven fields. */
 die:
-    mov     0(%rsp), %rdi
-    mov     8(%rsp), %rsi
-    mov     16(%rsp), %rdx
-    mov     %cr2, %rcx
-    mov     40(%rsp), %r8
-    mov     24(%rsp), %r9
-    mov     us_fault_depth(%rip), %r10d
+    sub     $US_ASM_HC_FAULT_SIZE, %rsp
+    .set    i, 0
+    .rept   7
+    mov     US_ASM_HC_FAULT_SIZE + i(%rsp), %rax
+    mov     %rax, i(%rsp)
+    .set    i, i + 8
+    .endr
+    mov     %cr2, %rax
+    mov     %rax, 56(%rsp)
+    mov     us_fault_depth(%rip), %eax
+    mov     %rax, 64(%rsp)
+    mov     %rsp, %rax                  /* identity-mapped: the address is the GPA */
+    mov     $US_ASM_HC_FAULT_PORT, %dx
+    outl    %eax, %dx
     lidt    null_idt_ptr(%rip)
     ud2                                 /* #UD with no IDT: triple fault */
 

@@ -94,6 +94,14 @@ std::optional<uint64_t> wait_churn_header(hv::Vm& vm, std::chrono::milliseconds 
     return std::nullopt;
 }
 
+std::string describe_run(const hv::Vm& vm, const std::optional<Error>& replication_failure) {
+    auto stop = vm.stop_reason();
+    std::string out = stop ? "the VM stopped (" + std::string(hv::vm_stop_kind_name(stop->kind)) + "): " + stop->message
+                           : std::string("the VM is still running");
+    if (replication_failure) out += "; replication failed: " + replication_failure->describe();
+    return out;
+}
+
 void check_churn_snapshot_continues(const std::string& snapshot) {
     hv::VmConfig quiet;
     quiet.console = [](std::string_view) {};

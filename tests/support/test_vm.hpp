@@ -43,6 +43,10 @@ std::optional<uint64_t> wait_churn_header(hv::Vm& vm, std::chrono::milliseconds 
 // that it made progress from there with its stamps still consistent.
 void check_churn_snapshot_continues(const std::string& snapshot);
 
+// For a failed wait: why the VM stopped (its stop reason, a fault's registers included)
+// or that it still runs, and the replication failure if there is one.
+std::string describe_run(const hv::Vm& vm, const std::optional<Error>& replication_failure = std::nullopt);
+
 // Runs `cmd` in a shell, returns its exit status and stdout+stderr.
 int run_shell(const std::string& cmd, std::string* output);
 
