@@ -20,7 +20,7 @@ HeartbeatFigures heartbeat_figures(const replicator::HeartbeatStats& s) { return
 
 void instrument(replicator::PrimaryHooks& hooks, Metrics& m) {
     m.on_session_start();
-    hooks.on_capture = [&m, next = std::move(hooks.on_capture)](uint64_t epoch, hv::Vm& vm) {
+    hooks.on_capture = [&m, next = std::move(hooks.on_capture)](uint64_t epoch, hv::Checkpointable& vm) {
         m.on_captured(epoch); // in the pause: one atomic store
         if (next) next(epoch, vm);
     };

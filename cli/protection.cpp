@@ -68,7 +68,7 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
     p->net_ = net;
     p->role_ = role;
     replicator::PrimaryHooks hooks;
-    if (net) hooks.on_capture = [net](uint64_t epoch, hv::Vm&) { net->commit().captured(epoch); };
+    if (net) hooks.on_capture = [net](uint64_t epoch, hv::Checkpointable&) { net->commit().captured(epoch); };
     // Without a backup nothing protects the output any more: release it now, not at the
     // next status line.
     hooks.on_failure = [self](const Error&) { self->run_unprotected(); };

@@ -49,7 +49,7 @@ public:
     void forget_role();
     // Runs `fn` on the paused VM at a checkpoint taken now (replicator::Primary::while_paused);
     // returns that checkpoint.
-    Result<uint64_t> while_paused(std::function<void(hv::Vm&)> fn) { return primary_->while_paused(std::move(fn)); }
+    Result<uint64_t> while_paused(std::function<void(hv::Checkpointable&)> fn) { return primary_->while_paused(std::move(fn)); }
     // Why replication failed, once it has. A call that sees the failure releases the
     // output held for the backup (once the role retired its session): the VM keeps
     // running, unprotected.

@@ -97,9 +97,9 @@ int fail(const Error& e) {
 std::string snapshot_action(hv::Vm& vm, const std::string& path, Protection* protection) {
     Result<hv::SnapshotInfo> info = make_error(Errc::state, "not saved");
     double pause_s = 0;
-    auto save = [&](hv::Vm& paused) {
+    auto save = [&](hv::Checkpointable&) { // the replicator's view of `vm`, paused
         auto at = steady_clock::now();
-        info = hv::save_snapshot(paused, path);
+        info = hv::save_snapshot(vm, path);
         pause_s = duration<double>(steady_clock::now() - at).count();
     };
     if (protection && !protection->failure()) {

@@ -1,6 +1,6 @@
 // A virtual machine: KVM's VM fd, guest memory, vCPUs, the I/O buses, the hypercalls,
-// devices and dirty tracking, and the controls the replicator needs: pause every vCPU,
-// harvest the dirty set, capture or restore state, resume.
+// devices and dirty tracking, and the controls the replicator needs (hv::Checkpointable):
+// pause every vCPU, harvest the dirty set, capture or restore state, resume.
 #pragma once
 
 #include <chrono>
@@ -16,6 +16,7 @@
 
 #include "common/bitmap.hpp"
 #include "common/error.hpp"
+#include "hv/checkpointable.hpp"
 #include "hv/device.hpp"
 #include "hv/dirty_tracker.hpp"
 #include "hv/guest_clock.hpp"
@@ -39,22 +40,7 @@ struct VmConfig {
 
 Result<void> validate_vm_config(const VmConfig& c);
 
-enum class VmStopKind {
-    exited,      // the guest called EXIT; status is its status
-    aborted,     // the guest called ABORT (assertion failure)
-    guest_fault, // the guest did something illegal (bad hypercall, triple fault, ...)
-    host_error,  // the VMM failed (a KVM call, ...)
-    stopped,     // the host asked the VM to stop
-};
-const char* vm_stop_kind_name(VmStopKind k);
-
-struct VmStop {
-    VmStopKind kind;
-    uint64_t status = 0;
-    std::string message;
-};
-
-class Vm {
+class Vm final : public Checkpointable {
 public:
     static Result<std::unique_ptr<Vm>> create(VmConfig cfg);
     // The same around guest memory that already holds the guest (a promoted backup's
@@ -67,33 +53,34 @@ public:
     const VmConfig& config() const { return cfg_; }
     int fd() const { return fd_.get(); }
     const Kvm& kvm() const { return kvm_; }
-    GuestMemory& memory() { return memory_; }
+    GuestMemory& memory() override { return memory_; }
     const GuestMemory& memory() const { return memory_; }
     IoBus& pio() { return pio_; }
     IoBus& mmio() { return mmio_; }
     Hypercalls& hypercalls() { return *hypercalls_; }
     DirtyTracker& dirty_tracker() { return *dirty_; }
     GuestClock& clock() { return clock_; }
-    unsigned vcpu_count() const { return static_cast<unsigned>(vcpus_.size()); }
+    unsigned vcpu_count() const override { return static_cast<unsigned>(vcpus_.size()); }
     Vcpu& vcpu(unsigned i) { return *vcpus_.at(i); }
 
     Result<void> add_device(std::unique_ptr<Device> d);
     // Digest of what a VM must share with this one to run its state: memory size and
     // layout, vCPU count, the CPUID its vCPUs see, and its devices' names.
-    uint64_t config_digest() const;
+    uint64_t config_digest() const override;
 
     // Launches the vCPU threads; they run until paused or stopped.
     Result<void> start();
     // Returns once every vCPU is out of KVM_RUN (paused or exited).
-    void pause_all();
-    void resume_all();
+    void pause_all() override;
+    void resume_all() override;
     bool paused() const { return paused_; }
 
     // Every page written since the previous harvest (by vCPUs or by the VMM), ORed into out.
-    Result<void> harvest_dirty(Bitmap& out);
+    bool tracks_dirty() const override { return cfg_.dirty.mode != DirtyMode::none; }
+    Result<void> harvest_dirty(Bitmap& out) override;
 
     // Whole-VM state except memory. Requires the VM paused (or not started).
-    Result<VmState> save_state();
+    Result<VmState> save_state() override;
     Result<void> restore_state(const VmState& s);
 
     // Asks every vCPU to stop; wait() then returns kind `stopped` unless the guest stopped first.
@@ -102,7 +89,7 @@ public:
     VmStop wait();
     // As wait(), with a limit; nullopt if the VM is still running.
     std::optional<VmStop> wait_for(std::chrono::milliseconds limit);
-    std::optional<VmStop> stop_reason() const;
+    std::optional<VmStop> stop_reason() const override;
 
     // Values the guest published with the REPORT hypercall, per (vCPU, key).
     std::optional<uint64_t> report(unsigned vcpu, uint64_t key) const;

@@ -50,10 +50,10 @@ Result<void> validate(const PrimaryConfig& c) {
     return failover::validate(c.heartbeat);
 }
 
-Result<std::unique_ptr<Primary>> Primary::start(hv::Vm& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg,
+Result<std::unique_ptr<Primary>> Primary::start(hv::Checkpointable& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg,
                                                 PrimaryHooks hooks, std::unique_ptr<Connection> control) {
     US_TRYV(validate(cfg));
-    if (vm.config().dirty.mode == hv::DirtyMode::none)
+    if (!vm.tracks_dirty())
         return make_error(Errc::invalid_input, "replication needs dirty tracking; the VM was created with --dirty none");
     uint64_t session = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
     auto enc = US_TRY(PageEncoder::create({vm.memory().page_count(), cfg.cache_pages, session}));
@@ -64,7 +64,7 @@ Result<std::unique_ptr<Primary>> Primary::start(hv::Vm& vm, std::unique_ptr<Conn
     return p;
 }
 
-Primary::Primary(hv::Vm& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg, PrimaryHooks hooks, PageEncoder enc)
+Primary::Primary(hv::Checkpointable& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg, PrimaryHooks hooks, PageEncoder enc)
     : vm_(vm), conn_(std::move(conn)), cfg_(cfg), hooks_(std::move(hooks)), encoder_(std::move(enc)),
       dirty_(vm.memory().page_count()), slot_of_page_(vm.memory().page_count(), -1) {}
 
@@ -226,7 +226,7 @@ void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
 
 // Pause, take what changed since the last harvest and the whole state, resume.
 Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bool resume,
-                                                              const std::function<void(hv::Vm&)>& paused) {
+                                                              const std::function<void(hv::Checkpointable&)>& paused) {
     auto cp = std::move(building_);
     if (!cp) cp = take_buffer();
     cp->epoch = epoch;
@@ -375,7 +375,7 @@ Result<void> Primary::epoch_loop() {
         if (stopping_) break;
         early_end_.reset(); // output from here on belongs to the next checkpoint
         const bool last = handover_ && !handover_->outcome;
-        std::function<void(hv::Vm&)> paused;
+        std::function<void(hv::Checkpointable&)> paused;
         if (paused_request_ && !paused_request_->done_at) paused = paused_request_->fn;
         lock.unlock();
         if (vm_.stop_reason()) break; // the guest is gone; nothing left to protect
@@ -412,7 +412,7 @@ Result<uint64_t> Primary::hand_over(std::function<Result<void>()> check, std::ch
     return outcome;
 }
 
-Result<uint64_t> Primary::while_paused(std::function<void(hv::Vm&)> fn) {
+Result<uint64_t> Primary::while_paused(std::function<void(hv::Checkpointable&)> fn) {
     std::unique_lock lock(mu_);
     if (stopping_ || control_done_) return make_error(Errc::state, "replication has ended");
     if (acked_ == 0) return make_error(Errc::state, "the initial synchronization is still running; try again once protected");

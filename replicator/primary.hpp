@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "failover/failure_detector.hpp"
-#include "hv/vm.hpp"
+#include "hv/checkpointable.hpp"
 #include "replicator/control_link.hpp"
 #include "replicator/link_security.hpp"
 #include "replicator/page_codec.hpp"
@@ -66,7 +66,7 @@ struct SyncProgress {
 
 struct PrimaryHooks {
     // While paused, right after capture (tests record the state to compare with the backup).
-    std::function<void(uint64_t epoch, hv::Vm&)> on_capture;
+    std::function<void(uint64_t epoch, hv::Checkpointable&)> on_capture;
     std::function<void(const SyncProgress&)> on_sync_progress;
     std::function<void(const EpochFigures&)> on_acked;
     // Once, from the thread that found it, when replication fails (not on stop()): the
@@ -81,7 +81,7 @@ public:
     // `control`, a second connection to the same backup, carries heartbeats: without
     // one, a backup that hangs without closing its socket is only noticed through
     // backpressure.
-    static Result<std::unique_ptr<Primary>> start(hv::Vm& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg,
+    static Result<std::unique_ptr<Primary>> start(hv::Checkpointable& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg,
                                                   PrimaryHooks hooks = {}, std::unique_ptr<Connection> control = nullptr);
     ~Primary();
 
@@ -113,7 +113,7 @@ public:
     // checkpoint's state was captured (`understudy snapshot` of a protected VM: the file
     // then holds exactly checkpoint N). Its time counts in that checkpoint's pause.
     // Returns N once `fn` ran; an error if replication ends first.
-    Result<uint64_t> while_paused(std::function<void(hv::Vm&)> fn);
+    Result<uint64_t> while_paused(std::function<void(hv::Checkpointable&)> fn);
 
     bool is_protected() const { return acked_.load() > 0; }
     // Why replication failed, once it has.
@@ -127,7 +127,7 @@ public:
 
 private:
     struct Checkpoint;
-    Primary(hv::Vm& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg, PrimaryHooks hooks, PageEncoder enc);
+    Primary(hv::Checkpointable& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg, PrimaryHooks hooks, PageEncoder enc);
     void control_main();
     void sender_main();
     void receiver_main();
@@ -139,7 +139,7 @@ private:
     // after the capture. With `resume` false (a handover's last checkpoint) the VM stays
     // paused unless the capture failed.
     Result<std::unique_ptr<Checkpoint>> capture(uint64_t epoch, bool resume = true,
-                                                const std::function<void(hv::Vm&)>& paused = nullptr);
+                                                const std::function<void(hv::Checkpointable&)>& paused = nullptr);
     // The epoch loop's half of hand_over() once checkpoint `epoch` is queued; true when
     // the backup took over.
     bool finish_handover(uint64_t epoch);
@@ -153,7 +153,7 @@ private:
     // when the backup accepted; the failure is then none.
     bool late_answer_decides();
 
-    hv::Vm& vm_;
+    hv::Checkpointable& vm_;
     std::unique_ptr<Connection> conn_;
     std::unique_ptr<Connection> control_conn_; // until handshake() hands it to heartbeat_
     std::unique_ptr<HeartbeatLink> heartbeat_;
@@ -194,7 +194,7 @@ private:
     };
     std::optional<Handover> handover_;     // hand_over() waiting
     struct PausedRequest {
-        std::function<void(hv::Vm&)> fn;
+        std::function<void(hv::Checkpointable&)> fn;
         std::optional<uint64_t> done_at; // the checkpoint it ran at
     };
     std::optional<PausedRequest> paused_request_; // while_paused() waiting

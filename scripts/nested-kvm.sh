@@ -25,6 +25,8 @@
 #   122  the VM could not reach the command (no /dev/kvm there, 9p mount failed)
 #   123  the VM ended before the command did, for another reason
 #   124  the command did not finish within NESTED_KVM_TIMEOUT
+#   125  the VM hung: nothing on its console, not even the pulse, for NESTED_KVM_HANG_S
+#        (default three pulses and a minute); what its CPUs were doing is printed
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -99,6 +101,8 @@ for p in "$PWD" "$repo"; do
 done
 [[ "$(printf '%s' "${keep[@]}")" != *[[:space:]:]* ]] || fail 120 "the current folder or the repository has a space or ':' in its path"
 
+pulse=${NESTED_KVM_PULSE:-120}
+[[ $pulse =~ ^[0-9]+$ ]] || fail 120 "NESTED_KVM_PULSE=$pulse is not a whole number of seconds"
 # Run inside the VM: the modules, loopback, then the command; its status comes back in a file.
 {
   echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root"
@@ -119,7 +123,7 @@ cd '$PWD' || { echo unreachable >'$run/status'; exit; }
 echo started >'$run/status'
 # A sign of life every NESTED_KVM_PULSE seconds (default 120; 0: none): the VM's uptime,
 # load and busiest processes, so that a slow run can be told from a stuck one.
-pulse=${NESTED_KVM_PULSE:-120}
+pulse=$pulse
 if [ "\$pulse" -gt 0 ] 2>/dev/null; then
   (while sleep "\$pulse"; do
      echo "nested-kvm: up \$(cut -d' ' -f1 /proc/uptime) s, load \$(cut -d' ' -f1-3 /proc/loadavg); busiest:"
@@ -133,22 +137,47 @@ EOF
 
 console=${NESTED_KVM_CONSOLE:-$dir/console.log}
 limit=${NESTED_KVM_TIMEOUT:-3600}
+# A VM that prints nothing, not even its pulse, for this long has hung: the watchdog
+# below records what its CPUs do (QEMU's monitor) and ends it.
+silence=${NESTED_KVM_HANG_S:-$(( pulse > 0 ? 3 * pulse + 60 : 900 ))}
+: >"$console"
+watchdog() {
+  while sleep 15; do
+    [ -S "$run/monitor" ] || continue
+    [ $(( $(date +%s) - $(stat -c %Y "$console") )) -ge "$silence" ] || continue
+    echo "nested-kvm: no output from the VM for $silence s: it hung" >>"$console"
+    python3 "$repo/scripts/nested-kvm-monitor.py" "$run/monitor" "$dir/root/boot/System.map-$(ls "$dir/root/lib/modules")" \
+      >>"$console" 2>&1 || true
+    touch "$run/hung"
+    return
+  done
+}
+watchdog &
+watchdog_pid=$!
+trap 'kill $watchdog_pid 2>/dev/null; rm -rf "$run"' EXIT
+
 echo "== nested-kvm: $1"
 set +e
 timeout "$limit" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$(nproc)" \
   -m "${NESTED_KVM_MEM:-8G}" -nographic -no-reboot -kernel "$dir/root/vmlinuz" -initrd "$dir/initramfs.gz" \
-  -append "console=ttyS0 loglevel=4 panic=-1 understudy.run=$run understudy.keep=$(IFS=:; echo "${keep[*]}")" \
+  -append "console=ttyS0 loglevel=4 panic=-1 nokaslr understudy.run=$run understudy.keep=$(IFS=:; echo "${keep[*]}")" \
+  -monitor "unix:$run/monitor,server=on,wait=off" \
   -virtfs "local,path=/,mount_tag=hostroot,security_model=passthrough,id=hostroot,multidevs=remap" </dev/null |
   sed -u -e 's/\x1b\[[0-9;?]*[a-zA-Z]//g' -e 's/\x1bc//g' -e '/^\(SeaBIOS\|iPXE\|Press Ctrl-B\|Booting from ROM\)/d' |
-  tee "$console"
+  tee -a "$console"
 qemu_status=${PIPESTATUS[0]}
 set -e
+kill $watchdog_pid 2>/dev/null || true
 
 status=$(cat "$run/status" 2>/dev/null || true)
 case $status in
   [0-9]*) echo "nested-kvm: the command exited $status"; exit "$status" ;;
   unreachable) fail 122 "the VM could not run the command (see the lines above)" ;;
 esac
+if [ -f "$run/hung" ]; then
+  sed -n '/^nested-kvm: no output from the VM/,$p' "$console" >&2
+  fail 125 "the VM hung (no output for $silence s; its CPUs above); console in $console"
+fi
 [ "$qemu_status" -eq 124 ] && fail 124 "timed out after $limit s (NESTED_KVM_TIMEOUT); console in $console"
 grep -q "Kernel panic" "$console" && fail 121 "the VM's kernel panicked (${status:-before the command started}); console in $console"
 fail 123 "the VM ended before the command did (QEMU exit $qemu_status); console in $console"

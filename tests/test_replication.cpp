@@ -11,6 +11,7 @@
 #include "hv/snapshot.hpp"
 #include "replicator/backup.hpp"
 #include "replicator/primary.hpp"
+#include "tests/support/backup_thread.hpp"
 #include "tests/support/link_key.hpp"
 #include "tests/support/test_vm.hpp"
 #include "tests/support/time_scale.hpp"
@@ -19,6 +20,8 @@ using namespace understudy;
 using namespace understudy::hv;
 using namespace understudy::abi;
 using namespace understudy::replicator;
+using understudy::test::BackupThread;
+using understudy::test::connect_to;
 using namespace std::chrono;
 
 namespace {
@@ -35,48 +38,6 @@ uint64_t image_digest(const GuestMemory& mem, const VmState& s) {
     uint64_t d = XXH3_64bits_digest(st);
     XXH3_freeState(st);
     return d;
-}
-
-struct BackupThread {
-    std::unique_ptr<BackupServer> server;
-    std::thread thread;
-    std::atomic<int> sessions{0};
-    std::vector<std::string> session_errors;
-    std::mutex mu;
-
-    explicit BackupThread(BackupHooks hooks = {}, bool accept_handover = false) {
-        BackupConfig cfg;
-        cfg.accept_handover = accept_handover;
-        cfg.heartbeat = {milliseconds(10), test::scaled(milliseconds(2000))}; // see the primary's, below
-        cfg.security = test::link_security();
-        auto s = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), std::move(hooks), cfg);
-        REQUIRE(s);
-        server = std::move(*s);
-        thread = std::thread([this] {
-            for (;;) {
-                auto r = server->serve_one(seconds(30));
-                if (!r && r.error().code == Errc::timeout) return;
-                if (!r && r.error().code == Errc::state) return;
-                std::lock_guard lock(mu);
-                if (!r) session_errors.push_back(r.error().message);
-                ++sessions;
-            }
-        });
-    }
-    ~BackupThread() {
-        server->stop();
-        if (thread.joinable()) thread.join();
-    }
-    void wait_sessions(int n) {
-        auto deadline = test::deadline_in(seconds(30));
-        while (sessions.load() < n && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(2));
-    }
-};
-
-std::unique_ptr<Connection> connect_to(const BackupServer& s) {
-    auto c = Connection::connect(s.local(), seconds(5));
-    REQUIRE(c);
-    return std::move(*c);
 }
 
 } // namespace
@@ -105,7 +66,7 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     // keeps a starved heartbeat thread from ending the session.
     pc.heartbeat = {milliseconds(10), test::scaled(milliseconds(2000))};
     PrimaryHooks ph;
-    ph.on_capture = [&](uint64_t epoch, Vm& v) {
+    ph.on_capture = [&](uint64_t epoch, hv::Checkpointable& v) {
         if (epoch % 25 != 1) return;
         auto s = v.save_state();
         REQUIRE(s);

@@ -1,0 +1,231 @@
+// The epoch engine (replicator::Primary) against a fake VM (tests/support/fake_vm.hpp),
+// without KVM: initial synchronization, pause / harvest / capture, pipelined sending,
+// ACKs, a requested checkpoint, a stopping guest and the planned handover, with exact
+// checks: every committed replica equals the VM at that checkpoint's pause, byte for
+// byte, memory and state.
+#include <catch2/catch.hpp>
+
+#include <xxhash.h>
+
+#include <cstring>
+#include <future>
+#include <map>
+#include <thread>
+
+#include "replicator/primary.hpp"
+#include "tests/support/backup_thread.hpp"
+#include "tests/support/fake_vm.hpp"
+#include "tests/support/link_key.hpp"
+#include "tests/support/time_scale.hpp"
+
+using namespace understudy;
+using namespace understudy::replicator;
+using namespace understudy::test;
+using namespace std::chrono;
+
+namespace {
+
+// All of memory and every vCPU's encoded state: equal digests mean equal bytes.
+uint64_t vm_digest(const hv::GuestMemory& mem, const hv::VmState& s) {
+    XXH3_state_t* st = XXH3_createState();
+    XXH3_64bits_reset(st);
+    for (uint64_t p = 0; p < mem.page_count(); ++p) XXH3_64bits_update(st, mem.page_ptr(p), hv::kPageSize);
+    for (const auto& v : s.vcpus) {
+        std::vector<uint8_t> bytes;
+        hv::encode_vcpu_state(v, bytes);
+        XXH3_64bits_update(st, bytes.data(), bytes.size());
+    }
+    XXH3_64bits_update(st, &s.guest_time_ns, sizeof s.guest_time_ns);
+    uint64_t d = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    return d;
+}
+
+// What each side saw at each checkpoint.
+struct Digests {
+    std::mutex mu;
+    std::map<uint64_t, uint64_t> primary, backup;
+
+    BackupHooks backup_hooks() {
+        BackupHooks h;
+        h.on_commit = [this](uint64_t epoch, const BackupReplica& r) {
+            uint64_t d = vm_digest(r.memory(), r.state());
+            std::lock_guard lock(mu);
+            backup[epoch] = d;
+        };
+        return h;
+    }
+    PrimaryHooks primary_hooks() {
+        PrimaryHooks h;
+        h.on_capture = [this](uint64_t epoch, hv::Checkpointable& vm) { // in the pause
+            auto s = vm.save_state();
+            REQUIRE(s);
+            uint64_t d = vm_digest(vm.memory(), *s);
+            std::lock_guard lock(mu);
+            primary[epoch] = d;
+        };
+        return h;
+    }
+    // Every checkpoint the backup committed matches the VM at that pause; returns how many.
+    size_t check_all_committed() {
+        std::lock_guard lock(mu);
+        for (auto [epoch, d] : backup) {
+            INFO("checkpoint " << epoch);
+            auto it = primary.find(epoch);
+            REQUIRE(it != primary.end());
+            CHECK(it->second == d);
+        }
+        return backup.size();
+    }
+};
+
+PrimaryConfig config(milliseconds epoch) {
+    PrimaryConfig pc;
+    pc.security = link_security();
+    pc.epoch = epoch;
+    pc.heartbeat = {milliseconds(10), scaled(milliseconds(2000))};
+    return pc;
+}
+
+template <class Pred>
+bool wait_until(Pred pred, milliseconds limit) {
+    auto deadline = deadline_in(limit);
+    while (!pred()) {
+        if (steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(milliseconds(2));
+    }
+    return true;
+}
+
+} // namespace
+
+TEST_CASE("every committed checkpoint equals the VM at its pause, vCPU and VMM writes alike", "[epoch]") {
+    Digests seen;
+    BackupThread backup(seen.backup_hooks());
+    FakeVmConfig fc;
+    fc.memory_bytes = 16 * hv::kMiB;
+    fc.vcpus = 3;
+    fc.pages = 600;
+    auto vm = FakeVm::create(fc);
+    REQUIRE(vm);
+    vm->start();
+    vm->resume_all();
+    // A "device" writing guest memory from outside the vCPUs, as virtio does.
+    std::atomic<bool> done{false};
+    std::atomic<uint64_t> device_writes{0};
+    std::thread device([&] {
+        for (uint64_t i = 0; !done.load(); ++i) {
+            if (vm->vmm_write(vm->memory().page_count() - 1 - i % 64, uint8_t(i))) ++device_writes;
+            std::this_thread::sleep_for(microseconds(300));
+        }
+    });
+    auto data = connect_to(*backup.server); // the stream first: the backup takes the next one as control
+    auto primary = Primary::start(*vm, std::move(data), config(milliseconds(5)), seen.primary_hooks(), connect_to(*backup.server));
+    REQUIRE(primary);
+    bool reached = wait_until([&] { return (*primary)->acked_epoch() >= 150 || (*primary)->failure(); }, seconds(60));
+    done = true;
+    device.join();
+    INFO(((*primary)->failure() ? (*primary)->failure()->describe() : std::string("no failure")));
+    REQUIRE(reached);
+    REQUIRE(!(*primary)->failure());
+    auto figures = (*primary)->recent_epochs();
+    (*primary)->stop();
+    CHECK((*primary)->wait());
+    backup.wait_sessions(1);
+    CHECK(backup.session_errors.empty());
+
+    CHECK(seen.check_all_committed() >= 150);
+    CHECK(device_writes.load() > 100);
+    uint64_t dirty = 0, xor_pages = 0;
+    for (const auto& f : figures) {
+        dirty += f.dirty_pages;
+        xor_pages += f.codec.count(PageEncoding::xor_lz4);
+    }
+    CHECK(dirty > 1000);  // checkpoints carried pages...
+    CHECK(xor_pages > 0); // ...and the codec sent deltas against the previous versions
+}
+
+TEST_CASE("a requested checkpoint ends a long epoch early, once", "[epoch]") {
+    Digests seen;
+    BackupThread backup(seen.backup_hooks());
+    auto vm = FakeVm::create({});
+    REQUIRE(vm);
+    vm->start();
+    vm->resume_all();
+    auto primary = Primary::start(*vm, connect_to(*backup.server), config(scaled(milliseconds(3000))), seen.primary_hooks());
+    REQUIRE(primary);
+    REQUIRE(wait_until([&] { return (*primary)->is_protected(); }, seconds(30)));
+    uint64_t before = (*primary)->acked_epoch();
+    auto asked = steady_clock::now();
+    (*primary)->request_checkpoint(asked + milliseconds(5));
+    REQUIRE(wait_until([&] { return (*primary)->acked_epoch() > before; }, seconds(2)));
+    CHECK(steady_clock::now() - asked < scaled(milliseconds(1500))); // well within the 3 s epoch
+    std::this_thread::sleep_for(scaled(milliseconds(1000)));
+    CHECK((*primary)->acked_epoch() == before + 1); // consumed: the next epoch runs its length
+    (*primary)->stop();
+    CHECK((*primary)->wait());
+    CHECK(seen.check_all_committed() >= 2);
+}
+
+TEST_CASE("a guest that stops ends replication; what was committed stays exact", "[epoch]") {
+    Digests seen;
+    BackupThread backup(seen.backup_hooks());
+    auto vm = FakeVm::create({});
+    REQUIRE(vm);
+    vm->start();
+    vm->resume_all();
+    auto primary = Primary::start(*vm, connect_to(*backup.server), config(milliseconds(5)), seen.primary_hooks());
+    REQUIRE(primary);
+    REQUIRE(wait_until([&] { return (*primary)->acked_epoch() >= 20; }, seconds(30)));
+    vm->stop_with({hv::VmStopKind::guest_fault, 0, "a test's guest fault"});
+    auto ended = std::async(std::launch::async, [&] { return (*primary)->wait(); });
+    bool finished = ended.wait_for(scaled(seconds(10))) == std::future_status::ready;
+    if (!finished) (*primary)->stop();
+    CHECK(finished); // replication ends by itself: there is nothing left to protect
+    uint64_t acked = (*primary)->acked_epoch();
+    std::this_thread::sleep_for(milliseconds(100));
+    CHECK((*primary)->acked_epoch() == acked);
+    CHECK(seen.check_all_committed() >= 20);
+}
+
+TEST_CASE("a planned handover: the last checkpoint is the VM as it stays paused, byte for byte", "[epoch]") {
+    std::mutex mu;
+    std::vector<uint8_t> replica_memory;
+    hv::VmState replica_state;
+    uint64_t committed = 0, handed_at = 0;
+    BackupHooks bh;
+    bh.on_commit = [&](uint64_t epoch, const BackupReplica& r) {
+        std::lock_guard lock(mu);
+        committed = epoch;
+        replica_memory.assign(r.memory().page_ptr(0), r.memory().page_ptr(0) + r.memory().size());
+        replica_state = r.state();
+    };
+    bh.on_handover = [&](uint64_t epoch) {
+        std::lock_guard lock(mu);
+        handed_at = epoch;
+    };
+    BackupThread backup(bh, /*accept_handover=*/true);
+    auto vm = FakeVm::create({});
+    REQUIRE(vm);
+    vm->start();
+    vm->resume_all();
+    auto data = connect_to(*backup.server);
+    auto primary = Primary::start(*vm, std::move(data), config(milliseconds(20)), {}, connect_to(*backup.server));
+    REQUIRE(primary);
+    REQUIRE(wait_until([&] { return (*primary)->acked_epoch() >= 10; }, seconds(30)));
+    auto last = (*primary)->hand_over(nullptr, scaled(milliseconds(5000)));
+    INFO((last ? std::string("accepted") : last.error().describe()));
+    REQUIRE(last);
+    CHECK((*primary)->handed_over());
+    // The VM stays paused after an accepted handover: nothing changes past the last checkpoint.
+    auto state = vm->save_state();
+    REQUIRE(state);
+    std::lock_guard lock(mu);
+    CHECK(handed_at == *last);
+    CHECK(committed == *last);
+    REQUIRE(replica_memory.size() == vm->memory().size());
+    CHECK(std::memcmp(replica_memory.data(), vm->memory().page_ptr(0), replica_memory.size()) == 0);
+    REQUIRE(replica_state.vcpus.size() == state->vcpus.size());
+    for (size_t i = 0; i < state->vcpus.size(); ++i) CHECK(replica_state.vcpus[i].regs.rip == state->vcpus[i].regs.rip);
+    CHECK(replica_state.guest_time_ns == state->guest_time_ns);
+}
