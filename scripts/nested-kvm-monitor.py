@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Reads what a hung nested VM's CPUs are doing, through QEMU's monitor, for
 scripts/nested-kvm.sh: `info registers -a` (every CPU), each RIP also named as a symbol
-of the VM's kernel (System.map; the runner boots it with nokaslr), then ends QEMU.
+of the VM's kernel (its /proc/kallsyms as the runner saved it, "ADDRESS NAME" lines; the
+runner boots it with nokaslr), then ends QEMU.
 
-  nested-kvm-monitor.py MONITOR_SOCKET SYSTEM_MAP
+  nested-kvm-monitor.py MONITOR_SOCKET KALLSYMS
 """
 import bisect
 import re
@@ -33,9 +34,9 @@ def symbols(path):
         with open(path) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) == 3 and parts[1] in "tTwW":
+                if len(parts) == 2:
                     addrs.append(int(parts[0], 16))
-                    names.append(parts[2])
+                    names.append(parts[1])
     except OSError:
         pass
     order = sorted(range(len(addrs)), key=addrs.__getitem__)

@@ -118,6 +118,8 @@ for m in kvm_amd tun veth bridge br_netfilter sch_netem; do
   modprobe -d '$dir/root' "\$m" || echo "nested-kvm: modprobe \$m failed"
 done
 ip link set lo up
+# The kernel's code symbols, for naming a hung VM's RIPs (Debian's System.map is a stub).
+awk '\$2 == "t" || \$2 == "T" { print \$1, \$3 }' /proc/kallsyms >'$run/kallsyms' &
 if [ ! -c /dev/kvm ]; then echo unreachable >'$run/status'; echo "nested-kvm: no /dev/kvm in the VM"; exit; fi
 cd '$PWD' || { echo unreachable >'$run/status'; exit; }
 echo started >'$run/status'
@@ -146,15 +148,14 @@ watchdog() {
     [ -S "$run/monitor" ] || continue
     [ $(( $(date +%s) - $(stat -c %Y "$console") )) -ge "$silence" ] || continue
     echo "nested-kvm: no output from the VM for $silence s: it hung" >>"$console"
-    python3 "$repo/scripts/nested-kvm-monitor.py" "$run/monitor" "$dir/root/boot/System.map-$(ls "$dir/root/lib/modules")" \
-      >>"$console" 2>&1 || true
-    touch "$run/hung"
+    touch "$run/hung" # before the monitor ends QEMU, which the main script then sees
+    python3 "$repo/scripts/nested-kvm-monitor.py" "$run/monitor" "$run/kallsyms" >>"$console" 2>&1 || true
     return
   done
 }
 watchdog &
 watchdog_pid=$!
-trap 'kill $watchdog_pid 2>/dev/null; rm -rf "$run"' EXIT
+trap 'kill $watchdog_pid 2>/dev/null || true; rm -rf "$run"' EXIT
 
 echo "== nested-kvm: $1"
 set +e
