@@ -12,6 +12,7 @@
 #include "hv/guest_memory.hpp"
 #include "hv/io_bus.hpp"
 #include "hv/vcpu_state.hpp"
+#include "hv/vm.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
@@ -199,4 +200,23 @@ TEST_CASE("memory sizes and dirty modes are validated", "[config]") {
     CHECK(*parse_dirty_mode("ring") == DirtyMode::ring);
     CHECK(*parse_dirty_mode("auto") == DirtyMode::automatic);
     CHECK(!parse_dirty_mode("rings"));
+}
+
+TEST_CASE("a VM of a memory size or vCPU count that is not allowed is refused before KVM is asked", "[config]") {
+    for (uint64_t bytes : {uint64_t(0), 8 * kMiB, 16 * kMiB + 4096, 13 * kGiB, ~uint64_t(0)}) {
+        VmConfig cfg;
+        cfg.memory_bytes = bytes;
+        auto vm = Vm::create(cfg);
+        INFO(bytes);
+        REQUIRE(!vm);
+        CHECK(vm.error().code == Errc::invalid_input);
+        CHECK_THAT(vm.error().message, Catch::Contains("multiple of 2 MiB"));
+    }
+    for (unsigned n : {0u, kMaxVcpus + 1}) {
+        VmConfig cfg;
+        cfg.vcpus = n;
+        auto vm = Vm::create(cfg);
+        REQUIRE(!vm);
+        CHECK_THAT(vm.error().message, Catch::Contains("vCPU count"));
+    }
 }
