@@ -321,7 +321,8 @@ public:
         to.sin_port = htons(6379);
         REQUIRE(::inet_pton(AF_INET, t.guest_ip().c_str(), &to.sin_addr) == 1);
         REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
-        timeval tv{10, 0};
+        // A reply may wait for a promotion (a lease to run out first): 10 s, scaled.
+        timeval tv{static_cast<time_t>(duration_cast<seconds>(scaled(10s)).count()), 0};
         ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     }
     ~Counter() { ::close(fd_); }
