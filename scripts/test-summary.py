@@ -3,7 +3,9 @@
 ran (native, nested) and its result, from ctest's list of tests and the JUnit files of
 its runs.
 
-  test-summary.py BUILD_NAME BUILD_DIR [--left-out NAME=REASON ...] RUN.xml:WHERE ...
+  test-summary.py BUILD_NAME BUILD_DIR [--counts FILE] [--left-out NAME=REASON ...] RUN.xml:WHERE ...
+
+--counts appends "passed failed skipped left_out" to FILE, for the run's total.
 
 A suite labelled `kvm` that was skipped, or that no run reports, is a failure: the run
 could have given it KVM (natively or in the nested VM), unless it is named in --left-out,
@@ -61,9 +63,13 @@ def main(argv):
     build_name, build_dir, rest = argv[1], argv[2], argv[3:]
     left_out = {}
     runs = []
+    counts_file = None
     i = 0
     while i < len(rest):
-        if rest[i] == "--left-out":
+        if rest[i] == "--counts":
+            counts_file = rest[i + 1]
+            i += 2
+        elif rest[i] == "--left-out":
             name, _, reason = rest[i + 1].partition("=")
             left_out[name] = reason
             i += 2
@@ -93,8 +99,11 @@ def main(argv):
             where, outcome, time, note = "-", "failed", "", "no run reports it (see the runs above)"
         counts[outcome] += 1
         print(f"{name:<30} {where:<8} {outcome:<9} {time:>8}  {note}")
-    print(f"{build_name}: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped, "
+    print(f"== {build_name} build: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped, "
           f"{counts['left out']} left out")
+    if counts_file:
+        with open(counts_file, "a") as f:
+            f.write(f"{counts['passed']} {counts['failed']} {counts['skipped']} {counts['left out']}\n")
     return 1 if counts["failed"] else 0
 
 

@@ -23,6 +23,8 @@ timeout_scale=1
 
 failed=0
 summaries=()
+counts=$(mktemp)
+trap 'rm -f "$counts"' EXIT
 nested_vm_failures=()
 # run_suites BUILD_DIR NAME [--left-out SUITE=REASON ...] [--nested-only REGEX]
 # Runs every suite of BUILD_DIR: the kvm ones where KVM is (all of them, or in the nested
@@ -73,7 +75,7 @@ run_suites() {
   fi
   echo "== $name build: tests took $(( SECONDS - t0 )) s"
   local summary
-  summary=$(python3 scripts/test-summary.py "$name" "$build" ${left[@]+"${left[@]}"} "${runs[@]}") || failed=1
+  summary=$(python3 scripts/test-summary.py "$name" "$build" --counts "$counts" ${left[@]+"${left[@]}"} "${runs[@]}") || failed=1
   summaries+=("$summary")
 }
 
@@ -110,11 +112,13 @@ if [ "${UNDERSTUDY_SKIP_SANITIZERS:-0}" != 1 ]; then
     run_suites "$PWD/build-asan" sanitizer
   fi
   echo "== fuzz smoke: every fuzz target for a few seconds (docs/fuzzing.md)"
-  FUZZ_BUILD_DIR=build-asan scripts/fuzz.sh --smoke || failed=1
+  FUZZ_BUILD_DIR=build-asan scripts/fuzz.sh --smoke || { failed=1; echo "0 1 0 0" >>"$counts"; echo "== the fuzz smoke failed"; }
 fi
 
 echo
 for s in "${summaries[@]}"; do echo "$s"; echo; done
 for s in ${nested_vm_failures[@]+"${nested_vm_failures[@]}"}; do echo "== note: $s; its suites ran again in a fresh VM"; done
 echo "== scripts/test.sh took $(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s"
+# One closing line for the whole run (suites left out are named above, never counted as run).
+awk '{ p += $1; f += $2; s += $3 } END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$counts"
 exit "$failed"
