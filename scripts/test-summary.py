@@ -8,7 +8,8 @@ its runs.
 --counts appends "passed failed skipped left_out" to FILE, for the run's total.
 
 A suite labelled `kvm` that was skipped, or that no run reports, is a failure: the run
-could have given it KVM (natively or in the nested VM), unless it is named in --left-out,
+could have given it KVM. A suite with a second report (NAME.rerun.xml: it failed, and ran
+again) takes the second result, flagged as flaky and counted apart (natively or in the nested VM), unless it is named in --left-out,
 whose reason is printed. Other suites may be skipped (for a tool this machine lacks); they
 are counted apart, never as passed. Exits 1 if any suite failed.
 """
@@ -77,17 +78,23 @@ def main(argv):
             path, _, where = rest[i].rpartition(":")
             runs.append((path, where))
             i += 1
-    seen = {}
+    seen, reruns = {}, {}
     for path, where in runs:
-        seen.update(results(path, where))
+        (reruns if path.endswith(".rerun.xml") else seen).update(results(path, where))
 
-    counts = {"passed": 0, "failed": 0, "skipped": 0, "left out": 0}
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "left out": 0, "passed on a second run": 0}
     print(f"== summary of the {build_name} build ({build_dir})")
     print(f"{'suite':<30} {'where':<8} {'result':<9} {'time':>8}  note")
     for name, labels in sorted(suites(build_dir).items()):
         kvm = "kvm" in labels
         if name in seen:
             where, outcome, secs, note = seen[name]
+            if outcome == "failed" and name in reruns:
+                _, again, secs2, _ = reruns[name]
+                outcome, secs = again, secs + secs2
+                note = f"FAILED on its first run, {again} on a second: flaky (its first run's output is above)"
+                if again == "passed":
+                    counts["passed on a second run"] += 1
             if outcome == "skipped" and kvm and name not in left_out:
                 outcome, note = "failed", f"skipped where KVM was available: {note}"
             if outcome == "skipped" and name in left_out:
@@ -99,8 +106,8 @@ def main(argv):
             where, outcome, time, note = "-", "failed", "", "no run reports it (see the runs above)"
         counts[outcome] += 1
         print(f"{name:<30} {where:<8} {outcome:<9} {time:>8}  {note}")
-    print(f"== {build_name} build: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped, "
-          f"{counts['left out']} left out")
+    print(f"== {build_name} build: {counts['passed']} passed ({counts['passed on a second run']} of them on a second run), "
+          f"{counts['failed']} failed, {counts['skipped']} skipped, {counts['left out']} left out")
     if counts_file:
         with open(counts_file, "a") as f:
             f.write(f"{counts['passed']} {counts['failed']} {counts['skipped']} {counts['left out']}\n")

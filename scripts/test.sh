@@ -52,7 +52,9 @@ run_suites() {
     runs+=("$results/native.xml:native")
     echo "== tests ($name build), the kvm suites in the nested VM ($(( SECONDS - t0 )) s so far)"
     # One ctest per suite, each with its own report, so that a VM that dies part way
-    # keeps the results of the suites before it. A VM that panicked or hung (the
+    # keeps the results of the suites before it. A suite that fails runs once more; the
+    # summary then shows both results (the nested VM's guests still fail now and then
+    # for reasons not yet found: docs/testing.md, "When the nested VM fails"). A VM that panicked or hung (the
     # runner's 121 and 125: the emulated kernel failed, not a suite; docs/testing.md,
     # "When the nested VM fails") runs the suites left without a result once more, in a
     # fresh VM, and the summary says so.
@@ -66,7 +68,8 @@ run_suites() {
       status=0
       NESTED_KVM_CONSOLE=$results/nested-console-$attempt.log scripts/nested-kvm.sh "cd '$build' &&
         for t in ${rest[*]}; do
-          ctest --output-on-failure -R \"^\$t\\\$\" --output-junit test-results/nested-\$t.xml
+          ctest --output-on-failure -R \"^\$t\\\$\" --output-junit test-results/nested-\$t.xml ||
+            ctest --output-on-failure -R \"^\$t\\\$\" --output-junit test-results/nested-\$t.rerun.xml
         done" || status=$?
       case $status in 121 | 125) ;; *) break ;; esac
       [ "$attempt" -eq 1 ] && nested_vm_failures+=("$name build: the nested VM failed with status $status (console: $results/nested-console-1.log)")
