@@ -87,6 +87,15 @@ PrimaryConfig config(milliseconds epoch) {
     return pc;
 }
 
+// A fake VM whose vCPUs run.
+std::unique_ptr<FakeVm> running_vm(FakeVmConfig fc = {}) {
+    auto vm = FakeVm::create(fc);
+    REQUIRE(vm);
+    vm->start();
+    vm->resume_all();
+    return vm;
+}
+
 template <class Pred>
 bool wait_until(Pred pred, milliseconds limit) {
     auto deadline = deadline_in(limit);
@@ -106,10 +115,7 @@ TEST_CASE("every committed checkpoint equals the VM at its pause, vCPU and VMM w
     fc.memory_bytes = 16 * hv::kMiB;
     fc.vcpus = 3;
     fc.pages = 600;
-    auto vm = FakeVm::create(fc);
-    REQUIRE(vm);
-    vm->start();
-    vm->resume_all();
+    auto vm = running_vm(fc);
     // A "device" writing guest memory from outside the vCPUs, as virtio does.
     std::atomic<bool> done{false};
     std::atomic<uint64_t> device_writes{0};
@@ -148,10 +154,7 @@ TEST_CASE("every committed checkpoint equals the VM at its pause, vCPU and VMM w
 TEST_CASE("a requested checkpoint ends a long epoch early, once", "[epoch]") {
     Digests seen;
     BackupThread backup(seen.backup_hooks());
-    auto vm = FakeVm::create({});
-    REQUIRE(vm);
-    vm->start();
-    vm->resume_all();
+    auto vm = running_vm();
     // The epoch (at most the 10 s allowed), the waits and the bound scale together.
     const milliseconds epoch = std::min<milliseconds>(scaled(milliseconds(3000)), seconds(10));
     auto primary = Primary::start(*vm, connect_to(*backup.server), config(epoch), seen.primary_hooks());
@@ -173,10 +176,7 @@ TEST_CASE("a requested checkpoint ends a long epoch early, once", "[epoch]") {
 TEST_CASE("a guest that stops ends replication; what was committed stays exact", "[epoch]") {
     Digests seen;
     BackupThread backup(seen.backup_hooks());
-    auto vm = FakeVm::create({});
-    REQUIRE(vm);
-    vm->start();
-    vm->resume_all();
+    auto vm = running_vm();
     auto primary = Primary::start(*vm, connect_to(*backup.server), config(milliseconds(5)), seen.primary_hooks());
     REQUIRE(primary);
     REQUIRE(wait_until([&] { return (*primary)->acked_epoch() >= 20; }, seconds(30)));
@@ -208,10 +208,7 @@ TEST_CASE("a planned handover: the last checkpoint is the VM as it stays paused,
         handed_at = epoch;
     };
     BackupThread backup(bh, /*accept_handover=*/true);
-    auto vm = FakeVm::create({});
-    REQUIRE(vm);
-    vm->start();
-    vm->resume_all();
+    auto vm = running_vm();
     auto data = connect_to(*backup.server);
     auto primary = Primary::start(*vm, std::move(data), config(milliseconds(20)), {}, connect_to(*backup.server));
     REQUIRE(primary);
