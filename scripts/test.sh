@@ -60,11 +60,11 @@ run_suites() {
     # fresh VM, and the summary says so.
     local suites attempt status f rest
     suites=$(cd "$build" && ctest -N -L kvm -R "$only" -E "$skip" | sed -n 's/^ *Test *#[0-9]*: //p')
-    for attempt in 1 2; do
+    for attempt in 1 2 3; do
       rest=()
       for t in $suites; do [ -e "$results/nested-$t.xml" ] || rest+=("$t"); done
       [ ${#rest[@]} -gt 0 ] || break
-      [ "$attempt" -eq 2 ] && echo "== the nested VM failed (status $status): ${rest[*]} again, in a fresh VM"
+      [ "$attempt" -gt 1 ] && echo "== the nested VM failed (status $status): ${rest[*]} again, in a fresh VM"
       status=0
       NESTED_KVM_CONSOLE=$results/nested-console-$attempt.log scripts/nested-kvm.sh "cd '$build' &&
         for t in ${rest[*]}; do
@@ -72,7 +72,7 @@ run_suites() {
             ctest --output-on-failure -R \"^\$t\\\$\" --output-junit test-results/nested-\$t.rerun.xml
         done" || status=$?
       case $status in 121 | 125) ;; *) break ;; esac
-      [ "$attempt" -eq 1 ] && nested_vm_failures+=("$name build: the nested VM failed with status $status (console: $results/nested-console-1.log)")
+      nested_vm_failures+=("$name build: nested VM $attempt failed with status $status (console: $results/nested-console-$attempt.log)")
     done
     for f in "$results"/nested-*.xml; do [ -e "$f" ] && runs+=("$f:nested"); done
   fi
