@@ -16,10 +16,12 @@ else
   kvm_where=nested
   echo "== no /dev/kvm here: the kvm suites run in the nested VM (scripts/nested-kvm.sh; its times are the emulator's)"
 fi
-# ctest's limits for the kvm suites, multiplied in the nested VM, where everything is slower
-# (the suites' own waits scale with UNDERSTUDY_TEST_TIME_SCALE, which the runner sets).
+# ctest's limits for the kvm suites may be multiplied in the nested VM (the suites' own
+# waits scale with UNDERSTUDY_TEST_TIME_SCALE, which the runner sets). Not by default:
+# every suite passed nested within half of its limit (docs/testing.md), and a larger
+# limit only makes a stuck suite (a guest that died under a long wait) cost CI more.
 timeout_scale=1
-[ "$kvm_where" = nested ] && timeout_scale=${UNDERSTUDY_NESTED_TIMEOUT_SCALE:-3}
+[ "$kvm_where" = nested ] && timeout_scale=${UNDERSTUDY_NESTED_TIMEOUT_SCALE:-1}
 
 failed=0
 summaries=()
