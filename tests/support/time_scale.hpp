@@ -6,6 +6,7 @@
 // "Deadlines on slow hosts").
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -30,10 +31,17 @@ inline double time_scale() {
     return scale;
 }
 
+// Scaling never makes a wait longer than 10 minutes (a limit already longer stays as it
+// is): every suite passed nested well within that, and a longer wait only makes a stuck
+// suite (a guest that died under a client's 300 s limit) cost the run more.
+inline constexpr std::chrono::milliseconds kLongestScaledWait{600'000};
+
 template <class Rep, class Period>
 std::chrono::milliseconds scaled(std::chrono::duration<Rep, Period> limit) {
     auto ms = std::chrono::duration_cast<std::chrono::duration<double, std::milli>>(limit).count();
-    return std::chrono::milliseconds(static_cast<long long>(ms * time_scale()));
+    auto longer = std::chrono::milliseconds(static_cast<long long>(ms * time_scale()));
+    auto plain = std::chrono::duration_cast<std::chrono::milliseconds>(limit);
+    return std::max(plain, std::min(longer, kLongestScaledWait));
 }
 
 // A deadline `limit` from now, scaled.
