@@ -119,7 +119,7 @@ for m in kvm_amd tun veth bridge br_netfilter sch_netem; do
   modprobe -d '$dir/root' "\$m" || echo "nested-kvm: modprobe \$m failed"
 done
 ip link set lo up
-# The kernel's code symbols, for naming a hung VM's RIPs (Debian's System.map is a stub).
+# The kernel's code symbols, for naming a hung VM's RIPs (Debian ships no usable System.map).
 awk '\$2 == "t" || \$2 == "T" { print \$1, \$3 }' /proc/kallsyms >'$run/kallsyms' &
 if [ ! -c /dev/kvm ]; then echo unreachable >'$run/status'; echo "nested-kvm: no /dev/kvm in the VM"; exit; fi
 cd '$PWD' || { echo unreachable >'$run/status'; exit; }

@@ -54,6 +54,17 @@ Error load_error(const std::vector<uint8_t>& image) {
     return r.error();
 }
 
+// Boots bad_hypercall with case=NAME and returns why it stopped.
+VmStop run_to_stop(const char* name) {
+    VmConfig cfg;
+    cfg.memory_bytes = 32 * kMiB;
+    auto vm = test::boot("bad_hypercall", std::string("case=") + name, cfg);
+    REQUIRE(vm->start());
+    auto stop = vm->wait_for(test::scaled(seconds(30)));
+    REQUIRE(stop.has_value());
+    return *stop;
+}
+
 } // namespace
 
 TEST_CASE("malformed images are refused with a clear error", "[bad-input][kvm]") {
@@ -209,39 +220,26 @@ TEST_CASE("guest CPU faults and assertion failures are reported with their place
     };
     for (const auto& c : {Case{"fault_ud2", "exception 6"}, Case{"fault_pf", "exception 14"},
                           Case{"assert_fail", "guest/images/bad_hypercall.c:"}}) {
-        VmConfig cfg;
-        cfg.memory_bytes = 32 * kMiB;
-        auto vm = test::boot("bad_hypercall", std::string("case=") + c.name, cfg);
-        REQUIRE(vm->start());
-        auto stop = vm->wait_for(test::scaled(seconds(30)));
-        REQUIRE(stop.has_value());
-        INFO(stop->message);
-        CHECK(stop->kind == VmStopKind::aborted);
-        CHECK_THAT(stop->message, Catch::Contains(c.expect));
+        VmStop stop = run_to_stop(c.name);
+        INFO(stop.message);
+        CHECK(stop.kind == VmStopKind::aborted);
+        CHECK_THAT(stop.message, Catch::Contains(c.expect));
     }
 }
 
 TEST_CASE("faults the guest cannot report itself stop it with the exception and the vCPU state", "[bad-input][kvm]") {
-    VmConfig cfg;
-    cfg.memory_bytes = 32 * kMiB;
     // A fault while one is being reported: the runtime's FAULT hypercall names it.
-    auto nested = test::boot("bad_hypercall", "case=fault_nested", cfg);
-    REQUIRE(nested->start());
-    auto stop = nested->wait_for(test::scaled(seconds(30)));
-    REQUIRE(stop.has_value());
-    INFO(stop->message);
-    CHECK(stop->kind == VmStopKind::guest_fault);
-    CHECK_THAT(stop->message, Catch::Contains("CPU exception 6 (#UD) at CPL3 that the guest could not report itself"));
-    CHECK_THAT(stop->message, Catch::Contains("fault depth 2"));
-    CHECK_THAT(stop->message, Catch::Contains("vCPU state:"));
+    VmStop nested = run_to_stop("fault_nested");
+    INFO(nested.message);
+    CHECK(nested.kind == VmStopKind::guest_fault);
+    CHECK_THAT(nested.message, Catch::Contains("CPU exception 6 (#UD) at CPL3 that the guest could not report itself"));
+    CHECK_THAT(nested.message, Catch::Contains("fault depth 2"));
+    CHECK_THAT(nested.message, Catch::Contains("vCPU state:"));
     // A bare triple fault: KVM_EXIT_SHUTDOWN, with whatever KVM still has of the vCPU.
-    auto triple = test::boot("bad_hypercall", "case=triple_fault", cfg);
-    REQUIRE(triple->start());
-    stop = triple->wait_for(test::scaled(seconds(30)));
-    REQUIRE(stop.has_value());
-    INFO(stop->message);
-    CHECK(stop->kind == VmStopKind::guest_fault);
-    CHECK_THAT(stop->message, Catch::Contains("triple fault"));
-    CHECK_THAT(stop->message, Catch::Contains("rip="));
-    CHECK_THAT(stop->message, Catch::Contains("idt base="));
+    VmStop triple = run_to_stop("triple_fault");
+    INFO(triple.message);
+    CHECK(triple.kind == VmStopKind::guest_fault);
+    CHECK_THAT(triple.message, Catch::Contains("triple fault"));
+    CHECK_THAT(triple.message, Catch::Contains("rip="));
+    CHECK_THAT(triple.message, Catch::Contains("idt base="));
 }

@@ -45,8 +45,6 @@ public:
     void start();
     // The guest "stops" (as a guest fault would): the threads end, stop_reason() says why.
     void stop_with(hv::VmStop why);
-    // Page writes so far, over all vCPUs.
-    uint64_t writes() const { return writes_.load(); }
     // Writes part of a page as a device would, outside any vCPU: false (nothing written)
     // while the VM is paused, as devices are suspended then (hv::Device::suspend).
     bool vmm_write(uint64_t page, uint8_t value);

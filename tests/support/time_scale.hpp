@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <string>
 
 namespace understudy::test {
 
@@ -49,8 +48,5 @@ template <class Rep, class Period>
 std::chrono::steady_clock::time_point deadline_in(std::chrono::duration<Rep, Period> limit) {
     return std::chrono::steady_clock::now() + scaled(limit);
 }
-
-// The factor as text, for command lines and scripts that take seconds.
-inline std::string scaled_seconds(double seconds) { return std::to_string(seconds * time_scale()); }
 
 } // namespace understudy::test
