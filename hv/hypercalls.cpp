@@ -52,7 +52,8 @@ Result<void> Hypercalls::on_port(IoAccess& a) {
         h = handlers_[nr];
     }
     if (!h) return make_error(Errc::guest_fault, "hypercall " + std::to_string(nr) + " is not defined");
-    if (auto r = h(a.vcpu, Gpa{gpa}); !r) return std::move(r.error()).wrap("hypercall " + std::to_string(nr));
+    if (!a.vcpu) return make_error(Errc::state, "hypercall " + std::to_string(nr) + " arrived without a vCPU");
+    if (auto r = h(*a.vcpu, Gpa{gpa}); !r) return std::move(r.error()).wrap("hypercall " + std::to_string(nr));
     return {};
 }
 

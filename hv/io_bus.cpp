@@ -22,7 +22,7 @@ Result<void> IoBus::add(uint64_t base, uint64_t len, std::string owner, IoHandle
     return {};
 }
 
-Result<void> IoBus::dispatch(Vcpu& vcpu, uint64_t addr, std::span<uint8_t> data, bool is_write) {
+Result<void> IoBus::dispatch(Vcpu* vcpu, uint64_t addr, std::span<uint8_t> data, bool is_write) {
     {
         std::shared_lock lock(mu_);
         auto it = ranges_.upper_bound(addr);

@@ -18,7 +18,7 @@ class Vcpu;
 
 // One guest access that exited to the VMM. For reads the handler fills `data`.
 struct IoAccess {
-    Vcpu& vcpu;
+    Vcpu* vcpu; // the vCPU that exited; the vCPU loop always passes one, unit tests pass none
     uint64_t addr;   // port number or guest-physical address
     uint64_t offset; // addr minus the start of the registered range
     std::span<uint8_t> data;
@@ -36,7 +36,7 @@ public:
     Result<void> add(uint64_t base, uint64_t len, std::string owner, IoHandler h);
     // Dispatches to the owner of addr. Unclaimed accesses behave as on real hardware:
     // reads return all ones, writes are dropped; both are counted and logged (rate-limited).
-    Result<void> dispatch(Vcpu& vcpu, uint64_t addr, std::span<uint8_t> data, bool is_write);
+    Result<void> dispatch(Vcpu* vcpu, uint64_t addr, std::span<uint8_t> data, bool is_write);
     uint64_t unclaimed_accesses() const { return unclaimed_; }
 
 private:

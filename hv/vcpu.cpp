@@ -294,13 +294,13 @@ Result<void> Vcpu::handle_exit() {
             return make_error(Errc::system, "KVM reported port I/O data outside kvm_run");
         auto* data = reinterpret_cast<uint8_t*>(run_) + io.data_offset;
         for (uint32_t i = 0; i < io.count; ++i)
-            US_TRYV(vm_.pio().dispatch(*this, io.port, {data + i * io.size, io.size}, io.direction == KVM_EXIT_IO_OUT));
+            US_TRYV(vm_.pio().dispatch(this, io.port, {data + i * io.size, io.size}, io.direction == KVM_EXIT_IO_OUT));
         return {};
     }
     case KVM_EXIT_MMIO: {
         auto& m = run_->mmio;
         if (m.len == 0 || m.len > 8) return make_error(Errc::guest_fault, "MMIO access of length " + std::to_string(m.len));
-        return vm_.mmio().dispatch(*this, m.phys_addr, {m.data, m.len}, m.is_write != 0);
+        return vm_.mmio().dispatch(this, m.phys_addr, {m.data, m.len}, m.is_write != 0);
     }
     case KVM_EXIT_DIRTY_RING_FULL: return vm_.dirty_tracker().drain_vcpu(index_);
     case KVM_EXIT_INTR: return {};

@@ -861,7 +861,7 @@ TEST_CASE("vm: the device answers at its window and travels in the VM's state", 
 
     auto read32 = [&](uint64_t gpa) {
         uint32_t v = 0;
-        REQUIRE(vm->mmio().dispatch(vm->vcpu(0), gpa, {reinterpret_cast<uint8_t*>(&v), 4}, false));
+        REQUIRE(vm->mmio().dispatch(&vm->vcpu(0), gpa, {reinterpret_cast<uint8_t*>(&v), 4}, false));
         return v;
     };
     CHECK(read32(0xd0000000) == kMmioMagic);
