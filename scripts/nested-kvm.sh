@@ -18,6 +18,9 @@
 # ASAN_OPTIONS, UBSAN_OPTIONS, CI. NESTED_KVM_MEM (default 8G) and NESTED_KVM_TIMEOUT
 # (seconds, default 3600) tune the VM; the VM's console goes to NESTED_KVM_CONSOLE
 # (default .deps/nested-kvm/console.log) as well as to the standard output.
+# NESTED_KVM_TCG_THREAD (multi, the default, or single) picks QEMU's TCG threading: one
+# host thread per emulated CPU, or one for all (coherent after the kernel patches its
+# own text, but the replication suite ran 2.6 times slower; docs/testing.md).
 #
 # Exit status: the command's own, or one of the runner's, each with its own last line:
 #   120  the VM could not be set up (missing tool, no kernel, not root)
@@ -123,6 +126,7 @@ ip link set lo up
 awk '\$2 == "t" || \$2 == "T" { print \$1, \$3 }' /proc/kallsyms >'$run/kallsyms' &
 if [ ! -c /dev/kvm ]; then echo unreachable >'$run/status'; echo "nested-kvm: no /dev/kvm in the VM"; exit; fi
 cd '$PWD' || { echo unreachable >'$run/status'; exit; }
+python3 '$repo/scripts/nested-kvm-anchor.py' || { echo unreachable >'$run/status'; exit; }
 echo started >'$run/status'
 # A sign of life every NESTED_KVM_PULSE seconds (default 120; 0: none): the VM's uptime,
 # load and busiest processes, so that a slow run can be told from a stuck one.
@@ -140,6 +144,8 @@ EOF
 
 console=${NESTED_KVM_CONSOLE:-$dir/console.log}
 limit=${NESTED_KVM_TIMEOUT:-3600}
+tcg_thread=${NESTED_KVM_TCG_THREAD:-multi}
+[[ $tcg_thread =~ ^(single|multi)$ ]] || fail 120 "NESTED_KVM_TCG_THREAD=$tcg_thread is neither single nor multi"
 # A VM that prints nothing, not even its pulse, for this long has hung: the watchdog
 # below records what its CPUs do (QEMU's monitor) and ends it.
 silence=${NESTED_KVM_HANG_S:-$(( pulse > 0 ? 3 * pulse + 60 : 900 ))}
@@ -170,7 +176,7 @@ trap 'kill $watchdog_pid 2>/dev/null || true; rm -rf "$run"' EXIT
 
 echo "== nested-kvm: $1"
 set +e
-timeout "$limit" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$(nproc)" \
+timeout "$limit" qemu-system-x86_64 -accel "tcg,thread=$tcg_thread" -cpu max -smp "$(nproc)" \
   -m "${NESTED_KVM_MEM:-8G}" -nographic -no-reboot -kernel "$dir/root/vmlinuz" -initrd "$dir/initramfs.gz" \
   -append "console=ttyS0 loglevel=4 panic=-1 nokaslr understudy.run=$run understudy.keep=$(IFS=:; echo "${keep[*]}")" \
   -monitor "unix:$run/monitor,server=on,wait=off" \

@@ -137,6 +137,15 @@ struct KvSetup {
         }
     }
 
+    // Runs a client command, ended early if the VM it talks to is gone: neither the
+    // primary's VMM nor a backup that could promote still runs.
+    understudy::Result<ProcessOutput> client(const std::vector<std::string>& argv, milliseconds limit) {
+        return topo.run_in(Host::client, argv, limit, [this]() -> std::string {
+            if (primary->running() || (backup && backup->running())) return {};
+            return "no VMM of the pair runs any more; the primary's log:\n" + read_file(primary_log);
+        });
+    }
+
     // The VMM is still running and has not logged a crash or a guest fault.
     void require_healthy() {
         INFO(read_file(primary_log));
@@ -224,10 +233,9 @@ TEST_CASE("output commit: no reply leaves the primary before the ACK of the chec
 
 TEST_CASE("redis-benchmark against the protected guest: no errors, and every key holds what it wrote", "[network]") {
     auto s = KvSetup::start(topology_name("nb"), true);
-    auto r = s.topo.run_in(Host::client,
-                           {"redis-benchmark", "-h", s.topo.guest_ip(), "-p", "6379", "-t", "set,get,incr", "-n", "20000",
-                            "-c", "20", "-q"},
-                           300s);
+    auto r = s.client({"redis-benchmark", "-h", s.topo.guest_ip(), "-p", "6379", "-t", "set,get,incr", "-n", "20000", "-c",
+                       "20", "-q"},
+                      300s);
     REQUIRE(r);
     INFO(r->describe() << r->out);
     REQUIRE(r->ok());
@@ -244,17 +252,14 @@ TEST_CASE("redis-benchmark against the protected guest: no errors, and every key
 
     // Many keys: SETs of a known value to 500 random keys (redis-benchmark writes
     // __rand_int__ as 12 digits), then every key is read back in one redis-cli session.
-    r = s.topo.run_in(Host::client,
-                      {"redis-benchmark", "-h", s.topo.guest_ip(), "-n", "5000", "-c", "20", "-r", "500", "-q", "SET",
-                       "k:__rand_int__", "benchmark-value"},
-                      300s);
+    r = s.client({"redis-benchmark", "-h", s.topo.guest_ip(), "-n", "5000", "-c", "20", "-r", "500", "-q", "SET",
+                  "k:__rand_int__", "benchmark-value"},
+                 300s);
     REQUIRE(r);
     REQUIRE(r->ok());
-    auto all = s.topo.run_in(Host::client,
-                             {"bash", "-c",
-                              "for i in $(seq 0 499); do printf 'GET k:%012d\\n' $i; done | redis-cli -h " +
-                                  s.topo.guest_ip()},
-                             60s);
+    auto all = s.client({"bash", "-c",
+                         "for i in $(seq 0 499); do printf 'GET k:%012d\\n' $i; done | redis-cli -h " + s.topo.guest_ip()},
+                        60s);
     REQUIRE(all);
     REQUIRE(all->ok());
     std::istringstream lines(all->out);

@@ -21,18 +21,9 @@ TEST_CASE("10,000 pause/resume cycles of a 2-vCPU churn guest", "[pause][kvm]") 
     REQUIRE(vm->start());
     auto header = test::wait_churn_header(*vm, seconds(20));
     REQUIRE(header.has_value());
-    // Wait until both vCPUs have claimed their slots.
-    auto deadline = test::deadline_in(seconds(20));
     test::ChurnProgress p{};
-    while (steady_clock::now() < deadline) {
-        vm->pause_all();
-        std::string err = test::check_churn(vm->memory(), *header, &p);
-        vm->resume_all();
-        REQUIRE(err.empty());
-        if (p.vcpus == 2) break;
-        std::this_thread::sleep_for(milliseconds(5));
-    }
-    REQUIRE(p.vcpus == 2);
+    auto both = [](const test::ChurnProgress& q) { return q.vcpus == 2; };
+    REQUIRE(test::wait_churn(*vm, *header, "second vCPU", seconds(20), both, &p) == "");
 
     uint64_t last = p.pages_stamped, grew = 0, grew_in_window = 0;
     for (int cycle = 0; cycle < 10000; ++cycle) {

@@ -113,7 +113,8 @@ TEST_CASE("a snapshot taken mid-churn is consistent with one moment and the rest
     REQUIRE(vm->start());
     auto header = test::wait_churn_header(*vm, seconds(20));
     REQUIRE(header.has_value());
-    std::this_thread::sleep_for(milliseconds(300));
+    auto both = [](const test::ChurnProgress& p) { return p.vcpus == 2; };
+    REQUIRE(test::wait_churn(*vm, *header, "second vCPU", seconds(20), both, nullptr) == "");
     vm->pause_all();
     std::string path = test::temp_path("churn.snap");
     REQUIRE(save_snapshot(*vm, path));
@@ -131,7 +132,8 @@ TEST_CASE("a snapshot taken mid-churn is consistent with one moment and the rest
     CHECK(at_restore.pages_stamped == before.pages_stamped);
     CHECK(at_restore.vcpus == 2);
     REQUIRE(r.start());
-    std::this_thread::sleep_for(milliseconds(300));
+    auto grew = [&](const test::ChurnProgress& p) { return p.pages_stamped > at_restore.pages_stamped; };
+    REQUIRE(test::wait_churn(r, *header, "progress after the restore", seconds(20), grew, nullptr) == "");
     r.pause_all();
     test::ChurnProgress later{};
     REQUIRE(test::check_churn(r.memory(), *header, &later) == "");

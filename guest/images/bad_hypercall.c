@@ -96,6 +96,17 @@ static void c_fault_nested(void)
     us_fault_depth = 1;
     __asm__ volatile("ud2");
 }
+/* A fault whose delivery faults: vCPU 0's fault stack (its TSS's rsp0; every page
+ * is user-writable) points at an unmapped page, so the #PF's frame cannot be pushed
+ * and the CPU raises #DF, which runs on its own stack (IST1) and is reported with
+ * the FAULT hypercall instead of ending in a silent triple fault. */
+static void c_double_fault(void)
+{
+    extern char us_tss[];
+    uint64_t unmapped = boot->map_end + 2 * 4096;
+    memcpy(us_tss + 4, &unmapped, sizeof(unmapped));
+    (void)*(volatile uint64_t *)(uintptr_t)(boot->map_end + 4096);
+}
 /* A triple fault with nothing said first: the VMM's stop reason carries the vCPU state. */
 static void c_triple_fault(void) { us_triple_fault(); }
 /* Not hostile: an ordinary failed assertion, which must reach the host with its place. */
@@ -116,6 +127,7 @@ static const struct {
     {"mmio_write", c_mmio_write},             {"fault_ud2", c_fault_ud2},
     {"fault_pf", c_fault_pf},                 {"assert_fail", c_assert_fail},
     {"fault_nested", c_fault_nested},         {"triple_fault", c_triple_fault},
+    {"double_fault", c_double_fault},
 };
 
 void guest_main(const struct guest_boot *b)

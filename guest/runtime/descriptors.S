@@ -36,7 +36,9 @@ us_idt:
     .fill   US_IDT_VECTORS * 2, 8, 0    /* gates written by us_traps_init() */
 
 /*
- * TSS i: rsp0 = top of fault stack i, and an I/O permission bitmap that allows
+ * TSS i: rsp0 = top of fault stack i; ist1 = top of double-fault stack i, so that
+ * a #DF raised because the fault stack itself could not be used is still
+ * delivered and reported (traps.S); and an I/O permission bitmap that allows
  * every port. IOPL=3 alone is enough on hardware virtualization, but KVM's PVM
  * backend (guest runs in hardware ring 3) emulates port I/O from CPL3 after a
  * #GP and, not seeing IOPL, consults the TSS bitmap. All TSSes share one
@@ -48,8 +50,10 @@ us_tss:
     .set    i, 0
     .rept   US_ASM_MAX_VCPUS
     .long   0
-    .quad   us_fault_stacks + (i + 1) * US_FAULT_STACK_SIZE
-    .fill   90, 1, 0
+    .quad   us_fault_stacks + (i + 1) * US_FAULT_STACK_SIZE    /* rsp0, offset 4 */
+    .fill   24, 1, 0                                           /* rsp1, rsp2, reserved */
+    .quad   us_double_fault_stacks + (i + 1) * US_FAULT_STACK_SIZE /* ist1, offset 36 */
+    .fill   58, 1, 0                                           /* ist2-7, reserved */
     .word   (US_ASM_MAX_VCPUS - i) * US_TSS_STRIDE  /* I/O bitmap offset */
     .fill   US_TSS_STRIDE - 104, 1, 0
     .set    i, i + 1
@@ -61,4 +65,6 @@ us_io_bitmap:
     .bss
     .balign 4096
 us_fault_stacks:
+    .skip   US_FAULT_STACK_SIZE * US_ASM_MAX_VCPUS
+us_double_fault_stacks:
     .skip   US_FAULT_STACK_SIZE * US_ASM_MAX_VCPUS

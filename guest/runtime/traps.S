@@ -3,8 +3,8 @@
  * stack; instead of handling it at CPL0 (slow, and C here would need a kernel
  * runtime) the handler rewrites the iret frame to "call" us_fault_user(vector,
  * error, rip, cr2, rsp) at CPL3, which reports it and stops the VM.
- * A fault at CPL0, or a second fault while reporting, is reported to the VMM with
- * the FAULT hypercall, and then triple-faults on purpose in case the VMM runs on.
+ * A fault at CPL0, a double fault (on its own stack, IST1), or a second fault
+ * while reporting, is reported to the VMM with the FAULT hypercall, and then triple-faults on purpose in case the VMM runs on.
  */
 #include "asm_consts.h"
 
@@ -26,6 +26,8 @@ us_trap_stubs:                          /* 16 bytes per vector; traps.c relies o
 
 /* Stack: vector, error, rip, cs, rflags, rsp, ss. */
 us_trap_common:
+    cmpq    $8, (%rsp)                  /* #DF: a fault's delivery failed; never resumable */
+    je      die
     testb   $3, 24(%rsp)
     jz      die
     mov     $1, %eax

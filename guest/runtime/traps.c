@@ -23,7 +23,10 @@ void us_traps_init(void)
     for (unsigned v = 0; v < US_IDT_VECTORS; v++) {
         uint64_t h = (uint64_t)(uintptr_t)us_trap_stubs + 16 * v;
         uint64_t type = 0x8e; /* present, DPL0, 64-bit interrupt gate */
-        us_idt[2 * v] = (h & 0xffff) | ((uint64_t)US_SEL_KCODE << 16) | (type << 40) |
+        /* #DF runs on its own stack (IST1, descriptors.S): it may be raised because
+         * the fault stack could not take a #PF's frame. */
+        uint64_t ist = v == 8 ? 1 : 0;
+        us_idt[2 * v] = (h & 0xffff) | ((uint64_t)US_SEL_KCODE << 16) | (ist << 32) | (type << 40) |
                         ((h >> 16 & 0xffff) << 48);
         us_idt[2 * v + 1] = h >> 32;
     }

@@ -94,6 +94,25 @@ std::optional<uint64_t> wait_churn_header(hv::Vm& vm, std::chrono::milliseconds 
     return std::nullopt;
 }
 
+std::string wait_churn(hv::Vm& vm, uint64_t header_gpa, std::string_view what, std::chrono::milliseconds limit,
+                       const std::function<bool(const ChurnProgress&)>& done, ChurnProgress* progress) {
+    auto deadline = test::deadline_in(limit);
+    ChurnProgress p{};
+    for (;;) {
+        vm.pause_all();
+        std::string err = check_churn(vm.memory(), header_gpa, &p);
+        vm.resume_all();
+        if (!err.empty()) return err;
+        if (progress) *progress = p;
+        if (done(p)) return {};
+        if (auto stop = vm.stop_reason()) return "the VM stopped before " + std::string(what) + ": " + stop->message;
+        if (std::chrono::steady_clock::now() >= deadline)
+            return "churn: no " + std::string(what) + " within the deadline (" + std::to_string(p.vcpus) +
+                   " vCPUs churning, " + std::to_string(p.pages_stamped) + " pages stamped)";
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+}
+
 std::string describe_run(const hv::Vm& vm, const std::optional<Error>& replication_failure) {
     auto stop = vm.stop_reason();
     std::string out = stop ? "the VM stopped (" + std::string(hv::vm_stop_kind_name(stop->kind)) + "): " + stop->message
@@ -113,7 +132,8 @@ void check_churn_snapshot_continues(const std::string& snapshot) {
     ChurnProgress before{}, after{};
     REQUIRE(check_churn(vm.memory(), *header, &before) == "");
     REQUIRE(vm.start());
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    auto grew = [&](const ChurnProgress& p) { return p.pages_stamped > before.pages_stamped; };
+    CHECK(wait_churn(vm, *header, "progress after the restore", std::chrono::seconds(20), grew, &after) == "");
     vm.pause_all();
     REQUIRE(check_churn(vm.memory(), *header, &after) == "");
     CHECK(after.pages_stamped > before.pages_stamped);

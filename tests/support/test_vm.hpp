@@ -3,9 +3,11 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "guest/abi/understudy_abi.h"
@@ -39,8 +41,16 @@ std::optional<uint64_t> churn_header_gpa(const hv::GuestMemory& mem);
 // Waits for churn to report its header, from whichever vCPU reached it first.
 std::optional<uint64_t> wait_churn_header(hv::Vm& vm, std::chrono::milliseconds limit);
 
-// Restores a snapshot of a churn guest, checks its stamps, runs it 200 ms and checks
-// that it made progress from there with its stamps still consistent.
+// Waits until churn's progress satisfies `done` (`what` names it for the failure),
+// pausing the VM for each look. Returns an empty string and the progress, or what went
+// wrong: an inconsistency, the VM stopping, or the deadline (the limit is scaled for slow
+// hosts). Tests wait on progress, never for a fixed time: a slow host's vCPUs may not
+// have begun within any fixed sleep.
+std::string wait_churn(hv::Vm& vm, uint64_t header_gpa, std::string_view what, std::chrono::milliseconds limit,
+                       const std::function<bool(const ChurnProgress&)>& done, ChurnProgress* progress);
+
+// Restores a snapshot of a churn guest, checks its stamps, runs it until it makes
+// progress from there with its stamps still consistent.
 void check_churn_snapshot_continues(const std::string& snapshot);
 
 // For a failed wait: why the VM stopped (its stop reason, a fault's registers included)

@@ -105,14 +105,14 @@ const char* host_name(Host h) {
 }
 
 std::string ProcessOutput::describe() const {
-    std::string s = timed_out ? "timed out" : signal ? "killed by signal " + std::to_string(signal)
+    std::string s = !abandoned.empty() ? "abandoned: " + abandoned : timed_out ? "timed out" : signal ? "killed by signal " + std::to_string(signal)
                                                      : "exit status " + std::to_string(exit_status);
     if (!err.empty()) s += ": " + err;
     while (!s.empty() && s.back() == '\n') s.pop_back();
     return s;
 }
 
-Result<ProcessOutput> run_command(const std::vector<std::string>& argv, milliseconds timeout) {
+Result<ProcessOutput> run_command(const std::vector<std::string>& argv, milliseconds timeout, const GoneCheck& gone) {
     int out_p[2], err_p[2];
     if (::pipe2(out_p, O_CLOEXEC) != 0) return sys_error("pipe");
     Fd out_r(out_p[0]), out_w(out_p[1]);
@@ -129,14 +129,16 @@ Result<ProcessOutput> run_command(const std::vector<std::string>& argv, millisec
     auto give_up = Clock::time_point::max();
     pollfd fds[2] = {{out_r.fd, POLLIN, 0}, {err_r.fd, POLLIN, 0}};
     std::string* sinks[2] = {&result.out, &result.err};
+    auto ended = [&] { return result.timed_out || !result.abandoned.empty(); };
     while ((fds[0].fd >= 0 || fds[1].fd >= 0) && Clock::now() < give_up) {
         auto now = Clock::now();
-        if (!result.timed_out && now >= deadline) {
-            result.timed_out = true;
+        if (!ended() && gone) result.abandoned = gone();
+        if (!ended() && now >= deadline) result.timed_out = true;
+        if (ended() && give_up == Clock::time_point::max()) {
             ::kill(-pid, SIGKILL);
             give_up = now + std::chrono::seconds(1);
         }
-        auto until = result.timed_out ? give_up : deadline;
+        auto until = ended() ? give_up : gone ? std::min(deadline, now + milliseconds(200)) : deadline;
         int wait_ms = int(std::chrono::duration_cast<milliseconds>(until - now).count()) + 1;
         int n = ::poll(fds, 2, wait_ms);
         if (n < 0 && errno != EINTR) return sys_error("poll");
@@ -278,8 +280,9 @@ std::vector<std::string> Topology::in_ns(Host h, const std::vector<std::string>&
     return full;
 }
 
-Result<ProcessOutput> Topology::run_in(Host h, const std::vector<std::string>& argv, milliseconds timeout) const {
-    return run_command(in_ns(h, argv), timeout);
+Result<ProcessOutput> Topology::run_in(Host h, const std::vector<std::string>& argv, milliseconds timeout,
+                                       const GoneCheck& gone) const {
+    return run_command(in_ns(h, argv), timeout, gone);
 }
 
 Result<Process> Topology::spawn_in(Host h, const std::vector<std::string>& argv, const std::string& log_path) const {

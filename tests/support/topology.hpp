@@ -22,6 +22,7 @@ struct ProcessOutput {
     int exit_status = -1; // the exit code, or -1 if a signal ended it
     int signal = 0;       // the signal that ended it, 0 if it exited
     bool timed_out = false;
+    std::string abandoned; // why it was ended early: what it waited on was gone (see run_command)
     std::string out, err;
     bool ok() const { return exit_status == 0; }
     std::string describe() const; // status and stderr, for failure messages
@@ -29,9 +30,12 @@ struct ProcessOutput {
 
 // Runs argv (searched in PATH) in the current namespace with stdin from /dev/null,
 // collecting stdout and stderr. After `timeout` its process group is killed and the
-// result says timed_out.
+// result says timed_out. `gone`, if given, is asked at least every 200 ms whether what the command
+// waits on has gone (a VMM that exited): a non-empty answer kills it at once and becomes
+// `abandoned`, so a dead peer costs a test seconds, not its whole limit.
+using GoneCheck = std::function<std::string()>;
 Result<ProcessOutput> run_command(const std::vector<std::string>& argv,
-                                  std::chrono::milliseconds timeout = std::chrono::seconds(30));
+                                  std::chrono::milliseconds timeout = std::chrono::seconds(30), const GoneCheck& gone = {});
 
 // A long-running child in its own process group; the destructor ends it (SIGTERM, then
 // SIGKILL) and reaps it.
@@ -82,7 +86,8 @@ public:
 
     // Runs argv in host h's namespace (ip netns exec).
     Result<ProcessOutput> run_in(Host h, const std::vector<std::string>& argv,
-                                 std::chrono::milliseconds timeout = std::chrono::seconds(30)) const;
+                                 std::chrono::milliseconds timeout = std::chrono::seconds(30),
+                                 const GoneCheck& gone = {}) const;
     Result<Process> spawn_in(Host h, const std::vector<std::string>& argv, const std::string& log_path = {}) const;
 
     // A socket(domain, type) that lives in host h's namespace, for tests that talk to
