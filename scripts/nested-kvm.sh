@@ -18,6 +18,7 @@
 # ASAN_OPTIONS, UBSAN_OPTIONS, CI. NESTED_KVM_MEM (default 8G) and NESTED_KVM_TIMEOUT
 # (seconds, default 3600) tune the VM; the VM's console goes to NESTED_KVM_CONSOLE
 # (default .deps/nested-kvm/console.log) as well as to the standard output.
+# NESTED_KVM_AMD_OPTIONS (default npt=0) are kvm_amd's module options in the VM.
 # NESTED_KVM_TCG_THREAD (multi, the default, or single) picks QEMU's TCG threading: one
 # host thread per emulated CPU, or one for all (coherent after the kernel patches its
 # own text, but the replication suite ran 2.6 times slower; docs/testing.md).
@@ -105,6 +106,12 @@ for p in "$PWD" "$repo"; do
 done
 [[ "$(printf '%s' "${keep[@]}")" != *[[:space:]:]* ]] || fail 120 "the current folder or the repository has a space or ':' in its path"
 
+# The VM's KVM uses shadow paging (npt=0) by default: with the emulated nested paging,
+# its guests triple-faulted now and then (a #PF whose delivery failed, in pages that are
+# always mapped) and the VM's kernel panicked; docs/testing.md, "When the nested VM fails".
+kvm_amd_options=${NESTED_KVM_AMD_OPTIONS-npt=0}
+[[ $kvm_amd_options =~ ^[a-z_]+=[A-Za-z0-9]+( [a-z_]+=[A-Za-z0-9]+)*$|^$ ]] ||
+  fail 120 "NESTED_KVM_AMD_OPTIONS='$kvm_amd_options' is not a list of name=value"
 pulse=${NESTED_KVM_PULSE:-120}
 [[ $pulse =~ ^[0-9]+$ ]] || fail 120 "NESTED_KVM_PULSE=$pulse is not a whole number of seconds"
 # Run inside the VM: the modules, loopback, then the command; its status comes back in a file.
@@ -118,7 +125,8 @@ pulse=${NESTED_KVM_PULSE:-120}
     printf 'export %s=%q\n' "$name" "${!name}"
   done < <(compgen -e)
   cat <<EOF
-for m in kvm_amd tun veth bridge br_netfilter sch_netem; do
+modprobe -d '$dir/root' kvm_amd $kvm_amd_options || echo "nested-kvm: modprobe kvm_amd $kvm_amd_options failed"
+for m in tun veth bridge br_netfilter sch_netem; do
   modprobe -d '$dir/root' "\$m" || echo "nested-kvm: modprobe \$m failed"
 done
 ip link set lo up

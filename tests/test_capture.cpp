@@ -75,7 +75,8 @@ TEST_CASE("a captured session verifies against the spec", "[capture][kvm]") {
     auto server = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), hooks, bc);
     REQUIRE(server);
     Result<SessionEnd> session;
-    std::thread t([&] { session = (*server)->serve_one(seconds(30)); });
+    // A jthread: a failed REQUIRE below still joins it (the session ends with the primary).
+    std::jthread t([&] { session = (*server)->serve_one(seconds(30)); });
     auto conn = Connection::connect((*server)->local(), seconds(5));
     REQUIRE(conn);
     uint64_t acked = protect(std::move(*conn), 30);
@@ -101,7 +102,7 @@ TEST_CASE("understudy backup --capture, then understudy verify-stream", "[captur
         std::fclose(kf);
         REQUIRE(::chmod(key.c_str(), 0600) == 0);
     }
-    std::thread t([&] {
+    std::jthread t([&] {
         backup_status = test::run_shell(test::cli_path() + " backup --sessions 1 --listen " + listen + " --capture " + path +
                                             " --link-key " + key,
                                         &backup_output);

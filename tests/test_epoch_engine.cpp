@@ -117,10 +117,9 @@ TEST_CASE("every committed checkpoint equals the VM at its pause, vCPU and VMM w
     fc.pages = 600;
     auto vm = running_vm(fc);
     // A "device" writing guest memory from outside the vCPUs, as virtio does.
-    std::atomic<bool> done{false};
     std::atomic<uint64_t> device_writes{0};
-    std::thread device([&] {
-        for (uint64_t i = 0; !done.load(); ++i) {
+    std::jthread device([&](std::stop_token stop) { // stopped and joined even when a REQUIRE fails
+        for (uint64_t i = 0; !stop.stop_requested(); ++i) {
             if (vm->vmm_write(vm->memory().page_count() - 1 - i % 64, uint8_t(i))) ++device_writes;
             std::this_thread::sleep_for(microseconds(300));
         }
@@ -129,7 +128,7 @@ TEST_CASE("every committed checkpoint equals the VM at its pause, vCPU and VMM w
     auto primary = Primary::start(*vm, std::move(data), config(milliseconds(5)), seen.primary_hooks(), connect_to(*backup.server));
     REQUIRE(primary);
     bool reached = wait_until([&] { return (*primary)->acked_epoch() >= 150 || (*primary)->failure(); }, seconds(60));
-    done = true;
+    device.request_stop();
     device.join();
     INFO(((*primary)->failure() ? (*primary)->failure()->describe() : std::string("no failure")));
     REQUIRE(reached);

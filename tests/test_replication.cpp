@@ -236,17 +236,22 @@ TEST_CASE("SIGKILL of a primary process leaves the backup process a restorable c
     uint16_t port = probe->local().port;
     probe->close();
     std::string out;
-    std::string key = " --link-key " + test::write_link_key_file(test::temp_path("link.key"));
+    // The product's 100 ms failure timeout, scaled on slow hosts on both sides: this
+    // checks what the backup keeps after a kill, not how fast it notices one.
+    std::string key = " --link-key " + test::write_link_key_file(test::temp_path("link.key")) + " --failure-timeout-ms " +
+                      std::to_string(test::scaled(milliseconds(100)).count());
     REQUIRE(test::run_shell(test::cli_path() + " backup --listen 127.0.0.1:" + std::to_string(port) + " --sessions 1 --snapshot-to " +
                                 snap + key + " > " + log + " 2>&1 & echo $! > " + log + ".pid",
                             &out) == 0);
-    // A protected primary process, killed without warning once it has been protected a while.
+    // A protected primary process, killed without warning once it has been protected a
+    // while. The shell's waits are tenths of a second: 10 s each, scaled.
+    std::string tenths = std::to_string(test::scaled(seconds(10)).count() / 100);
     std::string run = test::cli_path() + " run " + test::guest_image("churn") +
                       " -m 64M --vcpus 2 -c 'pages=2048 content=pattern' --epoch-ms 10 --backup 127.0.0.1:" + std::to_string(port) + key;
     int rc = test::run_shell("(" + run + " > " + log + ".primary 2>&1 & pid=$!; "
-                             "for i in $(seq 1 100); do grep -q '^checkpoints:' " + log + ".primary && break; sleep 0.1; done; "
+                             "for i in $(seq 1 " + tenths + "); do grep -q '^checkpoints:' " + log + ".primary && break; sleep 0.1; done; "
                              "sleep 0.$((RANDOM % 9 + 1)); kill -9 $pid; wait $pid 2>/dev/null; "
-                             "for i in $(seq 1 100); do kill -0 $(cat " + log + ".pid) 2>/dev/null || break; sleep 0.1; done)",
+                             "for i in $(seq 1 " + tenths + "); do kill -0 $(cat " + log + ".pid) 2>/dev/null || break; sleep 0.1; done)",
                              &out);
     INFO(out);
     CHECK(rc == 0);
