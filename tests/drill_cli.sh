@@ -37,6 +37,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'echo "drill_cli: ended by SIGTERM, at the time limit of ctest" >&2; exit 143' TERM # the logs still print
 
 "$topology" up "$name" >/dev/null
 "$cli" keygen "$key" >/dev/null
@@ -54,13 +55,15 @@ ip netns exec "$name-primary" "$cli" run "$kv" --memory 128M --net-tap "$name-ta
 pids+=($!)
 
 wait_protected() {
-  for _ in $(seq "$(scaled 600)"); do
-    [ "$("$cli" status --control-socket "$psock" --json 2>/dev/null | jq -r .state)" = protected ] && return 0
+  local state='' end=$((SECONDS + $(scaled 60)))
+  while [ "$SECONDS" -lt "$end" ]; do
+    state=$("$cli" status --control-socket "$psock" --json 2>/dev/null | jq -r .state) || true
+    [ "$state" = protected ] && return 0
     alive "${pids[0]}" backup
     alive "${pids[1]}" primary
     sleep 0.1
   done
-  echo "drill_cli: the primary was not protected within $(scaled 60) s" >&2
+  echo "drill_cli: the primary was not protected within $(scaled 60) s (its state: ${state:-none})" >&2
   return 1
 }
 
