@@ -5,9 +5,13 @@
 #      refuse the stream and not promote, the primary must serve on unprotected;
 #   2. `understudy reprotect` to the same backup, then kill-primary: the backup promotes.
 # Each drill must report verdict "pass" with writes_lost 0 (and exit 0).
-# usage: drill_cli.sh BUILD_DIR. Exit 77 (skipped) without root, /dev/kvm, iproute2 or jq.
+# usage: drill_cli.sh BUILD_DIR [LIMIT_S]. Exit 77 (skipped) without root, /dev/kvm,
+# iproute2 or jq. LIMIT_S is ctest's limit: the script ends itself 20 s before it, with
+# its logs printed (ctest's own kill would leave nothing to read).
 set -Eeuo pipefail
-build=$(cd "${1:?usage: drill_cli.sh BUILD_DIR}" && pwd)
+build=$(cd "${1:?usage: drill_cli.sh BUILD_DIR [LIMIT_S]}" && pwd)
+limit=${2:-0}
+[[ $limit =~ ^[0-9]+$ ]] || { echo "drill_cli: LIMIT_S '$limit' is not a number of seconds" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 cli=$build/cli/understudy
 kv=$build/guest/kv.elf
@@ -26,8 +30,10 @@ name=dc$(printf '%05d' $(($$ % 100000)))
 work=$(mktemp -d /tmp/understudy-drill-cli.XXXXXX)
 psock=$work/primary.sock bsock=$work/backup.sock key=$work/link.key
 pids=()
+timer=
 cleanup() {
   local rc=$?
+  [ -z "$timer" ] || kill "$timer" 2>/dev/null || true
   for p in ${pids[@]+"${pids[@]}"}; do kill -KILL "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   "$topology" down "$name" >/dev/null 2>&1 || true
@@ -37,7 +43,12 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'echo "drill_cli: ended by SIGTERM, at the time limit of ctest" >&2; exit 143' TERM # the logs still print
+trap 'echo "drill_cli: out of time: 20 s before the limit of $limit s" >&2; exit 124' TERM
+if [ "$limit" -gt 20 ]; then
+  # The script first, then its children: bash runs the trap once its foreground child ends.
+  (sleep $((limit - 20)) && kill -TERM $$ && pkill -TERM -P $$) &
+  timer=$!
+fi
 
 "$topology" up "$name" >/dev/null
 "$cli" keygen "$key" >/dev/null
