@@ -52,8 +52,11 @@ fi
 
 "$topology" up "$name" >/dev/null
 "$cli" keygen "$key" >/dev/null
+# The product's 100 ms failure timeout, scaled on slow hosts on both sides: a starved
+# heartbeat must not end a session (and promote the backup) that the drill did not end.
+patient=(--failure-timeout-ms "$(scaled 100)")
 ip netns exec "$name-backup" "$cli" backup --listen 10.77.0.12:7400 --promote --net-tap "$name-tap" \
-  --link-key "$key" --control-socket "$bsock" >"$work/backup.log" 2>&1 &
+  --link-key "$key" --control-socket "$bsock" "${patient[@]}" >"$work/backup.log" 2>&1 &
 pids+=($!)
 alive() { kill -0 "$1" 2>/dev/null || { echo "drill_cli: the $2 exited early" >&2; exit 1; }; }
 for _ in $(seq "$(scaled 100)"); do
@@ -62,7 +65,7 @@ for _ in $(seq "$(scaled 100)"); do
   sleep 0.1
 done
 ip netns exec "$name-primary" "$cli" run "$kv" --memory 128M --net-tap "$name-tap" -c "net.ip=10.77.0.2/24" \
-  --backup 10.77.0.12:7400 --link-key "$key" --control-socket "$psock" >"$work/primary.log" 2>&1 &
+  --backup 10.77.0.12:7400 --link-key "$key" --control-socket "$psock" "${patient[@]}" >"$work/primary.log" 2>&1 &
 pids+=($!)
 
 wait_protected() {
