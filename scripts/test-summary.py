@@ -8,10 +8,11 @@ its runs.
 --counts appends "passed failed skipped left_out" to FILE, for the run's total.
 
 A suite labelled `kvm` that was skipped, or that no run reports, is a failure: the run
-could have given it KVM. A suite with a second report (NAME.rerun.xml: it failed, and ran
-again) takes the second result, flagged as flaky and counted apart (natively or in the nested VM), unless it is named in --left-out,
-whose reason is printed. Other suites may be skipped (for a tool this machine lacks); they
-are counted apart, never as passed. Exits 1 if any suite failed.
+could have given it KVM (natively or in the nested VM), unless it is named in --left-out,
+whose reason is printed. A suite with a second report (NAME.rerun.xml: it failed, and ran
+again) takes the second result, flagged as flaky and counted apart. Other suites may be
+skipped (for a tool this machine lacks); they are counted apart, never as passed. Exits 1
+if any suite failed.
 """
 import json
 import subprocess

@@ -4,7 +4,8 @@
  * runtime) the handler rewrites the iret frame to "call" us_fault_user(vector,
  * error, rip, cr2, rsp) at CPL3, which reports it and stops the VM.
  * A fault at CPL0, a double fault (on its own stack, IST1), or a second fault
- * while reporting, is reported to the VMM with the FAULT hypercall, and then triple-faults on purpose in case the VMM runs on.
+ * while reporting, is reported to the VMM with the FAULT hypercall, and then
+ * triple-faults on purpose in case the VMM runs on.
  */
 #include "asm_consts.h"
 
