@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/clock.hpp"
 #include "hv/pvh_loader.hpp"
 #include "hv/vm.hpp"
 
@@ -81,10 +82,6 @@ inline std::vector<uint64_t> parse_list(const std::string& s) {
     return v;
 }
 
-inline uint64_t now_ns() {
-    return static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
-}
 
 inline std::string utc_timestamp() {
     std::time_t t = std::time(nullptr);

@@ -40,7 +40,7 @@ struct Row {
     std::string failure;
 };
 
-Row run(uint64_t memory_bytes, unsigned hogs, const LinkSecurity& security, const failover::DetectorConfig& hb) {
+Row run(uint64_t memory_bytes, unsigned hogs, const LinkSecurity& security, const replicator::DetectorConfig& hb) {
     Row row{memory_bytes, hogs};
     auto created = hv::GuestMemory::create(memory_bytes);
     if (!created) die(created.error().describe());
@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
     auto key = LinkKey::random();
     if (!key) die(key.error().describe());
     LinkSecurity security{LinkSecurityMode::required, std::make_shared<const LinkKey>(std::move(*key))};
-    const failover::DetectorConfig hb{milliseconds(10), milliseconds(100)}; // the defaults
+    const replicator::DetectorConfig hb{milliseconds(10), milliseconds(100)}; // the defaults
 
     std::printf("%-8s %-5s %9s %10s %16s %16s %14s  %s\n", "memory", "hogs", "sync s", "MB/s", "gap at primary",
                 "gap at backup", "probe late", "failure");

@@ -70,7 +70,7 @@ private:
 };
 // The primary failed: run the committed checkpoint here, unprotected, until it stops.
 int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const NetOptions& no,
-                    const std::string& reprotect_to, const failover::DetectorConfig& heartbeat,
+                    const std::string& reprotect_to, const replicator::DetectorConfig& heartbeat,
                     const replicator::LinkSecurity& security,
                     std::unique_ptr<PrimaryRole> role, const FencingOptions& fencing) {
     std::unique_ptr<GuestNetwork> net;
@@ -220,6 +220,13 @@ int backup_command(const std::vector<std::string>& args) {
         // A primary that fell silent or vanished without a goodbye has failed; a stream it
         // corrupted (invalid input) is reported and waited out, not taken over.
         bool primary_failed = !r && (r.error().code == Errc::timeout || r.error().code == Errc::system);
+        if (primary_failed && promote && epoch > 0 && !(*server)->replica_current()) {
+            // The session broke before its first checkpoint: the one kept here is an
+            // earlier session's, and that primary ran on past it.
+            log::error("backup: NOT PROMOTING: the session ended before its first checkpoint; checkpoint {} is from an "
+                       "earlier session, waiting for a primary to connect", epoch);
+            primary_failed = false;
+        }
         if ((primary_failed || handover) && promote && epoch > 0) {
             // Fencing: promote only as the holder of the primary role. A failed primary's
             // lease expires within its TTL; one still renewing after that is alive, merely

@@ -8,7 +8,7 @@
 #include "cli/logging.hpp"
 #include "cli/network.hpp"
 #include "cli/vm_options.hpp"
-#include "failover/failure_detector.hpp"
+#include "replicator/failure_detector.hpp"
 #include "hv/dirty_tracker.hpp"
 #include "hv/guest_memory.hpp"
 #include "hv/vm.hpp"
@@ -97,12 +97,13 @@ const std::vector<OptionRule>& option_rules() {
         valid<std::string>("reprotect-to", endpoint),
         range<double>("epoch-ms", 1, 10000, " ms"),
         range<unsigned>("max-in-flight", 1, 64),
+        range<unsigned>("ack-timeout-ms", 100, 3600000, " ms"),
         range<unsigned>("heartbeat-ms", 1, 60000, " ms"),
         {{"failure-timeout-ms", "heartbeat-ms"}, [](const po::variables_map& vm, const OptionNamer& n) -> Check {
              const unsigned* t = get<unsigned>(vm, "failure-timeout-ms");
              const unsigned* h = get<unsigned>(vm, "heartbeat-ms");
              if (!t || !h) return std::nullopt;
-             if (auto r = failover::validate({std::chrono::milliseconds(*h), std::chrono::milliseconds(*t)}); !r)
+             if (auto r = replicator::validate({std::chrono::milliseconds(*h), std::chrono::milliseconds(*t)}); !r)
                  return n("failure-timeout-ms") + " " + std::to_string(*t) + " is shorter than three times " + n("heartbeat-ms") +
                         " " + std::to_string(*h);
              return std::nullopt;

@@ -44,6 +44,7 @@ struct SuperviseOptions {
     unsigned max_in_flight = 3;
     unsigned heartbeat_ms = 10;
     unsigned failure_timeout_ms = 100;
+    unsigned ack_timeout_ms = 10000;
     bool run_on_without_backup = false; // a backup that cannot be reached leaves the VM running unprotected
     OpsOptions ops;                     // --control-socket, --metrics-listen (cli/operations.hpp)
     LinkOptions link;                   // turned into `security` by check_snapshot_options
@@ -66,7 +67,10 @@ void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
         ("max-in-flight", po::value(&o.max_in_flight)->default_value(o.max_in_flight), "unacknowledged checkpoints before the guest waits")
         ("heartbeat-ms", po::value(&o.heartbeat_ms)->default_value(o.heartbeat_ms), "heartbeat interval on the control connection with --backup")
         ("failure-timeout-ms", po::value(&o.failure_timeout_ms)->default_value(o.failure_timeout_ms),
-         "declare the backup failed after this long without a heartbeat (at least 3 heartbeats)");
+         "declare the backup failed after this long without a heartbeat (at least 3 heartbeats)")
+        ("ack-timeout-ms", po::value(&o.ack_timeout_ms)->default_value(o.ack_timeout_ms),
+         "give the backup up when a checkpoint waits this long for its ACK and the backup takes no byte of the "
+         "stream meanwhile, even if it heartbeats (100 to 3600000)");
     add_ops_options(d, o.ops);
     add_link_options(d, o.link);
     add_fencing_options(d, o.fencing);
@@ -133,6 +137,7 @@ replicator::PrimaryConfig primary_config(const SuperviseOptions& o, const replic
     pc.epoch = microseconds(static_cast<int64_t>(o.epoch_ms * 1000));
     pc.max_in_flight = o.max_in_flight;
     pc.heartbeat = {milliseconds(o.heartbeat_ms), milliseconds(o.failure_timeout_ms)};
+    pc.ack_timeout = milliseconds(o.ack_timeout_ms);
     pc.security = security;
     return pc;
 }

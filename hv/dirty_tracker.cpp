@@ -6,6 +6,8 @@
 #include <bit>
 #include <chrono>
 
+#include "common/clock.hpp"
+
 namespace understudy::hv {
 
 const char* dirty_mode_name(DirtyMode m) {
@@ -25,11 +27,6 @@ Result<DirtyMode> parse_dirty_mode(const std::string& s) {
 }
 
 namespace {
-
-uint64_t now_ns() {
-    return static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
-}
 
 class NoTracker final : public DirtyTracker {
 public:

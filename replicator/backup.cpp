@@ -7,7 +7,7 @@
 namespace understudy::replicator {
 
 Result<std::unique_ptr<BackupServer>> BackupServer::listen(const Endpoint& at, BackupHooks hooks, BackupConfig cfg) {
-    US_TRYV(failover::validate(cfg.heartbeat));
+    US_TRYV(replicator::validate(cfg.heartbeat));
     US_TRYV(validate(cfg.security));
     auto l = US_TRY(Listener::listen(at));
     return std::unique_ptr<BackupServer>(new BackupServer(std::move(l), std::move(hooks), cfg));
@@ -16,6 +16,11 @@ Result<std::unique_ptr<BackupServer>> BackupServer::listen(const Endpoint& at, B
 uint64_t BackupServer::sessions_started() const {
     std::lock_guard lock(mu_);
     return sessions_started_;
+}
+
+bool BackupServer::replica_current() const {
+    std::lock_guard lock(mu_);
+    return sessions_started_ > 0 && replica_ && replica_->has_committed() && replica_->committed_session_id() == session_id_;
 }
 
 HeartbeatStats BackupServer::heartbeats() const {
@@ -31,12 +36,16 @@ void BackupServer::stop() {
 }
 
 Result<SessionEnd> BackupServer::serve_one(std::chrono::milliseconds accept_timeout) {
-    auto conn = US_TRY(listener_.accept(accept_timeout));
+    auto accepted = US_TRY(listener_.accept(accept_timeout));
+    Connection& conn = *accepted;
+    const Deadline established_by = std::chrono::steady_clock::now() + cfg_.handshake_timeout;
+    conn.set_receive_deadline(established_by);
+    uint64_t sessions_before;
     {
         std::lock_guard lock(mu_);
         if (stopped_) return make_error(Errc::state, "the backup is stopping");
-        current_ = conn.get();
-        ++sessions_started_;
+        current_ = &conn;
+        sessions_before = sessions_started_;
         peer_failure_.reset();
         handover_.reset();
     }
@@ -45,29 +54,39 @@ Result<SessionEnd> BackupServer::serve_one(std::chrono::milliseconds accept_time
     // Mutual authentication first: nothing from this peer reaches the replica before it
     // proved that it holds the key.
     if (cfg_.security.enabled()) {
-        auto channel = secure_server(*conn, *cfg_.security.key);
+        auto channel = secure_server(conn, *cfg_.security.key);
         if (!channel) r = std::move(channel.error());
         else if (*channel != LinkChannel::stream)
-            r = make_error(Errc::invalid_input, "a control connection from " + conn->peer() + " arrived without a session");
+            r = make_error(Errc::invalid_input, "a control connection from " + conn.peer() + " arrived without a session");
     }
-    if (r) r = conn->recv_exact({reinterpret_cast<uint8_t*>(&h), sizeof h});
+    if (r) r = conn.recv_exact({reinterpret_cast<uint8_t*>(&h), sizeof h});
     auto magic = std::span<const uint8_t, 8>(reinterpret_cast<const uint8_t*>(h.magic), 8);
     if (r && is_control_magic(magic))
-        r = make_error(Errc::invalid_input, "a control connection from " + conn->peer() + " arrived without a session");
+        r = make_error(Errc::invalid_input, "a control connection from " + conn.peer() + " arrived without a session");
     if (r && !cfg_.security.enabled() && is_link_hello_magic(magic)) {
-        (void)conn->send_record(kReject, {reinterpret_cast<const uint8_t*>(kMismatchBackupDisabled),
+        (void)conn.send_record(kReject, {reinterpret_cast<const uint8_t*>(kMismatchBackupDisabled),
                                           std::strlen(kMismatchBackupDisabled)});
-        r = make_error(Errc::invalid_input, "link security mismatch: the primary at " + conn->peer() +
+        r = make_error(Errc::invalid_input, "link security mismatch: the primary at " + conn.peer() +
                                                 " requires link security and this backup has it disabled");
     }
-    if (r) r = run_session(*conn, h);
+    if (r) r = run_session(conn, h, established_by);
     std::unique_ptr<HeartbeatLink> link;
     std::optional<uint64_t> handover;
+    bool established;
     {
         std::lock_guard lock(mu_);
         current_ = nullptr;
         link = std::move(heartbeat_);
         handover = handover_;
+        established = sessions_started_ != sessions_before;
+    }
+    if (!established) {
+        if (link) link->stop();
+        Error why = r ? make_error(Errc::state, "the connection ended") : std::move(r.error());
+        if (why.code == Errc::timeout) why = std::move(why).wrap("no session within the handshake timeout of " +
+                                                                 std::to_string(cfg_.handshake_timeout.count()) + " ms");
+        log::warn("backup: a connection from {} ended before a session began: {}", conn.peer(), why.describe());
+        return why;
     }
     if (handover && link) {
         // The stream was shut down here when the HANDOVER arrived, which ended run_session.
@@ -104,10 +123,12 @@ Result<SessionEnd> BackupServer::serve_one(std::chrono::milliseconds accept_time
 // The control connection comes second, after the primary saw the ACCEPT. A heartbeat
 // failure shuts the checkpoint stream down: a checkpoint in the middle of arriving is
 // then discarded, and the committed one stays.
-Result<void> BackupServer::open_control(Connection& data, uint64_t session_id) {
-    auto accepted = listener_.accept(cfg_.control_accept_timeout);
+Result<void> BackupServer::open_control(Connection& data, uint64_t session_id, Deadline established_by) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(established_by - std::chrono::steady_clock::now());
+    auto accepted = listener_.accept(std::max(left, std::chrono::milliseconds(1)));
     if (!accepted) return std::move(accepted.error()).wrap("waiting for the control connection");
     auto conn = std::move(*accepted);
+    conn->set_receive_deadline(established_by);
     if (cfg_.security.enabled()) {
         auto channel = secure_server(*conn, *cfg_.security.key);
         if (!channel) return std::move(channel.error()).wrap("control connection");
@@ -117,6 +138,7 @@ Result<void> BackupServer::open_control(Connection& data, uint64_t session_id) {
     ControlHello hello;
     US_TRYV(conn->recv_exact({reinterpret_cast<uint8_t*>(&hello), sizeof hello}));
     US_TRYV(check_control_hello(hello, session_id));
+    conn->set_receive_deadline(std::nullopt); // from here the heartbeats tell a silent primary
     HeartbeatLink::OnHandover on_handover;
     if (cfg_.accept_handover)
         // The stream's reader is woken by the shutdown and finds the request (serve_one).
@@ -139,7 +161,7 @@ Result<void> BackupServer::open_control(Connection& data, uint64_t session_id) {
     return {};
 }
 
-Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h) {
+Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h, Deadline established_by) {
     if (hooks_.on_receive) hooks_.on_receive({reinterpret_cast<const uint8_t*>(&h), sizeof h}, true);
     std::vector<uint8_t> framed; // for on_receive
     auto accepted = [&]() -> Result<void> {
@@ -153,7 +175,15 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h) 
         return accepted;
     }
     US_TRYV(conn.send_record(kAccept, encode_u64s({replica_->committed_epoch()})));
-    if (h.flags & kStreamFlagControl) US_TRYV(open_control(conn, h.session_id));
+    {
+        std::lock_guard lock(mu_);
+        ++sessions_started_;
+        session_id_ = h.session_id;
+    }
+    if (h.flags & kStreamFlagControl) US_TRYV(open_control(conn, h.session_id, established_by));
+    // Established: a primary silent from here is found by its heartbeats (or, without a
+    // control connection, by TCP keepalive), not by a deadline on the stream.
+    conn.set_receive_deadline(std::nullopt);
     log::info("backup: primary {} connected ({} MiB, {} vCPUs, {}, {})", conn.peer(), h.memory_bytes >> 20, h.vcpus,
               heartbeat_ ? "heartbeats on a control connection" : "no control connection",
               conn.encrypted() ? "link authenticated and encrypted" : "link security disabled");

@@ -7,7 +7,7 @@
 #include <functional>
 #include <memory>
 
-#include "failover/failure_detector.hpp"
+#include "replicator/failure_detector.hpp"
 #include "replicator/backup_replica.hpp"
 #include "replicator/control_link.hpp"
 #include "replicator/link_security.hpp"
@@ -29,11 +29,14 @@ struct BackupHooks {
 };
 
 struct BackupConfig {
-    failover::DetectorConfig heartbeat; // for primaries that open a control connection
+    replicator::DetectorConfig heartbeat; // for primaries that open a control connection
     // Planned switchover: answer a primary's HANDOVER (only a backup that will promote
     // may; otherwise the request goes unanswered and the primary runs on).
     bool accept_handover = false;
-    std::chrono::milliseconds control_accept_timeout{5000};
+    // From accepting a connection until its session is established (link handshake,
+    // stream header, the control connection and its hello): a peer that connects and
+    // stalls is dropped after this, without counting as a session.
+    std::chrono::milliseconds handshake_timeout{5000};
     // Every connection runs the link handshake first (required by default: give a key).
     LinkSecurity security;
 };
@@ -55,7 +58,9 @@ public:
     // control connection, said GOODBYE on it first; or it handed over (the caller
     // promotes at once). An Error says what broke the session (a primary silent on the
     // control connection for longer than the timeout is Errc::timeout); that is when a
-    // backup takes over.
+    // backup takes over, but only if the session was established (sessions_started()
+    // grew) and its own checkpoint is committed (replica_current()). A connection that
+    // ends before that is logged and returns its reason too.
     Result<SessionEnd> serve_one(std::chrono::milliseconds accept_timeout);
     // Ends a session in progress and refuses new ones.
     void stop();
@@ -65,16 +70,24 @@ public:
     // Promotion: the replica leaves the server (a later session starts a new one).
     std::unique_ptr<BackupReplica> take_replica() { return std::move(replica_); }
 
-    // Connections accepted so far: serve_one() returned without one when this is unchanged.
+    // Sessions established so far (a primary that authenticated and whose stream header
+    // was accepted): serve_one() returned without one when this is unchanged. Connections
+    // that end before (a port probe, a peer without the key, one that says nothing within
+    // the handshake timeout) are logged and never count: no promotion follows them.
     uint64_t sessions_started() const;
+    // The committed replica is the last established session's own checkpoint: only then
+    // may the loss of that session lead to a promotion (a session that failed before its
+    // first commit leaves an earlier session's checkpoint, which its primary has run past).
+    bool replica_current() const;
     // Heartbeats of the current or last session's control connection.
     HeartbeatStats heartbeats() const;
 
 private:
     BackupServer(Listener l, BackupHooks h, BackupConfig c)
         : listener_(std::move(l)), hooks_(std::move(h)), cfg_(c) {}
-    Result<void> run_session(Connection& conn, const StreamHeader& h);
-    Result<void> open_control(Connection& data, uint64_t session_id);
+    using Deadline = std::chrono::steady_clock::time_point;
+    Result<void> run_session(Connection& conn, const StreamHeader& h, Deadline established_by);
+    Result<void> open_control(Connection& data, uint64_t session_id, Deadline established_by);
 
     Listener listener_;
     BackupHooks hooks_;
@@ -86,6 +99,7 @@ private:
     mutable std::mutex mu_;
     Connection* current_ = nullptr;
     uint64_t sessions_started_ = 0;
+    uint64_t session_id_ = 0; // the last established session's
     bool stopped_ = false;
 };
 

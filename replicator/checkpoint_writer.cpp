@@ -2,17 +2,13 @@
 
 #include <chrono>
 
+#include "common/clock.hpp"
 #include "common/codec.hpp"
 
 namespace understudy::replicator {
 
 namespace {
 constexpr size_t kSendChunk = 4u << 20; // gather about this much before each send
-
-uint64_t now_ns() {
-    return static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
-}
 } // namespace
 
 Result<void> CheckpointWriter::record(uint32_t type, std::span<const uint8_t> body) {

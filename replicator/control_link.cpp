@@ -22,7 +22,7 @@ constexpr char kControlMagic[8] = {'U', 'S', 'C', 'T', 'R', 'L', '\r', '\n'};
 // How long a last record (GOODBYE, HANDOVER_ACCEPT) may take to reach the peer.
 constexpr milliseconds kLastRecordLimit{1000};
 
-double ms(failover::Clock::duration d) { return duration<double, std::milli>(d).count(); }
+double ms(replicator::Clock::duration d) { return duration<double, std::milli>(d).count(); }
 
 // Heartbeat threads run at a low real-time priority where allowed (as corosync's do): on a
 // host whose cores are busy with the guest and the checkpoint stream, a normal thread
@@ -42,7 +42,7 @@ void raise_to_realtime() {
 }
 } // namespace
 
-ControlHello make_control_hello(uint64_t session_id, const failover::DetectorConfig& cfg) {
+ControlHello make_control_hello(uint64_t session_id, const replicator::DetectorConfig& cfg) {
     ControlHello h{};
     std::memcpy(h.magic, kControlMagic, 8);
     h.version = kWireVersion;
@@ -66,9 +66,9 @@ Result<void> check_control_hello(const ControlHello& h, uint64_t session_id) {
 }
 
 Result<std::unique_ptr<HeartbeatLink>> HeartbeatLink::start(std::unique_ptr<Connection> conn,
-                                                            failover::DetectorConfig cfg, OnFailure on_failure,
+                                                            replicator::DetectorConfig cfg, OnFailure on_failure,
                                                             OnHandover on_handover) {
-    auto det = US_TRY(failover::FailureDetector::create(cfg));
+    auto det = US_TRY(replicator::FailureDetector::create(cfg));
     std::unique_ptr<HeartbeatLink> l(
         new HeartbeatLink(std::move(conn), std::move(det), std::move(on_failure), std::move(on_handover)));
     l->sender_ = std::thread([raw = l.get()] {
@@ -86,11 +86,11 @@ Result<std::unique_ptr<HeartbeatLink>> HeartbeatLink::start(std::unique_ptr<Conn
     return l;
 }
 
-HeartbeatLink::HeartbeatLink(std::unique_ptr<Connection> conn, failover::FailureDetector det, OnFailure on_failure,
+HeartbeatLink::HeartbeatLink(std::unique_ptr<Connection> conn, replicator::FailureDetector det, OnFailure on_failure,
                              OnHandover on_handover)
     : conn_(std::move(conn)), on_failure_(std::move(on_failure)), on_handover_(std::move(on_handover)),
       detector_(std::move(det)),
-      started_(failover::Clock::now()) {
+      started_(replicator::Clock::now()) {
     // The start counts as a first heartbeat: a peer that never sends one is failed
     // after one timeout, like a peer that falls silent.
     detector_.heartbeat(started_);
@@ -168,9 +168,9 @@ HeartbeatStats HeartbeatLink::stats() const {
     return stats_;
 }
 
-failover::PeerState HeartbeatLink::peer_state() const {
+replicator::PeerState HeartbeatLink::peer_state() const {
     std::lock_guard lock(mu_);
-    return failed_ ? failover::PeerState::failed : failover::PeerState::alive;
+    return failed_ ? replicator::PeerState::failed : replicator::PeerState::alive;
 }
 
 void HeartbeatLink::declare_failed(Error e) {
@@ -187,9 +187,9 @@ void HeartbeatLink::declare_failed(Error e) {
 void HeartbeatLink::watch_main() {
     const auto interval = detector_.config().heartbeat_interval;
     std::unique_lock lock(mu_);
-    auto tick = failover::Clock::now();
+    auto tick = replicator::Clock::now();
     while (!cv_.wait_for(lock, interval, [&] { return stopping_ || failed_ || last_record_ || heard_goodbye_; })) {
-        auto now = failover::Clock::now();
+        auto now = replicator::Clock::now();
         // Woken more than an interval late: this host stalled (seen here: 100 ms with every
         // thread, real-time ones too, during a 4 GiB synchronization). The peer's
         // heartbeats of that time may be unread in the socket; the stall is not its silence.
@@ -204,7 +204,7 @@ void HeartbeatLink::watch_main() {
                 lock.lock();
             }
         }
-        if (detector_.state(now) != failover::PeerState::failed) continue;
+        if (detector_.state(now) != replicator::PeerState::failed) continue;
         auto silent = now - last_received_;
         lock.unlock();
         declare_failed(make_error(Errc::timeout, fmt::format("no heartbeat from {} for {:.0f} ms (timeout {} ms)",
@@ -215,9 +215,9 @@ void HeartbeatLink::watch_main() {
 
 void HeartbeatLink::sender_main() {
     const auto interval = detector_.config().heartbeat_interval;
-    auto next = failover::Clock::now();
+    auto next = replicator::Clock::now();
     for (uint64_t seq = 1;; ++seq) {
-        auto now = failover::Clock::now();
+        auto now = replicator::Clock::now();
         auto body = encode_u64s({seq, static_cast<uint64_t>(duration_cast<nanoseconds>(now.time_since_epoch()).count())});
         if (auto r = conn_->send_record(kHeartbeat, body); !r) {
             declare_failed(std::move(r.error()).wrap("sending a heartbeat"));
@@ -300,7 +300,7 @@ void HeartbeatLink::receiver_main() {
             declare_failed(make_error(Errc::invalid_input, "control connection: malformed HEARTBEAT"));
             return;
         }
-        auto now = failover::Clock::now();
+        auto now = replicator::Clock::now();
         std::lock_guard lock(mu_);
         if (stats_.received > 0)
             stats_.max_gap_ns = std::max<uint64_t>(stats_.max_gap_ns, duration_cast<nanoseconds>(now - last_received_).count());

@@ -1,7 +1,7 @@
 // The control connection: a second TCP connection beside the checkpoint stream that
 // carries HEARTBEAT records both ways, so liveness never waits behind a checkpoint
 // that is being sent (docs/wire-format.md, "Control connection"). Each side feeds what
-// it hears into a failover::FailureDetector and reports the peer failed once, when the
+// it hears into a replicator::FailureDetector and reports the peer failed once, when the
 // peer stays silent longer than the timeout or closes the connection.
 #pragma once
 
@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "common/error.hpp"
-#include "failover/failure_detector.hpp"
+#include "replicator/failure_detector.hpp"
 #include "replicator/transport.hpp"
 
 namespace understudy::replicator {
@@ -38,7 +38,7 @@ struct ControlHello {
 };
 static_assert(std::is_standard_layout_v<ControlHello> && sizeof(ControlHello) == 64);
 
-ControlHello make_control_hello(uint64_t session_id, const failover::DetectorConfig& cfg);
+ControlHello make_control_hello(uint64_t session_id, const replicator::DetectorConfig& cfg);
 // Checks magic, version, flags, reserved fields, and that it names `session_id`.
 Result<void> check_control_hello(const ControlHello& h, uint64_t session_id);
 // The first 8 bytes tell a control connection from a checkpoint stream.
@@ -61,7 +61,7 @@ public:
     // Starts sending at once; the detector arms with the first heartbeat received, so a
     // peer that never sends one is failed after `timeout` from start as well.
     static Result<std::unique_ptr<HeartbeatLink>> start(std::unique_ptr<Connection> conn,
-                                                        failover::DetectorConfig cfg, OnFailure on_failure,
+                                                        replicator::DetectorConfig cfg, OnFailure on_failure,
                                                         OnHandover on_handover = nullptr);
     ~HeartbeatLink();
     HeartbeatLink(const HeartbeatLink&) = delete;
@@ -85,10 +85,10 @@ public:
     // Backup: answers HANDOVER_ACCEPT(epoch) as the link's last record, then stops.
     void accept_handover(uint64_t epoch);
     HeartbeatStats stats() const;
-    failover::PeerState peer_state() const;
+    replicator::PeerState peer_state() const;
 
 private:
-    HeartbeatLink(std::unique_ptr<Connection> conn, failover::FailureDetector det, OnFailure on_failure,
+    HeartbeatLink(std::unique_ptr<Connection> conn, replicator::FailureDetector det, OnFailure on_failure,
                   OnHandover on_handover);
     // Has the sender send `type` as its last record, waits (up to 1 s) until the peer's
     // TCP has it, then stops.
@@ -105,9 +105,9 @@ private:
     OnHandover on_handover_;
     mutable std::mutex mu_;
     std::condition_variable cv_;
-    failover::FailureDetector detector_;
+    replicator::FailureDetector detector_;
     HeartbeatStats stats_;
-    failover::Clock::time_point started_, last_received_{};
+    replicator::Clock::time_point started_, last_received_{};
     bool stopping_ = false;
     bool failed_ = false;
     // end_with(): the sender's last record; from then on a broken connection is no failure

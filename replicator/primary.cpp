@@ -5,6 +5,7 @@
 #include <random>
 
 #include "common/codec.hpp"
+#include "common/clock.hpp"
 #include "hv/snapshot.hpp"
 #include "replicator/checkpoint_writer.hpp"
 
@@ -13,7 +14,6 @@ namespace understudy::replicator {
 using namespace std::chrono;
 
 namespace {
-uint64_t now_ns() { return static_cast<uint64_t>(duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count()); }
 constexpr size_t kFiguresKept = 4096;
 } // namespace
 
@@ -46,8 +46,10 @@ Result<void> validate(const PrimaryConfig& c) {
     if (c.max_in_flight < 1 || c.max_in_flight > 64)
         return make_error(Errc::invalid_input, "checkpoints in flight must be 1 .. 64");
     if (c.batch_pages < 1 || c.batch_pages > 8192) return make_error(Errc::invalid_input, "pages per record must be 1 .. 8192");
+    if (c.handshake_timeout < milliseconds(1) || c.ack_timeout < milliseconds(1))
+        return make_error(Errc::invalid_input, "the handshake and ACK timeouts must be positive");
     US_TRYV(validate(c.security));
-    return failover::validate(c.heartbeat);
+    return replicator::validate(c.heartbeat);
 }
 
 Result<std::unique_ptr<Primary>> Primary::start(hv::Checkpointable& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg,
@@ -168,6 +170,17 @@ std::vector<EpochFigures> Primary::recent_epochs() const {
 }
 
 Result<void> Primary::handshake() {
+    const auto established_by = std::chrono::steady_clock::now() + cfg_.handshake_timeout;
+    conn_->set_receive_deadline(established_by);
+    if (control_conn_) control_conn_->set_receive_deadline(established_by);
+    auto r = handshake_steps();
+    if (!r && r.error().code == Errc::timeout)
+        return std::move(r.error()).wrap("the backup did not establish the session within the handshake timeout of " +
+                                         std::to_string(cfg_.handshake_timeout.count()) + " ms");
+    return r;
+}
+
+Result<void> Primary::handshake_steps() {
     // Mutual authentication before anything else: no stream header, no page leaves
     // before the backup proved that it holds the key.
     if (cfg_.security.enabled()) US_TRYV(secure_client(*conn_, *cfg_.security.key, LinkChannel::stream));
@@ -180,6 +193,8 @@ Result<void> Primary::handshake() {
     if (r.type == kReject)
         return make_error(Errc::invalid_input, "the backup refused the stream: " + std::string(r.body.begin(), r.body.end()));
     if (r.type != kAccept) return make_error(Errc::invalid_input, std::string("the backup answered with ") + record_type_name(r.type));
+    // Established: a silent backup is found by the heartbeats, or by the ACK limit.
+    conn_->set_receive_deadline(std::nullopt);
     if (!control_conn_) return {};
     if (cfg_.security.enabled())
         if (auto r = secure_client(*control_conn_, *cfg_.security.key, LinkChannel::control); !r)
@@ -187,6 +202,7 @@ Result<void> Primary::handshake() {
     ControlHello hello = make_control_hello(session_id_, cfg_.heartbeat);
     std::span<const uint8_t> hs(reinterpret_cast<const uint8_t*>(&hello), sizeof hello);
     if (auto sent = control_conn_->send({&hs, 1}); !sent) return std::move(sent.error()).wrap("control connection");
+    control_conn_->set_receive_deadline(std::nullopt);
     auto link = US_TRY(HeartbeatLink::start(std::move(control_conn_), cfg_.heartbeat,
                                             [this](Error e) { fail(std::move(e).wrap("backup")); }));
     std::lock_guard lock(mu_);
@@ -365,8 +381,16 @@ Result<void> Primary::epoch_loop() {
         wait_until(end());
         // Backpressure: no more than max_in_flight unacknowledged checkpoints. While
         // waiting, keep copying every half epoch so the pause stays short.
-        while (!stopping_ && unacked_locked() >= cfg_.max_in_flight) {
-            if (cv_.wait_for(lock, cfg_.epoch / 2, [&] { return stopping_ || unacked_locked() < cfg_.max_in_flight; })) break;
+        for (;;) {
+            if (auto stalled = backup_stalled_locked()) {
+                // It still heartbeats, so it would hear a close as a dead primary and promote.
+                const bool goodbye = heartbeat_ && !unanswered_handover_;
+                lock.unlock();
+                if (goodbye) heartbeat_->goodbye();
+                return *stalled;
+            }
+            if (stopping_ || unacked_locked() < cfg_.max_in_flight) break;
+            if (cv_.wait_for(lock, cfg_.epoch / 2, [&] { return stopping_ || unacked_locked() < cfg_.max_in_flight; })) continue;
             if (!cfg_.in_epoch_copy) continue;
             lock.unlock();
             US_TRYV(copy_while_running());
@@ -548,6 +572,26 @@ void Primary::sender_main() {
         return_buffer(std::move(cp));
         record_sent(epoch, *r);
     }
+}
+
+std::optional<Error> Primary::backup_stalled_locked() {
+    const auto now = steady_clock::now();
+    const std::pair<uint64_t, uint64_t> seen{acked_.load(), conn_->bytes_sent()};
+    if (seen != progress_seen_ || unacked_locked() == 0) {
+        progress_seen_ = seen;
+        progress_at_ = now;
+        return std::nullopt;
+    }
+    if (now - progress_at_ < cfg_.ack_timeout) return std::nullopt;
+    uint64_t waiting = 0;
+    for (const auto& e : in_flight_)
+        if (!e.acked) {
+            waiting = e.f.epoch;
+            break;
+        }
+    return make_error(Errc::timeout, "the backup acknowledged no checkpoint and took no byte of the stream for " +
+                                         std::to_string(cfg_.ack_timeout.count()) + " ms (checkpoint " +
+                                         std::to_string(waiting) + " waits for its ACK); it is given up");
 }
 
 size_t Primary::unacked_locked() const {

@@ -14,7 +14,7 @@
 #include <mutex>
 #include <thread>
 
-#include "failover/failure_detector.hpp"
+#include "replicator/failure_detector.hpp"
 #include "hv/checkpointable.hpp"
 #include "replicator/control_link.hpp"
 #include "replicator/link_security.hpp"
@@ -32,9 +32,18 @@ struct PrimaryConfig {
     size_t batch_pages = 1024;    // pages per PAGES record
     bool in_epoch_copy = true;    // harvest and copy at mid-epoch too, to shorten the pause
     unsigned max_sync_rounds = 8; // pre-copy rounds of the initial synchronization
-    failover::DetectorConfig heartbeat; // on the control connection, when there is one
+    replicator::DetectorConfig heartbeat; // on the control connection, when there is one
     // Both connections run the link handshake first (required by default: give a key).
     LinkSecurity security;
+    // From start() until the session is established (link handshakes, the backup's
+    // ACCEPT, the control hello): a backup that accepts but never answers, for example
+    // one busy with another primary's session, fails replication after this.
+    std::chrono::milliseconds handshake_timeout{5000};
+    // While a checkpoint waits for its ACK, a backup that neither acknowledges one nor
+    // takes a byte of the stream for this long has failed, even if it heartbeats (a stuck
+    // disk under --capture, a bug): the primary says GOODBYE on the control connection,
+    // so that the backup keeps its checkpoint and does not promote, and replication fails.
+    std::chrono::milliseconds ack_timeout{10000};
 };
 Result<void> validate(const PrimaryConfig& c);
 
@@ -131,7 +140,8 @@ private:
     void control_main();
     void sender_main();
     void receiver_main();
-    Result<void> handshake();
+    Result<void> handshake();       // handshake_steps() within cfg_.handshake_timeout
+    Result<void> handshake_steps();
     Result<void> initial_sync();
     Result<void> epoch_loop();
     Result<void> copy_while_running();
@@ -176,6 +186,10 @@ private:
     };
     std::deque<InFlight> in_flight_;
     size_t unacked_locked() const;
+    // cfg_.ack_timeout: the error when the backup made no progress for that long.
+    std::optional<Error> backup_stalled_locked();
+    std::pair<uint64_t, uint64_t> progress_seen_{0, 0}; // acked epoch, stream bytes sent
+    std::chrono::steady_clock::time_point progress_at_{};
     // Moves finished checkpoints' figures to done_ and returns them for on_acked.
     std::vector<EpochFigures> retire_locked();
     void record_sent(uint64_t epoch, const WriterStats& ws);

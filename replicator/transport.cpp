@@ -83,6 +83,18 @@ Result<AddrInfoPtr> resolve(const Endpoint& ep, bool passive) {
 Result<void> configure_socket(int fd, const TransportOptions& o, const std::string& who) {
     int one = 1;
     if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) return sys_error("TCP_NODELAY on " + who);
+    // Dead peers (TransportOptions::dead_peer_timeout): probes start after a third of it
+    // idle, then three probes a sixth of it apart; TCP_USER_TIMEOUT bounds both the probes
+    // and bytes sent but never acknowledged.
+    const int dead_s = static_cast<int>(o.dead_peer_timeout.count());
+    const int idle_s = std::max(1, dead_s / 3), interval_s = std::max(1, dead_s / 6), probes = 3;
+    const unsigned user_timeout_ms = static_cast<unsigned>(dead_s) * 1000u;
+    if (::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) < 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof idle_s) < 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof interval_s) < 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes) < 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms) < 0)
+        return sys_error("keepalive and TCP_USER_TIMEOUT on " + who);
     if (o.socket_buffer_bytes > 0) {
         int b = o.socket_buffer_bytes;
         if (::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &b, sizeof b) < 0) return sys_error("SO_SNDBUF on " + who);
@@ -316,6 +328,7 @@ Result<void> Connection::send_iov() {
                 return from_cqe(res[i] < 0 ? res[i] : -EPIPE, "sending to " + peer_);
             }
             size_t done = static_cast<size_t>(res[i]);
+            bytes_sent_.fetch_add(done, std::memory_order_relaxed);
             for (size_t left = done; left > 0;) {
                 iovec& v = iov_[first];
                 if (left >= v.iov_len) {
@@ -352,8 +365,6 @@ Result<size_t> Connection::recv_some(uint8_t* to, size_t len, bool wait_all) {
 // otherwise into pbuf_. Nothing reaches the caller before its frame's tag is verified.
 // Returns 0 when the peer closed between frames, like recv_raw.
 Result<size_t> Connection::recv_frames(uint8_t* to, size_t len, bool wait_all) {
-    if (recv_broken_)
-        return make_error(Errc::state, "receiving from " + peer_ + ": the link failed its authentication earlier");
     size_t done = 0;
     while (done < len) {
         if (ppos_ < pend_) {
@@ -417,12 +428,47 @@ Result<size_t> Connection::recv_frames(uint8_t* to, size_t len, bool wait_all) {
 }
 
 Result<size_t> Connection::recv_raw(uint8_t* to, size_t len, bool wait_all) {
-    int res = 0;
-    io_uring_prep_recv(recv_ring_->sqe(0), fd_.get(), to, std::min(len, kMaxRecvBytes), wait_all ? MSG_WAITALL : 0);
-    US_TRYV(recv_ring_->run({&res, 1}));
+    auto deadline_passed = [&] {
+        recv_timed_out_ = true;
+        return make_error(Errc::timeout, "receiving from " + peer_ + ": its deadline passed");
+    };
+    std::array<int, 2> res{};
+    unsigned requests = 1;
+    __kernel_timespec ts{};
+    io_uring_sqe* recv = recv_ring_->sqe(0);
+    io_uring_prep_recv(recv, fd_.get(), to, std::min(len, kMaxRecvBytes), wait_all ? MSG_WAITALL : 0);
+    if (recv_deadline_) {
+        auto left = *recv_deadline_ - std::chrono::steady_clock::now();
+        if (left <= std::chrono::nanoseconds::zero()) {
+            io_uring_prep_nop(recv); // taken from the ring already: completes harmlessly
+            US_TRYV(recv_ring_->run({res.data(), 1}));
+            return deadline_passed();
+        }
+        ts = to_timespec(left);
+        recv->flags |= IOSQE_IO_LINK;
+        io_uring_prep_link_timeout(recv_ring_->sqe(1), &ts, 0);
+        requests = 2;
+    }
+    US_TRYV(recv_ring_->run({res.data(), requests}));
     if (shut_.load(std::memory_order_relaxed)) return closed_error("receiving from");
-    if (res < 0) return from_cqe(res, "receiving from " + peer_);
-    return static_cast<size_t>(res);
+    if (res[0] > 0) return static_cast<size_t>(res[0]); // bytes that came before a deadline count
+    if (requests == 2 && res[1] == -ETIME) return deadline_passed();
+    if (res[0] < 0) return from_cqe(res[0], "receiving from " + peer_);
+    return size_t{0};
+}
+
+void Connection::set_receive_deadline(std::optional<std::chrono::steady_clock::time_point> deadline) {
+    std::lock_guard lock(recv_mutex_);
+    recv_deadline_ = deadline;
+}
+
+Result<void> Connection::recv_usable() const {
+    if (shut_.load(std::memory_order_relaxed)) return closed_error("receiving from");
+    if (recv_timed_out_)
+        return make_error(Errc::state, "receiving from " + peer_ + ": an earlier receive ended at its deadline");
+    if (recv_broken_)
+        return make_error(Errc::state, "receiving from " + peer_ + ": the stream lost its framing at an invalid record or frame");
+    return {};
 }
 
 // Makes `bytes` bytes available at rbuf_[rpos_]; record_size only words the error.
@@ -454,9 +500,7 @@ Result<void> Connection::recv_direct(std::span<uint8_t> out, size_t record_size)
 
 Result<Record> Connection::recv_record() {
     std::lock_guard lock(recv_mutex_);
-    if (shut_.load(std::memory_order_relaxed)) return closed_error("receiving from");
-    if (recv_broken_)
-        return make_error(Errc::state, "receiving from " + peer_ + ": the stream lost its framing at an invalid record");
+    US_TRYV(recv_usable());
     US_TRYV(fill(sizeof(RecordHeader), sizeof(RecordHeader)));
     RecordHeader h;
     std::memcpy(&h, rbuf_.get() + rpos_, sizeof h);
@@ -495,7 +539,7 @@ Result<Record> Connection::recv_record() {
 
 Result<void> Connection::recv_exact(std::span<uint8_t> out) {
     std::lock_guard lock(recv_mutex_);
-    if (shut_.load(std::memory_order_relaxed)) return closed_error("receiving from");
+    US_TRYV(recv_usable());
     size_t have = rend_ - rpos_;
     if (out.size() <= have || (out.size() - have < kDirectRecvBytes && out.size() <= rcap_ / 2)) {
         US_TRYV(fill(out.size(), out.size()));

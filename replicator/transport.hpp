@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -57,6 +58,11 @@ struct TransportOptions {
     size_t recv_buffer_bytes = 1u << 20; // records whose framed size fits in half of it are parsed from it
     unsigned ring_entries = 32;          // per ring; a send uses up to 8 SQEs per round
     int socket_buffer_bytes = 0;         // SO_SNDBUF/SO_RCVBUF; 0 keeps the kernel's autotuning
+    // A peer whose host vanished without a reset (power loss, a cut link) fails this
+    // connection within about this long even where no heartbeat runs: TCP keepalive probes
+    // an idle connection, and TCP_USER_TIMEOUT ends one whose sent bytes go unacknowledged.
+    // A slow peer that answers zero-window probes is not failed (Linux 5.11 and later).
+    std::chrono::seconds dead_peer_timeout{30}; // 3 s .. 1 h
 };
 
 // The header that send_record() puts before body, for callers that gather several
@@ -101,6 +107,12 @@ public:
     Result<Record> recv_record();
     // Blocks for exactly out.size() bytes (fixed headers before the records).
     Result<void> recv_exact(std::span<uint8_t> out);
+    // Receives wait at most until `deadline` (handshakes: a peer that connects and says
+    // nothing must not hold a session slot); std::nullopt, the default, waits without one
+    // (an established session is watched by its heartbeats instead). A receive that the
+    // deadline ends is Errc::timeout and leaves the receive side unusable (Errc::state
+    // afterwards), since it may have stopped inside a record. Not during a receive.
+    void set_receive_deadline(std::optional<std::chrono::steady_clock::time_point> deadline);
 
     // Wakes a send or receive blocked in another thread with an error and fails every
     // later one (Errc::state). Idempotent; the socket stays open until destruction.
@@ -112,6 +124,10 @@ public:
     // there. Other threads may go on receiving meanwhile.
     void finish_sending(std::chrono::milliseconds limit);
     std::string peer() const { return peer_; }
+    // Bytes the kernel has taken from send() so far (the peer's progress, seen from here).
+    uint64_t bytes_sent() const { return bytes_sent_.load(std::memory_order_relaxed); }
+    // The socket, for inspecting its options (tests); never read from or written to.
+    int native_handle() const { return fd_.get(); }
 
     // Link security (replicator/link_security.hpp runs the handshake, then calls this):
     // from here on every byte sent is sealed into AES-256-GCM frames by `tx`, and every
@@ -139,10 +155,12 @@ private:
     Result<size_t> recv_frames(uint8_t* to, size_t len, bool wait_all);
     Result<void> fill(size_t bytes, size_t record_size);
     Result<void> recv_direct(std::span<uint8_t> out, size_t record_size);
+    Result<void> recv_usable() const; // the checks every receive starts with
 
     UniqueFd fd_;
     std::string peer_;
     std::atomic<bool> shut_{false};
+    std::atomic<uint64_t> bytes_sent_{0};
 
     std::mutex send_mutex_; // only guards against misuse; one sender thread is the contract
     std::unique_ptr<Ring> send_ring_;
@@ -157,7 +175,9 @@ private:
     std::unique_ptr<Ring> recv_ring_;
     std::unique_ptr<uint8_t[]> rbuf_;
     size_t rcap_ = 0, rpos_ = 0, rend_ = 0;
-    bool recv_broken_ = false;
+    bool recv_broken_ = false;    // an invalid record or frame: the framing is lost
+    bool recv_timed_out_ = false; // set_receive_deadline() ended a receive, maybe inside a record
+    std::optional<std::chrono::steady_clock::time_point> recv_deadline_;
     std::unique_ptr<FrameCipher> rx_;  // frames opened on receipt when set
     std::unique_ptr<uint8_t[]> cbuf_;  // received frames, not yet opened
     size_t cpos_ = 0, cend_ = 0;

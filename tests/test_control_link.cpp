@@ -41,8 +41,8 @@ struct FailureProbe {
 
 // kFast where a failure must be detected; kPatient where none may be: a loaded 2-core
 // machine can starve a heartbeat thread for more than 60 ms.
-const failover::DetectorConfig kFast{10ms, 60ms};
-const failover::DetectorConfig kPatient{10ms, 1000ms};
+const replicator::DetectorConfig kFast{10ms, 60ms};
+const replicator::DetectorConfig kPatient{10ms, 1000ms};
 
 // A stand-in primary that opens a session with a control connection: the stream header
 // (flag set) and its ACCEPT, then the control connection's hello naming `hello_session`.
@@ -50,7 +50,7 @@ struct StandIn {
     std::unique_ptr<Connection> data, control;
 };
 StandIn open_session(const BackupServer& server, uint64_t session, uint64_t hello_session,
-                     const failover::DetectorConfig& cfg) {
+                     const replicator::DetectorConfig& cfg) {
     constexpr uint64_t kMem = 16 * hv::kMiB;
     auto data = Connection::connect(server.local(), 5s);
     REQUIRE(data);
@@ -88,7 +88,7 @@ TEST_CASE("two links exchange heartbeats and neither reports a failure", "[contr
     CHECK(sa.sent >= 5);
     CHECK(sa.received >= 5);
     CHECK(sb.received >= 5);
-    CHECK((*la)->peer_state() == failover::PeerState::alive);
+    CHECK((*la)->peer_state() == replicator::PeerState::alive);
     // A deliberate stop reports nothing on its own side.
     (*la)->stop();
     CHECK(fa.future.wait_for(0s) == std::future_status::timeout);
@@ -105,7 +105,7 @@ TEST_CASE("a peer that never sends is failed after the timeout, not before", "[c
     CHECK(err.code == Errc::timeout);
     CHECK_THAT(err.message, Catch::Contains("no heartbeat from"));
     CHECK(at - start >= kFast.timeout);
-    CHECK((*link)->peer_state() == failover::PeerState::failed);
+    CHECK((*link)->peer_state() == replicator::PeerState::failed);
 }
 
 TEST_CASE("a peer that falls silent after heartbeating is failed", "[control]") {
@@ -129,7 +129,7 @@ TEST_CASE("a malformed heartbeat or an unexpected mandatory record fails the lin
                               std::pair<uint32_t, std::vector<uint8_t>>{kAck, encode_u64s({1})}}) {
         auto [a, peer] = connected_pair();
         FailureProbe f;
-        auto link = HeartbeatLink::start(std::move(a), failover::DetectorConfig{10ms, 2000ms}, f.callback());
+        auto link = HeartbeatLink::start(std::move(a), replicator::DetectorConfig{10ms, 2000ms}, f.callback());
         REQUIRE(link);
         REQUIRE(peer->send_record(type, body));
         REQUIRE(f.future.wait_for(5s) == std::future_status::ready);
@@ -141,7 +141,7 @@ TEST_CASE("a malformed heartbeat or an unexpected mandatory record fails the lin
 
 TEST_CASE("settings shorter than three heartbeats are refused", "[control]") {
     auto [a, b] = connected_pair();
-    auto link = HeartbeatLink::start(std::move(a), failover::DetectorConfig{10ms, 20ms}, nullptr);
+    auto link = HeartbeatLink::start(std::move(a), replicator::DetectorConfig{10ms, 20ms}, nullptr);
     REQUIRE(!link);
     CHECK_THAT(link.error().message, Catch::Contains("shorter than three heartbeats"));
 }
@@ -301,7 +301,7 @@ TEST_CASE("an answer naming another checkpoint fails the primary's link", "[cont
     // whose threads have ended.
     REQUIRE(p.fa.future.wait_for(1s) == std::future_status::ready);
     CHECK(p.fa.future.get().first.describe().find("not at 42") != std::string::npos);
-    CHECK(p.primary->peer_state() == failover::PeerState::failed);
+    CHECK(p.primary->peer_state() == replicator::PeerState::failed);
 }
 
 TEST_CASE("an answer that comes after the wait for it ended is heard by a later wait", "[control][handover]") {
@@ -325,7 +325,7 @@ TEST_CASE("a handover nobody answers leaves the link running", "[control][handov
     auto before = (*la)->stats().received;
     std::this_thread::sleep_for(100ms);
     CHECK((*la)->stats().received > before); // heartbeats go on both ways
-    CHECK((*lb)->peer_state() == failover::PeerState::alive);
+    CHECK((*lb)->peer_state() == replicator::PeerState::alive);
     CHECK(fa.future.wait_for(0s) == std::future_status::timeout);
     CHECK(fb.future.wait_for(0s) == std::future_status::timeout);
 }

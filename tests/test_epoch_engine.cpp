@@ -96,16 +96,6 @@ std::unique_ptr<FakeVm> running_vm(FakeVmConfig fc = {}) {
     return vm;
 }
 
-template <class Pred>
-bool wait_until(Pred pred, milliseconds limit) {
-    auto deadline = deadline_in(limit);
-    while (!pred()) {
-        if (steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(milliseconds(2));
-    }
-    return true;
-}
-
 } // namespace
 
 TEST_CASE("every committed checkpoint equals the VM at its pause, vCPU and VMM writes alike", "[epoch]") {

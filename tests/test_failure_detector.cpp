@@ -1,9 +1,9 @@
 #include <catch2/catch.hpp>
 
-#include "failover/failure_detector.hpp"
+#include "replicator/failure_detector.hpp"
 
 using namespace understudy;
-using namespace understudy::failover;
+using namespace understudy::replicator;
 using namespace std::chrono;
 
 TEST_CASE("settings with a timeout shorter than three heartbeats are refused", "[failover]") {

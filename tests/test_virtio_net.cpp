@@ -35,6 +35,7 @@
 using namespace understudy;
 using namespace understudy::hv;
 using namespace understudy::hv::virtio;
+using understudy::test::wait_until;
 
 namespace {
 
@@ -695,15 +696,6 @@ std::vector<uint8_t> test_frame(const MacAddress& dst, size_t payload, uint8_t s
     f.push_back(kTestEthertype & 0xff);
     for (size_t i = 0; i < payload; ++i) f.push_back(uint8_t(seed + i));
     return f;
-}
-
-bool wait_until(auto pred, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
-    auto end = test::deadline_in(limit);
-    while (std::chrono::steady_clock::now() < end) {
-        if (pred()) return true;
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    return pred();
 }
 
 } // namespace

@@ -63,7 +63,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!(*server)->recv_exact({reinterpret_cast<uint8_t*>(&got), sizeof got}) || std::memcmp(&got, &hello, sizeof got) != 0)
         fuzz::fail("control_link: the hello did not arrive as sent");
 
-    failover::DetectorConfig cfg{.heartbeat_interval = 1000ms, .timeout = 5000ms};
+    replicator::DetectorConfig cfg{.heartbeat_interval = 1000ms, .timeout = 5000ms};
     // A backup that would take over: HANDOVER requests reach the callback (not answered).
     auto link = HeartbeatLink::start(std::move(*server), cfg, [](Error) {}, [](uint64_t) {});
     if (!link) return 0;

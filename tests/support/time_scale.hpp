@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 
 namespace understudy::test {
 
@@ -47,6 +48,18 @@ std::chrono::milliseconds scaled(std::chrono::duration<Rep, Period> limit) {
 template <class Rep, class Period>
 std::chrono::steady_clock::time_point deadline_in(std::chrono::duration<Rep, Period> limit) {
     return std::chrono::steady_clock::now() + scaled(limit);
+}
+
+// Polls `pred` every millisecond until it holds (true) or `limit`, scaled, has passed
+// (false, after one last look).
+template <class Pred>
+bool wait_until(Pred pred, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+    const auto end = deadline_in(limit);
+    while (std::chrono::steady_clock::now() < end) {
+        if (pred()) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return pred();
 }
 
 } // namespace understudy::test

@@ -1,4 +1,4 @@
-// Heartbeat-based failure detection (issue: failover). The peer is alive while a
+// Heartbeat-based failure detection, fed by the control connection (control_link.hpp). The peer is alive while a
 // heartbeat arrived within `timeout`; silence longer than that declares it failed.
 // Pure logic on caller-supplied times, so it is testable without clocks or sockets.
 #pragma once
@@ -7,7 +7,7 @@
 
 #include "common/error.hpp"
 
-namespace understudy::failover {
+namespace understudy::replicator {
 
 using Clock = std::chrono::steady_clock;
 
@@ -44,4 +44,4 @@ private:
     Clock::time_point last_{};
 };
 
-} // namespace understudy::failover
+} // namespace understudy::replicator

@@ -1,8 +1,8 @@
-#include "failover/failure_detector.hpp"
+#include "replicator/failure_detector.hpp"
 
 #include <algorithm>
 
-namespace understudy::failover {
+namespace understudy::replicator {
 
 const char* peer_state_name(PeerState s) {
     switch (s) {
@@ -44,4 +44,4 @@ PeerState FailureDetector::state(Clock::time_point now) {
     return state_;
 }
 
-} // namespace understudy::failover
+} // namespace understudy::replicator
