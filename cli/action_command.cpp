@@ -11,12 +11,11 @@
 #include "cli/control_socket.hpp"
 #include "cli/operations.hpp"
 #include "cli/status.hpp"
-#include "failover/etcd_arbiter.hpp" // the strict JSON reader
+#include "common/json.hpp"
 
 namespace understudy::cli {
 
 namespace po = boost::program_options;
-using failover::etcd_detail::Json;
 
 namespace {
 

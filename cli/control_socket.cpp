@@ -9,7 +9,7 @@
 #include <cstring>
 #include <vector>
 
-#include "failover/etcd_arbiter.hpp" // json_quote
+#include "common/json.hpp"
 
 namespace understudy::cli {
 
@@ -68,7 +68,7 @@ void flush(Client& c) {
 } // namespace
 
 std::string ControlSocket::error_json(std::string_view message) {
-    return "{\"ok\":false,\"error\":" + failover::etcd_detail::json_quote(message) + "}";
+    return "{\"ok\":false,\"error\":" + json_quote(message) + "}";
 }
 
 ControlSocket::ControlSocket(std::string path, UniqueFd listener, UniqueFd wake, Handler h, ControlSocketLimits l)
@@ -224,11 +224,10 @@ Result<std::string> control_request(const std::string& path, std::string_view re
     }
 }
 
-Result<failover::etcd_detail::Json> control_action(const std::string& path, std::string_view request,
+Result<Json> control_action(const std::string& path, std::string_view request,
                                                   milliseconds timeout) {
-    using failover::etcd_detail::Json;
     auto line = US_TRY(control_request(path, request, timeout));
-    auto doc = failover::etcd_detail::parse_json(line);
+    auto doc = parse_json(line);
     const Json* ok = doc ? doc->find("ok") : nullptr;
     if (!ok || ok->kind != Json::Kind::boolean)
         return make_error(Errc::invalid_input, "the control socket's answer is not understood: " + line.substr(0, 200));

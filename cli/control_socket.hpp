@@ -21,7 +21,7 @@
 
 #include "common/error.hpp"
 #include "common/unique_fd.hpp"
-#include "failover/etcd_arbiter.hpp" // the strict JSON reader
+#include "common/json.hpp"
 
 namespace understudy::cli {
 
@@ -67,7 +67,7 @@ Result<std::string> control_request(const std::string& path, std::string_view re
 // An action request (docs/status.md, "Actions"): control_request, then the answer object
 // when it says "ok": true. Otherwise why: the request's own error, Errc::state with the
 // instance's reason when it refused, Errc::invalid_input for an answer not understood.
-Result<failover::etcd_detail::Json> control_action(const std::string& path, std::string_view request,
+Result<Json> control_action(const std::string& path, std::string_view request,
                                                   std::chrono::milliseconds timeout);
 
 } // namespace understudy::cli

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "failover/etcd_arbiter.hpp"
+#include "common/json.hpp"
 
 namespace understudy::cli {
 
@@ -32,7 +32,7 @@ public:
         std::snprintf(ts + n, sizeof ts - n, ".%03dZ", static_cast<int>(millis));
         auto level = spdlog::level::to_string_view(msg.level);
         std::string line = std::string("{\"ts\":\"") + ts + "\",\"level\":\"" + std::string(level.data(), level.size()) +
-                           "\",\"msg\":" + failover::etcd_detail::json_quote({msg.payload.data(), msg.payload.size()}) + "}\n";
+                           "\",\"msg\":" + json_quote({msg.payload.data(), msg.payload.size()}) + "}\n";
         dest.append(line.data(), line.data() + line.size());
     }
     std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<JsonLineFormatter>(); }

@@ -9,7 +9,7 @@
 #include "cli/prometheus.hpp"
 #include "cli/status.hpp"
 #include "common/log.hpp"
-#include "failover/etcd_arbiter.hpp" // the strict JSON reader
+#include "common/json.hpp"
 #include "replicator/transport.hpp"   // arm_bit_flip: `understudy drill corrupt-link`
 
 namespace understudy::cli {
@@ -67,9 +67,8 @@ std::string queue_action(std::unique_ptr<ControlAction> action) {
 
 // Checks {"cmd":CMD,FIELD:"..."} (a string of at most `limit` bytes, without NUL) and
 // queues it; the VM's owner checks what only it can (an endpoint's syntax).
-std::string request_action(const failover::etcd_detail::Json& req, const std::string& cmd, const char* field,
+std::string request_action(const Json& req, const std::string& cmd, const char* field,
                            size_t limit) {
-    using failover::etcd_detail::Json;
     const Json* value = req.find(field);
     if (!value || value->kind != Json::Kind::string)
         return ControlSocket::error_json(cmd + ": no \"" + field + "\" string");
@@ -89,8 +88,7 @@ std::string request_action(const failover::etcd_detail::Json& req, const std::st
 // bit of the next checkpoint-stream bytes this primary sends and answers once they went
 // out, or after kDrillFlipWait. Needs no VM thread: the flag is the transport's.
 constexpr auto kDrillFlipWait = std::chrono::seconds(2);
-std::string drill_request(const Metrics& m, const failover::etcd_detail::Json& req) {
-    using failover::etcd_detail::Json;
+std::string drill_request(const Metrics& m, const Json& req) {
     const Json* fault = req.find("fault");
     if (!fault || fault->kind != Json::Kind::string)
         return ControlSocket::error_json("drill: no \"fault\" string (the one fault injected from inside: corrupt-link)");
@@ -159,8 +157,7 @@ Result<void> start_operations(const OpsOptions& o, Role role) {
 }
 
 std::string handle_control_request(const Metrics& m, std::string_view line) {
-    using failover::etcd_detail::Json;
-    auto req = failover::etcd_detail::parse_json(line);
+    auto req = parse_json(line);
     if (!req) return ControlSocket::error_json("malformed request: " + req.error().message);
     if (req->kind != Json::Kind::object) return ControlSocket::error_json("malformed request: not a JSON object");
     const Json* cmd = req->find("cmd");

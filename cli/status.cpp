@@ -5,11 +5,10 @@
 #include <charconv>
 #include <cmath>
 
-#include "failover/etcd_arbiter.hpp" // the project's strict JSON reader
+#include "common/json.hpp"
 
 namespace understudy::cli {
 
-using failover::etcd_detail::Json;
 
 // ---------------------------------------------------------------------------------------
 // Writing
@@ -18,7 +17,7 @@ void JsonWriter::sep(std::string_view key) {
     if (!first_) out_ += ',';
     first_ = false;
     if (!key.empty()) {
-        out_ += failover::etcd_detail::json_quote(key);
+        out_ += json_quote(key);
         out_ += ':';
     }
 }
@@ -40,7 +39,7 @@ JsonWriter& JsonWriter::key(std::string_view k) {
 }
 JsonWriter& JsonWriter::string(std::string_view key, std::string_view v) {
     sep(key);
-    out_ += failover::etcd_detail::json_quote(v);
+    out_ += json_quote(v);
     return *this;
 }
 JsonWriter& JsonWriter::boolean(std::string_view key, bool v) {
@@ -68,6 +67,7 @@ JsonWriter& JsonWriter::number(std::string_view key, double v) {
     return *this;
 }
 JsonWriter& JsonWriter::number(std::string_view key, std::optional<double> v) { return v ? number(key, *v) : null(key); }
+JsonWriter& JsonWriter::string_or_null(std::string_view key, const std::optional<std::string>& v) { return v ? string(key, *v) : null(key); }
 JsonWriter& JsonWriter::null(std::string_view key) {
     sep(key);
     out_ += "null";
@@ -248,7 +248,7 @@ Result<E> enum_from(const std::string& text, const std::array<E, N>& all, const 
 } // namespace
 
 Result<StatusSnapshot> status_from_json(std::string_view json) {
-    auto doc = failover::etcd_detail::parse_json(json);
+    auto doc = parse_json(json);
     if (!doc) return std::move(doc.error()).wrap("the status answer");
     if (doc->kind != Json::Kind::object) return make_error(Errc::invalid_input, "the status answer is not a JSON object");
     Reader r(*doc);

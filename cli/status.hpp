@@ -28,6 +28,7 @@ public:
     JsonWriter& end_object();
     JsonWriter& key(std::string_view k);
     JsonWriter& string(std::string_view key, std::string_view v);
+    JsonWriter& string_or_null(std::string_view key, const std::optional<std::string>& v);
     JsonWriter& boolean(std::string_view key, bool v);
     JsonWriter& integer(std::string_view key, uint64_t v);
     JsonWriter& integer(std::string_view key, int64_t v);

@@ -11,16 +11,15 @@
 #include "cli/control_socket.hpp"
 #include "cli/status.hpp"
 #include "cli/stop_signals.hpp"
-#include "failover/etcd_arbiter.hpp" // the strict JSON reader
+#include "common/json.hpp"
 
 namespace understudy::cli {
 
 namespace po = boost::program_options;
-using failover::etcd_detail::Json;
 
 Result<StatusSnapshot> fetch_status(const std::string& path, std::chrono::milliseconds timeout) {
     auto line = US_TRY(control_request(path, R"({"cmd":"status"})", timeout));
-    auto doc = failover::etcd_detail::parse_json(line);
+    auto doc = parse_json(line);
     if (!doc) return std::move(doc.error()).wrap("the control socket's answer");
     const Json* ok = doc->find("ok");
     if (!ok || ok->kind != Json::Kind::boolean) return make_error(Errc::invalid_input, "the control socket's answer has no \"ok\"");

@@ -38,61 +38,10 @@
 #include <utility>
 #include <vector>
 
+#include "common/json.hpp"
 #include "failover/arbiter.hpp"
 
 namespace understudy::failover {
-
-// The pieces underneath, exposed for the tests. Not part of the arbiter API.
-namespace etcd_detail {
-
-// A strict JSON reader for the few answers etcd's gateway gives (RFC 8259: no trailing
-// commas, comments, duplicate keys, bare control characters, strings that are not UTF-8
-// or trailing garbage; depth at most 32). Boost.JSON is not in Debian 12's Boost 1.74 and libboost1.81-dev conflicts
-// with libboost1.74-dev, so this small reader is ours.
-struct Json {
-    enum class Kind { null, boolean, number, string, array, object };
-    Kind kind = Kind::null;
-    bool boolean = false;
-    std::string text; // a string's decoded value, or a number's literal text
-    std::vector<Json> items;
-    std::vector<std::pair<std::string, Json>> members;
-
-    const Json* find(std::string_view name) const; // objects only; null if absent
-
-    // Defined where Json is complete: clang instantiates the members' destructors at an
-    // implicit inline one, while std::pair<std::string, Json> is still incomplete.
-    Json();
-    ~Json();
-    Json(const Json&);
-    Json(Json&&) noexcept;
-    Json& operator=(const Json&);
-    Json& operator=(Json&&) noexcept;
-};
-Result<Json> parse_json(std::string_view in);
-
-// JSON string literal for `s` (quotes included).
-std::string json_quote(std::string_view s);
-
-// Standard base64 with padding (etcd's bytes fields); decode is strict.
-std::string base64_encode(std::string_view in);
-Result<std::string> base64_decode(std::string_view in);
-
-// grpc-gateway writes int64 as a JSON string of digits; a plain integer number is
-// accepted too. Anything else (fractions, exponents, out of range) is refused.
-Result<std::int64_t> json_int64(const Json& v, std::string_view what);
-
-struct HttpReply {
-    unsigned status = 0;
-    std::string body;
-};
-// One request on a fresh connection to `endpoint` ("IP:port"), bounded by `timeout`
-// overall. Answers of any status are returned; only transport and HTTP framing problems
-// are errors. Bodies over 64 KiB are refused.
-Result<HttpReply> http_request(std::string_view endpoint, std::string_view method,
-                               std::string_view target, std::string_view body,
-                               std::chrono::milliseconds timeout);
-
-} // namespace etcd_detail
 
 struct EtcdOptions {
     std::string endpoint;  // "127.0.0.1:2379" or "[::1]:2379"
@@ -128,7 +77,7 @@ private:
     Result<Keepalive> keepalive(std::int64_t id);
     void revoke(std::int64_t id);
     // Checks `reply`'s header.cluster_id against the first one seen.
-    Result<void> check_cluster(std::string_view where, const etcd_detail::Json& reply);
+    Result<void> check_cluster(std::string_view where, const Json& reply);
     void set_valid_until(Clock::time_point t);
     void drop_validity();
 

@@ -86,10 +86,13 @@ wait_protected() {
 drill() {
   local kind=$1 out rc=0
   out=$(ip netns exec "$name-client" "$cli" drill "$kind" --primary-socket "$psock" --backup-socket "$bsock" \
-    --service 10.77.0.2:6379 --warmup 1 --after 2 --timeout "$(scaled 30)" --json 2>"$work/drill-$kind.log") || rc=$?
+    --service 10.77.0.2:6379 --warmup 1 --after 10 --max-stall "$(scaled 5)" --timeout "$(scaled 30)" --json \
+    2>"$work/drill-$kind.log") || rc=$?
   echo "$kind: exit $rc: $out"
-  echo "$out" | jq -e '.verdict == "pass" and .writes_lost == 0 and .writes_acknowledged > 0' >/dev/null ||
-    { echo "drill_cli: $kind: not a pass with 0 writes lost" >&2; return 1; }
+  # The survivor served the whole watch, and the kv image's own self-check passed.
+  echo "$out" | jq -e '.verdict == "pass" and .writes_lost == 0 and .writes_acknowledged > 0 and
+    .service_stopped == null and .watched_s >= 9.5 and (.selfcheck | startswith("+OK keys="))' >/dev/null ||
+    { echo "drill_cli: $kind: not a pass with 0 writes lost, a full watch and a clean self-check" >&2; return 1; }
   [ "$rc" -eq 0 ] || { echo "drill_cli: $kind: exit $rc on a pass" >&2; return 1; }
   echo "$out" | jq -e "$2" >/dev/null || { echo "drill_cli: $kind: expected $2" >&2; return 1; }
 }

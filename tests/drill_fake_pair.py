@@ -10,8 +10,10 @@ When the fake primary dies, the fake backup goes `promoting`, then runs (`promot
 
 Checks the verdicts and the exit codes: a clean kill-primary passes (0); one where the
 service forgets recent writes at the fault fails (5) with writes_lost > 0; corrupt-link
-passes with the primary as survivor; and the refusals (2, 3) for bad usage, sockets that
-do not answer, a pair that is not protected and a pid that is not on this host.
+passes with the primary as survivor; a promoted service that stops answering during the
+watch, or whose SELFCHECK reports broken data structures, fails (5); and the refusals
+(2, 3) for bad usage, sockets that do not answer, a pair that is not protected and a pid
+that is not on this host.
 
 usage: drill_fake_pair.py BUILD_DIR
 """
@@ -97,6 +99,7 @@ class Service:
         self.data, self.written = {}, {}  # key -> value, key -> time written
         self.lock = threading.Lock()
         self.hold_until = 0.0
+        self.selfcheck_reply = None  # SELFCHECK's answer; None: "+OK keys=N free=0"
         self.clients = []
         self.srv = socket.socket()
         self.srv.bind(("127.0.0.1", 0))
@@ -148,6 +151,8 @@ class Service:
                     elif args[0] == "GET":
                         v = self.data.get(args[1])
                         out = b"$-1\r\n" if v is None else b"$%d\r\n%s\r\n" % (len(v), v.encode())
+                    elif args[0] == "SELFCHECK":
+                        out = self.selfcheck_reply or b"+OK keys=%d free=0\r\n" % len(self.data)
                     else:
                         out = b"-ERR unknown\r\n"
                 try:
@@ -159,14 +164,15 @@ class Service:
 class Pair:
     """A fake primary process, a fake backup in this process, and the service."""
 
-    def __init__(self, tmp, tag, primary_state="protected", forget_s=0.0, reset=False, backup_lost_after=None):
+    def __init__(self, tmp, tag, primary_state="protected", forget_s=0.0, reset=False, backup_lost_after=None,
+                 stall_after=None):
         self.psock, self.bsock = os.path.join(tmp, tag + "-p.sock"), os.path.join(tmp, tag + "-b.sock")
         self.service = Service()
         self.primary = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--fake-primary", self.psock,
                                          primary_state], stdout=subprocess.PIPE, text=True)
         assert self.primary.stdout.readline().strip() == "READY"
         self.backup = {"state": "receiving", "promoted": False, "last_failover": None}
-        self.forget_s, self.reset = forget_s, reset
+        self.forget_s, self.reset, self.stall_after = forget_s, reset, stall_after
         serve_control(self.bsock, self.backup_answer)
         threading.Thread(target=self.watch, daemon=True).start()
         if backup_lost_after is not None:  # the backup's session ends by itself (a spurious timeout)
@@ -195,6 +201,9 @@ class Pair:
         running = time.time()
         self.backup.update(state="unprotected",
                            last_failover={"reason": "primary_silent", "detected_unix_s": detected, "running_unix_s": running})
+        if self.stall_after is not None:  # the promoted service stops answering a little later
+            time.sleep(self.stall_after)
+            self.service.hold_until = time.time() + 3.0
 
     def end(self):
         if self.primary.poll() is None:
@@ -283,6 +292,25 @@ def main():
               r.get("detection_source", "").endswith("status.last_failover") and
               80 <= (r.get("detection_ms") or 0) <= 400 and 10 <= (r.get("promotion_ms") or 0) <= 100 and
               250 <= (r.get("outage_ms") or 0) <= 2000, out)
+        check("kill-primary watched the survivor and asked SELFCHECK", r.get("service_stopped", "") is None and
+              0.9 <= (r.get("watched_s") or 0) <= 5 and (r.get("selfcheck") or "").startswith("+OK keys="), out)
+        p.end()
+
+        # The promoted service stops answering during the watch: fail (5).
+        p = Pair(tmp, "stall", stall_after=0.5)
+        rc, r, out, err = drill_pair(cli, p, "kill-primary", ["--warmup", "0.5", "--after", "4", "--max-stall", "1", "--json"])
+        check("a survivor that stops serving fails the drill", rc == 5 and
+              "answered no write" in (r.get("service_stopped") or "") and (r.get("watched_s") or 99) < 3.5 and
+              any("stopped serving" in x for x in r.get("reasons", [])), "exit %d, %s %s" % (rc, out, err))
+        p.end()
+
+        # The service's self-check finds its data structures broken: fail (5).
+        p = Pair(tmp, "selfcheck")
+        p.service.selfcheck_reply = b"-ERR selfcheck: an entry in another key's bucket (3)\r\n"
+        rc, r, out, err = drill_pair(cli, p, "kill-primary", quick)
+        check("a failed self-check fails the drill", rc == 5 and r.get("writes_lost") == 0 and
+              (r.get("selfcheck") or "").startswith("-ERR selfcheck") and
+              any("self-check failed" in x for x in r.get("reasons", [])), "exit %d, %s %s" % (rc, out, err))
         p.end()
 
         # The same, but the service forgets the writes of the last 300 ms at the fault: fail (5).

@@ -34,13 +34,15 @@
 
 #include "cli/fencing.hpp"
 #include "failover/arbiter.hpp"
+#include "common/base64.hpp"
 #include "failover/etcd_arbiter.hpp"
+#include "failover/http_client.hpp"
 #include "failover/lease_keeper.hpp"
 
 using namespace understudy;
 using namespace understudy::failover;
 using namespace std::chrono_literals;
-using etcd_detail::Json;
+
 
 namespace {
 
@@ -184,9 +186,9 @@ std::string grant_answer(const std::string& id = "7587", const std::string& ttl 
 std::string txn_won() { return "{" + kHeader + R"(,"succeeded":true,"responses":[{"response_put":{"header":{"revision":"2"}}}]})"; }
 std::string txn_held(const std::string& holder, const std::string& lease) {
     return "{" + kHeader + R"(,"responses":[{"response_range":{"header":{"revision":"2"},"kvs":[{"key":")" +
-           etcd_detail::base64_encode("/understudy/t/primary") +
+           base64_encode("/understudy/t/primary") +
            R"(","create_revision":"2","mod_revision":"2","version":"1","value":")" +
-           etcd_detail::base64_encode(holder) + R"(","lease":")" + lease + R"("}],"count":"1"}}]})";
+           base64_encode(holder) + R"(","lease":")" + lease + R"("}],"count":"1"}}]})";
 }
 std::string keepalive_answer(const std::string& id = "7587", const std::string& ttl = "2") {
     return R"({"result":{)" + kHeader + R"(,"ID":")" + id + "\"" + (ttl.empty() ? "" : R"(,"TTL":")" + ttl + "\"") + "}}";
@@ -331,7 +333,7 @@ TEST_CASE("make_arbiter: kinds, endpoints and keys are checked before any reques
 // JSON, base64, integers
 
 TEST_CASE("JSON reader: etcd's answers parse, malformed documents are refused") {
-    auto doc = etcd_detail::parse_json(R"( {"a":[1,-2.5e3,true,false,null],"s":"x\"\\\/\n\u00e9\ud83d\ude00","o":{}} )");
+    auto doc = parse_json(R"( {"a":[1,-2.5e3,true,false,null],"s":"x\"\\\/\n\u00e9\ud83d\ude00","o":{}} )");
     REQUIRE(doc);
     REQUIRE(doc->find("a"));
     CHECK(doc->find("a")->items.size() == 5);
@@ -341,29 +343,29 @@ TEST_CASE("JSON reader: etcd's answers parse, malformed documents are refused") 
     for (const char* bad : {"", "{", "{\"a\":1,}", "[1,]", "{\"a\":1}x", "{\"a\":1,\"a\":2}", "\"\\x\"", "\"a\nb\"",
                             "01", "-", "1.", "1e", "\"\\ud800\"", "\"\\udc00\"", "{a:1}", "tru", "\"abc",
                             "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"}) {
-        auto r = etcd_detail::parse_json(bad);
+        auto r = parse_json(bad);
         INFO(bad);
         CHECK_FALSE(r);
         if (!r) CHECK(contains(r.error().message, "malformed JSON"));
     }
-    CHECK(etcd_detail::json_quote("a\"b\\c\x01") == "\"a\\\"b\\\\c\\u0001\"");
+    CHECK(json_quote("a\"b\\c\x01") == "\"a\\\"b\\\\c\\u0001\"");
 }
 
 TEST_CASE("base64 and int64 fields") {
     for (const std::string& s : std::vector<std::string>{"", "f", "fo", "foo", "foob", "fooba", "foobar", std::string("\0\xff\x80", 3)}) {
-        auto d = etcd_detail::base64_decode(etcd_detail::base64_encode(s));
+        auto d = base64_decode(base64_encode(s));
         REQUIRE(d);
         CHECK(*d == s);
     }
-    CHECK(etcd_detail::base64_encode("/understudy/vm/primary") == "L3VuZGVyc3R1ZHkvdm0vcHJpbWFyeQ==");
+    CHECK(base64_encode("/understudy/vm/primary") == "L3VuZGVyc3R1ZHkvdm0vcHJpbWFyeQ==");
     for (const char* bad : {"A", "AB=C", "A===", "Zm9v!", "Zg==Zg==", "Zh=="})
-        CHECK_FALSE(etcd_detail::base64_decode(bad));
-    auto num = [](const char* text) { return *etcd_detail::parse_json(text); };
-    CHECK(*etcd_detail::json_int64(num("\"4111120161753633542\""), "ID") == 4111120161753633542);
-    CHECK(*etcd_detail::json_int64(num("7"), "TTL") == 7);
-    CHECK(*etcd_detail::json_int64(num("\"-1\""), "TTL") == -1);
+        CHECK_FALSE(base64_decode(bad));
+    auto num = [](const char* text) { return *parse_json(text); };
+    CHECK(*json_int64(num("\"4111120161753633542\""), "ID") == 4111120161753633542);
+    CHECK(*json_int64(num("7"), "TTL") == 7);
+    CHECK(*json_int64(num("\"-1\""), "TTL") == -1);
     for (const char* bad : {"\"\"", "\"12a\"", "\"15118495548433857066\"", "1.5", "1e3", "\"007\"", "true", "{}", "\" 1\""})
-        CHECK_FALSE(etcd_detail::json_int64(num(bad), "x"));
+        CHECK_FALSE(json_int64(num(bad), "x"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -691,7 +693,7 @@ private:
                 std::filesystem::remove_all(data, ec);
                 return;
             }
-            auto r = etcd_detail::http_request(endpoint_, "GET", "/health", "", 500ms);
+            auto r = http_request(endpoint_, "GET", "/health", "", 500ms);
             if (r && r->status == 200 && contains(r->body, "\"health\":\"true\"")) {
                 healthy_ = true;
                 return;

@@ -18,12 +18,10 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/logging.hpp"
-#include "failover/etcd_arbiter.hpp"
+#include "common/json.hpp"
 
 using namespace understudy;
 using namespace understudy::cli;
-using failover::etcd_detail::Json;
-using failover::etcd_detail::parse_json;
 
 TEST_CASE("json log lines are one valid JSON object each, whatever the message holds", "[logs]") {
     std::ostringstream out;

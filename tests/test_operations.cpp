@@ -20,7 +20,7 @@
 
 #include "cli/control_socket.hpp"
 #include "cli/status.hpp"
-#include "failover/etcd_arbiter.hpp" // the strict JSON reader
+#include "common/json.hpp"
 #include "hv/kvm.hpp"
 #include "tests/support/catch_run.hpp"
 #include "tests/support/topology.hpp"
@@ -30,7 +30,6 @@ using namespace understudy;
 using namespace understudy::test;
 using namespace std::chrono;
 using namespace std::chrono_literals;
-using failover::etcd_detail::Json;
 
 namespace {
 
@@ -87,7 +86,7 @@ cli::StatusSnapshot status_json(const std::string& socket) {
     REQUIRE(r->out.size() > 2);
     REQUIRE(r->out.back() == '\n');
     REQUIRE(std::count(r->out.begin(), r->out.end(), '\n') == 1);
-    auto doc = failover::etcd_detail::parse_json(r->out);
+    auto doc = parse_json(r->out);
     REQUIRE(doc);
     REQUIRE(doc->kind == Json::Kind::object);
     CHECK(keys(*doc) == kDocumented.at(""));

@@ -1,15 +1,15 @@
 // The etcd arbiter's JSON reader and the value helpers it applies to etcd's answers
-// (failover/etcd_arbiter.hpp, etcd_detail): parse_json on the reply body, json_int64 on
+// (common/json.hpp, common/base64.hpp): parse_json on the reply body, json_int64 on
 // numbers and digit strings, base64_decode on bytes fields. No network: these are the
 // functions every byte of an etcd reply goes through after HTTP framing.
 // Round trips checked: a decoded string re-quoted by json_quote parses back to itself;
 // base64_decode accepts only what base64_encode of its result gives back.
 
-#include "failover/etcd_arbiter.hpp"
+#include "common/base64.hpp"
+#include "common/json.hpp"
 #include "fuzz/fuzz_support.hpp"
 
 using namespace understudy;
-using namespace understudy::failover::etcd_detail;
 
 namespace {
 

@@ -4,7 +4,8 @@
  * driver, all on vCPU 0; other vCPUs halt.
  *
  * Commands: PING [msg], ECHO, SET key value (no options), GET, DEL key...,
- * EXISTS key..., INCR, DBSIZE, FLUSHALL [ASYNC|SYNC], QUIT, and what the
+ * EXISTS key..., INCR, DBSIZE, FLUSHALL [ASYNC|SYNC], QUIT, SELFCHECK (a check
+ * of its own data structures, below), and what the
  * clients ask at start: CONFIG GET (save "" and appendonly "no", nothing
  * else) for redis-benchmark, COMMAND (an empty array) for redis-cli. Requests come as multibulk or inline (space-separated) commands,
  * pipelined or split across segments.
@@ -46,7 +47,7 @@
 #define CLASS_MAX 24 /* 16 MiB */
 
 struct arena {
-    uint8_t *bump, *end;
+    uint8_t *start, *bump, *end;
     void *free[CLASS_MAX + 1];
 };
 
@@ -88,7 +89,8 @@ static void arena_free(struct arena *a, void *p)
 
 static void arena_init(struct arena *a, uint64_t base, uint64_t size)
 {
-    *a = (struct arena){.bump = (uint8_t *)(uintptr_t)base, .end = (uint8_t *)(uintptr_t)(base + size)};
+    *a = (struct arena){.start = (uint8_t *)(uintptr_t)base, .bump = (uint8_t *)(uintptr_t)base,
+                        .end = (uint8_t *)(uintptr_t)(base + size)};
 }
 
 /* ---- the table: chained hashing, fixed bucket count ---- */
@@ -416,6 +418,66 @@ static void cmd_flushall(struct conn *c, size_t argc, const struct arg *a)
     out_str(c, "+OK\r\n");
 }
 
+/*
+ * SELFCHECK: walks the table and the data arena's free lists and checks what a
+ * stray write into guest memory would break: every block inside the arena with
+ * a valid size class, every entry in the bucket its key hashes to and within
+ * its block, as many entries as DBSIZE says, and no cycles. Answers
+ * "+OK keys=N free=F" or "-ERR selfcheck: what (where)". Drills ask it last.
+ */
+static const char *check_block(const struct arena *a, const struct block *b)
+{
+    if ((const uint8_t *)b < a->start || (const uint8_t *)b >= a->bump || ((uintptr_t)b & 7))
+        return "a block outside the data arena";
+    if (b->class < CLASS_MIN || b->class > CLASS_MAX || (uint64_t)(a->bump - (const uint8_t *)b) < (1ull << b->class))
+        return "a block with a bad size class";
+    return NULL;
+}
+
+static void cmd_selfcheck(struct conn *c, size_t argc, const struct arg *a)
+{
+    (void)argc;
+    (void)a;
+    const uint64_t most = (uint64_t)(data_arena.bump - data_arena.start) >> CLASS_MIN; /* more: a cycle */
+    const char *why = NULL;
+    uint64_t where = 0, entries = 0, free_blocks = 0;
+    for (uint64_t i = 0; i < nbuckets && !why; i++)
+        for (const struct entry *e = buckets[i]; e && !why; e = e->next) {
+            const struct block *b = (const struct block *)((const uint8_t *)e - sizeof(struct block));
+            where = i;
+            if ((why = check_block(&data_arena, b)))
+                break;
+            if (++entries > most)
+                why = "a cycle in a bucket's chain";
+            else if (sizeof *e + e->klen + e->vcap > (1ull << b->class) - sizeof *b || e->vlen > e->vcap)
+                why = "an entry larger than its block";
+            else if (e->hash != hash_key(e->data, e->klen))
+                why = "an entry whose hash is not its key's";
+            else if ((e->hash & (nbuckets - 1)) != i)
+                why = "an entry in another key's bucket";
+        }
+    if (!why && entries != nkeys) {
+        why = "fewer or more entries than DBSIZE";
+        where = entries;
+    }
+    for (unsigned k = CLASS_MIN; k <= CLASS_MAX && !why; k++)
+        for (const struct block *b = data_arena.free[k]; b && !why; b = *(void *const *)b->data) {
+            where = k;
+            if ((why = check_block(&data_arena, b)))
+                break;
+            if (b->class != k)
+                why = "a free block on another size's list";
+            else if (++free_blocks > most)
+                why = "a cycle in a free list";
+        }
+    char line[160];
+    if (why)
+        us_snprintf(line, sizeof line, "-ERR selfcheck: %s (%lu)\r\n", why, where);
+    else
+        us_snprintf(line, sizeof line, "+OK keys=%lu free=%lu\r\n", entries, free_blocks);
+    out_str(c, line);
+}
+
 /* redis-benchmark asks CONFIG GET save and appendonly: nothing is persisted. */
 static void cmd_config(struct conn *c, size_t argc, const struct arg *a)
 {
@@ -454,6 +516,7 @@ static const struct command {
     {"del", 2, ARGS_MAX, cmd_del}, {"exists", 2, ARGS_MAX, cmd_exists}, {"ping", 1, 2, cmd_ping},
     {"echo", 2, 2, cmd_echo},     {"dbsize", 1, 1, cmd_dbsize},        {"flushall", 1, 2, cmd_flushall},
     {"config", 2, ARGS_MAX, cmd_config}, {"command", 1, ARGS_MAX, cmd_command}, {"quit", 1, 1, cmd_quit},
+    {"selfcheck", 1, 1, cmd_selfcheck},
 };
 
 static void execute(struct conn *c, size_t argc)
