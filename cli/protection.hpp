@@ -41,6 +41,9 @@ public:
     // The checkpoint a backup took over from after hand_over() stopped waiting for its
     // answer (replicator::Primary::late_handover()): the VM must stop as after a handover.
     std::optional<uint64_t> late_handover() const { return primary_->late_handover(); }
+    // The checkpoint of a handover whose answer never arrived, though the backup had the
+    // request (replicator::Primary::handover_uncertain()): the VM must stop, exit 6.
+    std::optional<uint64_t> handover_uncertain() const { return primary_->handover_uncertain(); }
     // After a handover the backup did not complete (it never took the primary role): the
     // VM is to run on here, unprotected. Records that the backup's session must never
     // promote (through `role`, the role held again) and stops holding output.

@@ -178,6 +178,20 @@ struct HandedOver {
     bool uncertain;  // this host cannot tell whether the backup runs the VM (exit 6)
 };
 
+// After a handover at checkpoint `epoch`, this host cannot tell whether the backup runs
+// the VM (`why`): this VM, paused since then, stops, and the instance exits 6 for the
+// operator to look before starting either again.
+Result<void> stop_not_knowing(hv::Vm& vm, uint64_t epoch, const std::string& why, std::optional<HandedOver>& handed_over) {
+    handed_over = HandedOver{epoch, true};
+    instance_metrics().set_state(ProtectionState::stopped, "handed over to the backup at checkpoint " + std::to_string(epoch) +
+                                                               ", not knowing whether it runs the VM");
+    vm.stop(); // paused since that checkpoint: its vCPUs exit without running again
+    std::printf("STOPPED: %s; this host cannot tell whether the backup runs the VM, so this VM stops (check the backup "
+                "before starting either again)\n", why.c_str());
+    std::fflush(stdout);
+    return make_error(Errc::system, why + "; this VM stopped without knowing whether the backup runs it");
+}
+
 // The backup accepted checkpoint `epoch` (docs/failover.md, "Planned switchover"):
 // replication ends and the VM is paused. With an arbiter, gives the role up and checks
 // that the backup took it. Stops the VM and sets `handed_over` when it must not run here;
@@ -187,18 +201,15 @@ Result<void> complete_handover(hv::Vm& vm, std::unique_ptr<Protection>& protecti
                                std::optional<HandedOver>& handed_over) {
     (void)protection->finish(); // a handed-over session ends without a GOODBYE: not a failure
     vm.pause_all();             // already paused after a handover in time; not after a late one
-    auto stop_here = [&](bool uncertain) {
-        handed_over = HandedOver{epoch, uncertain};
-        instance_metrics().set_state(ProtectionState::stopped, "handed over to the backup at checkpoint " +
-                                                                   std::to_string(epoch));
-        vm.stop(); // paused since that checkpoint: its vCPUs exit without running again
-    };
     // With an arbiter the backup runs the VM only once it holds the role: check that it does.
     // The role object goes away in there; nothing may reach it through the protection.
     if (role) protection->forget_role();
     auto taken = hand_role_over(role, o.fencing);
     if (taken) {
-        stop_here(false);
+        handed_over = HandedOver{epoch, false};
+        instance_metrics().set_state(ProtectionState::stopped, "handed over to the backup at checkpoint " +
+                                                                   std::to_string(epoch));
+        vm.stop(); // paused since that checkpoint: its vCPUs exit without running again
         std::printf("HANDED OVER: the backup runs the VM from checkpoint %llu; this VM stops\n",
                     static_cast<unsigned long long>(epoch));
         std::fflush(stdout);
@@ -219,13 +230,8 @@ Result<void> complete_handover(hv::Vm& vm, std::unique_ptr<Protection>& protecti
         why += ", but " + back.error().describe();
     }
     // The backup may run the VM: this one must not, and the operator must look.
-    stop_here(true);
-    std::printf("STOPPED: the backup accepted checkpoint %llu, but %s; this host cannot tell whether the backup runs "
-                "the VM, so this VM stops (check the backup before starting either again)\n",
-                static_cast<unsigned long long>(epoch), why.c_str());
-    std::fflush(stdout);
-    return make_error(Errc::system, "the backup accepted, but " + why + "; this VM stopped without knowing whether the "
-                                    "backup runs it");
+    return stop_not_knowing(vm, epoch, "the backup accepted checkpoint " + std::to_string(epoch) + ", but " + why,
+                            handed_over);
 }
 
 // `understudy failover`: the backup takes over from a last checkpoint taken now.
@@ -236,6 +242,11 @@ std::string failover_action(hv::Vm& vm, std::unique_ptr<Protection>& protection,
     // The backup answers within a few round trips; give it at least half a second.
     auto limit = std::max(milliseconds(500), milliseconds(o.failure_timeout_ms));
     auto epoch = protection->hand_over(limit);
+    if (auto unknown = !epoch ? protection->handover_uncertain() : std::nullopt) {
+        (void)protection->finish();
+        (void)stop_not_knowing(vm, *unknown, epoch.error().describe(), handed_over);
+        return ControlSocket::error_json("failover: " + epoch.error().describe() + "; this VM stopped (exit 6)");
+    }
     if (!epoch) return ControlSocket::error_json("failover: " + epoch.error().describe());
     if (auto done = complete_handover(vm, protection, o, net, role, *epoch, handed_over); !done)
         return ControlSocket::error_json("failover: " + done.error().describe());

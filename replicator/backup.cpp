@@ -93,14 +93,19 @@ Result<SessionEnd> BackupServer::serve_one(std::chrono::milliseconds accept_time
         // Take over only from exactly the checkpoint the primary names, with nothing half
         // received; otherwise say why, as invalid input, which no backup promotes on.
         if (replica_ && replica_->has_committed() && !replica_->receiving() && replica_->committed_epoch() == *handover) {
-            link->accept_handover(*handover);
-            return SessionEnd::handover;
+            if (link->accept_handover(*handover)) return SessionEnd::handover;
+            // The primary may not have the answer: it cannot tell whether this backup runs
+            // the VM, and stops its own. Taking over now could make two; a state error is
+            // no failed primary, so no promotion follows.
+            return make_error(Errc::state, "the answer to the primary's handover at checkpoint " + std::to_string(*handover) +
+                                               " could not be delivered; not taking over");
         }
         std::string here = !replica_ || !replica_->has_committed() ? "no checkpoint is committed here"
                            : replica_->receiving() ? "a checkpoint was still arriving"
                                                    : "checkpoint " + std::to_string(replica_->committed_epoch()) + " is committed here";
         r = make_error(Errc::invalid_input,
                        "the primary asked to hand over at checkpoint " + std::to_string(*handover) + ", but " + here);
+        link->goodbye(); // an explicit no: the primary runs on instead of wondering whether this backup took over
     }
     // With a control connection, only a GOODBYE makes a closed stream an orderly end: a
     // primary that dies also closes its sockets. The GOODBYE travels on the other
@@ -166,6 +171,8 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h, 
     std::vector<uint8_t> framed; // for on_receive
     auto accepted = [&]() -> Result<void> {
         US_TRYV(check_stream_header(h));
+        // Nothing committed yet: a primary of another shape gets a replica of its own.
+        if (replica_ && !replica_->has_committed() && !replica_->fits(h)) replica_.reset();
         if (!replica_) replica_ = US_TRY(BackupReplica::create(h.memory_bytes, h.vcpus));
         return replica_->begin_session(h);
     }();

@@ -22,14 +22,24 @@ BackupReplica::BackupReplica(hv::GuestMemory mem, uint32_t vcpus)
     : memory_(std::move(mem)), vcpus_(vcpus), layout_digest_(hv::memory_layout_digest(memory_)),
       staged_slot_(memory_.page_count(), -1) {}
 
+bool BackupReplica::fits(const StreamHeader& h) const {
+    return h.memory_bytes == memory_.size() && h.vcpus == vcpus_ && h.layout_digest == layout_digest_;
+}
+
 Result<void> BackupReplica::begin_session(const StreamHeader& h) {
     US_TRYV(check_stream_header(h));
+    // A replica of another shape is refused, never reshaped: its committed checkpoint may
+    // be the only copy of its VM (BackupServer reshapes one that holds none).
+    const std::string held = has_committed_ ? ", and holds checkpoint " + std::to_string(committed_epoch_) +
+                                                   " of that VM (a backup serves one VM until it is restarted)"
+                                            : "";
     if (h.memory_bytes != memory_.size())
         return stream_error("the primary's guest has " + std::to_string(h.memory_bytes >> 20) + " MiB of memory, this backup " +
-                            std::to_string(memory_.size() >> 20) + " MiB");
+                            std::to_string(memory_.size() >> 20) + " MiB" + held);
     if (h.vcpus != vcpus_)
-        return stream_error("the primary's guest has " + std::to_string(h.vcpus) + " vCPUs, this backup " + std::to_string(vcpus_));
-    if (h.layout_digest != layout_digest_) return stream_error("the primary lays out guest memory differently");
+        return stream_error("the primary's guest has " + std::to_string(h.vcpus) + " vCPUs, this backup " +
+                            std::to_string(vcpus_) + held);
+    if (h.layout_digest != layout_digest_) return stream_error("the primary lays out guest memory differently" + held);
     abort_open_checkpoint();
     decoder_ = US_TRY(PageDecoder::create({memory_.page_count(), h.session_id}));
     if (has_committed_ && h.config_digest != committed_config_)

@@ -31,6 +31,8 @@ public:
     // Memory of the given shape, all zero, nothing committed.
     static Result<std::unique_ptr<BackupReplica>> create(uint64_t memory_bytes, uint32_t vcpus);
 
+    // True when a primary of this header's shape (memory, vCPUs, layout) can use it.
+    bool fits(const StreamHeader& h) const;
     // A new session from a primary: checks the header against this replica's shape and
     // starts decoding with the session's hash seed. Committed state is kept until the
     // new session's first checkpoint commits.

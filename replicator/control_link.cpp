@@ -112,23 +112,29 @@ void HeartbeatLink::stop() {
         if (t->joinable() && t->get_id() != std::this_thread::get_id()) t->join();
 }
 
-void HeartbeatLink::goodbye() { end_with(kGoodbye, {}); }
+void HeartbeatLink::goodbye() { (void)end_with(kGoodbye, {}); }
 
-void HeartbeatLink::accept_handover(uint64_t epoch) { end_with(kHandoverAccept, encode_u64s({epoch})); }
+bool HeartbeatLink::accept_handover(uint64_t epoch) { return end_with(kHandoverAccept, encode_u64s({epoch})); }
 
-void HeartbeatLink::end_with(uint32_t type, std::vector<uint8_t> body) {
+bool HeartbeatLink::end_with(uint32_t type, std::vector<uint8_t> body) {
     {
         std::lock_guard lock(mu_);
-        if (stopping_ || failed_) return;
+        if (stopping_ || failed_) return false;
         last_record_.emplace(type, std::move(body));
     }
     cv_.notify_all();
     if (sender_.joinable() && sender_.get_id() != std::this_thread::get_id()) sender_.join();
+    bool sent;
+    {
+        std::lock_guard lock(mu_);
+        sent = last_record_sent_;
+    }
     // Until the peer has the record: closing with its heartbeats unread would reset the
     // connection and could drop the record on its way (a lost GOODBYE makes a backup take
     // a stopped primary for a dead one).
-    conn_->finish_sending(kLastRecordLimit);
+    const bool delivered = sent && conn_->finish_sending(kLastRecordLimit);
     stop();
+    return delivered;
 }
 
 HeartbeatLink::HandoverAnswer HeartbeatLink::request_handover(uint64_t epoch, std::chrono::milliseconds limit) {
@@ -144,8 +150,9 @@ HeartbeatLink::HandoverAnswer HeartbeatLink::request_handover(uint64_t epoch, st
 
 HeartbeatLink::HandoverAnswer HeartbeatLink::await_handover(uint64_t epoch, std::chrono::milliseconds limit) {
     std::unique_lock lock(mu_);
-    cv_.wait_for(lock, limit, [&] { return handover_accepted_ || failed_ || stopping_; });
+    cv_.wait_for(lock, limit, [&] { return handover_accepted_ || heard_goodbye_ || failed_ || stopping_; });
     if (handover_accepted_ && *handover_accepted_ == epoch) return HandoverAnswer::accepted;
+    if (heard_goodbye_ && !handover_accepted_) return HandoverAnswer::refused;
     if (handover_accepted_) { // an answer for another checkpoint: the backup holds something else
         lock.unlock();
         declare_failed(make_error(Errc::invalid_input, fmt::format("the backup accepted a handover at checkpoint {}, "
@@ -232,7 +239,9 @@ void HeartbeatLink::sender_main() {
             if (last_record_) {
                 auto [type, last] = std::move(*last_record_);
                 lock.unlock();
-                (void)conn_->send_record(type, last);
+                const bool sent = conn_->send_record(type, last).has_value();
+                lock.lock();
+                last_record_sent_ = sent;
                 return;
             }
             if (stopping_ || failed_) return;

@@ -77,13 +77,16 @@ public:
 
     // Planned switchover (docs/wire-format.md, "Handover"). Primary: sends HANDOVER(epoch)
     // and waits up to `limit` for the backup's HANDOVER_ACCEPT; heartbeats go on meanwhile.
-    // Once accepted, the connection closing is no failure.
-    enum class HandoverAnswer { accepted, unanswered, failed };
+    // Once accepted, the connection closing is no failure. A backup that will not take
+    // over says GOODBYE instead (refused).
+    enum class HandoverAnswer { accepted, refused, unanswered, failed };
     HandoverAnswer request_handover(uint64_t epoch, std::chrono::milliseconds limit);
     // Waits up to `limit` more for the answer to the request above.
     HandoverAnswer await_handover(uint64_t epoch, std::chrono::milliseconds limit);
-    // Backup: answers HANDOVER_ACCEPT(epoch) as the link's last record, then stops.
-    void accept_handover(uint64_t epoch);
+    // Backup: answers HANDOVER_ACCEPT(epoch) as the link's last record, then stops. True
+    // once the primary's TCP has acknowledged it; false when it may not have arrived, and
+    // then the backup must not take over (the primary cannot tell, and stops its VM).
+    [[nodiscard]] bool accept_handover(uint64_t epoch);
     HeartbeatStats stats() const;
     replicator::PeerState peer_state() const;
 
@@ -91,8 +94,8 @@ private:
     HeartbeatLink(std::unique_ptr<Connection> conn, replicator::FailureDetector det, OnFailure on_failure,
                   OnHandover on_handover);
     // Has the sender send `type` as its last record, waits (up to 1 s) until the peer's
-    // TCP has it, then stops.
-    void end_with(uint32_t type, std::vector<uint8_t> body);
+    // TCP has it, then stops. True when it was sent and acknowledged.
+    bool end_with(uint32_t type, std::vector<uint8_t> body);
     void sender_main();
     void receiver_main();
     // Judges the peer every heartbeat interval. Not the sender's job: a send to a peer
@@ -112,6 +115,7 @@ private:
     bool failed_ = false;
     // end_with(): the sender's last record; from then on a broken connection is no failure
     std::optional<std::pair<uint32_t, std::vector<uint8_t>>> last_record_;
+    bool last_record_sent_ = false; // the sender handed it to the kernel
     std::optional<std::vector<uint8_t>> outgoing_; // a HANDOVER for the sender to send next
     std::optional<uint64_t> handover_requested_;   // the checkpoint a HANDOVER we sent named
     std::optional<uint64_t> handover_accepted_;    // the epoch the backup's HANDOVER_ACCEPT named

@@ -154,6 +154,11 @@ Result<void> Primary::wait() {
     return {};
 }
 
+std::optional<uint64_t> Primary::handover_uncertain() const {
+    std::lock_guard lock(mu_);
+    return handover_uncertain_;
+}
+
 std::optional<Error> Primary::failure() const {
     std::lock_guard lock(mu_);
     return error_;
@@ -490,18 +495,34 @@ bool Primary::finish_handover(uint64_t epoch) {
             std::lock_guard relock(mu_);
             return stream_ended_;
         };
-        // A backup that shut the stream has the request and answers it (accepts or ends the
-        // session): a late answer must not find the guest running here again.
+        // A backup that shut the stream has the request and answers it: HANDOVER_ACCEPT, or
+        // GOODBYE for no. A late answer must not find the guest running here again.
         if (answer == HeartbeatLink::HandoverAnswer::unanswered && stream_ended())
             answer = heartbeat_->await_handover(epoch, answer_grace(limit));
-        // A backup that closed the stream without accepting ended the session.
-        if (answer != HeartbeatLink::HandoverAnswer::accepted && stream_ended()) {
-            fail(make_error(Errc::system, "the backup closed the checkpoint stream during the handover"));
+        // The control connection failed first: the stream's end, if the backup shut it, may
+        // still be on its way.
+        if (answer == HeartbeatLink::HandoverAnswer::failed && !stream_ended()) {
+            std::unique_lock relock(mu_);
+            cv_.wait_for(relock, answer_grace(limit), [&] { return stream_ended_; });
+        }
+        bool uncertain = false;
+        if (answer == HeartbeatLink::HandoverAnswer::refused) {
+            fail(make_error(Errc::state, "the backup refused the handover and ended the session"));
             answer = HeartbeatLink::HandoverAnswer::failed;
+        } else if (answer != HeartbeatLink::HandoverAnswer::accepted && stream_ended()) {
+            // The backup had the request, and neither its yes nor its no arrived: it may run
+            // the VM already. Running on here could make two; the VM stays paused.
+            uncertain = true;
         }
         lock.lock();
         handing_over_ = false;
-        if (!ok) outcome = std::move(ok.error()).wrap("handover refused");
+        if (uncertain) {
+            handover_uncertain_ = epoch;
+            stopping_ = true; // no GOODBYE: the backup may run the VM
+            outcome = make_error(Errc::state, "the backup had the handover request for checkpoint " + std::to_string(epoch) +
+                                                  " but its answer never arrived: this host cannot tell whether the backup "
+                                                  "runs the VM; the VM stays paused");
+        } else if (!ok) outcome = std::move(ok.error()).wrap("handover refused");
         else if (answer == HeartbeatLink::HandoverAnswer::unanswered) {
             outcome = make_error(Errc::timeout, "the backup did not answer the handover within " + std::to_string(limit.count()) +
                                                     " ms (it runs without --promote, or an older version); the VM runs on, protected");
@@ -520,9 +541,10 @@ bool Primary::finish_handover(uint64_t epoch) {
         }
     }
     handover_->outcome = outcome;
-    bool done = handed_over_;
+    bool done = handed_over_ || handover_uncertain_;
     lock.unlock();
     cv_.notify_all();
+    if (handover_uncertain_) conn_->shutdown();
     if (!done) vm_.resume_all();
     return done;
 }

@@ -118,6 +118,10 @@ public:
     // after that checkpoint was acknowledged); replication has ended, and the VM must now
     // stop as after a handover, its held output dropped.
     std::optional<uint64_t> late_handover() const;
+    // The backup had the request (it shut the stream) but neither accepted nor refused
+    // within the grace: this host cannot tell whether the backup runs the VM. The VM is
+    // left paused, replication has ended; the caller stops the VM (exit 6).
+    std::optional<uint64_t> handover_uncertain() const;
     // Runs `fn` at a checkpoint taken now, while the vCPUs are paused and right after that
     // checkpoint's state was captured (`understudy snapshot` of a protected VM: the file
     // then holds exactly checkpoint N). Its time counts in that checkpoint's pause.
@@ -224,6 +228,7 @@ private:
     std::optional<Unanswered> unanswered_handover_;
     bool awaiting_verdict_ = false;        // a thread in late_answer_decides() asks the link
     std::optional<uint64_t> late_handover_;
+    std::optional<uint64_t> handover_uncertain_; // guarded by mu_
     bool control_done_ = false;            // control_main() returned
 
     Bitmap dirty_;

@@ -569,14 +569,16 @@ Result<void> Connection::start_encryption(std::unique_ptr<FrameCipher> tx, std::
     return {};
 }
 
-void Connection::finish_sending(std::chrono::milliseconds limit) {
-    if (shut_.load(std::memory_order_relaxed)) return;
+bool Connection::finish_sending(std::chrono::milliseconds limit) {
+    if (shut_.load(std::memory_order_relaxed)) return false;
     ::shutdown(fd_.get(), SHUT_WR);
     const auto deadline = std::chrono::steady_clock::now() + limit;
     // SIOCOUTQ: bytes not yet acknowledged by the peer, the FIN included.
-    for (int unacked = 1; unacked > 0 && std::chrono::steady_clock::now() < deadline;) {
-        if (shut_.load(std::memory_order_relaxed) || ::ioctl(fd_.get(), SIOCOUTQ, &unacked) < 0) return;
-        if (unacked > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    for (int unacked = 1;;) {
+        if (shut_.load(std::memory_order_relaxed) || ::ioctl(fd_.get(), SIOCOUTQ, &unacked) < 0) return false;
+        if (unacked == 0) return true;
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
 }
 

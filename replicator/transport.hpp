@@ -121,8 +121,9 @@ public:
     // peer reads an end after it, and waits up to `limit` until the peer's TCP has
     // acknowledged every byte. Closing a socket with unread input resets the connection,
     // which drops whatever is still queued here; what the peer received stays readable
-    // there. Other threads may go on receiving meanwhile.
-    void finish_sending(std::chrono::milliseconds limit);
+    // there. Other threads may go on receiving meanwhile. True when the peer's TCP
+    // acknowledged everything within `limit`.
+    bool finish_sending(std::chrono::milliseconds limit);
     std::string peer() const { return peer_; }
     // Bytes the kernel has taken from send() so far (the peer's progress, seen from here).
     uint64_t bytes_sent() const { return bytes_sent_.load(std::memory_order_relaxed); }

@@ -264,6 +264,7 @@ struct AnsweringPair {
     std::promise<uint64_t> asked;
     std::unique_ptr<HeartbeatLink> primary, backup;
     std::future<uint64_t> answer;
+    std::atomic<bool> delivered{false}; // the answer reached the primary's TCP
     explicit AnsweringPair(uint64_t skew, milliseconds delay = 0ms) {
         auto [a, b] = connected_pair();
         auto la = HeartbeatLink::start(std::move(a), kPatient, fa.callback());
@@ -272,12 +273,12 @@ struct AnsweringPair {
         REQUIRE(lb);
         primary = std::move(*la);
         backup = std::move(*lb);
-        answer = std::async(std::launch::async, [this, skew, delay] {
+        answer = std::async(std::launch::async, [this, skew, delay]() -> uint64_t {
             auto f = asked.get_future();
-            REQUIRE(f.wait_for(2s) == std::future_status::ready);
+            if (f.wait_for(2s) != std::future_status::ready) return 0; // never asked: the test thread finds 0
             std::this_thread::sleep_for(delay);
             uint64_t epoch = f.get() + skew;
-            backup->accept_handover(epoch);
+            delivered = backup->accept_handover(epoch);
             return epoch;
         });
     }
@@ -288,6 +289,7 @@ TEST_CASE("a handover request is answered, and neither side then reports a failu
     AnsweringPair p(0);
     CHECK(p.primary->request_handover(42, 2s) == HeartbeatLink::HandoverAnswer::accepted);
     CHECK(p.answer.get() == 42);
+    CHECK(p.delivered);
     std::this_thread::sleep_for(200ms); // both connections are closing now: still no failure
     CHECK(p.fa.future.wait_for(0s) == std::future_status::timeout);
     CHECK(p.fb.future.wait_for(0s) == std::future_status::timeout);
@@ -401,7 +403,7 @@ TEST_CASE("a last record reaches a peer that reads late, though its heartbeats a
     auto link = HeartbeatLink::start(std::move(*conn), {1ms, 5000ms}, probe.callback());
     REQUIRE(link);
     std::this_thread::sleep_for(150ms); // the peer's window is closed: heartbeats queue here
-    (*link)->accept_handover(7);
+    CHECK((*link)->accept_handover(7)); // acknowledged once the peer reads, within the 1 s allowed
     // Closing now, with the peer's heartbeats unread, resets the connection: only what
     // the peer's TCP has acknowledged survives that.
     std::this_thread::sleep_for(50ms);
@@ -410,6 +412,38 @@ TEST_CASE("a last record reaches a peer that reads late, though its heartbeats a
     REQUIRE(!records.empty());
     CHECK(records.back() == std::pair<uint32_t, uint64_t>{kHandoverAccept, 7});
     CHECK(probe.future.wait_for(0s) == std::future_status::timeout);
+}
+
+TEST_CASE("an answer the primary's TCP never acknowledges is reported undelivered", "[control][handover]") {
+    auto l = Listener::listen(*Endpoint::parse("127.0.0.1:0"));
+    REQUIRE(l);
+    auto accepted = std::async(std::launch::async, [&] { return l->accept(5s); });
+    SlowReader primary(l->local(), 3000ms); // reads only after the backup stopped waiting
+    auto conn = accepted.get();
+    REQUIRE(conn);
+    auto link = HeartbeatLink::start(std::move(*conn), {1ms, 5000ms}, nullptr);
+    REQUIRE(link);
+    std::this_thread::sleep_for(150ms); // the peer's window is closed
+    // The backup must then not take over: the primary may never learn that it did.
+    CHECK_FALSE((*link)->accept_handover(7));
+}
+
+TEST_CASE("a refusal arrives as a GOODBYE and is told apart from no answer", "[control][handover]") {
+    auto [a, b] = connected_pair();
+    FailureProbe fa;
+    std::promise<void> asked;
+    auto la = HeartbeatLink::start(std::move(a), kPatient, fa.callback());
+    auto lb = HeartbeatLink::start(std::move(b), kPatient, nullptr, [&](uint64_t) { asked.set_value(); });
+    REQUIRE(la);
+    REQUIRE(lb);
+    auto refusing = std::async(std::launch::async, [&] {
+        bool heard = asked.get_future().wait_for(2s) == std::future_status::ready;
+        (*lb)->goodbye();
+        return heard;
+    });
+    CHECK((*la)->request_handover(42, 2s) == HeartbeatLink::HandoverAnswer::refused);
+    CHECK(refusing.get());
+    CHECK(fa.future.wait_for(100ms) == std::future_status::timeout);
 }
 
 namespace {
@@ -457,9 +491,9 @@ TEST_CASE("a backup takes over from the checkpoint a handover names, and from no
         CHECK(h.server->replica()->committed_epoch() == 1);
         CHECK(h.probe.future.wait_for(100ms) == std::future_status::timeout);
     }
-    SECTION("another checkpoint: refused, the session ends with the reason and no takeover") {
+    SECTION("another checkpoint: refused with a GOODBYE, the session ends with the reason and no takeover") {
         HandoverSession h(true);
-        CHECK(h.link->request_handover(2, 2s) != HeartbeatLink::HandoverAnswer::accepted);
+        CHECK(h.link->request_handover(2, 2s) == HeartbeatLink::HandoverAnswer::refused);
         auto r = h.end();
         REQUIRE(!r);
         CHECK(r.error().code == Errc::invalid_input); // not a failed primary: nobody promotes

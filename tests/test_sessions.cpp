@@ -8,6 +8,9 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <future>
 #include <thread>
 
@@ -154,6 +157,59 @@ TEST_CASE("only a session whose own checkpoint is committed may lead to a promot
     CHECK(!server->replica_current());
 }
 
+namespace {
+// A stream header for `vm`'s shape sent on a fresh authenticated connection; the
+// backup's answer (ACCEPT or REJECT).
+Record send_header(const BackupServer& to, FakeVm& vm, uint64_t session) {
+    auto c = connect_to(to);
+    REQUIRE(secure_client(*c, *shared_link_key(), LinkChannel::stream));
+    auto h = make_stream_header(vm.memory().size(), vm.vcpu_count(), hv::memory_layout_digest(vm.memory()),
+                                vm.config_digest(), session, 0);
+    std::span<const uint8_t> hb(reinterpret_cast<const uint8_t*>(&h), sizeof h);
+    REQUIRE(c->send({&hb, 1}));
+    auto answer = c->recv_record();
+    REQUIRE(answer);
+    c->shutdown();
+    return std::move(*answer);
+}
+} // namespace
+
+TEST_CASE("a backup takes a primary of another shape while it holds no checkpoint, and refuses one after", "[sessions]") {
+    auto server = backup_server();
+    auto small = running_vm(); // 16 MiB, 2 vCPUs
+    FakeVmConfig big_config;
+    big_config.memory_bytes = 32 * hv::kMiB;
+    big_config.vcpus = 3;
+    auto big = FakeVm::create(big_config);
+    REQUIRE(big);
+    big->start();
+    big->resume_all();
+    // A 16 MiB session that commits nothing: the replica takes that shape, holding nothing.
+    (void)serve_within(*server, seconds(30), [&] { CHECK(send_header(*server, *small, 1).type == kAccept); });
+    REQUIRE(server->replica());
+    CHECK(!server->replica()->has_committed());
+    // A 32 MiB primary then gets a replica of its shape, and commits.
+    auto r = serve_within(*server, seconds(60), [&] {
+        auto p = start_primary(*big, *server);
+        REQUIRE(wait_until([&] { return p->acked_epoch() >= 2 || p->failure(); }, seconds(30)));
+        p->stop();
+        CHECK(p->wait());
+    });
+    CHECK(r);
+    CHECK(server->replica()->memory().size() == 32 * hv::kMiB);
+    const uint64_t committed = server->replica()->committed_epoch();
+    CHECK(committed >= 2);
+    // Now it holds that VM's checkpoint: a 16 MiB primary is refused, and told why.
+    Record answer;
+    r = serve_within(*server, seconds(30), [&] { answer = send_header(*server, *small, 3); });
+    CHECK(!r);
+    CHECK(answer.type == kReject);
+    CHECK_THAT(std::string(answer.body.begin(), answer.body.end()),
+               Catch::Contains("16 MiB of memory, this backup 32 MiB") &&
+                   Catch::Contains("holds checkpoint " + std::to_string(committed)));
+    CHECK(server->replica()->committed_epoch() == committed);
+}
+
 TEST_CASE("a backup that heartbeats but acknowledges nothing is given up after the ACK timeout, with a goodbye", "[sessions]") {
     // The backup's stream thread blocks in the commit hook from checkpoint 5 on (a stuck
     // disk): it ACKs nothing more, while its control connection goes on heartbeating.
@@ -223,4 +279,52 @@ TEST_CASE("a receive deadline ends a receive with a timeout and leaves the recei
     REQUIRE(!again);
     CHECK(again.error().code == Errc::state);
     CHECK_THAT(again.error().describe(), Catch::Contains("ended at its deadline"));
+}
+
+TEST_CASE("a handover whose answer never arrives, though the backup had the request: the VM stays paused", "[sessions]") {
+    // The backup runs in a child process that dies the moment it holds the request, after
+    // it may have taken over: its stream and control connection end with no verdict.
+    int port_pipe[2];
+    REQUIRE(::pipe(port_pipe) == 0);
+    pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        ::close(port_pipe[0]);
+        BackupConfig cfg;
+        cfg.heartbeat = {milliseconds(10), scaled(milliseconds(2000))};
+        cfg.security = link_security();
+        cfg.accept_handover = true;
+        BackupHooks hooks;
+        hooks.on_handover = [](uint64_t) { ::_exit(0); };
+        auto s = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), hooks, cfg);
+        if (!s) ::_exit(2);
+        uint16_t port = (*s)->local().port;
+        if (::write(port_pipe[1], &port, sizeof port) != sizeof port) ::_exit(2);
+        (void)(*s)->serve_one(seconds(60));
+        ::_exit(3);
+    }
+    ::close(port_pipe[1]);
+    uint16_t port = 0;
+    REQUIRE(::read(port_pipe[0], &port, sizeof port) == sizeof port);
+    ::close(port_pipe[0]);
+    Endpoint backup{"127.0.0.1", port};
+    auto vm = running_vm();
+    auto data = Connection::connect(backup, seconds(5));
+    REQUIRE(data);
+    auto control = Connection::connect(backup, seconds(5));
+    REQUIRE(control);
+    auto p = Primary::start(*vm, std::move(*data), primary_config(), {}, std::move(*control));
+    REQUIRE(p);
+    bool synced = wait_until([&] { return (*p)->acked_epoch() >= 3 || (*p)->failure(); }, seconds(30));
+    auto outcome = (*p)->hand_over(nullptr, scaled(milliseconds(2000)));
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    (*p)->stop();
+    (void)(*p)->wait();
+    REQUIRE(synced);
+    REQUIRE(!outcome);
+    CHECK_THAT(outcome.error().describe(), Catch::Contains("cannot tell whether the backup runs the VM"));
+    CHECK((*p)->handover_uncertain().has_value());
+    CHECK(!vm->vmm_write(0, 1)); // still paused: running on here could make a second copy
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
 }
