@@ -72,8 +72,16 @@ Result<std::unique_ptr<Vm>> Vm::create(VmConfig cfg, GuestMemory mem) {
     return vm;
 }
 
+namespace {
+void print_console_line(std::string_view line) {
+    std::printf("%.*s\n", static_cast<int>(line.size()), line.data());
+    std::fflush(stdout);
+}
+} // namespace
+
 Vm::Vm(VmConfig cfg, Kvm kvm, UniqueFd fd, GuestMemory mem)
-    : cfg_(std::move(cfg)), kvm_(std::move(kvm)), fd_(std::move(fd)), memory_(std::move(mem)) {}
+    : cfg_(std::move(cfg)), kvm_(std::move(kvm)), fd_(std::move(fd)), memory_(std::move(mem)),
+      console_(cfg_.console ? cfg_.console : ConsoleBuffer::Sink(print_console_line)) {}
 
 Result<void> Vm::setup() {
     // Intel needs a TSS region for real-mode emulation; it goes into the MMIO window.
@@ -223,6 +231,7 @@ std::optional<VmStop> Vm::stop_reason() const {
 
 VmStop Vm::wait() {
     for (auto& v : vcpus_) v->join();
+    (void)console_.flush(std::chrono::seconds(1)); // a stalled reader must not hold the caller
     std::lock_guard lock(mu_);
     return stop_.value_or(VmStop{VmStopKind::stopped, 0, "no vCPU ran"});
 }
@@ -247,21 +256,7 @@ void Vm::vcpu_parked() {
     cv_.notify_all();
 }
 
-void Vm::console_write(std::string_view bytes) {
-    std::lock_guard lock(mu_);
-    for (char c : bytes) {
-        if (c == '\n' || console_line_.size() >= 4096) {
-            if (cfg_.console)
-                cfg_.console(console_line_);
-            else
-                std::printf("%s\n", console_line_.c_str());
-            console_line_.clear();
-            if (c == '\n') continue;
-        }
-        if (c != '\r') console_line_ += c;
-    }
-    if (!cfg_.console) std::fflush(stdout);
-}
+void Vm::console_write(std::string_view bytes) { console_.write(bytes); }
 
 void Vm::publish_report(unsigned vcpu, uint64_t key, uint64_t value) {
     std::lock_guard lock(mu_);

@@ -17,6 +17,7 @@
 #include "common/bitmap.hpp"
 #include "common/error.hpp"
 #include "hv/checkpointable.hpp"
+#include "hv/console_buffer.hpp"
 #include "hv/device.hpp"
 #include "hv/dirty_tracker.hpp"
 #include "hv/guest_clock.hpp"
@@ -85,7 +86,8 @@ public:
 
     // Asks every vCPU to stop; wait() then returns kind `stopped` unless the guest stopped first.
     void stop();
-    // Blocks until every vCPU thread has exited; returns why the VM stopped.
+    // Blocks until every vCPU thread has exited and the console's last lines are written
+    // (at most 1 s more for those); returns why the VM stopped.
     VmStop wait();
     // As wait(), with a limit; nullopt if the VM is still running.
     std::optional<VmStop> wait_for(std::chrono::milliseconds limit);
@@ -95,6 +97,8 @@ public:
     std::optional<uint64_t> report(unsigned vcpu, uint64_t key) const;
     // Waits until (vcpu, key) has been reported at least once.
     std::optional<uint64_t> wait_report(unsigned vcpu, uint64_t key, std::chrono::milliseconds limit);
+    // Console lines dropped because the console's reader fell behind (hv/console_buffer.hpp).
+    uint64_t console_dropped_lines() const { return console_.dropped_lines(); }
 
     // --- used by vCPU threads and devices ---
     void stop_with(VmStop why);
@@ -136,7 +140,8 @@ private:
     std::vector<uint64_t> moved_seen_ = std::vector<uint64_t>(kMaxVcpus, 0);
     std::optional<VmStop> stop_;
     std::map<std::pair<unsigned, uint64_t>, uint64_t> reports_;
-    std::string console_line_;
+    // Declared last, destroyed first: every vCPU thread has ended by then (~Vm).
+    ConsoleBuffer console_;
 };
 
 } // namespace understudy::hv
