@@ -12,45 +12,6 @@ namespace understudy::cli {
 
 using namespace std::chrono;
 
-namespace {
-
-double quantile_us(std::vector<uint64_t> ns, double q) {
-    if (ns.empty()) return 0;
-    std::sort(ns.begin(), ns.end());
-    return double(ns[std::min(ns.size() - 1, size_t(q * double(ns.size())))]) / 1000.0;
-}
-
-void print_figures(const char* label, const std::vector<replicator::EpochFigures>& v, double seconds) {
-    if (v.empty()) {
-        std::printf("%s: no checkpoint acknowledged\n", label);
-        return;
-    }
-    std::vector<uint64_t> pause, ack, stop, harvest, state, copy;
-    uint64_t dirty = 0, raw = 0, wire = 0;
-    for (const auto& f : v) {
-        pause.push_back(f.pause_ns);
-        stop.push_back(f.stop_ns);
-        harvest.push_back(f.harvest_ns);
-        state.push_back(f.state_ns);
-        copy.push_back(f.copy_ns);
-        ack.push_back(f.ack_ns);
-        dirty += f.dirty_pages;
-        raw += f.raw_bytes;
-        wire += f.wire_bytes;
-    }
-    std::printf("%s: epoch %llu | %.1f ckpt/s | pause p50 %.0f us p99 %.0f us max %.0f us | %.0f dirty pages/ckpt | "
-                "raw %.1f MB/s, wire %.1f MB/s (%.1f%%) | ACK p50 %.1f ms\n",
-                label, (unsigned long long)v.back().epoch, double(v.size()) / seconds, quantile_us(pause, 0.5),
-                quantile_us(pause, 0.99), quantile_us(pause, 1.0), double(dirty) / double(v.size()), double(raw) / seconds / 1e6,
-                double(wire) / seconds / 1e6, raw ? 100.0 * double(wire) / double(raw) : 0.0, quantile_us(ack, 0.5) / 1000.0);
-    std::printf("  pause parts p50/p99 (us): stop %.0f/%.0f, harvest %.0f/%.0f, state %.0f/%.0f, copy %.0f/%.0f\n",
-                quantile_us(stop, 0.5), quantile_us(stop, 0.99), quantile_us(harvest, 0.5), quantile_us(harvest, 0.99),
-                quantile_us(state, 0.5), quantile_us(state, 0.99), quantile_us(copy, 0.5), quantile_us(copy, 0.99));
-    std::fflush(stdout);
-}
-
-} // namespace
-
 Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::string& backup, replicator::PrimaryConfig cfg,
                                                      GuestNetwork* net, PrimaryRole* role) {
     auto ep = US_TRY(replicator::Endpoint::parse(backup));
@@ -84,11 +45,11 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
         std::lock_guard lock(self->mu_);
         if (f.epoch == 1) self->sync_progress_.finish();
         if (f.epoch == 1) std::printf("protected: initial checkpoint acknowledged (stop-and-copy pause %.1f ms)\n", double(f.pause_ns) / 1e6);
-        self->window_.push_back(f);
+        self->window_.add(f);
         if (f.epoch == 1) return;
-        if (self->all_.empty()) self->first_ack_ = steady_clock::now();
+        if (self->all_.checkpoints == 0) self->first_ack_ = steady_clock::now();
         self->last_ack_ = steady_clock::now();
-        self->all_.push_back(f);
+        self->all_.add(f);
     };
     // The control connection second: the backup accepts it after the stream's ACCEPT.
     instrument(hooks, instance_metrics()); // status and metrics (cli/operations.hpp)
@@ -130,12 +91,14 @@ void Protection::run_unprotected() {
 }
 
 void Protection::print_window() {
-    std::vector<replicator::EpochFigures> w;
+    FigureSummary w;
     {
         std::lock_guard lock(mu_);
-        w.swap(window_);
+        std::swap(w, window_);
     }
-    if (!w.empty()) print_figures("checkpoints", w, 1.0);
+    if (w.checkpoints == 0) return;
+    std::fputs(w.lines("checkpoints", 1.0).c_str(), stdout);
+    std::fflush(stdout);
 }
 
 Result<uint64_t> Protection::hand_over(std::chrono::milliseconds answer_limit) {
@@ -174,7 +137,10 @@ Result<void> Protection::finish() {
     // After a handover the backup runs the VM: its session must not be retired.
     if (!primary_->handed_over()) run_unprotected();
     std::lock_guard lock(mu_);
-    if (all_.size() > 1) print_figures("== protected run", all_, duration<double>(last_ack_ - first_ack_).count());
+    if (all_.checkpoints > 1) {
+        std::fputs(all_.lines("== protected run", duration<double>(last_ack_ - first_ack_).count()).c_str(), stdout);
+        std::fflush(stdout);
+    }
     return *finished_;
 }
 

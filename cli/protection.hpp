@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/figure_summary.hpp"
 #include "cli/fencing.hpp"
 #include "cli/metrics.hpp"
 #include "cli/network.hpp"
@@ -72,7 +73,7 @@ private:
     std::atomic<uint64_t> session_id_{0}; // set once the primary has started
     std::optional<Result<void>> finished_;
     mutable std::mutex mu_;
-    std::vector<replicator::EpochFigures> window_, all_;
+    FigureSummary window_, all_; // the last second's checkpoints, and the run's: constant memory
     std::chrono::steady_clock::time_point first_ack_, last_ack_;
 };
 

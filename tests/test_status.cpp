@@ -17,10 +17,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
 #include <sstream>
 #include <thread>
 
 #include "cli/control_socket.hpp"
+#include "cli/figure_summary.hpp"
 #include "cli/progress.hpp"
 #include "cli/http_endpoint.hpp"
 #include "cli/metrics.hpp"
@@ -752,4 +754,36 @@ TEST_CASE("progress: a line with rate and ETA; throttled on a terminal and in a 
         p.finish();
         CHECK(out.empty());
     }
+}
+
+TEST_CASE("checkpoint figures are summarized in constant memory, quantiles within 3.2 % below the exact ones", "[status]") {
+    std::mt19937_64 rng(20261205); // fixed: a failure replays
+    std::vector<uint64_t> pauses;
+    FigureSummary s;
+    static_assert(sizeof(FigureSummary) < 128 * 1024); // whatever the run's length
+    for (uint64_t e = 2; e < 200'002; ++e) {
+        replicator::EpochFigures f;
+        f.epoch = e;
+        // Log-uniform from 1 us to 1 s, as pauses spread on a loaded host.
+        f.pause_ns = uint64_t(std::exp(std::log(1e3) + std::ldexp(double(rng() >> 11), -53) * std::log(1e6)));
+        f.ack_ns = f.pause_ns * 3;
+        f.dirty_pages = 10;
+        f.raw_bytes = 40960;
+        f.wire_bytes = 4096;
+        s.add(f);
+        pauses.push_back(f.pause_ns);
+    }
+    std::sort(pauses.begin(), pauses.end());
+    for (double q : {0.0, 0.1, 0.5, 0.9, 0.99, 0.999}) {
+        const double exact = double(pauses[std::min(pauses.size() - 1, size_t(q * double(pauses.size())))]) / 1000.0;
+        INFO("q " << q << ": exact " << exact << " us, summary " << s.pause.quantile_us(q) << " us");
+        CHECK(s.pause.quantile_us(q) <= exact);
+        CHECK(s.pause.quantile_us(q) >= exact * (1 - 1.0 / 32));
+    }
+    CHECK(s.pause.quantile_us(1.0) == double(pauses.back()) / 1000.0);
+    CHECK(s.checkpoints == 200'000);
+    CHECK(s.last_epoch == 200'001);
+    const std::string text = s.lines("== protected run", 100.0);
+    CHECK_THAT(text, Catch::StartsWith("== protected run: epoch 200001 | 2000.0 ckpt/s") && Catch::Contains("10 dirty pages/ckpt") &&
+                         Catch::Contains("(10.0%)"));
 }
