@@ -80,7 +80,9 @@ Result<void> RespConn::flush(Clock::time_point deadline) {
 }
 
 Result<RespReply> RespConn::reply(Clock::time_point deadline, const std::atomic<bool>* stop) {
-    std::string line = US_TRY(read_line(deadline, stop));
+    auto read = read_line(deadline, stop);
+    if (!read) return read.error();
+    const std::string& line = *read;
     if (line.empty()) return make_error(Errc::invalid_input, "an empty RESP reply line");
     RespReply r;
     r.type = line[0];

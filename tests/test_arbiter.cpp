@@ -37,6 +37,7 @@
 #include "common/base64.hpp"
 #include "failover/etcd_arbiter.hpp"
 #include "failover/http_client.hpp"
+#include "tests/support/ports.hpp"
 #include "failover/lease_keeper.hpp"
 
 using namespace understudy;
@@ -164,19 +165,6 @@ private:
     mutable std::mutex mu_;
     std::vector<std::string> targets_, bodies_;
 };
-
-// A port on loopback that nothing listens on (bound, then closed).
-unsigned free_port() {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    ::close(fd);
-    return ntohs(a.sin_port);
-}
 
 // Canned etcd answers, shaped like etcd 3.4.23's gateway output.
 const std::string kHeader = R"("header":{"cluster_id":"15118495548433857066","member_id":"13668033151171901709","revision":"2","raft_term":"2"})";
@@ -575,7 +563,7 @@ TEST_CASE("etcd arbiter (fake server): a silent server times out within the requ
     CHECK(contains(a->describe(), "no answer within 300 ms"));
 
     // Nothing listening: refused at once.
-    auto b = make_etcd("127.0.0.1:" + std::to_string(free_port()));
+    auto b = make_etcd("127.0.0.1:" + std::to_string(test::free_loopback_port()));
     auto rb = b->acquire("B");
     REQUIRE_FALSE(rb);
     CHECK(rb.error().code == Errc::system);
@@ -664,7 +652,7 @@ private:
         return !ec;
     }
     void start(const std::string& bin) {
-        const unsigned cport = free_port(), pport = free_port();
+        const unsigned cport = test::free_loopback_port(), pport = test::free_loopback_port();
         endpoint_ = "127.0.0.1:" + std::to_string(cport);
         const std::string curl = "http://" + endpoint_, purl = "http://127.0.0.1:" + std::to_string(pport);
         const std::string data = dir_ + "/data", log = dir_ + "/etcd.log";

@@ -5,13 +5,13 @@
 #include <sys/stat.h>
 
 #include <cstdio>
-#include <random>
 #include <thread>
 
 #include "replicator/backup.hpp"
 #include "replicator/primary.hpp"
 #include "replicator/stream_verifier.hpp"
 #include "tests/support/link_key.hpp"
+#include "tests/support/ports.hpp"
 #include "tests/support/test_vm.hpp"
 #include "tests/support/time_scale.hpp"
 
@@ -87,21 +87,11 @@ TEST_CASE("a captured session verifies against the spec", "[capture][kvm]") {
 
 TEST_CASE("understudy backup --capture, then understudy verify-stream", "[capture][kvm][cli]") {
     std::string path = test::temp_path("cli.capture");
-    std::mt19937 rng(std::random_device{}());
-    unsigned port = 20000 + rng() % 20000;
-    std::string listen = "127.0.0.1:" + std::to_string(port);
+    std::string listen = "127.0.0.1:" + std::to_string(test::free_loopback_port());
     int backup_status = -1;
     std::string backup_output;
     // The process reads the key from a file; this process's primary uses the same key.
-    std::string key = test::temp_path("cli-link.key");
-    {
-        std::FILE* kf = std::fopen(key.c_str(), "wb");
-        REQUIRE(kf);
-        auto kb = test::shared_link_key()->bytes();
-        REQUIRE(std::fwrite(kb.data(), 1, kb.size(), kf) == kb.size());
-        std::fclose(kf);
-        REQUIRE(::chmod(key.c_str(), 0600) == 0);
-    }
+    std::string key = test::write_shared_link_key_file(test::temp_path("cli-link.key"));
     std::jthread t([&] {
         backup_status = test::run_shell(test::cli_path() + " backup --sessions 1 --listen " + listen + " --capture " + path +
                                             " --link-key " + key,

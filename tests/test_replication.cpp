@@ -13,6 +13,7 @@
 #include "replicator/primary.hpp"
 #include "tests/support/backup_thread.hpp"
 #include "tests/support/link_key.hpp"
+#include "tests/support/ports.hpp"
 #include "tests/support/test_vm.hpp"
 #include "tests/support/time_scale.hpp"
 
@@ -45,6 +46,7 @@ uint64_t image_digest(const GuestMemory& mem, const VmState& s) {
 TEST_CASE("the backup's committed replica equals the primary at sampled checkpoints", "[replication][kvm]") {
     std::mutex mu;
     std::map<uint64_t, uint64_t> primary_digest, backup_digest;
+    std::vector<std::string> capture_errors; // from the primary's thread: checked on this one
     BackupHooks bh;
     bh.on_commit = [&](uint64_t epoch, const BackupReplica& r) {
         if (epoch % 25 != 1) return;
@@ -69,10 +71,9 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     ph.on_capture = [&](uint64_t epoch, hv::Checkpointable& v) {
         if (epoch % 25 != 1) return;
         auto s = v.save_state();
-        REQUIRE(s);
-        uint64_t d = image_digest(v.memory(), *s);
         std::lock_guard lock(mu);
-        primary_digest[epoch] = d;
+        if (!s) capture_errors.push_back(s.error().describe());
+        else primary_digest[epoch] = image_digest(v.memory(), *s);
     };
     // With a control connection: heartbeats flow beside the checkpoints all along.
     auto data = connect_to(*backup.server);
@@ -88,6 +89,10 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     CHECK(backup.server->heartbeats().received > 50);
     (*primary)->stop();
     CHECK((*primary)->wait());
+    {
+        std::lock_guard lock(mu);
+        CHECK(capture_errors.empty());
+    }
     // A stop on purpose says GOODBYE: the backup ends the session without an error.
     backup.wait_sessions(1);
     {
@@ -231,10 +236,7 @@ TEST_CASE("SIGKILL of a primary process leaves the backup process a restorable c
     std::string snap = test::temp_path("killed-primary.snap");
     std::string log = test::temp_path("backup.log");
     // A backup process on a free port, serving one session.
-    auto probe = Listener::listen(*Endpoint::parse("127.0.0.1:0"));
-    REQUIRE(probe);
-    uint16_t port = probe->local().port;
-    probe->close();
+    const uint16_t port = test::free_loopback_port();
     std::string out;
     // The product's 100 ms failure timeout, scaled on slow hosts on both sides: this
     // checks what the backup keeps after a kill, not how fast it notices one.

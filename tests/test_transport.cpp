@@ -17,6 +17,7 @@
 #include "replicator/transport.hpp"
 #include "support/link_key.hpp"
 #include "support/loopback.hpp"
+#include "support/time_scale.hpp"
 
 using namespace understudy;
 using namespace understudy::replicator;
@@ -306,12 +307,15 @@ TEST_CASE("shutdown() wakes a thread blocked in recv_record or send") {
     CHECK(sr.error().code == Errc::state);
 }
 
-TEST_CASE("heartbeats on a second connection stay fast while 256 MiB moves on the first") {
+// Separation, not speed (speed is bench_heartbeat's): while the data connection is stuck
+// behind a receiver that does not read (its buffers full, the sender blocked), heartbeats
+// on the control connection still make round trips; then 256 MiB moves.
+TEST_CASE("heartbeats on a second connection go on while the first is blocked and while 256 MiB moves on it") {
     auto [data_tx, data_rx] = connected_pair();
     auto [ctl_a, ctl_b] = connected_pair();
     constexpr size_t kChunk = 4u << 20, kTotal = 256u << 20;
     std::vector<uint8_t> chunk = pattern(kChunk, 3);
-    std::atomic<bool> done{false};
+    std::atomic<bool> done{false}, reading{false};
 
     auto t0 = std::chrono::steady_clock::now();
     auto sender = std::async(std::launch::async, [&] {
@@ -320,6 +324,8 @@ TEST_CASE("heartbeats on a second connection stay fast while 256 MiB moves on th
         return true;
     });
     auto receiver = std::async(std::launch::async, [&] {
+        std::this_thread::sleep_for(test::scaled(300ms)); // the sender fills every buffer and blocks
+        reading = true;
         size_t got = 0;
         while (got < kTotal) {
             auto r = data_rx->recv_record();
@@ -337,6 +343,7 @@ TEST_CASE("heartbeats on a second connection stay fast while 256 MiB moves on th
         }
     });
     std::vector<double> rtt_ms;
+    size_t while_blocked = 0; // round trips done before the data receiver read anything
     while (!done) {
         auto s = std::chrono::steady_clock::now();
         uint64_t stamp = s.time_since_epoch().count();
@@ -345,6 +352,7 @@ TEST_CASE("heartbeats on a second connection stay fast while 256 MiB moves on th
         REQUIRE(r);
         REQUIRE(r->body.size() == sizeof stamp);
         rtt_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s).count());
+        if (!reading) ++while_blocked;
         std::this_thread::sleep_for(2ms);
     }
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -356,9 +364,10 @@ TEST_CASE("heartbeats on a second connection stay fast while 256 MiB moves on th
     std::sort(rtt_ms.begin(), rtt_ms.end());
     REQUIRE(rtt_ms.size() >= 10);
     double p50 = rtt_ms[rtt_ms.size() / 2], p99 = rtt_ms[rtt_ms.size() * 99 / 100];
-    WARN("256 MiB in " << secs << " s (" << kTotal / secs / (1 << 20) << " MiB/s); " << rtt_ms.size()
-                       << " heartbeats, RTT p50 " << p50 << " ms, p99 " << p99 << " ms, max " << rtt_ms.back() << " ms");
-    CHECK(p99 < 50.0);
+    WARN("256 MiB in " << secs << " s (" << kTotal / secs / (1 << 20) << " MiB/s); " << rtt_ms.size() << " heartbeats ("
+                       << while_blocked << " while the data connection was blocked), RTT p50 " << p50 << " ms, p99 " << p99
+                       << " ms, max " << rtt_ms.back() << " ms");
+    CHECK(while_blocked >= 3); // a blocked data connection held no heartbeat back
 }
 
 TEST_CASE("connecting to a closed port fails clearly") {

@@ -5,6 +5,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -35,6 +38,20 @@ inline std::string write_link_key_file(const std::string& path) {
     auto r = replicator::write_new_link_key(path);
     INFO((r ? std::string() : r.error().describe()));
     REQUIRE(r);
+    return path;
+}
+
+// Writes shared_link_key() to a key file (mode 0600) at `path`: for a process that must
+// share this test's link_security().
+inline std::string write_shared_link_key_file(const std::string& path) {
+    std::filesystem::remove(path);
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    REQUIRE(f);
+    auto bytes = shared_link_key()->bytes();
+    const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+    std::fclose(f);
+    REQUIRE(written);
+    REQUIRE(::chmod(path.c_str(), 0600) == 0);
     return path;
 }
 
