@@ -673,6 +673,7 @@ void Primary::receiver_main() {
                 expected = stopping_ || handing_over_; // a backup taking over closes the stream
                 stream_ended_ = true;
             }
+            cv_.notify_all(); // finish_handover may be waiting to see the backup shut the stream
             if (!expected) fail(std::move(r.error()).wrap("the backup connection"));
             return;
         }

@@ -432,18 +432,14 @@ Result<size_t> Connection::recv_raw(uint8_t* to, size_t len, bool wait_all) {
         recv_timed_out_ = true;
         return make_error(Errc::timeout, "receiving from " + peer_ + ": its deadline passed");
     };
+    auto left = recv_deadline_ ? *recv_deadline_ - std::chrono::steady_clock::now() : std::chrono::nanoseconds::zero();
+    if (recv_deadline_ && left <= std::chrono::nanoseconds::zero()) return deadline_passed();
     std::array<int, 2> res{};
     unsigned requests = 1;
     __kernel_timespec ts{};
     io_uring_sqe* recv = recv_ring_->sqe(0);
     io_uring_prep_recv(recv, fd_.get(), to, std::min(len, kMaxRecvBytes), wait_all ? MSG_WAITALL : 0);
     if (recv_deadline_) {
-        auto left = *recv_deadline_ - std::chrono::steady_clock::now();
-        if (left <= std::chrono::nanoseconds::zero()) {
-            io_uring_prep_nop(recv); // taken from the ring already: completes harmlessly
-            US_TRYV(recv_ring_->run({res.data(), 1}));
-            return deadline_passed();
-        }
         ts = to_timespec(left);
         recv->flags |= IOSQE_IO_LINK;
         io_uring_prep_link_timeout(recv_ring_->sqe(1), &ts, 0);

@@ -33,8 +33,8 @@ namespace {
 
 constexpr milliseconds kHandshake{300};
 
-std::unique_ptr<FakeVm> running_vm() {
-    auto vm = FakeVm::create({});
+std::unique_ptr<FakeVm> running_vm(FakeVmConfig fc = {}) {
+    auto vm = FakeVm::create(fc);
     REQUIRE(vm);
     vm->start();
     vm->resume_all();
@@ -78,6 +78,16 @@ std::unique_ptr<Primary> start_primary(FakeVm& vm, const BackupServer& to, Prima
     auto p = Primary::start(vm, std::move(data), pc, {}, connect_to(to));
     REQUIRE(p);
     return std::move(*p);
+}
+
+// A primary's session that commits at least `epochs` checkpoints and ends in order.
+Result<SessionEnd> committed_session(BackupServer& server, FakeVm& vm, uint64_t epochs) {
+    return serve_within(server, seconds(60), [&] {
+        auto p = start_primary(vm, server);
+        REQUIRE(wait_until([&] { return p->acked_epoch() >= epochs || p->failure(); }, seconds(30)));
+        p->stop();
+        CHECK(p->wait());
+    });
 }
 
 } // namespace
@@ -127,12 +137,7 @@ TEST_CASE("only a session whose own checkpoint is committed may lead to a promot
     auto server = backup_server();
     auto vm = running_vm();
     // Session 1 commits checkpoints and ends in order.
-    auto r = serve_within(*server, seconds(60), [&] {
-        auto p = start_primary(*vm, *server);
-        REQUIRE(wait_until([&] { return p->acked_epoch() >= 3 || p->failure(); }, seconds(30)));
-        p->stop();
-        CHECK(p->wait());
-    });
+    auto r = committed_session(*server, *vm, 3);
     CHECK(r);
     CHECK(server->sessions_started() == 1);
     CHECK(server->replica_current());
@@ -180,21 +185,13 @@ TEST_CASE("a backup takes a primary of another shape while it holds no checkpoin
     FakeVmConfig big_config;
     big_config.memory_bytes = 32 * hv::kMiB;
     big_config.vcpus = 3;
-    auto big = FakeVm::create(big_config);
-    REQUIRE(big);
-    big->start();
-    big->resume_all();
+    auto big = running_vm(big_config);
     // A 16 MiB session that commits nothing: the replica takes that shape, holding nothing.
     (void)serve_within(*server, seconds(30), [&] { CHECK(send_header(*server, *small, 1).type == kAccept); });
     REQUIRE(server->replica());
     CHECK(!server->replica()->has_committed());
     // A 32 MiB primary then gets a replica of its shape, and commits.
-    auto r = serve_within(*server, seconds(60), [&] {
-        auto p = start_primary(*big, *server);
-        REQUIRE(wait_until([&] { return p->acked_epoch() >= 2 || p->failure(); }, seconds(30)));
-        p->stop();
-        CHECK(p->wait());
-    });
+    auto r = committed_session(*server, *big, 2);
     CHECK(r);
     CHECK(server->replica()->memory().size() == 32 * hv::kMiB);
     const uint64_t committed = server->replica()->committed_epoch();
