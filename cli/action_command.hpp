@@ -15,5 +15,7 @@ int reprotect_command(const std::vector<std::string>& args);
 
 // `understudy failover --control-socket PATH`: planned switchover to the VM's backup.
 int failover_command(const std::vector<std::string>& args);
+// `understudy verify`: an online verification pass of the protected VM's replica.
+int verify_command(const std::vector<std::string>& args);
 
 } // namespace understudy::cli

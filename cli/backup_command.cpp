@@ -227,6 +227,11 @@ int backup_command(const std::vector<std::string>& args) {
                        "earlier session, waiting for a primary to connect", epoch);
             primary_failed = false;
         }
+        if (auto differs = replica ? replica->known_difference() : std::nullopt; primary_failed && promote && epoch > 0 && differs) {
+            // DESIGN.md invariant 7: a replica known to differ is no copy of the VM.
+            log::error("backup: NOT PROMOTING: {}; waiting for a primary to connect and resync it", *differs);
+            primary_failed = false;
+        }
         if ((primary_failed || handover) && promote && epoch > 0) {
             // Fencing: promote only as the holder of the primary role. A failed primary's
             // lease expires within its TTL; one still renewing after that is alive, merely

@@ -51,7 +51,8 @@ const std::vector<SharedSection>& shared_sections() {
     static const std::vector<SharedSection> s = {
         {"vm", {"memory", "vcpus", "dirty", "ring-entries"}},
         {"network", {"net-tap", "mac", "net-buffer", "output-gather-ms"}},
-        {"protection", {"backup", "epoch-ms", "max-in-flight", "heartbeat-ms", "failure-timeout-ms", "ack-timeout-ms", "link-key", "link-security"}},
+        {"protection", {"backup", "epoch-ms", "max-in-flight", "heartbeat-ms", "failure-timeout-ms", "ack-timeout-ms", "link-key", "link-security",
+                        "verify-interval-s", "verify-pages-per-checkpoint", "verify-mismatch"}},
     };
     return s;
 }

@@ -1,5 +1,7 @@
 #include "cli/instrument.hpp"
 
+#include <algorithm>
+
 #include "hv/guest_memory.hpp"
 
 namespace understudy::cli {
@@ -18,8 +20,28 @@ LossReason loss_reason(const Error& e) {
 
 HeartbeatFigures heartbeat_figures(const replicator::HeartbeatStats& s) { return {s.sent, s.received, s.max_gap_ns}; }
 
+namespace {
+VerifyPassFigures pass_figures(const replicator::VerifyReport& r) {
+    VerifyPassFigures p;
+    p.pass = r.pass;
+    p.verdict = r.verdict();
+    p.first_checkpoint = r.first_epoch;
+    p.last_checkpoint = r.last_epoch;
+    p.pages = r.pages_checked;
+    p.differing_pages = r.differing_pages.size();
+    p.first_differing.assign(r.differing_pages.begin(),
+                             r.differing_pages.begin() + std::min(r.differing_pages.size(), VerifyPassFigures::kListed));
+    p.state_differs = replicator::state_parts(r.state_differs);
+    return p;
+}
+} // namespace
+
 void instrument(replicator::PrimaryHooks& hooks, Metrics& m) {
     m.on_session_start();
+    hooks.on_verified = [&m, next = std::move(hooks.on_verified)](const replicator::VerifyReport& r) {
+        m.on_verified(pass_figures(r));
+        if (next) next(r);
+    };
     hooks.on_capture = [&m, next = std::move(hooks.on_capture)](uint64_t epoch, hv::Checkpointable& vm) {
         m.on_captured(epoch); // in the pause: one atomic store
         if (next) next(epoch, vm);
@@ -44,6 +66,10 @@ void instrument(replicator::BackupHooks& hooks, Metrics& m) {
     hooks.on_commit = [&m, next = std::move(hooks.on_commit)](uint64_t epoch, const replicator::BackupReplica& r) {
         m.on_committed(epoch, r.stats().pages_applied * hv::kPageSize);
         if (next) next(epoch, r);
+    };
+    hooks.on_verified = [&m, next = std::move(hooks.on_verified)](const replicator::VerifyReport& r) {
+        m.on_verified(pass_figures(r));
+        if (next) next(r);
     };
 }
 

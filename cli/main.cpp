@@ -32,6 +32,7 @@ const char* kUsage =
     "  snapshot FILE     have a running instance save its VM to FILE (--control-socket PATH)\n"
     "  reprotect         protect a running, unprotected VM with a new backup (--backup HOST:PORT)\n"
     "  failover          planned switchover: the VM's backup takes over, nothing lost (--control-socket PATH)\n"
+    "  verify            check that the backup's replica is the VM, page by page (--control-socket PATH)\n"
     "  drill KIND        inject a fault into a running protected pair and report (exit 5: the drill failed)\n"
     "  config check FILE   check a config file for `run|restore|backup --config FILE`\n"
     "  bench [--quick]     run the benchmarks; write a report with plots (--out DIR)\n"
@@ -76,6 +77,7 @@ int main(int argc, char** argv) {
     if (cmd == "snapshot") return understudy::cli::snapshot_command(args);
     if (cmd == "reprotect") return understudy::cli::reprotect_command(args);
     if (cmd == "failover") return understudy::cli::failover_command(args);
+    if (cmd == "verify") return understudy::cli::verify_command(args);
     if (cmd == "drill") return understudy::cli::drill_command(args);
     if (cmd == "config") return understudy::cli::config_command(args);
     if (cmd == "bench") return understudy::cli::bench_command(args);

@@ -296,6 +296,7 @@ StatusSnapshot Metrics::snapshot(MetricsClock::time_point now) const {
     s.reason = reason_;
     s.state_age_s = seconds_between(state_since_, now);
     s.last_failover = last_failover_;
+    s.verification = verification_;
     if (initial_pause_ns_) s.initial_pause_s = double(*initial_pause_ns_) * 1e-9;
     if (last_state_point_) {
         s.lag_s = std::max(0.0, seconds_between(*last_state_point_, now));
@@ -325,6 +326,14 @@ StatusSnapshot Metrics::snapshot(MetricsClock::time_point now) const {
     if (output_source_) s.output = output_source_();
     if (heartbeat_source_) s.heartbeats = heartbeat_source_();
     return s;
+}
+
+void Metrics::on_verified(VerifyPassFigures pass) {
+    std::lock_guard lock(mu_);
+    auto& v = verification_;
+    ++(pass.verdict == "match" ? v.match : pass.verdict == "mismatch" ? v.mismatch : v.unanswered);
+    pass.finished_unix_s = unix_now_s();
+    v.last = std::move(pass);
 }
 
 } // namespace understudy::cli

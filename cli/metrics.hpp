@@ -132,6 +132,23 @@ struct FailoverTimes {
     std::optional<double> running_unix_s; // the promoted VM left `promoting` (it runs); null until then
 };
 
+// The last completed online verification pass (replicator::VerifyReport, as status shows it).
+struct VerifyPassFigures {
+    static constexpr size_t kListed = 16; // differing pages named in status; the log names them all
+    uint64_t pass = 0;
+    std::string verdict; // match, mismatch, unanswered
+    uint64_t first_checkpoint = 0, last_checkpoint = 0;
+    uint64_t pages = 0;
+    uint64_t differing_pages = 0;
+    std::vector<uint64_t> first_differing; // page indices, at most kListed
+    std::string state_differs;             // the parts of the state that differ ("vCPU 0, the VM clock"); empty: none
+    double finished_unix_s = 0;
+};
+struct VerificationFigures {
+    uint64_t match = 0, mismatch = 0, unanswered = 0; // passes, by verdict
+    std::optional<VerifyPassFigures> last;
+};
+
 struct QuantileFigures {
     std::optional<double> last, p50, p99; // in the documented unit
     uint64_t count = 0;
@@ -171,6 +188,7 @@ struct StatusSnapshot {
     std::map<std::string, uint64_t> protection_lost; // every LossReason, 0 included
     uint64_t sessions = 0;                           // backup: sessions accepted
     std::optional<FailoverTimes> last_failover;      // null until this process promoted
+    VerificationFigures verification;                // online verification passes completed here
 };
 
 // Clears a figure source (Metrics::set_*_source) when its owner goes.
@@ -231,6 +249,8 @@ public:
     // Records last_failover: detected at the last on_session_end (else now); running when
     // set_state() next moves the state from `promoting` to a running one.
     void on_failover(FailoverReason r, MetricsClock::time_point now = MetricsClock::now());
+    // Both roles: an online verification pass completed (counted by verdict; status shows the last).
+    void on_verified(VerifyPassFigures pass);
 
     // Figures read at snapshot time from objects that live shorter than the instance.
     // A registration's owner must clear it (set to nullptr) before it goes away; the
@@ -281,6 +301,7 @@ private:
     uint64_t sessions_at_wait_ = 0;
     double session_end_unix_s_ = 0; // wall time of the last on_session_end (0: none)
     std::optional<FailoverTimes> last_failover_;
+    VerificationFigures verification_;
 };
 
 } // namespace understudy::cli

@@ -174,7 +174,7 @@ std::string handle_control_request(const Metrics& m, std::string_view line) {
         return request_action(*req, cmd->text, "path", kMaxActionPath);
     } else if (cmd->text == "reprotect") {
         return request_action(*req, cmd->text, "backup", kMaxActionEndpoint);
-    } else if (cmd->text == "failover") {
+    } else if (cmd->text == "failover" || cmd->text == "verify") {
         auto action = std::make_unique<ControlAction>();
         action->cmd = cmd->text;
         return queue_action(std::move(action));
@@ -182,7 +182,7 @@ std::string handle_control_request(const Metrics& m, std::string_view line) {
         return drill_request(m, *req);
     } else {
         return ControlSocket::error_json("unknown command '" + cmd->text.substr(0, 64) +
-                                         "' (known: status, metrics, ping, snapshot, reprotect, failover, drill)");
+                                         "' (known: status, metrics, ping, snapshot, reprotect, failover, verify, drill)");
     }
     return w.str();
 }

@@ -38,7 +38,7 @@ Result<void> start_operations(const OpsOptions& o, Role role);
 // between two waits and answers one JSON response line through `answer`, for which the
 // socket's thread waits at most kActionTimeout.
 struct ControlAction {
-    std::string cmd;    // "snapshot", "reprotect" or "failover"
+    std::string cmd;    // "snapshot", "reprotect", "failover" or "verify"
     std::string target; // snapshot: the file to write, an absolute path; reprotect: the backup's HOST:PORT; failover: 
     std::promise<std::string> answer;
 };
@@ -47,7 +47,7 @@ inline constexpr std::chrono::seconds kActionTimeout{60};
 std::unique_ptr<ControlAction> take_control_action();
 
 // The request handlers, exposed for the tests.
-// One control-socket request line: {"cmd":"status"|"metrics"|"ping"|"snapshot"|"reprotect"|"failover"|"drill"}.
+// One control-socket request line: {"cmd":"status"|"metrics"|"ping"|"snapshot"|"reprotect"|"failover"|"verify"|"drill"}.
 std::string handle_control_request(const Metrics& m, std::string_view line);
 // One HTTP GET: /metrics, /healthz, /primary.
 HttpAnswer handle_http(const Metrics& m, std::string_view target);

@@ -98,6 +98,12 @@ const std::vector<OptionRule>& option_rules() {
         range<double>("epoch-ms", 1, 10000, " ms"),
         range<unsigned>("max-in-flight", 1, 64),
         range<unsigned>("ack-timeout-ms", 100, 3600000, " ms"),
+        range<unsigned>("verify-interval-s", 0, 604800, " s"),
+        range<unsigned>("verify-pages-per-checkpoint", 1, 65536),
+        valid<std::string>("verify-mismatch", [](const std::string& s) -> Result<void> {
+            if (s == "resync" || s == "report") return {};
+            return make_error(Errc::invalid_input, "'" + s + "' is not resync or report");
+        }),
         range<unsigned>("heartbeat-ms", 1, 60000, " ms"),
         {{"failure-timeout-ms", "heartbeat-ms"}, [](const po::variables_map& vm, const OptionNamer& n) -> Check {
              const unsigned* t = get<unsigned>(vm, "failure-timeout-ms");

@@ -126,6 +126,12 @@ std::string prometheus_text(const Metrics& m, MetricsClock::time_point now) {
                 double(s.heartbeats->max_gap_ns) * 1e-9);
     }
     o.counter("understudy_backup_sessions_total", "sessions accepted from a primary (backup)", double(s.sessions));
+    const auto& v = s.verification;
+    o.head("understudy_verify_passes_total", "counter", "online verification passes completed, by verdict");
+    for (const auto& [verdict, n] : {std::pair{"match", v.match}, {"mismatch", v.mismatch}, {"unanswered", v.unanswered}})
+        o.sample("understudy_verify_passes_total", double(n), fmt::format("verdict=\"{}\"", verdict));
+    o.gauge("understudy_verify_differing_pages", "pages the last verification pass found different (0: none, or no pass yet)",
+            v.last ? double(v.last->differing_pages) : 0.0);
     return o.s_;
 }
 

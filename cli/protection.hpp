@@ -54,6 +54,8 @@ public:
     // Runs `fn` on the paused VM at a checkpoint taken now (replicator::Primary::while_paused);
     // returns that checkpoint.
     Result<uint64_t> while_paused(std::function<void(hv::Checkpointable&)> fn) { return primary_->while_paused(std::move(fn)); }
+    // Starts an online verification pass (replicator::Primary::verify); returns its number.
+    Result<uint64_t> verify() { return primary_->verify(); }
     // Why replication failed, once it has. A call that sees the failure releases the
     // output held for the backup (once the role retired its session): the VM keeps
     // running, unprotected.

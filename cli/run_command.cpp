@@ -45,6 +45,9 @@ struct SuperviseOptions {
     unsigned heartbeat_ms = 10;
     unsigned failure_timeout_ms = 100;
     unsigned ack_timeout_ms = 10000;
+    unsigned verify_interval_s = 600;
+    unsigned verify_pages = 1024;
+    std::string verify_mismatch = "resync";
     bool run_on_without_backup = false; // a backup that cannot be reached leaves the VM running unprotected
     OpsOptions ops;                     // --control-socket, --metrics-listen (cli/operations.hpp)
     LinkOptions link;                   // turned into `security` by check_snapshot_options
@@ -70,7 +73,15 @@ void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
          "declare the backup failed after this long without a heartbeat (at least 3 heartbeats)")
         ("ack-timeout-ms", po::value(&o.ack_timeout_ms)->default_value(o.ack_timeout_ms),
          "give the backup up when a checkpoint waits this long for its ACK and the backup takes no byte of the "
-         "stream meanwhile, even if it heartbeats (100 to 3600000)");
+         "stream meanwhile, even if it heartbeats (100 to 3600000)")
+        ("verify-interval-s", po::value(&o.verify_interval_s)->default_value(o.verify_interval_s),
+         "start an online verification pass of the backup's replica this often, in seconds (0: only on request, "
+         "`understudy verify`)")
+        ("verify-pages-per-checkpoint", po::value(&o.verify_pages)->default_value(o.verify_pages),
+         "pages a verification pass digests in each checkpoint's pause: the bound on what it adds to a pause (1 to 65536)")
+        ("verify-mismatch", po::value(&o.verify_mismatch)->default_value(o.verify_mismatch),
+         "when a pass finds the replica different: resync (the next checkpoint carries every page) or report (only "
+         "report it)");
     add_ops_options(d, o.ops);
     add_link_options(d, o.link);
     add_fencing_options(d, o.fencing);
@@ -132,12 +143,28 @@ std::string snapshot_action(hv::Vm& vm, const std::string& path, Protection* pro
     return w.str();
 }
 
+// `understudy verify` (docs/status.md, "Actions"): starts an online verification pass and
+// answers with its number at once; the pass runs over the next checkpoints, and status
+// shows its verdict (the command waits for it there).
+std::string verify_action(Protection* protection) {
+    if (!protection || protection->failure())
+        return ControlSocket::error_json("verify: the VM is not protected: there is no replica to verify");
+    auto pass = protection->verify();
+    if (!pass) return ControlSocket::error_json("verify: " + pass.error().describe());
+    JsonWriter w;
+    w.begin_object().boolean("ok", true).integer("pass", *pass).end_object();
+    return w.str();
+}
+
 replicator::PrimaryConfig primary_config(const SuperviseOptions& o, const replicator::LinkSecurity& security) {
     replicator::PrimaryConfig pc;
     pc.epoch = microseconds(static_cast<int64_t>(o.epoch_ms * 1000));
     pc.max_in_flight = o.max_in_flight;
     pc.heartbeat = {milliseconds(o.heartbeat_ms), milliseconds(o.failure_timeout_ms)};
     pc.ack_timeout = milliseconds(o.ack_timeout_ms);
+    pc.verify_interval = seconds(o.verify_interval_s);
+    pc.verify_pages_per_checkpoint = o.verify_pages;
+    pc.resync_on_mismatch = o.verify_mismatch == "resync";
     pc.security = security;
     return pc;
 }
@@ -353,6 +380,8 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
                     tracking = false; // the primary owns every harvest while it runs
                     reported_loss = false;
                 }
+            } else if (action->cmd == "verify") {
+                action->answer.set_value(verify_action(protection.get()));
             } else if (action->cmd == "failover") {
                 action->answer.set_value(failover_action(vm, protection, o, net, role, handed_over));
             } else {

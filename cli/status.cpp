@@ -156,6 +156,26 @@ std::string status_to_json(const StatusSnapshot& s) {
             .end_object();
     else
         w.null("last_failover");
+    const auto& v = s.verification;
+    w.begin_object("verification").integer("match", v.match).integer("mismatch", v.mismatch).integer("unanswered", v.unanswered);
+    if (v.last) {
+        std::string pages = "[";
+        for (uint64_t p : v.last->first_differing) pages += (pages.size() > 1 ? "," : "") + std::to_string(p);
+        w.begin_object("last")
+            .integer("pass", v.last->pass)
+            .string("verdict", v.last->verdict)
+            .integer("first_checkpoint", v.last->first_checkpoint)
+            .integer("last_checkpoint", v.last->last_checkpoint)
+            .integer("pages", v.last->pages)
+            .integer("differing_pages", v.last->differing_pages)
+            .raw("first_differing", pages + "]")
+            .string("state_differs", v.last->state_differs)
+            .number("finished_unix_s", v.last->finished_unix_s)
+            .end_object();
+    } else {
+        w.null("last");
+    }
+    w.end_object();
     w.end_object();
     return w.str();
 }
@@ -220,6 +240,20 @@ public:
         q.p99 = US_TRY(r.optional_number("p99"));
         q.count = US_TRY(r.u64("count"));
         return q;
+    }
+    // An array of at most `limit` unsigned integers.
+    Result<std::vector<uint64_t>> u64_array(std::string_view k, size_t limit) const {
+        const Json* v = US_TRY(member(k, Json::Kind::array));
+        if (v->items.size() > limit) return bad(k, "has more than " + std::to_string(limit) + " items");
+        std::vector<uint64_t> out;
+        for (const auto& item : v->items) {
+            uint64_t n = 0;
+            auto [end, ec] = std::from_chars(item.text.data(), item.text.data() + item.text.size(), n);
+            if (item.kind != Json::Kind::number || ec != std::errc() || end != item.text.data() + item.text.size())
+                return bad(k, "holds something other than unsigned integers");
+            out.push_back(n);
+        }
+        return out;
     }
     template <size_t N, class E>
     Result<std::map<std::string, uint64_t>> counts(std::string_view k, const std::array<E, N>& all,
@@ -317,6 +351,27 @@ Result<StatusSnapshot> status_from_json(std::string_view json) {
             t.running_unix_s = US_TRY(f->optional_number("running_unix_s"));
             s.last_failover = t;
         }
+    if (doc->find("verification")) {
+        Reader v = US_TRY(r.object("verification"));
+        s.verification.match = US_TRY(v.u64("match"));
+        s.verification.mismatch = US_TRY(v.u64("mismatch"));
+        s.verification.unanswered = US_TRY(v.u64("unanswered"));
+        if (auto l = US_TRY(v.optional_object("last"))) {
+            VerifyPassFigures p;
+            p.pass = US_TRY(l->u64("pass"));
+            p.verdict = US_TRY(l->string("verdict"));
+            if (p.verdict != "match" && p.verdict != "mismatch" && p.verdict != "unanswered")
+                return make_error(Errc::invalid_input, "status.verification.last.verdict '" + p.verdict + "' is not one of the documented values");
+            p.first_checkpoint = US_TRY(l->u64("first_checkpoint"));
+            p.last_checkpoint = US_TRY(l->u64("last_checkpoint"));
+            p.pages = US_TRY(l->u64("pages"));
+            p.differing_pages = US_TRY(l->u64("differing_pages"));
+            p.first_differing = US_TRY(l->u64_array("first_differing", VerifyPassFigures::kListed));
+            p.state_differs = US_TRY(l->string("state_differs"));
+            p.finished_unix_s = US_TRY(l->number("finished_unix_s"));
+            s.verification.last = p;
+        }
+    }
     return s;
 }
 
@@ -383,7 +438,25 @@ std::string status_to_text(const StatusSnapshot& s) {
                              ? secs(*s.last_failover->running_unix_s - s.last_failover->detected_unix_s)
                              : std::string("not yet"));
     line("failovers", f.empty() ? "none" : f);
+    const auto& v = s.verification;
+    line("verification", v.last ? fmt::format("last {}; passes: {} match, {} mismatch, {} unanswered", verify_pass_text(*v.last),
+                                              v.match, v.mismatch, v.unanswered)
+                                : std::string("no pass completed"));
     return out;
+}
+
+std::string verify_pass_text(const VerifyPassFigures& p) {
+    std::string t = fmt::format("pass {} (checkpoints {} .. {}, {} pages): ", p.pass, p.first_checkpoint, p.last_checkpoint, p.pages);
+    if (p.verdict == "match") return t + "the replica matches the VM, every page and the state";
+    if (p.verdict == "unanswered") return t + "the backup did not answer (it does not verify: an older version)";
+    t += "MISMATCH:";
+    if (p.differing_pages) {
+        t += p.differing_pages == 1 ? " 1 page differs (page index" : fmt::format(" {} pages differ (page index", p.differing_pages);
+        for (size_t i = 0; i < p.first_differing.size(); ++i) t += fmt::format("{}{}", i ? ", " : " ", p.first_differing[i]);
+        t += p.differing_pages > p.first_differing.size() ? ", ...; the log names them all)" : ")";
+    }
+    if (!p.state_differs.empty()) t += std::string(p.differing_pages ? ";" : "") + " the state of " + p.state_differs + " differs";
+    return t;
 }
 
 } // namespace understudy::cli

@@ -19,6 +19,8 @@ std::string status_to_json(const StatusSnapshot& s);
 Result<StatusSnapshot> status_from_json(std::string_view json);
 // A few lines for people.
 std::string status_to_text(const StatusSnapshot& s);
+// One verification pass and its verdict, naming what differs.
+std::string verify_pass_text(const VerifyPassFigures& p);
 
 // A small JSON writer: members in the order written, numbers as JSON allows (a
 // non-finite double is written as null).

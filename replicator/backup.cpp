@@ -92,7 +92,9 @@ Result<SessionEnd> BackupServer::serve_one(std::chrono::milliseconds accept_time
         // The stream was shut down here when the HANDOVER arrived, which ended run_session.
         // Take over only from exactly the checkpoint the primary names, with nothing half
         // received; otherwise say why, as invalid input, which no backup promotes on.
-        if (replica_ && replica_->has_committed() && !replica_->receiving() && replica_->committed_epoch() == *handover) {
+        const auto differs = replica_ ? replica_->known_difference() : std::nullopt;
+        if (replica_ && replica_->has_committed() && !replica_->receiving() && replica_->committed_epoch() == *handover &&
+            !differs) {
             if (link->accept_handover(*handover)) return SessionEnd::handover;
             // The primary may not have the answer: it cannot tell whether this backup runs
             // the VM, and stops its own. Taking over now could make two; a state error is
@@ -102,6 +104,7 @@ Result<SessionEnd> BackupServer::serve_one(std::chrono::milliseconds accept_time
         }
         std::string here = !replica_ || !replica_->has_committed() ? "no checkpoint is committed here"
                            : replica_->receiving() ? "a checkpoint was still arriving"
+                           : differs               ? *differs
                                                    : "checkpoint " + std::to_string(replica_->committed_epoch()) + " is committed here";
         r = make_error(Errc::invalid_input,
                        "the primary asked to hand over at checkpoint " + std::to_string(*handover) + ", but " + here);
@@ -187,6 +190,7 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h, 
         ++sessions_started_;
         session_id_ = h.session_id;
     }
+    verify_pass_.reset();
     if (h.flags & kStreamFlagControl) US_TRYV(open_control(conn, h.session_id, established_by));
     // Established: a primary silent from here is found by its heartbeats (or, without a
     // control connection, by TCP keepalive), not by a deadline on the stream.
@@ -214,6 +218,16 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h, 
             append_record(framed, rec->type, rec->body);
             hooks_.on_receive(framed, false);
         }
+        if (rec->type == kVerify) {
+            if (auto answered = answer_verify(conn, *rec); !answered) {
+                if (answered.error().code != Errc::invalid_input) return {}; // the connection ended: as for an ACK
+                std::string why = answered.error().message;
+                if (conn.send_record(kReject, {reinterpret_cast<const uint8_t*>(why.data()), why.size()}))
+                    conn.finish_sending(std::chrono::milliseconds(1000));
+                return answered;
+            }
+            continue;
+        }
         auto committed = replica_->feed(*rec);
         if (!committed) {
             std::string why = committed.error().message;
@@ -232,6 +246,23 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h, 
             }
         }
     }
+}
+
+Result<void> BackupServer::answer_verify(Connection& conn, const Record& r) {
+    if (replica_->receiving())
+        return make_error(Errc::invalid_input, "replication stream: VERIFY inside checkpoint (it follows a CHECKPOINT_END)");
+    auto slice = US_TRY(decode_verify(r.body, replica_->memory().page_count(), replica_->vcpus()));
+    auto outcome = replica_->verify(slice);
+    US_TRYV(conn.send_record(kVerifyResult, encode_verify_result(outcome)));
+    if (!verify_pass_ || verify_pass_->pass != slice.pass) verify_pass_ = VerifyReport{.pass = slice.pass};
+    verify_pass_->add(outcome);
+    if (!verify_pass_->complete) return {};
+    auto report = std::move(*verify_pass_);
+    verify_pass_.reset();
+    if (report.matches()) log::info("backup: {}", report.describe());
+    else log::error("backup: {}", report.describe());
+    if (hooks_.on_verified) hooks_.on_verified(report);
+    return {};
 }
 
 } // namespace understudy::replicator

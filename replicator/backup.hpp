@@ -26,6 +26,8 @@ struct BackupHooks {
     // connection's thread, before the stream stops for the answer: time spent here delays
     // the answer (tests make it late this way).
     std::function<void(uint64_t epoch)> on_handover;
+    // A verification pass completed here (the primary gets the same verdict).
+    std::function<void(const VerifyReport&)> on_verified;
 };
 
 struct BackupConfig {
@@ -88,6 +90,8 @@ private:
     using Deadline = std::chrono::steady_clock::time_point;
     Result<void> run_session(Connection& conn, const StreamHeader& h, Deadline established_by);
     Result<void> open_control(Connection& data, uint64_t session_id, Deadline established_by);
+    // A VERIFY record: compares, answers, reports a completed pass.
+    Result<void> answer_verify(Connection& conn, const Record& r);
 
     Listener listener_;
     BackupHooks hooks_;
@@ -100,6 +104,7 @@ private:
     Connection* current_ = nullptr;
     uint64_t sessions_started_ = 0;
     uint64_t session_id_ = 0; // the last established session's
+    std::optional<VerifyReport> verify_pass_; // the pass being checked, this session
     bool stopped_ = false;
 };
 

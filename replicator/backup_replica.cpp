@@ -66,6 +66,7 @@ void BackupReplica::apply_staged() {
         uint64_t idx = staged_.indices[i];
         std::memcpy(memory_.page_ptr(idx), staged_.data.data() + i * hv::kPageSize, hv::kPageSize);
         staged_slot_[idx] = -1;
+        if (!differing_pages_.empty()) differing_pages_.erase(idx); // the primary's page now
         ++stats_.pages_applied;
     }
     staged_.clear();
@@ -201,6 +202,7 @@ Result<uint64_t> BackupReplica::commit(Decoder& d) {
     // Everything is verified: apply. Nothing below can fail.
     apply_staged();
     state_ = std::move(staged_state_);
+    differing_state_ = 0;
     committed_epoch_ = epoch;
     committed_config_ = session_config_;
     committed_session_ = session_id_;
@@ -210,6 +212,27 @@ Result<uint64_t> BackupReplica::commit(Decoder& d) {
     open_ = false; // committed, not rejected
     abort_open_checkpoint();
     return epoch;
+}
+
+VerifyOutcome BackupReplica::verify(const VerifySlice& s) {
+    auto o = compare_slice(s, memory_, state_, has_committed_ && !open_ ? committed_epoch_ : 0);
+    if (o.other_checkpoint) return o;
+    for (uint64_t p = s.first_page; p < s.first_page + s.pages.size(); ++p) differing_pages_.erase(p);
+    differing_pages_.insert(o.differing_pages.begin(), o.differing_pages.end());
+    differing_state_ = o.state_differs;
+    return o;
+}
+
+std::optional<std::string> BackupReplica::known_difference() const {
+    if (differing_pages_.empty() && differing_state_ == 0) return std::nullopt;
+    std::string s = "online verification found this replica different from its primary at checkpoint " +
+                    std::to_string(committed_epoch_) + ":";
+    if (!differing_pages_.empty()) {
+        s += " " + pages_text(differing_pages_.size()) + " (first: page index " +
+             std::to_string(*differing_pages_.begin()) + ")";
+    }
+    if (differing_state_) s += std::string(differing_pages_.empty() ? "" : ",") + " the state of " + state_parts(differing_state_);
+    return s;
 }
 
 } // namespace understudy::replicator

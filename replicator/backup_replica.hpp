@@ -9,12 +9,14 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 
 #include "common/codec.hpp"
 #include "common/records.hpp"
 #include "hv/guest_memory.hpp"
 #include "hv/vcpu_state.hpp"
 #include "replicator/page_codec.hpp"
+#include "replicator/verification.hpp"
 #include "replicator/wire.hpp"
 
 namespace understudy::replicator {
@@ -44,6 +46,14 @@ public:
     // On error the open checkpoint is discarded; the caller should end the session.
     Result<std::optional<uint64_t>> feed(const Record& r);
 
+    // Online verification: compares a slice of the primary's digests with the committed
+    // checkpoint. Pages and state found different are remembered until a later
+    // checkpoint rewrites them or a later slice finds them equal (known_difference()).
+    VerifyOutcome verify(const VerifySlice& s);
+    // What the replica is known to differ in from its primary, if anything: a promotion
+    // never runs on it (DESIGN.md invariant 7).
+    std::optional<std::string> known_difference() const;
+
     // Drops a checkpoint that was being received (the connection broke).
     void abort_open_checkpoint();
 
@@ -58,6 +68,7 @@ public:
     // this replica lacks retires that session, docs/failover.md).
     uint64_t committed_session_id() const { return committed_session_; }
     const hv::GuestMemory& memory() const { return memory_; }
+    uint32_t vcpus() const { return vcpus_; }
     // Promotion: hands the committed memory over to a VM. The replica is unusable after.
     hv::GuestMemory take_memory() { return std::move(memory_); }
     const hv::VmState& state() const { return state_; }
@@ -82,6 +93,8 @@ private:
     uint64_t committed_epoch_ = 0;
     hv::VmState state_;
     ReplicaStats stats_;
+    std::set<uint64_t> differing_pages_; // found by verification, not yet rewritten
+    uint32_t differing_state_ = 0;       // kState* bits, until the next commit
 
     // The open checkpoint.
     bool open_ = false;

@@ -6,6 +6,7 @@
 
 #include "common/codec.hpp"
 #include "common/clock.hpp"
+#include "common/log.hpp"
 #include "hv/snapshot.hpp"
 #include "replicator/checkpoint_writer.hpp"
 
@@ -23,8 +24,9 @@ struct Primary::Checkpoint {
     std::vector<uint64_t> indices;
     std::vector<uint8_t> pages;
     hv::VmState state;
-    uint64_t pause_ns = 0, stop_ns = 0, harvest_ns = 0, state_ns = 0, copy_ns = 0;
+    uint64_t pause_ns = 0, stop_ns = 0, harvest_ns = 0, state_ns = 0, copy_ns = 0, verify_ns = 0;
     uint64_t copied_at_pause = 0;
+    std::optional<VerifySlice> verify; // sent after the checkpoint's END
 };
 
 namespace {
@@ -35,6 +37,7 @@ void fill_pause(EpochFigures& f, const C& cp) {
     f.harvest_ns = cp.harvest_ns;
     f.state_ns = cp.state_ns;
     f.copy_ns = cp.copy_ns;
+    f.verify_ns = cp.verify_ns;
     f.dirty_pages = cp.indices.size();
     f.copied_at_pause = cp.copied_at_pause;
 }
@@ -46,6 +49,9 @@ Result<void> validate(const PrimaryConfig& c) {
     if (c.max_in_flight < 1 || c.max_in_flight > 64)
         return make_error(Errc::invalid_input, "checkpoints in flight must be 1 .. 64");
     if (c.batch_pages < 1 || c.batch_pages > 8192) return make_error(Errc::invalid_input, "pages per record must be 1 .. 8192");
+    if (c.verify_pages_per_checkpoint < 1 || c.verify_pages_per_checkpoint > kMaxVerifySlicePages)
+        return make_error(Errc::invalid_input, "pages verified per checkpoint must be 1 .. " + std::to_string(kMaxVerifySlicePages));
+    if (c.verify_interval < seconds(0)) return make_error(Errc::invalid_input, "the verification interval must not be negative");
     if (c.handshake_timeout < milliseconds(1) || c.ack_timeout < milliseconds(1))
         return make_error(Errc::invalid_input, "the handshake and ACK timeouts must be positive");
     US_TRYV(validate(c.security));
@@ -68,7 +74,9 @@ Result<std::unique_ptr<Primary>> Primary::start(hv::Checkpointable& vm, std::uni
 
 Primary::Primary(hv::Checkpointable& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg, PrimaryHooks hooks, PageEncoder enc)
     : vm_(vm), conn_(std::move(conn)), cfg_(cfg), hooks_(std::move(hooks)), encoder_(std::move(enc)),
-      dirty_(vm.memory().page_count()), slot_of_page_(vm.memory().page_count(), -1) {}
+      dirty_(vm.memory().page_count()), slot_of_page_(vm.memory().page_count(), -1) {
+    verify_.next_scheduled = steady_clock::now() + cfg_.verify_interval;
+}
 
 Primary::~Primary() {
     stop();
@@ -241,13 +249,15 @@ void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
     cp->indices.clear();
     cp->pages.clear(); // keeps its capacity, already faulted in
     cp->state = {};
+    cp->verify.reset();
     std::lock_guard lock(mu_);
     if (spare_.size() < cfg_.max_in_flight + 2) spare_.push_back(std::move(cp));
 }
 
 // Pause, take what changed since the last harvest and the whole state, resume.
 Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bool resume,
-                                                              const std::function<void(hv::Checkpointable&)>& paused) {
+                                                              const std::function<void(hv::Checkpointable&)>& paused,
+                                                              std::optional<VerifySlice> verify) {
     auto cp = std::move(building_);
     if (!cp) cp = take_buffer();
     cp->epoch = epoch;
@@ -258,11 +268,20 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bo
     auto harvested = vm_.harvest_dirty(dirty_);
     uint64_t t2 = now_ns();
     Result<hv::VmState> state = harvested ? vm_.save_state() : Result<hv::VmState>(harvested.error());
-    uint64_t t3 = now_ns(), t4 = t3;
+    uint64_t t3 = now_ns(), t4 = t3, t5 = t3;
     if (state) {
         copy_dirty(*cp, dirty_);
         cp->copied_at_pause = dirty_.count();
         t4 = now_ns();
+        if (verify) {
+            // The VM as it is at this pause, which the backup holds once it commits this
+            // checkpoint (the plan sized `pages`).
+            verify->state = state_digests(*state);
+            for (size_t i = 0; i < verify->pages.size(); ++i)
+                verify->pages[i] = page_digest(vm_.memory().page_ptr(verify->first_page + i));
+            cp->verify = std::move(verify);
+        }
+        t5 = now_ns();
         if (hooks_.on_capture) hooks_.on_capture(epoch, vm_);
         if (paused) paused(vm_);
     }
@@ -272,6 +291,7 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bo
     cp->harvest_ns = t2 - t1;
     cp->state_ns = t3 - t2;
     cp->copy_ns = t4 - t3;
+    cp->verify_ns = t5 - t4;
     if (!state) return std::move(state.error()).wrap("capturing checkpoint " + std::to_string(epoch));
     cp->state = std::move(*state);
     for (uint64_t idx : cp->indices) slot_of_page_[idx] = -1;
@@ -354,10 +374,12 @@ Result<void> Primary::initial_sync() {
     return {};
 }
 
-Result<void> Primary::copy_while_running() {
+Result<void> Primary::copy_while_running(bool everything) {
     if (!building_) building_ = take_buffer();
     dirty_.clear_all();
-    US_TRYV(vm_.harvest_dirty(dirty_));
+    US_TRYV(vm_.harvest_dirty(dirty_)); // restarts tracking: later writes are copied again
+    if (everything)
+        for (size_t p = 0; p < dirty_.size(); ++p) dirty_.set(p);
     copy_dirty(*building_, dirty_);
     return {};
 }
@@ -366,6 +388,13 @@ Result<void> Primary::epoch_loop() {
     for (uint64_t epoch = 2; !stopping_; ++epoch) {
         auto start = steady_clock::now();
         std::unique_lock lock(mu_);
+        if (std::exchange(verify_.resync, false)) {
+            ++verify_.totals.resyncs;
+            lock.unlock();
+            log::warn("replication: full resync: checkpoint {} carries every page of guest memory", epoch);
+            US_TRYV(copy_while_running(true));
+            lock.lock();
+        }
         // The epoch ends at its full length or earlier when output asks for it.
         auto end = [&] { return early_end_ ? std::min(start + cfg_.epoch, *early_end_) : start + cfg_.epoch; };
         auto wait_until = [&](steady_clock::time_point t) {
@@ -406,9 +435,10 @@ Result<void> Primary::epoch_loop() {
         const bool last = handover_ && !handover_->outcome;
         std::function<void(hv::Checkpointable&)> paused;
         if (paused_request_ && !paused_request_->done_at) paused = paused_request_->fn;
-        lock.unlock();
         if (vm_.stop_reason()) break; // the guest is gone; nothing left to protect
-        auto cp = US_TRY(capture(epoch, !last, paused));
+        auto slice = plan_verify_slice_locked(epoch);
+        lock.unlock();
+        auto cp = US_TRY(capture(epoch, !last, paused, std::move(slice)));
         lock.lock();
         if (paused) paused_request_->done_at = epoch;
         EpochFigures f;
@@ -580,11 +610,15 @@ void Primary::sender_main() {
             cp = std::move(to_send_.front());
             to_send_.pop_front();
         }
+        if (hooks_.tamper) hooks_.tamper(cp->epoch, cp->indices, cp->pages, cp->state);
         auto r = [&]() -> Result<WriterStats> {
             US_TRYV(w.begin(cp->epoch, 0));
             US_TRYV(w.pages(cp->indices, cp->pages));
             US_TRYV(w.state(cp->state));
-            return w.end();
+            auto ws = US_TRY(w.end());
+            // Between checkpoints: the backup compares it with the checkpoint it just committed.
+            if (cp->verify) US_TRYV(conn_->send_record(kVerify, encode_verify(*cp->verify)));
+            return ws;
         }();
         if (!r) {
             fail(std::move(r.error()).wrap("sending checkpoint " + std::to_string(cp->epoch)));
@@ -678,6 +712,13 @@ void Primary::receiver_main() {
             return;
         }
         if (r->type == kHeartbeat) continue;
+        if (r->type == kVerifyResult) {
+            if (auto taken = take_verify_result(*r); !taken) {
+                fail(std::move(taken.error()));
+                return;
+            }
+            continue;
+        }
         if (r->type == kReject) {
             fail(make_error(Errc::invalid_input, "the backup rejected the stream: " + std::string(r->body.begin(), r->body.end())));
             return;
@@ -693,6 +734,7 @@ void Primary::receiver_main() {
             return;
         }
         std::vector<EpochFigures> acked;
+        std::vector<VerifyReport> unanswered;
         bool bogus = false;
         {
             std::lock_guard lock(mu_);
@@ -708,6 +750,7 @@ void Primary::receiver_main() {
                         e.f.ack_ns = now - e.f.ack_ns;
                     }
                 acked_ = *epoch;
+                verify_acked_locked(*epoch, unanswered);
                 if (unanswered_handover_ && *epoch > unanswered_handover_->epoch) unanswered_handover_.reset();
                 acked = retire_locked();
                 reporting_ += !acked.empty();
@@ -718,8 +761,114 @@ void Primary::receiver_main() {
             fail(make_error(Errc::invalid_input, "the backup acknowledged epoch " + std::to_string(*epoch) + ", which is not in flight"));
             return;
         }
+        report_verified(unanswered);
         report_acked(acked);
     }
+}
+
+Result<uint64_t> Primary::verify() {
+    std::lock_guard lock(mu_);
+    if (stopping_ || control_done_) return make_error(Errc::state, "replication has ended");
+    if (!verify_.totals.backup_verifies)
+        return make_error(Errc::state, "the backup does not verify (an older version): an earlier pass went unanswered");
+    if (verify_.running) return *verify_.running;
+    verify_.requested = true;
+    return verify_.next_pass; // plan_verify_slice_locked starts it at the next checkpoint
+}
+
+VerifyTotals Primary::verification() const {
+    std::lock_guard lock(mu_);
+    VerifyTotals t = verify_.totals;
+    // A pass runs from its first slice until its last answer.
+    if (!verify_.assembling.empty()) t.running = verify_.assembling.begin()->first;
+    else if (verify_.requested) t.running = verify_.next_pass;
+    return t;
+}
+
+std::optional<VerifySlice> Primary::plan_verify_slice_locked(uint64_t epoch) {
+    auto& v = verify_;
+    const auto now = steady_clock::now();
+    if (!v.running) {
+        const bool scheduled = cfg_.verify_interval.count() > 0 && now >= v.next_scheduled;
+        if (!v.totals.backup_verifies || !(v.requested || scheduled)) return std::nullopt;
+        v.running = v.next_pass++;
+        v.next_page = 0;
+        v.requested = false;
+        v.next_scheduled = now + cfg_.verify_interval;
+        v.assembling[*v.running].pass = *v.running;
+    }
+    const uint64_t pages = vm_.memory().page_count();
+    VerifySlice s;
+    s.epoch = epoch;
+    s.pass = *v.running;
+    s.first_page = v.next_page;
+    s.pages.resize(std::min<uint64_t>(cfg_.verify_pages_per_checkpoint, pages - v.next_page)); // digests: capture()
+    v.next_page += s.pages.size();
+    if (v.next_page == pages) {
+        s.flags |= kVerifyLastSlice;
+        v.running.reset();
+    }
+    v.awaiting.emplace_back(epoch, s.pass);
+    return s;
+}
+
+Result<void> Primary::take_verify_result(const Record& r) {
+    auto o = US_TRY(decode_verify_result(r.body));
+    std::vector<VerifyReport> done;
+    {
+        std::lock_guard lock(mu_);
+        auto& v = verify_;
+        if (v.awaiting.empty() || v.awaiting.front() != std::pair{o.epoch, o.pass})
+            return make_error(Errc::invalid_input, "the backup answered verification pass " + std::to_string(o.pass) +
+                                                       " at checkpoint " + std::to_string(o.epoch) + ", which was not asked");
+        v.awaiting.pop_front();
+        auto it = v.assembling.find(o.pass);
+        if (it == v.assembling.end()) return {}; // the pass was given up as unanswered
+        it->second.add(o);
+        if (it->second.complete) {
+            finish_pass_locked(std::move(it->second), done);
+            v.assembling.erase(it);
+        }
+    }
+    report_verified(done);
+    return {};
+}
+
+void Primary::verify_acked_locked(uint64_t epoch, std::vector<VerifyReport>& to_report) {
+    auto& v = verify_;
+    if (v.awaiting.empty() || v.awaiting.front().first >= epoch) return;
+    // The backup skipped VERIFY as an optional record: it does not verify. No more passes.
+    v.totals.backup_verifies = false;
+    v.running.reset();
+    v.requested = false;
+    v.awaiting.clear();
+    for (auto& [pass, report] : v.assembling) {
+        report.unanswered = true;
+        finish_pass_locked(std::move(report), to_report);
+    }
+    v.assembling.clear();
+}
+
+void Primary::finish_pass_locked(VerifyReport report, std::vector<VerifyReport>& to_report) {
+    auto& t = verify_.totals;
+    ++t.passes;
+    const bool mismatch = !report.unanswered && !report.matches();
+    if (mismatch) {
+        ++t.mismatches;
+        if (cfg_.resync_on_mismatch) verify_.resync = true;
+        log::error("replication: {}{}", report.describe(), cfg_.resync_on_mismatch ? "; a full resync follows" : "");
+    } else if (report.unanswered) {
+        log::warn("replication: {}", report.describe());
+    } else {
+        log::info("replication: {}", report.describe());
+    }
+    t.last = report;
+    to_report.push_back(std::move(report));
+}
+
+void Primary::report_verified(const std::vector<VerifyReport>& reports) {
+    if (hooks_.on_verified)
+        for (const auto& r : reports) hooks_.on_verified(r);
 }
 
 } // namespace understudy::replicator

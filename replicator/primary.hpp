@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -20,6 +21,7 @@
 #include "replicator/link_security.hpp"
 #include "replicator/page_codec.hpp"
 #include "replicator/transport.hpp"
+#include "replicator/verification.hpp"
 
 namespace understudy::replicator {
 
@@ -44,17 +46,28 @@ struct PrimaryConfig {
     // disk under --capture, a bug): the primary says GOODBYE on the control connection,
     // so that the backup keeps its checkpoint and does not promote, and replication fails.
     std::chrono::milliseconds ack_timeout{10000};
+    // Online verification (replicator/verification.hpp). While a pass runs, each
+    // checkpoint's pause takes the digests of this many pages (and of the state): the
+    // bound on what verification adds to a pause (bench/bench_pause measures it).
+    uint32_t verify_pages_per_checkpoint = 1024;
+    // A pass starts by itself this long after the previous one started (0: only on
+    // request, verify()).
+    std::chrono::seconds verify_interval{600};
+    // A pass that finds a difference has the next checkpoint carry every page (a full
+    // resync, copied while the guest runs), which puts the replica right.
+    bool resync_on_mismatch = true;
 };
 Result<void> validate(const PrimaryConfig& c);
 
 // One epoch's figures, complete once the backup acknowledged it.
 struct EpochFigures {
     uint64_t epoch = 0;
-    uint64_t pause_ns = 0;        // vCPUs stopped: the sum of the four parts below, about
+    uint64_t pause_ns = 0;        // vCPUs stopped: the sum of the five parts below, about
     uint64_t stop_ns = 0;         //   until every vCPU is out of KVM_RUN
     uint64_t harvest_ns = 0;      //   dirty-set harvest
     uint64_t state_ns = 0;        //   vCPU, VM and device state capture
     uint64_t copy_ns = 0;         //   copying the pages dirtied since the last harvest
+    uint64_t verify_ns = 0;       //   verification digests, while a pass runs
     uint64_t dirty_pages = 0;     // distinct pages in the checkpoint
     uint64_t copied_at_pause = 0; // of those, copied while paused
     uint64_t raw_bytes = 0;
@@ -81,6 +94,22 @@ struct PrimaryHooks {
     // Once, from the thread that found it, when replication fails (not on stop()): the
     // caller can release what it held for the backup at once.
     std::function<void(const Error&)> on_failure;
+    // A verification pass completed (or went unanswered), from the receiving thread.
+    std::function<void(const VerifyReport&)> on_verified;
+    // Tests only: alters a checkpoint after its verification digests were taken and
+    // before it is sent (a page left out, a wrong register), to prove that a pass finds it.
+    std::function<void(uint64_t epoch, std::vector<uint64_t>& indices, std::vector<uint8_t>& pages, hv::VmState& state)>
+        tamper;
+};
+
+// Online verification so far (Primary::verification()).
+struct VerifyTotals {
+    uint64_t passes = 0;     // completed, whatever their verdict
+    uint64_t mismatches = 0; // of those, found a difference
+    uint64_t resyncs = 0;    // full resyncs sent after a mismatch
+    std::optional<uint64_t> running; // the pass under way
+    std::optional<VerifyReport> last;
+    bool backup_verifies = true; // false once a pass went unanswered
 };
 
 class Primary {
@@ -127,6 +156,11 @@ public:
     // then holds exactly checkpoint N). Its time counts in that checkpoint's pause.
     // Returns N once `fn` ran; an error if replication ends first.
     Result<uint64_t> while_paused(std::function<void(hv::Checkpointable&)> fn);
+    // Online verification: starts a pass at the next checkpoint, or joins the one under
+    // way; returns its number. Its report comes through on_verified and verification().
+    // Fails once replication has ended, or when the backup does not verify.
+    Result<uint64_t> verify();
+    VerifyTotals verification() const;
 
     bool is_protected() const { return acked_.load() > 0; }
     // Why replication failed, once it has.
@@ -148,12 +182,25 @@ private:
     Result<void> handshake_steps();
     Result<void> initial_sync();
     Result<void> epoch_loop();
-    Result<void> copy_while_running();
+    // With `everything`, every page (a full resync), not only those harvested as dirty.
+    Result<void> copy_while_running(bool everything = false);
     // Pauses the VM and captures; `paused` (a while_paused() request) runs while paused,
-    // after the capture. With `resume` false (a handover's last checkpoint) the VM stays
-    // paused unless the capture failed.
+    // after the capture, and so do the digests of `verify` (a slice planned for it). With
+    // `resume` false (a handover's last checkpoint) the VM stays paused unless the
+    // capture failed.
     Result<std::unique_ptr<Checkpoint>> capture(uint64_t epoch, bool resume = true,
-                                                const std::function<void(hv::Checkpointable&)>& paused = nullptr);
+                                                const std::function<void(hv::Checkpointable&)>& paused = nullptr,
+                                                std::optional<VerifySlice> verify = std::nullopt);
+    // The verification slice checkpoint `epoch` carries, if a pass runs or is due.
+    std::optional<VerifySlice> plan_verify_slice_locked(uint64_t epoch);
+    // A VERIFY_RESULT from the backup; an error fails replication.
+    Result<void> take_verify_result(const Record& r);
+    // An ACK of `epoch`: a slice of an earlier checkpoint still unanswered never will be
+    // (the backup answers a slice before it acknowledges the next checkpoint).
+    void verify_acked_locked(uint64_t epoch, std::vector<VerifyReport>& to_report);
+    void report_verified(const std::vector<VerifyReport>& reports);
+    // A completed pass: counted, logged, reported through on_verified (outside the lock).
+    void finish_pass_locked(VerifyReport report, std::vector<VerifyReport>& to_report);
     // The epoch loop's half of hand_over() once checkpoint `epoch` is queued; true when
     // the backup took over.
     bool finish_handover(uint64_t epoch);
@@ -216,6 +263,17 @@ private:
         std::optional<uint64_t> done_at; // the checkpoint it ran at
     };
     std::optional<PausedRequest> paused_request_; // while_paused() waiting
+    struct Verification {
+        uint64_t next_pass = 1;
+        std::optional<uint64_t> running; // slices still to be planned
+        uint64_t next_page = 0;
+        bool requested = false;
+        std::chrono::steady_clock::time_point next_scheduled{};
+        std::deque<std::pair<uint64_t, uint64_t>> awaiting; // (epoch, pass) of slices not answered
+        std::map<uint64_t, VerifyReport> assembling;        // by pass
+        bool resync = false;                                // the next epoch sends every page
+        VerifyTotals totals;
+    } verify_; // guarded by mu_
     bool handing_over_ = false;            // HANDOVER sent: the backup closing the stream is expected
     bool stream_ended_ = false;            // the receiver saw the checkpoint stream end
     bool handed_over_ = false;

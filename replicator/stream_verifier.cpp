@@ -42,6 +42,8 @@ enum : uint32_t {
     tAccept = 8,
     tReject = 9,
     tHeartbeat = kOptional | 10,
+    tVerify = kOptional | 14,
+    tVerifyResult = kOptional | 15,
 };
 
 constexpr uint32_t kMaxBatchPages = 8192;
@@ -63,6 +65,8 @@ std::string type_name(uint32_t t) {
     case tAccept: return "ACCEPT";
     case tReject: return "REJECT";
     case tHeartbeat: return "HEARTBEAT";
+    case tVerify: return "VERIFY";
+    case tVerifyResult: return "VERIFY_RESULT";
     }
     return fmt::format("type {:#x}", t);
 }
@@ -202,6 +206,7 @@ private:
     bool vcpu(std::span<const uint8_t> body);
     bool vm(std::span<const uint8_t> body);
     bool device(std::span<const uint8_t> body);
+    bool verify(std::span<const uint8_t> body);
     // Walks the tagged fields in body[from..]: {u32 tag; u32 length; bytes; zero padding to
     // 8}. on_field(tag, bytes, offset of the field header within body) returns false on a
     // violation.
@@ -232,6 +237,12 @@ private:
     bool vm_seen_ = false;
     std::vector<uint64_t> page_seen_; // bitmap over guest pages, this checkpoint
     std::vector<uint64_t> touched_;   // words of page_seen_ to clear at the next BEGIN
+
+    // Online verification: the slices of a pass cover guest memory in order, one after
+    // each checkpoint at most.
+    uint64_t verified_epoch_ = 0; // the checkpoint the last VERIFY followed
+    uint64_t pass_ = 0;           // the pass under way (0: none yet)
+    uint64_t pass_next_page_ = 0; // where its next slice starts (0 after a last slice)
 };
 
 bool Verifier::header(std::span<const uint8_t> h) {
@@ -337,6 +348,11 @@ bool Verifier::record(uint32_t type, std::span<const uint8_t> body) {
         uint64_t v = XXH3_64bits(body.data(), body.size()) ^ type;
         XXH3_64bits_update(digest_, &v, 8);
     };
+    if (type == tVerify) return verify(body);
+    if (type == tVerifyResult)
+        return fail(rec_off_, fmt::format("VERIFY_RESULT record at offset {}: the backup sends it, the primary's stream must not "
+                                          "contain it",
+                                          rec_off_));
     if (type & kOptional) {
         // Unknown optional: skipped, but counted by the END of an open checkpoint.
         ++r_.optional_records;
@@ -418,6 +434,44 @@ bool Verifier::begin(std::span<const uint8_t> body) {
     vm_seen_ = false;
     for (uint64_t w : touched_) page_seen_[w] = 0;
     touched_.clear();
+    return true;
+}
+
+// docs/wire-format.md, "Online verification".
+bool Verifier::verify(std::span<const uint8_t> body) {
+    if (open_) return fail(rec_off_, fmt::format("VERIFY at offset {} inside checkpoint {} (it follows a CHECKPOINT_END)", rec_off_, epoch_));
+    if (body.size() < 40) return fail(rec_off_, fmt::format("VERIFY body has {} bytes, fewer than its 40-byte head", body.size()));
+    const uint8_t* p = body.data();
+    const uint64_t epoch = load<uint64_t>(p), pass = load<uint64_t>(p + 8), first = load<uint64_t>(p + 16);
+    const uint32_t pages = load<uint32_t>(p + 24), flags = load<uint32_t>(p + 28), states = load<uint32_t>(p + 32),
+                   zero = load<uint32_t>(p + 36);
+    if (!seen_checkpoint_ || epoch != committed_ || verified_epoch_ == epoch)
+        return fail(at(0), fmt::format("VERIFY({}) does not follow the END of checkpoint {} (once per checkpoint)", epoch, epoch));
+    if (flags & ~1u) return fail(at(28), fmt::format("VERIFY({}) has unknown flags {:#x}", epoch, flags));
+    if (zero != 0) return fail(at(36), fmt::format("VERIFY({}): the reserved u32 is {:#x}, not 0", epoch, zero));
+    if (states != r_.vcpus + 2)
+        return fail(at(32), fmt::format("VERIFY({}) has {} state digests; {} vCPUs need {}", epoch, states, r_.vcpus, r_.vcpus + 2));
+    if (pages == 0 || pages > 65536 || first >= memory_pages_ || pages > memory_pages_ - first)
+        return fail(at(16), fmt::format("VERIFY({}): pages {} + {} are not a slice of 1 .. 65536 of the guest's {} pages", epoch,
+                                        first, pages, memory_pages_));
+    if (body.size() != 40 + 8 * (uint64_t(states) + pages))
+        return fail(rec_off_, fmt::format("VERIFY({}) body has {} bytes, expected {}", epoch, body.size(),
+                                          40 + 8 * (uint64_t(states) + pages)));
+    // A pass starts at page 0 with a higher number and goes on where its last slice ended.
+    const bool continues = pass_next_page_ != 0;
+    if (continues ? (pass != pass_ || first != pass_next_page_) : (pass <= pass_ || first != 0))
+        return fail(at(8), continues ? fmt::format("VERIFY({}): pass {} page {}, expected pass {} page {}", epoch, pass, first, pass_,
+                                                   pass_next_page_)
+                                     : fmt::format("VERIFY({}): pass {} begins at page {}; a new pass (after {}) begins at page 0",
+                                                   epoch, pass, first, pass_));
+    const bool last = flags & 1;
+    if (last != (first + pages == memory_pages_))
+        return fail(at(28), fmt::format("VERIFY({}): the last-slice flag is {} for a slice ending at page {} of {}", epoch,
+                                        last ? "set" : "clear", first + pages, memory_pages_));
+    pass_ = pass;
+    pass_next_page_ = last ? 0 : first + pages;
+    verified_epoch_ = epoch;
+    ++r_.verify_slices;
     return true;
 }
 
@@ -653,8 +707,8 @@ std::string format_report(const StreamReport& r) {
     s += fmt::format("pages: {} in {} batches:", r.pages, r.page_records);
     for (size_t e = 0; e < r.pages_by_encoding.size(); ++e) s += fmt::format(" {} {}", kEncodingNames[e], r.pages_by_encoding[e]);
     s += fmt::format("; {} payload bytes\n", r.payload_bytes);
-    s += fmt::format("other: {} device states, {} heartbeats, {} unknown optional records skipped\n", r.device_states,
-                     r.heartbeats, r.optional_records);
+    s += fmt::format("other: {} device states, {} heartbeats, {} verification slices, {} unknown optional records skipped\n",
+                     r.device_states, r.heartbeats, r.verify_slices, r.optional_records);
     if (r.torn_epoch)
         s += fmt::format("tail: the capture ends inside checkpoint {} (begun at offset {}, {} of its records complete){}; "
                          "a torn tail, not an error\n",

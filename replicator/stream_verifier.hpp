@@ -45,6 +45,7 @@ struct StreamReport {
     uint64_t payload_bytes = 0;                  // page payload bytes, encoded
     uint64_t device_states = 0;
     uint64_t heartbeats = 0;
+    uint64_t verify_slices = 0;    // VERIFY records (online verification)
     uint64_t optional_records = 0; // unknown optional records, skipped
 
     // The input ended inside a checkpoint or a record: a torn tail, not a violation.

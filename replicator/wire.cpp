@@ -52,6 +52,8 @@ const char* record_type_name(uint32_t type) {
     case kGoodbye: return "GOODBYE";
     case kHandover: return "HANDOVER";
     case kHandoverAccept: return "HANDOVER_ACCEPT";
+    case kVerify: return "VERIFY";
+    case kVerifyResult: return "VERIFY_RESULT";
     }
     return "unknown";
 }

@@ -53,6 +53,9 @@ enum RecordType : uint32_t {
     // skips HANDOVER and the primary, left without an answer, runs on as before).
     kHandover = kRecordOptional | 12,       // primary: u64 epoch, the last checkpoint, acknowledged
     kHandoverAccept = kRecordOptional | 13, // backup: u64 epoch; it takes over from that checkpoint
+    // Online verification, checkpoint stream, between checkpoints (replicator/verification.hpp).
+    kVerify = kRecordOptional | 14,       // primary: digests of the VM at the checkpoint just ended
+    kVerifyResult = kRecordOptional | 15, // backup: the same digests over its replica, compared
 };
 
 inline constexpr uint32_t kCheckpointInitial = 1; // CHECKPOINT_BEGIN flag: carries the initial synchronization

@@ -430,6 +430,47 @@ TEST_CASE("status.last_failover: wall-clock detection and running times of a pro
     CHECK(status_to_json(Metrics(Role::backup).snapshot()).find("\"last_failover\":null") != std::string::npos);
 }
 
+TEST_CASE("status.verification: passes by verdict and the last one, in JSON, text and Prometheus", "[status]") {
+    Metrics m(Role::primary);
+    CHECK(!m.snapshot().verification.last);
+    CHECK_THAT(status_to_text(m.snapshot()), Catch::Contains("no pass completed"));
+    VerifyPassFigures ok{1, "match", 10, 17, 4096, 0, {}, "", 0};
+    m.on_verified(ok);
+    VerifyPassFigures bad{2, "mismatch", 18, 25, 4096, 3, {7, 9, 4000}, "vCPU 1", 0};
+    m.on_verified(bad);
+    auto s = m.snapshot();
+    CHECK(s.verification.match == 1);
+    CHECK(s.verification.mismatch == 1);
+    REQUIRE(s.verification.last);
+    CHECK(s.verification.last->finished_unix_s > 0);
+    CHECK_THAT(status_to_text(s), Catch::Contains("pass 2 (checkpoints 18 .. 25, 4096 pages): MISMATCH: 3 pages differ "
+                                                  "(page index 7, 9, 4000); the state of vCPU 1 differs") &&
+                                      Catch::Contains("1 match, 1 mismatch, 0 unanswered"));
+    const std::string json = status_to_json(s);
+    auto b = status_from_json(json);
+    REQUIRE(b);
+    REQUIRE(b->verification.last);
+    CHECK(b->verification.last->first_differing == std::vector<uint64_t>{7, 9, 4000});
+    CHECK(b->verification.last->state_differs == "vCPU 1");
+    CHECK(b->verification.mismatch == 1);
+    CHECK(status_to_json(*b) == json);
+    auto with = [&json](const std::string& from, const std::string& to) {
+        auto at = json.find(from);
+        REQUIRE(at != std::string::npos);
+        return json.substr(0, at) + to + json.substr(at + from.size());
+    };
+    CHECK(!status_from_json(with("\"verdict\":\"mismatch\"", "\"verdict\":\"maybe\"")));
+    CHECK(!status_from_json(with("[7,9,4000]", "[7,\"9\"]")));
+    // An older instance's object has no such member.
+    auto at = json.find(",\"verification\":");
+    REQUIRE(at != std::string::npos);
+    auto older = status_from_json(json.substr(0, at) + "}");
+    REQUIRE(older);
+    CHECK(!older->verification.last);
+    CHECK_THAT(prometheus_text(m), Catch::Contains("understudy_verify_passes_total{verdict=\"mismatch\"} 1") &&
+                                       Catch::Contains("understudy_verify_differing_pages 3"));
+}
+
 TEST_CASE("control socket: the drill action is checked before anything is armed", "[status][drill]") {
     Metrics m(Role::primary);
     auto refused = [&m](const std::string& line, const std::string& why) {
