@@ -14,6 +14,7 @@
 #include "hv/vcpu_state.hpp"
 #include "replicator/page_codec.hpp"
 #include "replicator/stream_verifier.hpp"
+#include "replicator/verification.hpp"
 #include "replicator/wire.hpp"
 
 using namespace understudy;
@@ -203,6 +204,61 @@ TEST_CASE("a valid stream passes, with its figures", "[verifier]") {
     CHECK(r.vcpus == kVcpus);
     CHECK(r.session_id == 7);
     CHECK_THAT(format_report(r), Catch::Contains("result: valid"));
+}
+
+namespace {
+// A VERIFY record body for checkpoint `epoch`: pages [first, first + count) of `pass`.
+Rec verify_rec(uint64_t epoch, uint64_t pass, uint64_t first, uint64_t count, uint32_t states = kVcpus + 2) {
+    VerifySlice v;
+    v.epoch = epoch;
+    v.pass = pass;
+    v.first_page = first;
+    v.flags = first + count == kGuestPages ? kVerifyLastSlice : 0;
+    v.state.assign(states, 9);
+    v.pages.assign(count, 3);
+    return {kVerify, encode_verify(v)};
+}
+} // namespace
+
+TEST_CASE("verification slices follow their checkpoints and cover memory pass by pass", "[verifier]") {
+    auto cps = valid_checkpoints();
+    cps[0].push_back(verify_rec(1, 1, 0, 2048));
+    cps[1].push_back(verify_rec(2, 1, 2048, kGuestPages - 2048));
+    cps[2].push_back(verify_rec(3, 2, 0, kGuestPages));
+    {
+        auto r = verify_stream(serialize(cps).bytes);
+        INFO(format_report(r));
+        CHECK(r.valid());
+        CHECK(r.verify_slices == 3);
+        CHECK(r.optional_records == 0);
+    }
+    auto broken = [&](size_t c, Rec rec, const std::string& what) {
+        auto bad = valid_checkpoints();
+        if (c > 0) bad[0].push_back(verify_rec(1, 1, 0, 2048));
+        bad[c].push_back(std::move(rec));
+        auto st = serialize(bad);
+        auto r = verify_stream(st.bytes);
+        INFO(format_report(r));
+        REQUIRE(r.violation);
+        CHECK_THAT(r.violation->message, Catch::Contains(what));
+        CHECK(r.violation->record_offset == st.offsets[c].back());
+    };
+    broken(1, verify_rec(1, 1, 2048, 2048), "does not follow the END of checkpoint 1");       // another checkpoint's
+    broken(1, verify_rec(2, 1, 1024, 3072), "expected pass 1 page 2048");                      // a gap in the pass
+    broken(1, verify_rec(2, 2, 0, kGuestPages), "expected pass 1 page 2048");                  // a pass left unfinished
+    broken(0, verify_rec(1, 1, 0, 2048, kVcpus), "state digests");                             // a digest per vCPU + 2
+    broken(0, verify_rec(1, 1, 4000, 200), "are not a slice");                                 // beyond memory
+    broken(0, Rec{kVerifyResult, std::vector<uint8_t>(48, 0)}, "the backup sends it");
+    auto last_flag = verify_rec(1, 1, 0, 2048);
+    last_flag.body[28] = 1;
+    broken(0, last_flag, "the last-slice flag is set");
+    // Inside a checkpoint.
+    auto inside = valid_checkpoints();
+    inside[1].insert(inside[1].begin() + 1, verify_rec(1, 1, 0, 2048));
+    reseal(inside[1]);
+    auto r = verify_stream(serialize(inside).bytes);
+    REQUIRE(r.violation);
+    CHECK_THAT(r.violation->message, Catch::Contains("inside checkpoint 2"));
 }
 
 TEST_CASE("the writer's own page batches pass", "[verifier]") {
