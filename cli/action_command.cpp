@@ -1,6 +1,7 @@
 #include "cli/action_command.hpp"
 
 #include <boost/program_options.hpp>
+#include <fmt/format.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -132,6 +133,29 @@ int failover_command(const std::vector<std::string>& args) {
     return 0;
 }
 
+Result<VerifyPassFigures> run_verification(const std::string& socket, std::chrono::seconds limit) {
+    auto answer = US_TRY(control_action(socket, R"({"cmd":"verify"})", kActionTimeout + std::chrono::seconds(5)));
+    const Json* pass_field = answer.find("pass");
+    uint64_t pass = 0;
+    if (!pass_field || pass_field->kind != Json::Kind::number ||
+        std::from_chars(pass_field->text.data(), pass_field->text.data() + pass_field->text.size(), pass).ec != std::errc())
+        return make_error(Errc::invalid_input, "the instance's answer has no \"pass\"");
+    // The pass runs over the next checkpoints; its verdict appears in status.
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+        auto status = US_TRY(fetch_status(socket, std::chrono::seconds(5)));
+        if (const auto& last = status.verification.last; last && last->pass >= pass) return *last;
+        if (status.role != Role::primary || status.state != ProtectionState::protected_)
+            return make_error(Errc::state, fmt::format("the VM is no longer protected ({}{}{}) and pass {} gave no verdict",
+                                                       state_name(status.state), status.reason.empty() ? "" : ": ",
+                                                       status.reason, pass));
+        if (std::chrono::steady_clock::now() >= deadline)
+            return make_error(Errc::timeout, fmt::format("pass {} gave no verdict within {} s; it may still complete (see "
+                                                         "`understudy status`)", pass, limit.count()));
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+}
+
 int verify_command(const std::vector<std::string>& args) {
     std::string socket;
     unsigned timeout_s = 600;
@@ -142,51 +166,22 @@ int verify_command(const std::vector<std::string>& args) {
     const char* usage = "usage: understudy verify --control-socket PATH [--timeout-s SECONDS]\n"
                         "  Online verification: the protected VM's primary takes the digest of every page and of the\n"
                         "  state, a slice per checkpoint, and its backup compares them with its replica. Prints the\n"
-                        "  verdict, naming every page and part of the state that differs.\n"
+                        "  verdict, naming the pages and the parts of the state that differ.\n"
                         "  Exit codes: 0 the replica matches the VM, 1 it differs, 2 bad usage, 3 the instance could\n"
                         "  not be reached, refused, or gave no verdict in time (the reason is printed).";
     if (auto code = parse_action("verify", usage, args, desc, {})) return *code;
-    auto answer = send_action(socket, R"({"cmd":"verify"})");
-    if (!answer) return 3;
-    const Json* pass_field = answer->find("pass");
-    uint64_t pass = 0;
-    if (!pass_field || pass_field->kind != Json::Kind::number ||
-        std::from_chars(pass_field->text.data(), pass_field->text.data() + pass_field->text.size(), pass).ec != std::errc()) {
-        std::fprintf(stderr, "understudy: the instance's answer has no \"pass\"\n");
+    auto verdict = run_verification(socket, std::chrono::seconds(timeout_s));
+    if (!verdict) {
+        std::fprintf(stderr, "understudy: %s\n", verdict.error().describe().c_str());
         return 3;
     }
-    std::printf("verify: pass %llu started\n", static_cast<unsigned long long>(pass));
-    std::fflush(stdout);
-    // The pass runs over the next checkpoints; its verdict appears in status.
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
-    for (;;) {
-        auto status = fetch_status(socket, std::chrono::seconds(5));
-        if (!status) {
-            std::fprintf(stderr, "understudy: %s\n", status.error().describe().c_str());
-            return 3;
-        }
-        if (const auto& last = status->verification.last; last && last->pass >= pass) {
-            const std::string text = "verify: " + verify_pass_text(*last);
-            if (last->verdict == "unanswered") {
-                std::fprintf(stderr, "understudy: %s\n", text.c_str());
-                return 3;
-            }
-            std::printf("%s\n", text.c_str());
-            return last->verdict == "match" ? 0 : 1;
-        }
-        if (status->role != Role::primary || status->state != ProtectionState::protected_) {
-            std::fprintf(stderr, "understudy: the VM is no longer protected (%s%s%s) and pass %llu gave no verdict\n",
-                         state_name(status->state), status->reason.empty() ? "" : ": ", status->reason.c_str(),
-                         static_cast<unsigned long long>(pass));
-            return 3;
-        }
-        if (std::chrono::steady_clock::now() >= deadline) {
-            std::fprintf(stderr, "understudy: pass %llu gave no verdict within %u s; it may still complete (see `understudy status`)\n",
-                         static_cast<unsigned long long>(pass), timeout_s);
-            return 3;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const std::string text = "verify: " + verify_pass_text(*verdict);
+    if (verdict->verdict == "unanswered") {
+        std::fprintf(stderr, "understudy: %s\n", text.c_str());
+        return 3;
     }
+    std::printf("%s\n", text.c_str());
+    return verdict->verdict == "match" ? 0 : 1;
 }
 
 } // namespace understudy::cli

@@ -1,7 +1,11 @@
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <vector>
+
+#include "cli/metrics.hpp"
+#include "common/error.hpp"
 
 namespace understudy::cli {
 
@@ -17,5 +21,8 @@ int reprotect_command(const std::vector<std::string>& args);
 int failover_command(const std::vector<std::string>& args);
 // `understudy verify`: an online verification pass of the protected VM's replica.
 int verify_command(const std::vector<std::string>& args);
+// Starts a verification pass on the primary at `socket` and waits up to `limit` for its
+// verdict (`understudy verify`, and drills before their fault).
+Result<VerifyPassFigures> run_verification(const std::string& socket, std::chrono::seconds limit);
 
 } // namespace understudy::cli

@@ -30,10 +30,12 @@
 
 #include <fmt/format.h>
 
+#include "cli/action_command.hpp"
 #include "cli/control_socket.hpp"
 #include "cli/drill_client.hpp"
 #include "cli/drill_monitor.hpp"
 #include "cli/drill_report.hpp"
+#include "cli/status.hpp"
 #include "cli/status_command.hpp"
 #include "cli/stop_signals.hpp"
 #include "common/json.hpp"
@@ -266,6 +268,8 @@ void judge_verdict(DrillReport& rep, bool interrupted, bool reacted, bool served
     if (rep.service_stopped)
         rep.reasons.push_back(fmt::format("the survivor stopped serving {:.1f} s into the watch: {}", rep.watched_s, *rep.service_stopped));
     if (rep.selfcheck && rep.selfcheck->front() != '+') rep.reasons.push_back("the service's self-check failed: " + *rep.selfcheck);
+    if (rep.verification_verdict == "mismatch")
+        rep.reasons.push_back("before the fault, the replica differed from the VM: " + *rep.verification);
     if (rep.readback_error) rep.reasons.push_back("the read-back failed: " + *rep.readback_error);
     else if (rep.lost) rep.reasons.push_back(fmt::format("{} acknowledged writes lost (e.g. {})", rep.lost, rep.lost_examples.front()));
     if (rep.survivor == "none") rep.reasons.push_back("nobody serves");
@@ -421,9 +425,23 @@ int drill_command(const std::vector<std::string>& args) {
         client.stop();
         return *code;
     }
+    // The replica is the VM before the fault (online verification): a failover onto a
+    // replica that differs would prove nothing, and none is promoted (DESIGN.md invariant 7).
+    DrillReport rep;
+    say("verifying the backup's replica against the VM (`understudy verify`)");
+    if (auto verified = run_verification(primary_socket, std::chrono::seconds(std::lround(wait_limit)))) {
+        rep.verification = verify_pass_text(*verified);
+        rep.verification_verdict = verified->verdict;
+        if (verified->verdict == "unanswered") rep.notes.push_back("the backup does not verify (an older version)");
+    } else if (verified.error().message.find("unknown command 'verify'") != std::string::npos) {
+        rep.notes.push_back("the primary does not verify (an older version)");
+    } else {
+        client.stop();
+        std::fprintf(stderr, "understudy drill: verifying the replica before the fault: %s\n", verified.error().describe().c_str());
+        return kExitUnreachable;
+    }
 
     // 3. The fault.
-    DrillReport rep;
     rep.kind = *kind;
     rep.connections = connections;
     // Whom to watch: the backup when it may promote, the primary when it should live on.

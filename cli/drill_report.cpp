@@ -55,6 +55,8 @@ std::string report_json(const DrillReport& r) {
         .number("watched_s", r.watched_s)
         .string_or_null("service_stopped", r.service_stopped)
         .string_or_null("selfcheck", r.selfcheck)
+        .string_or_null("verification", r.verification)
+        .string_or_null("verification_verdict", r.verification_verdict)
         .string("verdict", r.pass ? "pass" : "fail");
     std::string reasons = "[", notes = "[";
     for (const auto& s : r.reasons) reasons += (reasons.size() > 1 ? "," : "") + json_quote(s);
@@ -82,6 +84,7 @@ std::string report_text(const DrillReport& r) {
     line("watched", r.service_stopped ? fmt::format("{:.1f} s, then: {}", r.watched_s, *r.service_stopped)
                                       : fmt::format("{:.1f} s, served throughout", r.watched_s));
     line("self-check", r.selfcheck ? *r.selfcheck : std::string("-"));
+    line("verified", r.verification ? "before the fault, " + *r.verification : std::string("-"));
     for (const auto& s : r.reasons) line("FAILED", s);
     for (const auto& s : r.notes) line("note", s);
     return out;

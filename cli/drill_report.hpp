@@ -40,6 +40,9 @@ struct DrillReport {
     double watched_s = 0;                      // the survivor watched while serving
     std::optional<std::string> service_stopped; // why the watch ended early, if it did
     std::optional<std::string> selfcheck;       // the service's SELFCHECK reply, if it has one
+    // Online verification before the fault: the pass and its verdict in words, and the
+    // verdict (match, mismatch, unanswered); null when the primary does not verify.
+    std::optional<std::string> verification, verification_verdict;
     bool pass = false;
     std::vector<std::string> reasons; // why not pass
     std::vector<std::string> notes;

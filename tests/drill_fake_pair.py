@@ -29,7 +29,7 @@ import threading
 import time
 
 
-def status_object(pid, role, state, active, promoted=False, reason="", last_failover=None):
+def status_object(pid, role, state, active, promoted=False, reason="", last_failover=None, verification=None):
     q = {"last": None, "p50": None, "p99": None, "count": 0}
     return {"format": 1, "name": "fake", "pid": pid, "uptime_s": 1.0, "role": role, "promoted": promoted,
             "state": state, "reason": reason, "state_age_s": 0.5, "healthy": True, "active_primary": active,
@@ -40,7 +40,8 @@ def status_object(pid, role, state, active, promoted=False, reason="", last_fail
             "lag": {"epochs": None, "seconds": None}, "output": None, "heartbeats": None,
             "failovers": {"handover": 0, "primary_connection_lost": 0, "primary_silent": 1 if promoted else 0},
             "protection_lost": {"backup_connection_lost": 0, "backup_silent": 0, "error": 0},
-            "sessions": 1, "last_failover": last_failover}
+            "sessions": 1, "last_failover": last_failover,
+            "verification": verification or {"match": 0, "mismatch": 0, "unanswered": 0, "last": None}}
 
 
 def serve_control(path, answer):
@@ -73,12 +74,25 @@ def serve_control(path, answer):
 def fake_primary(path, state):
     """The fake primary process: protected until a corrupt-link drill, then unprotected."""
     # "protected-elsewhere": a protected primary whose pid is no process here (another host).
-    st = {"state": state.split("-")[0]}
+    # "protected-differs": its verification passes find page 4000 different.
+    st = {"state": state.split("-")[0], "verification": None}
     pid = 4194301 if state.endswith("-elsewhere") else os.getpid()
+    differs = state.endswith("-differs")
+
+    def verified():
+        time.sleep(0.2)  # the pass runs over a few checkpoints
+        st["verification"] = {"match": 0 if differs else 1, "mismatch": 1 if differs else 0, "unanswered": 0,
+                              "last": {"pass": 1, "verdict": "mismatch" if differs else "match", "first_checkpoint": 8,
+                                       "last_checkpoint": 15, "pages": 32768, "differing_pages": 1 if differs else 0,
+                                       "first_differing": [4000] if differs else [], "state_differs": "",
+                                       "finished_unix_s": time.time()}}
 
     def answer(req):
         if req.get("cmd") == "status":
-            return {"ok": True, "status": status_object(pid, "primary", st["state"], True)}
+            return {"ok": True, "status": status_object(pid, "primary", st["state"], True, verification=st["verification"])}
+        if req.get("cmd") == "verify":
+            threading.Thread(target=verified, daemon=True).start()
+            return {"ok": True, "pass": 1}
         if req.get("cmd") == "drill" and req.get("fault") == "corrupt-link":
             t = time.time()
             threading.Timer(0.08, lambda: st.update(state="unprotected")).start()
@@ -294,6 +308,17 @@ def main():
               250 <= (r.get("outage_ms") or 0) <= 2000, out)
         check("kill-primary watched the survivor and asked SELFCHECK", r.get("service_stopped", "") is None and
               0.9 <= (r.get("watched_s") or 0) <= 5 and (r.get("selfcheck") or "").startswith("+OK keys="), out)
+        check("kill-primary verified the replica before the fault", r.get("verification_verdict") == "match" and
+              "the replica matches the VM" in (r.get("verification") or ""), out)
+        p.end()
+
+        # Before the fault, the replica is found to differ from the VM: fail (5).
+        p = Pair(tmp, "differs", primary_state="protected-differs")
+        rc, r, out, err = drill_pair(cli, p, "kill-primary", quick)
+        check("a replica that differs before the fault fails the drill", rc == 5 and
+              r.get("verification_verdict") == "mismatch" and
+              any("replica differed from the VM" in x and "page index 4000" in x for x in r.get("reasons", [])),
+              "exit %d, %s %s" % (rc, out, err))
         p.end()
 
         # The promoted service stops answering during the watch: fail (5).
