@@ -34,6 +34,9 @@ uint64_t protect(std::unique_ptr<Connection> conn, uint64_t epochs) {
     pc.epoch = milliseconds(5);
     auto primary = Primary::start(*vm, std::move(conn), pc);
     REQUIRE(primary);
+    // A verification pass, so that the capture holds VERIFY records.
+    REQUIRE(test::wait_until([&] { return (*primary)->is_protected() || (*primary)->failure(); }, seconds(60)));
+    REQUIRE((*primary)->verify());
     auto deadline = test::deadline_in(seconds(120));
     while ((*primary)->acked_epoch() < epochs && steady_clock::now() < deadline && !(*primary)->failure() && !vm->stop_reason())
         std::this_thread::sleep_for(milliseconds(10));
@@ -60,6 +63,7 @@ void check_capture(const std::string& path, uint64_t acked) {
     CHECK(report->vcpus == 2);
     CHECK(report->pages >= 64 * kMiB / 4096); // the initial synchronization sends every page
     CHECK(report->pages_by_encoding[2] > 0);  // XOR deltas
+    CHECK(report->verify_slices > 0);
 }
 
 } // namespace

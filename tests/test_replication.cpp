@@ -47,7 +47,12 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     std::mutex mu;
     std::map<uint64_t, uint64_t> primary_digest, backup_digest;
     std::vector<std::string> capture_errors; // from the primary's thread: checked on this one
+    std::vector<VerifyReport> primary_passes, backup_passes; // online verification, both sides
     BackupHooks bh;
+    bh.on_verified = [&](const VerifyReport& r) {
+        std::lock_guard lock(mu);
+        backup_passes.push_back(r);
+    };
     bh.on_commit = [&](uint64_t epoch, const BackupReplica& r) {
         if (epoch % 25 != 1) return;
         uint64_t d = image_digest(r.memory(), r.state());
@@ -67,7 +72,13 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     // Two busy vCPUs on two cores (four under a sanitizer's weight): a generous timeout
     // keeps a starved heartbeat thread from ending the session.
     pc.heartbeat = {milliseconds(10), test::scaled(milliseconds(2000))};
+    pc.verify_interval = seconds(1); // online verification of the real VM's pages and vCPU state
+    pc.verify_pages_per_checkpoint = 2048;
     PrimaryHooks ph;
+    ph.on_verified = [&](const VerifyReport& r) {
+        std::lock_guard lock(mu);
+        primary_passes.push_back(r);
+    };
     ph.on_capture = [&](uint64_t epoch, hv::Checkpointable& v) {
         if (epoch % 25 != 1) return;
         auto s = v.save_state();
@@ -79,8 +90,11 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
     auto data = connect_to(*backup.server);
     auto primary = Primary::start(*vm, std::move(data), pc, ph, connect_to(*backup.server));
     REQUIRE(primary);
+    REQUIRE(test::wait_until([&] { return (*primary)->is_protected() || (*primary)->failure(); }, seconds(60)));
+    REQUIRE((*primary)->verify()); // a pass at once, besides the scheduled ones
     auto deadline = test::deadline_in(seconds(120));
-    while ((*primary)->acked_epoch() < 520 && steady_clock::now() < deadline && !(*primary)->failure() && !vm->stop_reason())
+    while (((*primary)->acked_epoch() < 520 || (*primary)->verification().passes == 0) && steady_clock::now() < deadline &&
+           !(*primary)->failure() && !vm->stop_reason())
         std::this_thread::sleep_for(milliseconds(20));
     INFO(test::describe_run(*vm, (*primary)->failure()));
     REQUIRE((*primary)->acked_epoch() >= 520);
@@ -113,6 +127,15 @@ TEST_CASE("the backup's committed replica equals the primary at sampled checkpoi
         ++compared;
     }
     CHECK(compared >= 20);
+    // Every verification pass found the replica equal to the VM, on both sides.
+    REQUIRE(!primary_passes.empty());
+    for (const auto& r : primary_passes) {
+        INFO(r.describe());
+        CHECK(r.matches());
+        CHECK(r.pages_checked == vm->memory().page_count());
+    }
+    CHECK(backup_passes.size() == primary_passes.size());
+    for (const auto& r : backup_passes) CHECK(r.matches());
     // Something was actually replicated each epoch, and deltas were used.
     uint64_t dirty = 0, xor_pages = 0;
     for (const auto& f : figures) {
