@@ -57,6 +57,7 @@ public:
     // the announcement of a promoted guest.
     void send_from_host(std::span<const uint8_t> frame) { wire(frame); }
     hv::virtio::MacAddress mac() const { return dev_->mac(); }
+    const hv::virtio::VirtioNet& device() const { return *dev_; }
 
 private:
     GuestNetwork() = default;

@@ -23,6 +23,7 @@
 #include "cli/stop_signals.hpp"
 #include "cli/vm_options.hpp"
 #include "hv/pvh_loader.hpp"
+#include "hv/stall_watchdog.hpp"
 #include "hv/snapshot.hpp"
 #include "replicator/transport.hpp"
 
@@ -330,9 +331,15 @@ int supervise(hv::Vm& vm, const SuperviseOptions& o, GuestNetwork* net, std::uni
     std::optional<HandedOver> handed_over;
     auto last_print = steady_clock::now();
 
+    hv::StallWatchdog watchdog;
     std::optional<hv::VmStop> stop;
     while (!(stop = vm.wait_for(milliseconds(o.sample_ms)))) {
         double elapsed = duration<double>(steady_clock::now() - start).count();
+        if (net)
+            if (auto stall = watchdog.observe(hv::sample_activity(vm, net->device()), steady_clock::now())) {
+                std::printf("GUEST STALL: %s\n", stall->c_str());
+                std::fflush(stdout);
+            }
         if (protection && steady_clock::now() - last_print >= seconds(1)) {
             last_print = steady_clock::now();
             protection->print_window();

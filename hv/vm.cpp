@@ -295,6 +295,11 @@ void Vm::notify_moved() {
     cv_.notify_all();
 }
 
+std::vector<Vm::VcpuActivity> Vm::vcpu_activity() const {
+    std::lock_guard lock(mu_);
+    return {activity_.begin(), activity_.begin() + vcpus_.size()};
+}
+
 uint64_t Vm::halt(Vcpu& v, uint64_t deadline_ns) {
     std::unique_lock lock(mu_);
     // An event counts if it came after this vCPU's previous halt returned, not only
@@ -302,6 +307,16 @@ uint64_t Vm::halt(Vcpu& v, uint64_t deadline_ns) {
     // halted, and must not sleep until the deadline with the frame waiting.
     uint64_t& seen = halt_seen_.at(v.index());
     auto host_deadline = clock_.host_deadline(deadline_ns);
+    VcpuActivity& act = activity_.at(v.index());
+    act.halted = true;
+    act.halted_since = std::chrono::steady_clock::now();
+    struct Returned { // every return below, under the lock
+        VcpuActivity& a;
+        ~Returned() {
+            a.halted = false;
+            ++a.halts;
+        }
+    } returned{act};
     auto done = [&](uint64_t reason) {
         seen = event_seq_;
         return reason;

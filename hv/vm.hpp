@@ -106,6 +106,14 @@ public:
     void publish_report(unsigned vcpu, uint64_t key, uint64_t value);
     // Wakes halted vCPUs because a device has work for the guest.
     void notify_guest_event();
+    // What each vCPU is doing (hv/stall_watchdog.hpp): halted in the HALT hypercall and
+    // since when, and how many halts have returned.
+    struct VcpuActivity {
+        bool halted = false;
+        std::chrono::steady_clock::time_point halted_since{};
+        uint64_t halts = 0;
+    };
+    std::vector<VcpuActivity> vcpu_activity() const;
     // The VM now runs on another host (promotion): each vCPU's next HALT returns
     // US_HALT_MOVED once.
     void notify_moved();
@@ -136,6 +144,7 @@ private:
     std::condition_variable cv_;
     uint64_t event_seq_ = 0;
     std::vector<uint64_t> halt_seen_ = std::vector<uint64_t>(kMaxVcpus, 0); // event_seq_ when each vCPU's last halt returned
+    std::vector<VcpuActivity> activity_ = std::vector<VcpuActivity>(kMaxVcpus);
     uint64_t moved_seq_ = 0;
     std::vector<uint64_t> moved_seen_ = std::vector<uint64_t>(kMaxVcpus, 0);
     std::optional<VmStop> stop_;

@@ -58,7 +58,7 @@ void wait_for_log(Process& p, const std::string& path, const std::string& text, 
 const std::map<std::string, std::set<std::string>> kDocumented = {
     {"", {"format", "name", "pid", "uptime_s", "role", "promoted", "state", "reason", "state_age_s", "healthy",
           "active_primary", "epoch", "checkpoint", "sync", "replication", "lag", "output", "heartbeats", "failovers",
-          "protection_lost", "sessions", "last_failover"}},
+          "protection_lost", "sessions", "last_failover", "verification"}},
     {"epoch", {"captured", "acknowledged", "rate_per_s"}},
     {"checkpoint", {"pause_s", "ack_s", "dirty_pages", "initial_pause_s"}},
     {"sync", {"round", "bytes_sent", "bytes_total"}},
@@ -69,6 +69,7 @@ const std::map<std::string, std::set<std::string>> kDocumented = {
     {"failovers", {"primary_silent", "primary_connection_lost", "handover"}},
     {"protection_lost", {"backup_silent", "backup_connection_lost", "error"}},
     {"last_failover", {"reason", "detected_unix_s", "running_unix_s"}},
+    {"verification", {"match", "mismatch", "unanswered", "last"}},
 };
 
 std::set<std::string> keys(const Json& obj) {
@@ -112,6 +113,19 @@ cli::StatusSnapshot status_reaching(const std::string& socket, cli::ProtectionSt
         std::this_thread::sleep_for(100ms);
     }
     return s;
+}
+
+// The verdict of verification pass `pass` as `socket`'s status shows it, once it does.
+cli::VerifyPassFigures status_reaching_verdict(const std::string& socket, uint64_t pass) {
+    std::optional<cli::VerifyPassFigures> last;
+    const bool reached = test::wait_until(
+        [&] {
+            last = status_json(socket).verification.last;
+            return last && last->pass >= pass;
+        },
+        5s);
+    REQUIRE(reached);
+    return *last;
 }
 
 struct Http {
@@ -445,6 +459,20 @@ TEST_CASE("understudy failover hands a protected VM to its backup with nothing l
     CHECK(std::filesystem::file_size(snap) > 0);
     CHECK(status_json(psock).state == cli::ProtectionState::protected_);
     incr(11);
+
+    // Online verification: the backup's replica is the VM, page by page, on both sides.
+    auto verified = run_command({US_CLI_PATH, "verify", "--control-socket", psock}, 120s);
+    REQUIRE(verified);
+    INFO(verified->describe() << verified->out << verified->err);
+    CHECK(verified->ok());
+    CHECK(verified->out.find("the replica matches the VM, every page and the state") != std::string::npos);
+    const auto pv = status_json(psock).verification;
+    REQUIRE(pv.last);
+    CHECK(pv.last->verdict == "match");
+    CHECK(pv.last->pages == 128 * 256); // 128 MiB of 4 KiB pages
+    auto bv = status_reaching_verdict(bsock, pv.last->pass);
+    CHECK(bv.verdict == "match");
+    CHECK(bv.pages == pv.last->pages);
 
     auto done = run_command({US_CLI_PATH, "failover", "--control-socket", psock}, 90s);
     REQUIRE(done);

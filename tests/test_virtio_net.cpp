@@ -27,6 +27,7 @@
 
 #include "common/codec.hpp"
 #include "hv/guest_memory.hpp"
+#include "hv/stall_watchdog.hpp"
 #include "hv/virtio/net_device.hpp"
 #include "hv/virtio/tap.hpp"
 #include "hv/vm.hpp"
@@ -297,6 +298,56 @@ TEST_CASE("virtio-net: no RX buffer queues frames up to the limit; too-big frame
     CHECK(*fx.dev->deliver(frame_of(400, 8)) == true);
     CHECK(drv.rx_frame(3) == frame_of(400, 8));
     CHECK(!fx.dev->stats().broken);
+}
+
+TEST_CASE("virtio-net: queue indices, and a guest that takes no frame for 5 s is reported once", "[net]") {
+    Fixture fx;
+    Driver drv{*fx.dev, fx.mem};
+    CHECK(!fx.dev->queue_state().live);
+    drv.bring_up();
+    drv.post_rx(0, 512);
+    drv.post_rx(1, 512);
+    for (int i = 0; i < 3; ++i) (void)fx.dev->deliver(frame_of(100, uint8_t(i)));
+    auto q = fx.dev->queue_state();
+    CHECK(q.live);
+    CHECK(q.rx_avail == 2);
+    CHECK(q.rx_next == 2);
+    CHECK(q.rx_pending == 1);
+    CHECK(q.tx_avail == q.tx_next);
+
+    using namespace std::chrono;
+    const auto t0 = steady_clock::now();
+    GuestActivity a;
+    a.net = q;
+    a.vcpus.resize(2);
+    a.vcpus[0].halted = true;
+    a.vcpus[0].halted_since = t0 - seconds(1);
+    a.vcpus[0].halts = 40;
+    StallWatchdog dog;
+    CHECK(!dog.observe(a, t0));
+    CHECK(!dog.observe(a, t0 + seconds(4)));
+    a.paused = true; // a pause is no stall: the count starts again after it
+    CHECK(!dog.observe(a, t0 + seconds(5)));
+    a.paused = false;
+    CHECK(!dog.observe(a, t0 + seconds(6)));
+    auto report = dog.observe(a, t0 + seconds(11));
+    REQUIRE(report);
+    INFO(*report);
+    CHECK(report->find("no buffer available for 5.0 s") != std::string::npos);
+    CHECK(report->find("1 received frames wait") != std::string::npos);
+    CHECK(report->find("RX: the guest made 2 available, the device took 2") != std::string::npos);
+    CHECK(report->find("vCPU 0 halted for 12.0 s (40 halts), vCPU 1 running") != std::string::npos);
+    CHECK(!dog.observe(a, t0 + seconds(20))); // once per stall
+    CHECK(dog.stalls() == 1);
+    // The guest posts a buffer: progress, the frame goes in, no work is left.
+    drv.post_rx(2, 512);
+    fx.dev->poll_rx();
+    a.net = fx.dev->queue_state();
+    CHECK(a.net.rx_pending == 0);
+    CHECK(!dog.observe(a, t0 + seconds(21)));
+    // Nothing waiting is no stall, however long the guest sleeps.
+    CHECK(!dog.observe(a, t0 + seconds(60)));
+    CHECK(dog.stalls() == 1);
 }
 
 TEST_CASE("virtio-net: TX gathers chains, strips the header, returns every chain", "[net]") {

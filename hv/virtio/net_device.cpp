@@ -327,6 +327,23 @@ void VirtioNet::resume() {
     process_tx();
 }
 
+NetQueueState VirtioNet::queue_state() const {
+    std::lock_guard lock(mu_);
+    NetQueueState q;
+    q.suspended = suspended_;
+    q.rx_pending = pending_.size();
+    q.tx_stalled = tx_stalled_;
+    if (!transport_ || !transport_->live()) return q;
+    q.live = true;
+    auto& rx = transport_->queue(kRxQueue);
+    auto& tx = transport_->queue(kTxQueue);
+    q.rx_avail = rx.driver_avail_idx().value_or(rx.next_avail());
+    q.rx_next = rx.next_avail();
+    q.tx_avail = tx.driver_avail_idx().value_or(tx.next_avail());
+    q.tx_next = tx.next_avail();
+    return q;
+}
+
 NetStats VirtioNet::stats() const {
     std::lock_guard lock(mu_);
     NetStats s = stats_;

@@ -73,6 +73,17 @@ struct NetStats {
     bool broken = false;
 };
 
+// Where the device's queues stand (hv/stall_watchdog.hpp): the driver's avail idx and the
+// next slot the device takes, per queue, and the frames waiting for a guest buffer.
+struct NetQueueState {
+    bool live = false; // DRIVER_OK and not broken
+    bool suspended = false;
+    uint16_t rx_avail = 0, rx_next = 0;
+    uint16_t tx_avail = 0, tx_next = 0;
+    uint64_t rx_pending = 0;
+    bool tx_stalled = false; // the sink is full: TX waits for room, not for the guest
+};
+
 class VirtioNet final : public Device, private VirtioModel {
 public:
     static Result<std::unique_ptr<VirtioNet>> create(const NetConfig& cfg);
@@ -111,6 +122,7 @@ public:
     // The sink has room again: continue a stalled TX queue. Any thread except inside transmit().
     void tx_room_available();
     NetStats stats() const;
+    NetQueueState queue_state() const;
 
 private:
     explicit VirtioNet(const NetConfig& cfg);

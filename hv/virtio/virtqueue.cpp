@@ -48,6 +48,13 @@ Result<void> Virtqueue::activate(const VirtqueueLayout& l, uint16_t max_size, ui
     return {};
 }
 
+std::optional<uint16_t> Virtqueue::driver_avail_idx() const {
+    if (!active_) return std::nullopt;
+    auto idx = ring_u16(*mem_, layout_.avail + 2);
+    if (!idx) return std::nullopt;
+    return idx->load(std::memory_order_acquire);
+}
+
 Result<bool> Virtqueue::peek(Chain& out) {
     if (!active_) return make_error(Errc::state, "queue is not active");
     const uint16_t size = layout_.size;

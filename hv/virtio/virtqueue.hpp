@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -80,6 +81,8 @@ public:
     const VirtqueueLayout& layout() const { return layout_; }
     uint16_t next_avail() const { return next_avail_; }
     uint16_t next_used() const { return next_used_; }
+    // The avail idx the driver has published (chains made available so far), while active.
+    std::optional<uint16_t> driver_avail_idx() const;
 
     // Fills `out` with the next available chain without consuming it. Returns false if
     // the driver has made none available. Errors are the driver's faults (index out of
