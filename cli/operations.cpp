@@ -10,7 +10,7 @@
 #include "cli/status.hpp"
 #include "common/log.hpp"
 #include "common/json.hpp"
-#include "replicator/transport.hpp"   // arm_bit_flip: `understudy drill corrupt-link`
+#include "replicator/transport.hpp"   // BitFlip: `understudy drill corrupt-link`
 
 namespace understudy::cli {
 
@@ -34,6 +34,7 @@ struct Instance {
     std::mutex actions_mu;
     std::deque<std::unique_ptr<ControlAction>> actions;
     bool accepting_actions = false;
+    std::shared_ptr<replicator::BitFlip> drill_link; // guarded by mu: the primary's checkpoint stream
     std::unique_ptr<ControlSocket> control;
     std::unique_ptr<HttpEndpoint> http;
     std::string control_path, http_listen;
@@ -86,7 +87,7 @@ std::string request_action(const Json& req, const std::string& cmd, const char* 
 
 // {"cmd":"drill","fault":"corrupt-link"} (`understudy drill`, docs/status.md): flips one
 // bit of the next checkpoint-stream bytes this primary sends and answers once they went
-// out, or after kDrillFlipWait. Needs no VM thread: the flag is the transport's.
+// out, or after kDrillFlipWait. Needs no VM thread: the stream's BitFlip is armed here.
 constexpr auto kDrillFlipWait = std::chrono::seconds(2);
 std::string drill_request(const Metrics& m, const Json& req) {
     const Json* fault = req.find("fault");
@@ -97,12 +98,18 @@ std::string drill_request(const Metrics& m, const Json& req) {
     if (m.role() != Role::primary || m.state() != ProtectionState::protected_)
         return ControlSocket::error_json(std::string("drill: corrupt-link needs a protected primary; this instance is ") +
                                          role_name(m.role()) + ", " + state_name(m.state()));
-    const uint64_t before = replicator::bit_flips_done();
-    replicator::arm_bit_flip();
+    std::shared_ptr<replicator::BitFlip> flip;
+    {
+        std::lock_guard lock(instance().mu);
+        flip = instance().drill_link;
+    }
+    if (!flip) return ControlSocket::error_json("drill: corrupt-link: this primary has no checkpoint stream");
+    const uint64_t before = flip->done();
+    flip->arm();
     const auto deadline = std::chrono::steady_clock::now() + kDrillFlipWait;
-    while (replicator::bit_flips_done() == before) {
+    while (flip->done() == before) {
         if (std::chrono::steady_clock::now() >= deadline) {
-            if (replicator::disarm_bit_flip())
+            if (flip->disarm())
                 return ControlSocket::error_json("drill: the primary sent no checkpoint stream bytes within 2 s; nothing flipped");
             break; // taken just now
         }
@@ -136,6 +143,11 @@ std::unique_ptr<ControlAction> take_control_action() {
 }
 
 Metrics& instance_metrics() { return instance().metrics; }
+
+void set_drill_link(std::shared_ptr<replicator::BitFlip> flip) {
+    std::lock_guard lock(instance().mu);
+    instance().drill_link = std::move(flip);
+}
 
 Result<void> start_operations(const OpsOptions& o, Role role) {
     Instance& in = instance();

@@ -16,6 +16,10 @@
 #include "cli/metrics.hpp"
 #include "common/error.hpp"
 
+namespace understudy::replicator {
+class BitFlip;
+}
+
 namespace understudy::cli {
 
 struct OpsOptions {
@@ -27,6 +31,10 @@ void add_ops_options(boost::program_options::options_description& d, OpsOptions&
 
 // The process's metrics (role primary and state starting until an instance starts).
 Metrics& instance_metrics();
+
+// The checkpoint stream that `understudy drill corrupt-link` corrupts (the primary's
+// current one; nullptr when there is none).
+void set_drill_link(std::shared_ptr<replicator::BitFlip> flip);
 
 // Sets the role (and the initial state for it: starting on a primary, waiting on a
 // backup) and starts the servers the options name, unless this process already runs

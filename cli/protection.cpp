@@ -23,7 +23,10 @@ Result<std::unique_ptr<Protection>> Protection::start(hv::Vm& vm, const std::str
         std::this_thread::sleep_for(milliseconds(100));
     }
     if (!conn) return std::move(conn.error()).wrap("connecting to the backup at " + backup);
-    (*conn)->allow_bit_flip(); // `understudy drill corrupt-link` corrupts this stream, not the control connection
+    // `understudy drill corrupt-link` corrupts this stream, not the control connection.
+    auto flip = std::make_shared<replicator::BitFlip>();
+    (*conn)->set_bit_flip(flip);
+    set_drill_link(flip);
     auto p = std::make_unique<Protection>();
     Protection* self = p.get();
     p->net_ = net;
@@ -134,6 +137,7 @@ Result<void> Protection::finish() {
     if (finished_) return *finished_;
     primary_->stop();
     finished_ = primary_->wait();
+    set_drill_link(nullptr);
     // After a handover the backup runs the VM: its session must not be retired.
     if (!primary_->handed_over()) run_unprotected();
     std::lock_guard lock(mu_);

@@ -35,10 +35,7 @@ constexpr size_t kOpenBuffer = 2 * (kMaxFramePlain + kFrameOverhead);
 
 size_t padding_of(size_t len) { return (8 - len % 8) % 8; }
 
-// arm_bit_flip(): one flip armed for the process, and the flips done.
-std::atomic<bool> g_flip_armed{false};
-std::atomic<uint64_t> g_flips_done{0};
-constexpr uint8_t kFlipMask = 0x10;
+constexpr uint8_t kFlipMask = 0x10; // BitFlip
 
 // The one place where a -errno from io_uring (submission or completion) becomes an
 // Error. -ETIME is what a linked timeout reports when it fired.
@@ -226,17 +223,12 @@ Error Connection::peer_closed(size_t have, size_t want) const {
                                         std::to_string(have) + " of " + std::to_string(want) + " bytes received)");
 }
 
-void arm_bit_flip() { g_flip_armed.store(true); }
-bool disarm_bit_flip() { return g_flip_armed.exchange(false); }
-uint64_t bit_flips_done() { return g_flips_done.load(); }
-
 Result<void> Connection::send(std::span<const std::span<const uint8_t>> buffers) {
     std::lock_guard lock(send_mutex_);
     if (shut_.load(std::memory_order_relaxed)) return closed_error("sending to");
     size_t total = 0;
     for (auto b : buffers) total += b.size();
-    const bool flip = flip_target_ && total > 0 && g_flip_armed.exchange(false);
-    if (flip) g_flips_done.fetch_add(1);
+    const bool flip = flip_ && total > 0 && flip_->take();
     if (tx_) return send_sealed(buffers, flip);
     iov_.clear();
     for (auto b : buffers)

@@ -71,17 +71,30 @@ RecordHeader record_header(uint32_t type, std::span<const uint8_t> body);
 // 0..7 zero bytes that pad a body of `body_length` bytes to a multiple of 8.
 std::span<const uint8_t> record_padding(size_t body_length);
 
-// Fault injection for drills (`understudy drill corrupt-link`, docs/failover.md): on a
-// connection opted in with Connection::allow_bit_flip(), the first send after
-// arm_bit_flip() flips one bit in the middle of the bytes that go on the wire (after
-// sealing when the link is encrypted), so that the peer's own checks (the frame's GCM
-// tag, the record checksum) must catch it. One flip per arm, for the whole process;
-// connections not opted in never flip.
-void arm_bit_flip();
-// Takes back an arm that no send used yet; true if there was one.
-bool disarm_bit_flip();
-// Flips done in this process so far.
-uint64_t bit_flips_done();
+// Fault injection for drills (`understudy drill corrupt-link`, docs/status.md): a
+// connection given a BitFlip (Connection::set_bit_flip) flips, once per arm, one bit in
+// the middle of the bytes its next send puts on the wire (after sealing when the link is
+// encrypted), so that the peer's own checks (the frame's GCM tag, the record checksum)
+// must catch it. Its owner (the primary's protection) arms it; connections without one
+// never flip.
+class BitFlip {
+public:
+    void arm() { armed_.store(true); }
+    // Takes back an arm that no send used yet; true if there was one.
+    bool disarm() { return armed_.exchange(false); }
+    // Flips done so far.
+    uint64_t done() const { return done_.load(); }
+    // The connection's side: true, once per arm, when this send is to be corrupted.
+    bool take() {
+        if (!armed_.exchange(false)) return false;
+        done_.fetch_add(1);
+        return true;
+    }
+
+private:
+    std::atomic<bool> armed_{false};
+    std::atomic<uint64_t> done_{0};
+};
 
 class Ring;        // io_uring owner, transport.cpp
 class FrameCipher; // replicator/link_cipher.hpp
@@ -136,9 +149,9 @@ public:
     // in clear are still unread. Before any sender or receiver thread uses the connection.
     Result<void> start_encryption(std::unique_ptr<FrameCipher> tx, std::unique_ptr<FrameCipher> rx);
     bool encrypted() const { return tx_ != nullptr; }
-    // Lets arm_bit_flip() corrupt this connection's sends (a primary's checkpoint stream).
+    // Lets `flip` corrupt this connection's sends (a primary's checkpoint stream).
     // Before any sender thread uses the connection.
-    void allow_bit_flip() { flip_target_ = true; }
+    void set_bit_flip(std::shared_ptr<BitFlip> flip) { flip_ = std::move(flip); }
 
     // Opaque construction from an accepted or connected socket.
     struct Parts;
@@ -149,7 +162,7 @@ private:
     Error peer_closed(size_t have, size_t want) const;
     Result<void> send_iov();
     Result<void> send_sealed(std::span<const std::span<const uint8_t>> buffers, bool flip);
-    void flip_in_iov(); // arm_bit_flip(): one bit in the middle of iov_, through flip_byte_
+    void flip_in_iov(); // BitFlip: one bit in the middle of iov_, through flip_byte_
     // Plaintext: from the socket, or opened from frames when encrypted.
     Result<size_t> recv_some(uint8_t* to, size_t len, bool wait_all);
     Result<size_t> recv_raw(uint8_t* to, size_t len, bool wait_all);
@@ -169,7 +182,7 @@ private:
     std::unique_ptr<FrameCipher> tx_;  // sealed sends when set
     std::unique_ptr<uint8_t[]> sbuf_;  // sealed frames on their way out
     std::vector<std::span<const uint8_t>> pieces_; // one frame's plaintext pieces
-    bool flip_target_ = false; // allow_bit_flip()
+    std::shared_ptr<BitFlip> flip_; // set_bit_flip(); null for every connection a drill does not corrupt
     uint8_t flip_byte_ = 0;    // the flipped copy of one plaintext byte (the caller's buffers stay intact)
 
     std::mutex recv_mutex_;

@@ -30,6 +30,7 @@
 #include "cli/prometheus.hpp"
 #include "cli/status.hpp"
 #include "common/unique_fd.hpp"
+#include "replicator/transport.hpp"
 
 using namespace understudy;
 using namespace understudy::cli;
@@ -486,10 +487,18 @@ TEST_CASE("control socket: the drill action is checked before anything is armed"
     Metrics b(Role::backup);
     std::string a = handle_control_request(b, R"({"cmd":"drill","fault":"corrupt-link"})");
     CHECK(a.find("this instance is backup, waiting") != std::string::npos);
-    // A protected primary without a stream to flip (none here): refused after the wait, disarmed.
+    // A protected primary without a checkpoint stream (none here): refused at once.
     m.set_state(ProtectionState::protected_);
     a = handle_control_request(m, R"({"cmd":"drill","fault":"corrupt-link"})");
+    CHECK(a.find("this primary has no checkpoint stream") != std::string::npos);
+    // One whose stream sends nothing: refused after the wait, disarmed.
+    auto flip = std::make_shared<replicator::BitFlip>();
+    set_drill_link(flip);
+    a = handle_control_request(m, R"({"cmd":"drill","fault":"corrupt-link"})");
+    set_drill_link(nullptr);
     CHECK(a.find("sent no checkpoint stream bytes within 2 s") != std::string::npos);
+    CHECK(!flip->disarm());
+    CHECK(flip->done() == 0);
 }
 
 TEST_CASE("status JSON: every documented field round-trips; bad objects are refused", "[status]") {

@@ -411,31 +411,30 @@ TEST_CASE("accept honours its timeout, and a closed listener refuses to accept")
     CHECK(closed.error().code == Errc::state);
 }
 
-// `understudy drill corrupt-link`: arm_bit_flip() corrupts the next send of a connection
-// that opted in, on the wire only, once; the peer's checks catch it.
-TEST_CASE("arm_bit_flip flips one bit of an opted-in connection's next send, once", "[drill]") {
+// `understudy drill corrupt-link`: an armed BitFlip corrupts the next send of the
+// connection it was given, on the wire only, once; the peer's checks catch it.
+TEST_CASE("a BitFlip flips one bit of its connection's next send, once", "[drill]") {
     const auto body = pattern(4096, 7);
     const auto copy = body;
-    SECTION("a connection that did not opt in never flips") {
+    auto flip = std::make_shared<BitFlip>();
+    SECTION("a connection without it never flips") {
         auto [client, server] = connected_pair();
-        const uint64_t before = bit_flips_done();
-        arm_bit_flip();
+        flip->arm();
         REQUIRE(client->send_record(3, body));
         auto r = server->recv_record();
         REQUIRE(r);
         CHECK(r->body == body);
-        CHECK(bit_flips_done() == before);
-        CHECK(disarm_bit_flip()); // still armed: nobody took it
+        CHECK(flip->done() == 0);
+        CHECK(flip->disarm()); // still armed: nobody took it
     }
     SECTION("clear: the record checksum catches it; the sender's buffer stays intact") {
         auto [client, server] = connected_pair();
-        client->allow_bit_flip();
+        client->set_bit_flip(flip);
         REQUIRE(client->send_record(1, pattern(10, 1))); // not armed yet: intact
-        const uint64_t before = bit_flips_done();
-        arm_bit_flip();
+        flip->arm();
         REQUIRE(client->send_record(3, body));
-        CHECK(bit_flips_done() == before + 1);
-        CHECK_FALSE(disarm_bit_flip()); // used up
+        CHECK(flip->done() == 1);
+        CHECK_FALSE(flip->disarm()); // used up
         CHECK(body == copy);
         REQUIRE(server->recv_record());
         auto r = server->recv_record();
@@ -448,11 +447,10 @@ TEST_CASE("arm_bit_flip flips one bit of an opted-in connection's next send, onc
         auto srv = std::async(std::launch::async, [&, s = server.get()] { return secure_server(*s, *key); });
         REQUIRE(secure_client(*client, *key, LinkChannel::stream));
         REQUIRE(srv.get());
-        client->allow_bit_flip();
-        const uint64_t before = bit_flips_done();
-        arm_bit_flip();
+        client->set_bit_flip(flip);
+        flip->arm();
         REQUIRE(client->send_record(3, body));
-        CHECK(bit_flips_done() == before + 1);
+        CHECK(flip->done() == 1);
         CHECK(body == copy);
         auto r = server->recv_record();
         REQUIRE_FALSE(r);
