@@ -4,7 +4,8 @@
 #   1. corrupt-link: the primary flips one bit of its checkpoint stream; the backup must
 #      refuse the stream and not promote, the primary must serve on unprotected;
 #   2. `understudy reprotect` to the same backup, then kill-primary: the backup promotes.
-# Each drill must report verdict "pass" with writes_lost 0 (and exit 0).
+# Each drill must report verdict "pass" with writes_lost 0 (and exit 0), the replica
+# verified against the VM before the fault.
 # usage: drill_cli.sh BUILD_DIR [LIMIT_S]. Exit 77 (skipped) without root, /dev/kvm,
 # iproute2 or jq. LIMIT_S is ctest's limit: the script ends itself 20 s before it, with
 # its logs printed (ctest's own kill would leave nothing to read).
@@ -91,8 +92,10 @@ drill() {
   echo "$kind: exit $rc: $out"
   # The survivor served the whole watch, and the kv image's own self-check passed.
   echo "$out" | jq -e '.verdict == "pass" and .writes_lost == 0 and .writes_acknowledged > 0 and
-    .service_stopped == null and .watched_s >= 9.5 and (.selfcheck | startswith("+OK keys="))' >/dev/null ||
-    { echo "drill_cli: $kind: not a pass with 0 writes lost, a full watch and a clean self-check" >&2; return 1; }
+    .service_stopped == null and .watched_s >= 9.5 and (.selfcheck | startswith("+OK keys=")) and
+    .verification_verdict == "match"' >/dev/null ||
+    { echo "drill_cli: $kind: not a pass with the replica verified, 0 writes lost, a full watch and a clean self-check" >&2
+      return 1; }
   [ "$rc" -eq 0 ] || { echo "drill_cli: $kind: exit $rc on a pass" >&2; return 1; }
   echo "$out" | jq -e "$2" >/dev/null || { echo "drill_cli: $kind: expected $2" >&2; return 1; }
 }
