@@ -38,9 +38,9 @@ work=$(mktemp -d /tmp/understudy-load.XXXXXX)
 psock=$work/primary.sock bsock=$work/backup.sock key=$work/link.key
 pids=()
 timer=
-stop_all() {
+stop_all() { # waits for these processes only: a bare `wait` would wait for the timer too
   for p in ${pids[@]+"${pids[@]}"}; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for p in ${pids[@]+"${pids[@]}"}; do wait "$p" 2>/dev/null || true; done
   pids=()
   rm -f "$psock" "$bsock"
 }
