@@ -256,6 +256,8 @@ int backup_command(const std::vector<std::string>& args) {
                        role.error().describe(), epoch);
         }
         if (!snapshot_to.empty() && epoch > 0) {
+            if (auto differs = replica->known_difference())
+                log::warn("backup: writing {} from a replica that is not the VM: {}", snapshot_to, *differs);
             Progress progress("writing snapshot " + snapshot_to);
             auto info = hv::write_snapshot(replica->memory(), replica->state(), snapshot_to, progress.callback());
             progress.finish();

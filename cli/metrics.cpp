@@ -169,6 +169,7 @@ void Metrics::reset_epoch_figures_locked() {
 void Metrics::on_session_start(MetricsClock::time_point now) {
     std::lock_guard lock(mu_);
     reset_epoch_figures_locked();
+    verification_.last.reset(); // pass numbers start again with the session (the counts carry on)
     set_state_locked(ProtectionState::syncing, {}, now);
 }
 

@@ -231,8 +231,8 @@ public:
     bool active_primary() const;
 
     // Primary. A new replication session (the first, or `understudy reprotect`'s): state
-    // syncing, and the epoch, lag and rate figures start afresh, since its epochs restart
-    // at 1. Counters stay monotonic.
+    // syncing, and the epoch, lag and rate figures and the last verification pass start
+    // afresh, since its epochs and passes restart at 1. Counters stay monotonic.
     void on_session_start(MetricsClock::time_point now = MetricsClock::now());
     void on_sync_progress(unsigned round, uint64_t bytes_sent, uint64_t bytes_total);
     void on_captured(uint64_t epoch); // in the pause: one atomic store

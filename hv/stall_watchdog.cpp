@@ -38,10 +38,15 @@ std::optional<std::string> StallWatchdog::observe(const GuestActivity& a, steady
                                       : std::string("running"),
                              v.halts);
     }
+    // Unused RX buffers with frames waiting, or TX chains not taken: the device owes the
+    // next step, not the guest.
+    const bool device_owes = q.rx_avail != q.rx_next || (q.tx_avail != q.tx_next && !q.tx_stalled);
     return fmt::format("the guest made no buffer available for {:.1f} s while its network device had work: {} received "
-                       "frames wait for a buffer; RX: the guest made {} available, the device took {}; TX: {} / {}{}; {}",
+                       "frames wait for a buffer; RX: the guest made {} available, the device took {}; TX: {} / {}{}{}; {}",
                        duration<double>(now - *waiting_since_).count(), q.rx_pending, q.rx_avail, q.rx_next, q.tx_avail,
-                       q.tx_next, q.tx_stalled ? " (the output waits for room)" : "", vcpus);
+                       q.tx_next, q.tx_stalled ? " (the output waits for room)" : "",
+                       device_owes ? "; the device has buffers or frames of the guest it has not taken (a device fault)" : "",
+                       vcpus);
 }
 
 } // namespace understudy::hv

@@ -3,6 +3,7 @@
 // pause every vCPU, harvest the dirty set, capture or restore state, resume.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -137,7 +138,7 @@ private:
     std::vector<std::unique_ptr<Device>> devices_;
     GuestClock clock_;
     bool started_ = false;
-    bool paused_ = true;
+    std::atomic<bool> paused_{true}; // written under control_mu_, read by supervisors
     std::mutex control_mu_; // serialises start/pause/resume/save/restore
 
     mutable std::mutex mu_;

@@ -16,6 +16,8 @@ using namespace std::chrono;
 
 namespace {
 constexpr size_t kFiguresKept = 4096;
+// A checkpoint buffer above this (a resync, a burst of writes) is freed, not kept for reuse.
+constexpr size_t kKeptBufferBytes = 64 * hv::kMiB;
 } // namespace
 
 struct Primary::Checkpoint {
@@ -27,6 +29,7 @@ struct Primary::Checkpoint {
     uint64_t pause_ns = 0, stop_ns = 0, harvest_ns = 0, state_ns = 0, copy_ns = 0, verify_ns = 0;
     uint64_t copied_at_pause = 0;
     std::optional<VerifySlice> verify; // sent after the checkpoint's END
+    bool resync = false;               // carries every page, none encoded against the backup's copy
 };
 
 namespace {
@@ -250,6 +253,12 @@ void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
     cp->pages.clear(); // keeps its capacity, already faulted in
     cp->state = {};
     cp->verify.reset();
+    cp->resync = false;
+    // A resync's buffer holds all of guest memory: not kept for reuse at that size.
+    if (cp->pages.capacity() > kKeptBufferBytes) {
+        std::vector<uint8_t>().swap(cp->pages);
+        std::vector<uint64_t>().swap(cp->indices);
+    }
     std::lock_guard lock(mu_);
     if (spare_.size() < cfg_.max_in_flight + 2) spare_.push_back(std::move(cp));
 }
@@ -378,8 +387,10 @@ Result<void> Primary::copy_while_running(bool everything) {
     if (!building_) building_ = take_buffer();
     dirty_.clear_all();
     US_TRYV(vm_.harvest_dirty(dirty_)); // restarts tracking: later writes are copied again
-    if (everything)
+    if (everything) {
         for (size_t p = 0; p < dirty_.size(); ++p) dirty_.set(p);
+        building_->resync = true;
+    }
     copy_dirty(*building_, dirty_);
     return {};
 }
@@ -611,6 +622,9 @@ void Primary::sender_main() {
             to_send_.pop_front();
         }
         if (hooks_.tamper) hooks_.tamper(cp->epoch, cp->indices, cp->pages, cp->state);
+        // A resync puts right a replica whose pages may be wrong on the backup's side: no
+        // page of it may be encoded against the backup's copy (SAME, XOR_LZ4).
+        if (cp->resync) encoder_.reset();
         auto r = [&]() -> Result<WriterStats> {
             US_TRYV(w.begin(cp->epoch, 0));
             US_TRYV(w.pages(cp->indices, cp->pages));
@@ -808,7 +822,7 @@ std::optional<VerifySlice> Primary::plan_verify_slice_locked(uint64_t epoch) {
         s.flags |= kVerifyLastSlice;
         v.running.reset();
     }
-    v.awaiting.emplace_back(epoch, s.pass);
+    v.awaiting.push_back({epoch, s.pass, s.first_page, static_cast<uint32_t>(s.pages.size()), s.flags});
     return s;
 }
 
@@ -818,9 +832,11 @@ Result<void> Primary::take_verify_result(const Record& r) {
     {
         std::lock_guard lock(mu_);
         auto& v = verify_;
-        if (v.awaiting.empty() || v.awaiting.front() != std::pair{o.epoch, o.pass})
+        const auto* asked = v.awaiting.empty() ? nullptr : &v.awaiting.front();
+        if (!asked || asked->epoch != o.epoch || asked->pass != o.pass || asked->first_page != o.first_page ||
+            asked->page_count != o.page_count || asked->flags != o.flags)
             return make_error(Errc::invalid_input, "the backup answered verification pass " + std::to_string(o.pass) +
-                                                       " at checkpoint " + std::to_string(o.epoch) + ", which was not asked");
+                                                       " at checkpoint " + std::to_string(o.epoch) + " with a slice that was not asked");
         v.awaiting.pop_front();
         auto it = v.assembling.find(o.pass);
         if (it == v.assembling.end()) return {}; // the pass was given up as unanswered
@@ -836,7 +852,7 @@ Result<void> Primary::take_verify_result(const Record& r) {
 
 void Primary::verify_acked_locked(uint64_t epoch, std::vector<VerifyReport>& to_report) {
     auto& v = verify_;
-    if (v.awaiting.empty() || v.awaiting.front().first >= epoch) return;
+    if (v.awaiting.empty() || v.awaiting.front().epoch >= epoch) return;
     // The backup skipped VERIFY as an optional record: it does not verify. No more passes.
     v.totals.backup_verifies = false;
     v.running.reset();
@@ -855,8 +871,10 @@ void Primary::finish_pass_locked(VerifyReport report, std::vector<VerifyReport>&
     const bool mismatch = !report.unanswered && !report.matches();
     if (mismatch) {
         ++t.mismatches;
-        if (cfg_.resync_on_mismatch) verify_.resync = true;
-        log::error("replication: {}{}", report.describe(), cfg_.resync_on_mismatch ? "; a full resync follows" : "");
+        // Pages only: the state goes whole into every checkpoint, a resync would not change it.
+        const bool resync = cfg_.resync_on_mismatch && !report.differing_pages.empty();
+        if (resync) verify_.resync = true;
+        log::error("replication: {}{}", report.describe(), resync ? "; a full resync follows" : "");
     } else if (report.unanswered) {
         log::warn("replication: {}", report.describe());
     } else {

@@ -53,8 +53,9 @@ struct PrimaryConfig {
     // A pass starts by itself this long after the previous one started (0: only on
     // request, verify()).
     std::chrono::seconds verify_interval{600};
-    // A pass that finds a difference has the next checkpoint carry every page (a full
-    // resync, copied while the guest runs), which puts the replica right.
+    // A pass that finds pages different has the next checkpoint carry every page (a full
+    // resync, copied while the guest runs, none encoded against the backup's copy), which
+    // puts the replica right.
     bool resync_on_mismatch = true;
 };
 Result<void> validate(const PrimaryConfig& c);
@@ -269,9 +270,13 @@ private:
         uint64_t next_page = 0;
         bool requested = false;
         std::chrono::steady_clock::time_point next_scheduled{};
-        std::deque<std::pair<uint64_t, uint64_t>> awaiting; // (epoch, pass) of slices not answered
+        struct Sent {
+            uint64_t epoch, pass, first_page;
+            uint32_t page_count, flags;
+        };
+        std::deque<Sent> awaiting; // slices not answered yet, in order
         std::map<uint64_t, VerifyReport> assembling;        // by pass
-        bool resync = false;                                // the next epoch sends every page
+        bool resync = false; // the next epoch sends every page
         VerifyTotals totals;
     } verify_; // guarded by mu_
     bool handing_over_ = false;            // HANDOVER sent: the backup closing the stream is expected

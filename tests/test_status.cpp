@@ -470,6 +470,11 @@ TEST_CASE("status.verification: passes by verdict and the last one, in JSON, tex
     CHECK(!older->verification.last);
     CHECK_THAT(prometheus_text(m), Catch::Contains("understudy_verify_passes_total{verdict=\"mismatch\"} 1") &&
                                        Catch::Contains("understudy_verify_differing_pages 3"));
+    // A new session (reprotect) numbers its passes from 1 again: the last pass is forgotten,
+    // so that `understudy verify` never takes an old pass for the one it started.
+    m.on_session_start();
+    CHECK(!m.snapshot().verification.last);
+    CHECK(m.snapshot().verification.mismatch == 1);
 }
 
 TEST_CASE("control socket: the drill action is checked before anything is armed", "[status][drill]") {

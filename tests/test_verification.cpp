@@ -63,8 +63,9 @@ struct Reports {
         };
         return h;
     }
-    BackupHooks backup_hooks() {
+    BackupHooks backup_hooks(std::function<void(uint64_t, const BackupReplica&)> on_commit) {
         BackupHooks h;
+        h.on_commit = std::move(on_commit);
         h.on_verified = [this](const VerifyReport& r) {
             std::lock_guard lock(mu);
             backup.push_back(r);
@@ -85,7 +86,9 @@ struct Pair {
     std::unique_ptr<FakeVm> vm = running_vm();
     std::unique_ptr<Primary> primary;
 
-    explicit Pair(PrimaryConfig cfg = config(), PrimaryHooks extra = {}) : backup(reports.backup_hooks()) {
+    explicit Pair(PrimaryConfig cfg = config(), PrimaryHooks extra = {},
+                  std::function<void(uint64_t, const BackupReplica&)> on_commit = {})
+        : backup(reports.backup_hooks(std::move(on_commit))) {
         reports.server = backup.server.get();
         auto hooks = reports.primary_hooks();
         hooks.tamper = std::move(extra.tamper);
@@ -225,6 +228,31 @@ TEST_CASE("a page left out of a checkpoint is found and named; a resync puts the
     }
 }
 
+TEST_CASE("a page gone wrong on the backup is found, and the resync sends it whole, not against that copy", "[verification]") {
+    // A fault of the backup's own (a bit flipped in its memory after a commit): the primary's
+    // encoder believes the backup holds the page, and would send it as SAME or as a delta.
+    std::atomic<bool> armed{false}, corrupted{false};
+    auto corrupt = [&](uint64_t, const BackupReplica& r) {
+        if (!armed || corrupted) return;
+        const_cast<uint8_t*>(r.memory().page_ptr(kDevicePage))[100] ^= 0x40;
+        corrupted = true;
+    };
+    Pair pair(config(), {}, corrupt);
+    device_write(*pair.vm, 0x77);
+    const uint64_t written_at = pair.primary->acked_epoch();
+    REQUIRE(wait_until([&] { return pair.primary->acked_epoch() > written_at + 2 || pair.primary->failure(); }, seconds(10)));
+    armed = true;
+    REQUIRE(wait_until([&] { return corrupted.load(); }, seconds(10)));
+    auto found = pair.pass();
+    INFO(found.describe());
+    CHECK(found.differing_pages == std::vector<uint64_t>{kDevicePage});
+    auto after = pair.pass(); // fails replication (the backup rejects the stream) if the resync referred to its copy
+    INFO(after.describe());
+    CHECK(after.matches());
+    CHECK(pair.primary->verification().resyncs == 1);
+    pair.finish();
+}
+
 TEST_CASE("a wrong vCPU register is found and named", "[verification]") {
     PrimaryHooks tamper;
     tamper.tamper = [](uint64_t, std::vector<uint64_t>&, std::vector<uint8_t>&, hv::VmState& s) {
@@ -238,6 +266,7 @@ TEST_CASE("a wrong vCPU register is found and named", "[verification]") {
     CHECK(found.differing_pages.empty());
     CHECK(found.state_differs == (1u << 1));
     CHECK(found.describe().find("the state of vCPU 1 differs") != std::string::npos);
+    CHECK(pair.primary->verification().resyncs == 0); // the state goes whole into every checkpoint
     pair.finish();
 }
 
