@@ -281,7 +281,7 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bo
     if (state) {
         copy_dirty(*cp, dirty_);
         cp->copied_at_pause = dirty_.count();
-        t4 = now_ns();
+        t4 = t5 = now_ns();
         if (verify) {
             // The VM as it is at this pause, which the backup holds once it commits this
             // checkpoint (the plan sized `pages`).
@@ -289,8 +289,8 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bo
             for (size_t i = 0; i < verify->pages.size(); ++i)
                 verify->pages[i] = page_digest(vm_.memory().page_ptr(verify->first_page + i));
             cp->verify = std::move(verify);
+            t5 = now_ns();
         }
-        t5 = now_ns();
         if (hooks_.on_capture) hooks_.on_capture(epoch, vm_);
         if (paused) paused(vm_);
     }
@@ -792,11 +792,7 @@ Result<uint64_t> Primary::verify() {
 
 VerifyTotals Primary::verification() const {
     std::lock_guard lock(mu_);
-    VerifyTotals t = verify_.totals;
-    // A pass runs from its first slice until its last answer.
-    if (!verify_.assembling.empty()) t.running = verify_.assembling.begin()->first;
-    else if (verify_.requested) t.running = verify_.next_pass;
-    return t;
+    return verify_.totals;
 }
 
 std::optional<VerifySlice> Primary::plan_verify_slice_locked(uint64_t epoch) {

@@ -108,7 +108,6 @@ struct VerifyTotals {
     uint64_t passes = 0;     // completed, whatever their verdict
     uint64_t mismatches = 0; // of those, found a difference
     uint64_t resyncs = 0;    // full resyncs sent after a mismatch
-    std::optional<uint64_t> running; // the pass under way
     std::optional<VerifyReport> last;
     bool backup_verifies = true; // false once a pass went unanswered
 };

@@ -144,6 +144,13 @@ TEST_CASE("verification passes over a running VM match, page by page and state, 
         CHECK(r.pages_checked == pair.vm->memory().page_count());
         CHECK(r.last_epoch - r.first_epoch + 1 == pair.vm->memory().page_count() / kSlicePages);
     }
+    // The digests are taken in the pause and counted in it, as a part of their own.
+    size_t with_digests = 0;
+    for (const auto& f : pair.primary->recent_epochs()) {
+        CHECK(f.verify_ns <= f.pause_ns);
+        with_digests += f.verify_ns > 0;
+    }
+    CHECK(with_digests == 3 * pair.vm->memory().page_count() / kSlicePages); // one checkpoint per slice, no other
     const auto totals = pair.primary->verification();
     CHECK(totals.passes == 3);
     CHECK(totals.mismatches == 0);
