@@ -11,6 +11,7 @@ namespace {
 
 constexpr char kMagic[8] = {'U', 'S', 'S', 'N', 'A', 'P', '\r', '\n'};
 constexpr uint32_t kMaxPagesPerRecord = 1024;
+constexpr uint32_t kFlagPcPlatform = 1;
 
 struct SnapshotHeader {
     char magic[8];         // 0: "USSNAP\r\n"
@@ -18,7 +19,7 @@ struct SnapshotHeader {
     uint32_t page_size;    // 12
     uint64_t memory_bytes; // 16
     uint32_t vcpus;        // 24
-    uint32_t flags;        // 28: none defined; must be 0
+    uint32_t flags;        // 28: version 1: 0; version 2: kFlagPcPlatform
     uint64_t layout_digest; // 32: xxh3 of the memory regions (gpa, size) in order
     uint64_t reserved;     // 40
 };
@@ -62,7 +63,8 @@ Result<SnapshotInfo> write_snapshot(const GuestMemory& mem, const VmState& state
 
     SnapshotHeader h{};
     std::memcpy(h.magic, kMagic, 8);
-    h.version = kSnapshotVersion;
+    h.version = state.platform ? kSnapshotVersionPc : kSnapshotVersion;
+    h.flags = state.platform ? kFlagPcPlatform : 0;
     h.page_size = kPageSize;
     h.memory_bytes = mem.size();
     h.vcpus = static_cast<uint32_t>(state.vcpus.size());
@@ -135,6 +137,7 @@ Result<std::unique_ptr<Vm>> restore_vm(GuestMemory mem, const VmState& state, Vm
                                        const AttachDevicesFn& attach) {
     base.memory_bytes = mem.size();
     base.vcpus = static_cast<unsigned>(state.vcpus.size());
+    base.pc_platform = state.platform.has_value();
     auto vm = US_TRY(Vm::create(std::move(base), std::move(mem)));
     if (attach) US_TRYV(attach(*vm));
     US_TRYV(finish_restore(*vm, state));
@@ -148,13 +151,15 @@ Result<std::unique_ptr<Vm>> restore_snapshot(const std::string& path, VmConfig b
     US_TRYV(in.read_exact({reinterpret_cast<uint8_t*>(&h), sizeof h}, "the snapshot header"));
     auto bad = [&](const std::string& why) { return make_error(Errc::invalid_input, path + ": " + why); };
     if (std::memcmp(h.magic, kMagic, 8) != 0) return bad("not an Understudy snapshot (bad magic)");
-    if (h.version != kSnapshotVersion)
-        return bad("snapshot format version " + std::to_string(h.version) + " is not supported (this build reads version " +
-                   std::to_string(kSnapshotVersion) + ")");
+    if (h.version != kSnapshotVersion && h.version != kSnapshotVersionPc)
+        return bad("snapshot format version " + std::to_string(h.version) + " is not supported (this build reads versions " +
+                   std::to_string(kSnapshotVersion) + " and " + std::to_string(kSnapshotVersionPc) + ")");
     if (h.page_size != kPageSize) return bad("page size " + std::to_string(h.page_size) + " is not supported");
-    if (h.flags != 0) return bad("unknown header flags");
+    if (h.flags != (h.version == kSnapshotVersionPc ? kFlagPcPlatform : 0))
+        return bad("header flags " + std::to_string(h.flags) + " do not match format version " + std::to_string(h.version));
 
     base.memory_bytes = h.memory_bytes;
+    base.pc_platform = h.flags & kFlagPcPlatform;
     base.vcpus = h.vcpus;
     if (auto r = validate_vm_config(base); !r) return bad(r.error().message);
     auto vm = US_TRY(Vm::create(std::move(base)));

@@ -11,7 +11,11 @@
 
 namespace understudy::hv {
 
+// Version 2 is written only for a VM with the PC platform (a Linux guest), whose header
+// says so (flag 1); a reader of version 1 refuses it rather than restore a Linux guest
+// without its interrupt controllers. This build reads both.
 inline constexpr uint32_t kSnapshotVersion = 1;
+inline constexpr uint32_t kSnapshotVersionPc = 2;
 
 struct SnapshotInfo {
     uint64_t memory_bytes = 0;

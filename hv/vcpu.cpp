@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -63,44 +64,86 @@ Vcpu::~Vcpu() {
 }
 
 Result<void> Vcpu::setup_cpuid() {
-    cpuid_ = vm_.kvm().cpuid_for_vcpu(index_);
+    cpuid_ = vm_.kvm().cpuid_for_vcpu(index_, vm_.config().pc_platform);
     CpuidBuffer c(cpuid_);
     US_TRYV(kvm_ioctl(fd(), kKvmSetCpuid2, c.ptr(), "KVM_SET_CPUID2"));
     return {};
 }
 
+namespace {
+
+// A flat 4 GiB segment: code (execute/read) or data (read/write), 32-bit or 64-bit code.
+kvm_segment flat_segment(uint16_t selector, bool code, bool long_mode) {
+    kvm_segment s{};
+    s.limit = 0xffffffff;
+    s.selector = selector;
+    s.type = code ? 0xb : 0x3; // accessed
+    s.present = 1;
+    s.s = 1;
+    s.l = long_mode ? 1 : 0;
+    s.db = long_mode ? 0 : 1;
+    s.g = 1;
+    return s;
+}
+
+// Boot state common to both protocols: the segments, control registers and entry.
+Result<void> set_boot_state(int fd, const kvm_sregs& base, const kvm_regs& regs) {
+    US_TRYV(kvm_ioctl(fd, KVM_SET_SREGS, &base, "KVM_SET_SREGS"));
+    US_TRYV(kvm_ioctl(fd, KVM_SET_REGS, &regs, "KVM_SET_REGS"));
+    return {};
+}
+
+} // namespace
+
 Result<void> Vcpu::set_pvh_boot_state(uint32_t entry, uint32_t start_info) {
     kvm_sregs s{};
     US_TRYV(kvm_ioctl(fd(), KVM_GET_SREGS, &s, "KVM_GET_SREGS"));
-    kvm_segment code{};
-    code.base = 0;
-    code.limit = 0xffffffff;
-    code.selector = 0x8;
-    code.type = 0xb; // execute/read, accessed
-    code.present = 1;
-    code.s = 1;
-    code.db = 1;
-    code.g = 1;
-    kvm_segment data = code;
-    data.selector = 0x10;
-    data.type = 0x3; // read/write, accessed
-    s.cs = code;
-    s.ds = s.es = s.fs = s.gs = s.ss = data;
+    s.cs = flat_segment(0x8, true, false);
+    s.ds = s.es = s.fs = s.gs = s.ss = flat_segment(0x10, false, false);
     s.cr0 = 0x11; // PE | ET
     s.cr4 = 0;
     s.efer = 0;
-    US_TRYV(kvm_ioctl(fd(), KVM_SET_SREGS, &s, "KVM_SET_SREGS"));
     kvm_regs r{};
     r.rip = entry;
     r.rbx = start_info;
     r.rflags = 0x2;
-    US_TRYV(kvm_ioctl(fd(), KVM_SET_REGS, &r, "KVM_SET_REGS"));
+    return set_boot_state(fd(), s, r);
+}
+
+Result<void> Vcpu::set_linux_boot_state(uint64_t entry, uint64_t zero_page, uint64_t cr3, uint64_t gdt_base, uint16_t gdt_bytes) {
+    kvm_sregs s{};
+    US_TRYV(kvm_ioctl(fd(), KVM_GET_SREGS, &s, "KVM_GET_SREGS"));
+    s.cs = flat_segment(0x10, true, true);
+    s.ds = s.es = s.fs = s.gs = s.ss = flat_segment(0x18, false, false);
+    s.gdt.base = gdt_base;
+    s.gdt.limit = static_cast<uint16_t>(gdt_bytes - 1);
+    s.idt.base = 0;
+    s.idt.limit = 0;
+    s.cr0 = 0x80000011; // PG | ET | PE
+    s.cr3 = cr3;
+    s.cr4 = 0x20;       // PAE
+    s.efer = 0x500;     // LME | LMA
+    kvm_regs r{};
+    r.rip = entry;
+    r.rsi = zero_page;
+    r.rflags = 0x2;
+    return set_boot_state(fd(), s, r);
+}
+
+Result<void> Vcpu::set_msr(uint32_t index, uint64_t value) {
+    MsrBuffer one(1);
+    one.data()[0] = kvm_msr_entry{index, 0, value};
+    if (US_TRY(kvm_ioctl(fd(), kKvmSetMsrs, one.ptr(), "KVM_SET_MSRS")) != 1)
+        return make_error(Errc::unsupported, fmt::format("KVM refused MSR {:#x}", index));
     return {};
 }
 
 // Save order: MP state first (KVM settles pending events into it), vCPU events last
 // (they reflect everything before them). Restore order mirrors Firecracker's: CPUID,
-// MP state, registers, special registers, XSAVE, XCRs, debug registers, MSRs, events.
+// MP state, registers, special registers (the APIC base among them), XSAVE, XCRs, debug
+// registers, LAPIC, MSRs (the TSC before the TSC deadline, which is kept relative to it),
+// events; then KVM_KVMCLOCK_CTRL, so that a Linux guest does not take the time it spent
+// stopped for a soft lockup.
 Result<VcpuState> Vcpu::save_state() const {
     VcpuState s;
     s.cpuid = cpuid_;
@@ -117,6 +160,10 @@ Result<VcpuState> Vcpu::save_state() const {
     }
     US_TRYV(kvm_ioctl(fd(), KVM_GET_XCRS, &s.xcrs, "KVM_GET_XCRS"));
     US_TRYV(kvm_ioctl(fd(), KVM_GET_DEBUGREGS, &s.debugregs, "KVM_GET_DEBUGREGS"));
+    if (vm_.config().pc_platform) {
+        s.lapic.emplace();
+        US_TRYV(kvm_ioctl(fd(), KVM_GET_LAPIC, &*s.lapic, "KVM_GET_LAPIC"));
+    }
 
     const auto& indices = vm_.kvm().msr_indices();
     MsrBuffer msrs(indices.size());
@@ -149,14 +196,24 @@ Result<void> Vcpu::restore_state(const VcpuState& s) {
     US_TRYV(kvm_ioctl(fd(), kKvmSetXsave, xsave.data(), "KVM_SET_XSAVE"));
     US_TRYV(kvm_ioctl(fd(), KVM_SET_XCRS, &s.xcrs, "KVM_SET_XCRS"));
     US_TRYV(kvm_ioctl(fd(), KVM_SET_DEBUGREGS, &s.debugregs, "KVM_SET_DEBUGREGS"));
+    if (s.lapic.has_value() != vm_.config().pc_platform)
+        return make_error(Errc::invalid_input, s.lapic ? "the vCPU state has a LAPIC; this VM has no irqchip"
+                                                       : "the vCPU state has no LAPIC; this VM has the PC platform");
+    if (s.lapic) US_TRYV(kvm_ioctl(fd(), KVM_SET_LAPIC, &*s.lapic, "KVM_SET_LAPIC"));
 
-    MsrBuffer msrs(s.msrs.size());
-    for (size_t i = 0; i < s.msrs.size(); ++i) msrs.data()[i] = kvm_msr_entry{s.msrs[i].index, 0, s.msrs[i].value};
+    constexpr uint32_t kMsrTscDeadline = 0x6e0;
+    std::vector<MsrValue> ordered = s.msrs;
+    std::stable_partition(ordered.begin(), ordered.end(), [](const MsrValue& m) { return m.index != kMsrTscDeadline; });
+    MsrBuffer msrs(ordered.size());
+    for (size_t i = 0; i < ordered.size(); ++i) msrs.data()[i] = kvm_msr_entry{ordered[i].index, 0, ordered[i].value};
     int n = US_TRY(kvm_ioctl(fd(), kKvmSetMsrs, msrs.ptr(), "KVM_SET_MSRS"));
     if (n != static_cast<int>(s.msrs.size()))
         return make_error(Errc::unsupported, "KVM_SET_MSRS accepted " + std::to_string(n) + " of " +
                                                  std::to_string(s.msrs.size()) + " saved MSRs");
     US_TRYV(kvm_ioctl(fd(), KVM_SET_VCPU_EVENTS, &s.events, "KVM_SET_VCPU_EVENTS"));
+    // EINVAL: the guest has not enabled kvmclock (yet), so there is nothing to tell it.
+    if (vm_.config().pc_platform && ::ioctl(fd(), KVM_KVMCLOCK_CTRL, 0) < 0 && errno != EINVAL)
+        return sys_error("KVM_KVMCLOCK_CTRL");
     return {};
 }
 

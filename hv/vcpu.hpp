@@ -35,8 +35,12 @@ public:
 
     // PVH entry state: 32-bit flat protected mode, paging off, EBX = start_info.
     Result<void> set_pvh_boot_state(uint32_t entry, uint32_t start_info);
+    // Linux's 64-bit boot state: long mode with paging on (CR3 = page tables), CS and DS
+    // the flat selectors 0x10 and 0x18 of the GDT at gdt_base, RSI = the zero page.
+    Result<void> set_linux_boot_state(uint64_t entry, uint64_t zero_page, uint64_t cr3, uint64_t gdt_base, uint16_t gdt_bytes);
 
     // Only while paused (or before start).
+    Result<void> set_msr(uint32_t index, uint64_t value);
     Result<VcpuState> save_state() const;
     Result<void> restore_state(const VcpuState& s);
 

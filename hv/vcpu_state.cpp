@@ -17,8 +17,17 @@ enum VcpuTag : uint32_t {
     kTagDebugregs = 8,
     kTagMsrs = 9,
     kTagEvents = 10,
+    kTagLapic = 11, // version 2
 };
-enum VmTag : uint32_t { kTagVmVersion = 1, kTagGuestTime = 2, kTagKvmClock = 3 };
+enum VmTag : uint32_t {
+    kTagVmVersion = 1,
+    kTagGuestTime = 2,
+    kTagKvmClock = 3,
+    kTagPicMaster = 4, // tags 4 to 7: version 2
+    kTagPicSlave = 5,
+    kTagIoapic = 6,
+    kTagPit = 7,
+};
 enum DeviceTag : uint32_t { kTagDevName = 1, kTagDevVersion = 2, kTagDevData = 3 };
 
 template <class T>
@@ -29,7 +38,7 @@ std::span<const uint8_t> as_bytes_of(const std::vector<T>& v) {
 
 void encode_vcpu_state(const VcpuState& s, std::vector<uint8_t>& out) {
     Encoder e(out);
-    e.field_pod(kTagVersion, kVcpuStateVersion);
+    e.field_pod(kTagVersion, s.lapic ? kVcpuStateVersionPc : kVcpuStateVersion);
     e.field(kTagCpuid, as_bytes_of(s.cpuid));
     e.field_pod(kTagMpState, s.mp_state);
     e.field_pod(kTagRegs, s.regs);
@@ -46,22 +55,25 @@ void encode_vcpu_state(const VcpuState& s, std::vector<uint8_t>& out) {
     }
     e.field(kTagMsrs, msrs);
     e.field_pod(kTagEvents, s.events);
+    if (s.lapic) e.field_pod(kTagLapic, *s.lapic);
 }
 
 Result<VcpuState> decode_vcpu_state(std::span<const uint8_t> in) {
     const std::string what = "vCPU state";
     Decoder d(in, what);
     VcpuState s;
-    uint32_t seen = 0;
+    uint32_t seen = 0, version = 0;
     while (!d.done()) {
         auto f = US_TRY(d.field());
         if (f.tag < 32) seen |= 1u << f.tag;
         switch (f.tag) {
         case kTagVersion: {
-            auto v = US_TRY(Decoder::as_pod<uint32_t>(f, what));
-            if (v != kVcpuStateVersion) return d.error("version " + std::to_string(v) + " is not supported");
+            version = US_TRY(Decoder::as_pod<uint32_t>(f, what));
+            if (version != kVcpuStateVersion && version != kVcpuStateVersionPc)
+                return d.error("version " + std::to_string(version) + " is not supported (this build reads 1 and 2)");
             break;
         }
+        case kTagLapic: s.lapic = US_TRY(Decoder::as_pod<kvm_lapic_state>(f, what)); break;
         case kTagCpuid:
             if (f.body.size() % sizeof(kvm_cpuid_entry2) != 0 || f.body.size() / sizeof(kvm_cpuid_entry2) > 4096)
                 return d.error("CPUID field has a bad size");
@@ -95,28 +107,53 @@ Result<VcpuState> decode_vcpu_state(std::span<const uint8_t> in) {
     for (uint32_t tag : {kTagVersion, kTagCpuid, kTagMpState, kTagRegs, kTagSregs, kTagXsave, kTagXcrs, kTagDebugregs,
                          kTagMsrs, kTagEvents})
         if (!(seen & (1u << tag))) return d.error("field " + std::to_string(tag) + " is missing");
+    if ((version == kVcpuStateVersionPc) != s.lapic.has_value())
+        return d.error(s.lapic ? "version 1 carries a LAPIC" : "version 2 lacks its LAPIC");
     return s;
 }
 
 void encode_vm_clock(const VmState& s, std::vector<uint8_t>& out) {
     Encoder e(out);
-    e.field_pod(kTagVmVersion, kVmStateVersion);
+    e.field_pod(kTagVmVersion, s.platform ? kVmStateVersionPc : kVmStateVersion);
     e.field_pod(kTagGuestTime, s.guest_time_ns);
     e.field_pod(kTagKvmClock, s.kvmclock);
+    if (s.platform) {
+        e.field_pod(kTagPicMaster, s.platform->pic_master);
+        e.field_pod(kTagPicSlave, s.platform->pic_slave);
+        e.field_pod(kTagIoapic, s.platform->ioapic);
+        e.field_pod(kTagPit, s.platform->pit);
+    }
 }
 
 Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s) {
     const std::string what = "VM state";
     Decoder d(in, what);
     bool have_time = false;
+    uint32_t version = 0;
+    unsigned platform_parts = 0;
+    PlatformState p;
+    auto irqchip = [&](const Decoder::Field& f, uint32_t chip) -> Result<kvm_irqchip> {
+        auto c = US_TRY(Decoder::as_pod<kvm_irqchip>(f, what));
+        if (c.chip_id != chip) return d.error("irqchip field " + std::to_string(f.tag) + " holds chip " + std::to_string(c.chip_id));
+        ++platform_parts;
+        return c;
+    };
     while (!d.done()) {
         auto f = US_TRY(d.field());
         switch (f.tag) {
         case kTagVmVersion: {
-            auto v = US_TRY(Decoder::as_pod<uint32_t>(f, what));
-            if (v != kVmStateVersion) return d.error("version " + std::to_string(v) + " is not supported");
+            version = US_TRY(Decoder::as_pod<uint32_t>(f, what));
+            if (version != kVmStateVersion && version != kVmStateVersionPc)
+                return d.error("version " + std::to_string(version) + " is not supported (this build reads 1 and 2)");
             break;
         }
+        case kTagPicMaster: p.pic_master = US_TRY(irqchip(f, KVM_IRQCHIP_PIC_MASTER)); break;
+        case kTagPicSlave: p.pic_slave = US_TRY(irqchip(f, KVM_IRQCHIP_PIC_SLAVE)); break;
+        case kTagIoapic: p.ioapic = US_TRY(irqchip(f, KVM_IRQCHIP_IOAPIC)); break;
+        case kTagPit:
+            p.pit = US_TRY(Decoder::as_pod<kvm_pit_state2>(f, what));
+            ++platform_parts;
+            break;
         case kTagGuestTime:
             s.guest_time_ns = US_TRY(Decoder::as_pod<uint64_t>(f, what));
             have_time = true;
@@ -126,6 +163,12 @@ Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s) {
         }
     }
     if (!have_time) return d.error("guest time is missing");
+    if (version == kVmStateVersionPc) {
+        if (platform_parts != 4) return d.error("version 2 needs the two PICs, the IOAPIC and the PIT, once each");
+        s.platform = p;
+    } else if (platform_parts != 0) {
+        return d.error("version 1 carries irqchip state");
+    }
     return {};
 }
 

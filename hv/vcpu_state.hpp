@@ -7,6 +7,7 @@
 #include <linux/kvm.h>
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -30,6 +31,15 @@ struct VcpuState {
     kvm_debugregs debugregs{};
     std::vector<MsrValue> msrs;
     kvm_vcpu_events events{};
+    std::optional<kvm_lapic_state> lapic; // PC platform only (VmConfig::pc_platform)
+};
+
+// The in-kernel irqchip and PIT of the PC platform.
+struct PlatformState {
+    kvm_irqchip pic_master{};
+    kvm_irqchip pic_slave{};
+    kvm_irqchip ioapic{};
+    kvm_pit_state2 pit{};
 };
 
 // State of one device, produced and consumed by the device's own save/restore hooks.
@@ -42,16 +52,22 @@ struct DeviceState {
 struct VmState {
     uint64_t guest_time_ns = 0; // the hypercall clock at capture
     kvm_clock_data kvmclock{};
+    std::optional<PlatformState> platform; // PC platform only
     std::vector<VcpuState> vcpus;
     std::vector<DeviceState> devices;
 };
 
+// Version 2 of both is the PC platform's state (a LAPIC per vCPU; the irqchip and PIT):
+// a writer uses it only for such a VM, so a reader that predates it refuses that state
+// instead of running a Linux guest without its interrupt controllers.
 inline constexpr uint32_t kVcpuStateVersion = 1;
+inline constexpr uint32_t kVcpuStateVersionPc = 2;
 inline constexpr uint32_t kVmStateVersion = 1;
+inline constexpr uint32_t kVmStateVersionPc = 2;
 
 void encode_vcpu_state(const VcpuState& s, std::vector<uint8_t>& out);
 Result<VcpuState> decode_vcpu_state(std::span<const uint8_t> in);
-// VM-wide part only (clock); vCPUs and devices travel in records of their own.
+// VM-wide part only (clock, and the PC platform's irqchip and PIT); vCPUs and devices travel in records of their own.
 void encode_vm_clock(const VmState& s, std::vector<uint8_t>& out);
 Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s);
 void encode_device_state(const DeviceState& d, std::vector<uint8_t>& out);

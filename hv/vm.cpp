@@ -8,6 +8,8 @@
 
 #include "guest/abi/understudy_abi.h"
 #include "hv/kvm_flex.hpp"
+#include "hv/legacy/cmos_rtc.hpp"
+#include "hv/legacy/i8042.hpp"
 
 namespace understudy::hv {
 
@@ -99,11 +101,71 @@ Result<void> Vm::setup() {
         US_TRYV(kvm_ioctl(fd(), KVM_SET_USER_MEMORY_REGION, &slot, "KVM_SET_USER_MEMORY_REGION"));
     }
     hypercalls_ = US_TRY(Hypercalls::install(*this));
+    if (cfg_.pc_platform) US_TRYV(create_pc_platform()); // the irqchip must exist before any vCPU
     for (unsigned i = 0; i < cfg_.vcpus; ++i) {
         vcpus_.push_back(US_TRY(Vcpu::create(*this, i)));
         US_TRYV(dirty_->attach_vcpu(i, vcpus_.back()->fd()));
         if (i == 0) kvm_.set_msr_indices(US_TRY(saveable_msrs(vcpus_[0]->fd(), kvm_.msr_indices())));
     }
+    if (cfg_.pc_platform) {
+        // The same TSC value written to every vCPU in a row is what KVM recognises as a
+        // synchronised TSC; otherwise each starts at its own creation and Linux, finding
+        // them apart, marks the TSC unstable.
+        constexpr uint32_t kMsrTsc = 0x10;
+        for (auto& v : vcpus_) US_TRYV(v->set_msr(kMsrTsc, 0));
+        US_TRYV(attach_pc_devices());
+    }
+    return {};
+}
+
+Result<void> Vm::create_pc_platform() {
+    for (long cap : {KVM_CAP_IRQCHIP, KVM_CAP_PIT2, KVM_CAP_PIT_STATE2, KVM_CAP_IRQ_ROUTING})
+        if (kvm_.check(cap) <= 0) return make_error(Errc::unsupported, "KVM lacks capability " + std::to_string(cap) + " (PC platform)");
+    US_TRYV(kvm_ioctl(fd(), KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP"));
+    // The dummy speaker gives the guest port 0x61, which Linux reads to calibrate with the PIT.
+    kvm_pit_config pit{};
+    pit.flags = KVM_PIT_SPEAKER_DUMMY;
+    US_TRYV(kvm_ioctl(fd(), KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2"));
+    return {};
+}
+
+Result<void> Vm::attach_pc_devices() {
+    auto uart = std::make_unique<Uart>();
+    Uart* u = uart.get();
+    US_TRYV(add_device(std::move(uart)));
+    uart_ = u;
+    US_TRYV(add_device(std::make_unique<I8042>()));
+    US_TRYV(add_device(std::make_unique<CmosRtc>()));
+    // Port 0x80 is the POST code port that Linux writes as an I/O delay: claimed, ignored.
+    return pio_.add(0x80, 1, "POST code", [](IoAccess& a) -> Result<void> {
+        if (!a.is_write) std::fill(a.data.begin(), a.data.end(), 0xff);
+        return {};
+    });
+}
+
+Result<void> Vm::set_irq_line(uint32_t gsi, bool level) {
+    if (!cfg_.pc_platform) return make_error(Errc::state, "interrupt lines need the PC platform");
+    kvm_irq_level l{};
+    l.irq = gsi;
+    l.level = level ? 1 : 0;
+    US_TRYV(kvm_ioctl(fd(), KVM_IRQ_LINE, &l, "KVM_IRQ_LINE"));
+    return {};
+}
+
+Result<PlatformState> Vm::save_platform() const {
+    PlatformState p;
+    p.pic_master.chip_id = KVM_IRQCHIP_PIC_MASTER;
+    p.pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
+    p.ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
+    for (kvm_irqchip* c : {&p.pic_master, &p.pic_slave, &p.ioapic}) US_TRYV(kvm_ioctl(fd(), KVM_GET_IRQCHIP, c, "KVM_GET_IRQCHIP"));
+    US_TRYV(kvm_ioctl(fd(), KVM_GET_PIT2, &p.pit, "KVM_GET_PIT2"));
+    return p;
+}
+
+Result<void> Vm::restore_platform(const PlatformState& p) {
+    for (const kvm_irqchip* c : {&p.pic_master, &p.pic_slave, &p.ioapic})
+        US_TRYV(kvm_ioctl(fd(), KVM_SET_IRQCHIP, c, "KVM_SET_IRQCHIP"));
+    US_TRYV(kvm_ioctl(fd(), KVM_SET_PIT2, &p.pit, "KVM_SET_PIT2"));
     return {};
 }
 
@@ -121,7 +183,8 @@ uint64_t Vm::config_digest() const {
         e.u64(r.size);
     }
     e.u32(vcpu_count());
-    for (const auto& c : kvm_.cpuid_for_vcpu(0)) e.pod(c);
+    for (const auto& c : kvm_.cpuid_for_vcpu(0, cfg_.pc_platform)) e.pod(c);
+    if (cfg_.pc_platform) e.u32(0x7063); // "pc": only here, so the digests of guest/ images stay as they were
     for (const auto& d : devices_) {
         std::string n = d->name();
         e.u32(static_cast<uint32_t>(n.size()));
@@ -182,6 +245,7 @@ Result<VmState> Vm::save_state() {
     VmState s;
     s.guest_time_ns = clock_.now_ns();
     US_TRYV(kvm_ioctl(fd(), KVM_GET_CLOCK, &s.kvmclock, "KVM_GET_CLOCK"));
+    if (cfg_.pc_platform) s.platform = US_TRY(save_platform());
     for (auto& v : vcpus_) s.vcpus.push_back(US_TRY(v->save_state()));
     for (auto& d : devices_) s.devices.push_back(d->save());
     return s;
@@ -193,6 +257,9 @@ Result<void> Vm::restore_state(const VmState& s) {
     if (s.vcpus.size() != vcpus_.size())
         return make_error(Errc::invalid_input, "state has " + std::to_string(s.vcpus.size()) + " vCPUs, the VM has " +
                                                    std::to_string(vcpus_.size()));
+    if (s.platform.has_value() != cfg_.pc_platform)
+        return make_error(Errc::invalid_input, s.platform ? "the state is a PC platform's (a Linux guest's); this VM has no irqchip"
+                                                          : "the state has no irqchip state; this VM has the PC platform");
     for (const auto& ds : s.devices) {
         bool found = false;
         for (auto& d : devices_)
@@ -205,6 +272,9 @@ Result<void> Vm::restore_state(const VmState& s) {
     kvm_clock_data clock = s.kvmclock;
     clock.flags = 0; // KVM accepts no flags it reported on GET
     US_TRYV(kvm_ioctl(fd(), KVM_SET_CLOCK, &clock, "KVM_SET_CLOCK"));
+    // The irqchip and PIT before the vCPUs, as Firecracker orders it: a LAPIC restored
+    // next may deliver to, or take an interrupt from, the IOAPIC and PICs restored here.
+    if (s.platform) US_TRYV(restore_platform(*s.platform));
     for (size_t i = 0; i < vcpus_.size(); ++i) US_TRYV(vcpus_[i]->restore_state(s.vcpus[i]));
     clock_.set(s.guest_time_ns);
     return {};

@@ -26,6 +26,7 @@
 #include "hv/hypercalls.hpp"
 #include "hv/io_bus.hpp"
 #include "hv/kvm.hpp"
+#include "hv/legacy/uart.hpp"
 #include "hv/vcpu.hpp"
 
 namespace understudy::hv {
@@ -36,6 +37,10 @@ struct VmConfig {
     uint64_t memory_bytes = 256 * kMiB;
     unsigned vcpus = 1;
     DirtyConfig dirty;
+    // The PC platform a Linux guest needs: the in-kernel irqchip (PIC, IOAPIC, a LAPIC
+    // per vCPU) and PIT, COM1 and the i8042, and CPUID that advertises KVM and the
+    // TSC-deadline timer. The guest/ images use none of it and run without.
+    bool pc_platform = false;
     // Receives the guest's console output a line at a time. Default: stdout.
     std::function<void(std::string_view)> console;
 };
@@ -66,6 +71,10 @@ public:
     Vcpu& vcpu(unsigned i) { return *vcpus_.at(i); }
 
     Result<void> add_device(std::unique_ptr<Device> d);
+    // The PC platform's COM1 (the Linux console), or null without the PC platform.
+    Uart* uart() { return uart_; }
+    // Drives an interrupt line of the in-kernel irqchip (PC platform only).
+    Result<void> set_irq_line(uint32_t gsi, bool level);
     // Digest of what a VM must share with this one to run its state: memory size and
     // layout, vCPU count, the CPUID its vCPUs see, and its devices' names.
     uint64_t config_digest() const override;
@@ -125,6 +134,10 @@ public:
 private:
     Vm(VmConfig cfg, Kvm kvm, UniqueFd fd, GuestMemory mem);
     Result<void> setup();
+    Result<void> create_pc_platform();
+    Result<void> attach_pc_devices();
+    Result<PlatformState> save_platform() const;
+    Result<void> restore_platform(const PlatformState& p);
 
     VmConfig cfg_;
     Kvm kvm_;
@@ -136,6 +149,7 @@ private:
     std::unique_ptr<Hypercalls> hypercalls_;
     std::vector<std::unique_ptr<Vcpu>> vcpus_;
     std::vector<std::unique_ptr<Device>> devices_;
+    Uart* uart_ = nullptr; // owned by devices_
     GuestClock clock_;
     bool started_ = false;
     std::atomic<bool> paused_{true}; // written under control_mu_, read by supervisors

@@ -1,0 +1,94 @@
+#!/bin/bash
+# Builds a Linux guest for `understudy run --kernel` from Debian packages only:
+#   OUT_DIR/vmlinuz     Debian's own kernel (the one linux-image-amd64 points at)
+#   OUT_DIR/initrd.img  busybox, the virtio/ext4 modules, and Debian's redis-server
+# The kernel and busybox are downloaded (apt-get download, unpacked, never installed) into
+# OUT_DIR/debs; redis-server is the installed redis-tools binary with the libraries ldd
+# names. A second run with nothing changed rebuilds nothing.
+#
+# What the guest's init does (docs/linux-guests.md):
+#   - prints "understudy-linux: up" with the kernel and CPU count, on ttyS0;
+#   - with uscmd="..." on the kernel command line: runs it with sh -c, prints its exit
+#     status ("understudy-linux: command exited with status N") and reboots (with
+#     reboot=k on the command line, Understudy sees a reboot and the VM exits);
+#   - otherwise starts redis-server (if ip= configured an address: on it, port 6379) and
+#     a shell on the console.
+set -euo pipefail
+
+[ $# -eq 1 ] || { echo "usage: scripts/linux-guest.sh OUT_DIR" >&2; exit 2; }
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+fail() { echo "linux-guest: $*" >&2; exit 1; }
+for tool in apt-get apt-cache dpkg-deb depmod cpio gzip ldd; do
+  command -v "$tool" >/dev/null || fail "'$tool' is missing (scripts/install-deps.sh)"
+done
+[ -x /usr/bin/redis-check-rdb ] || fail "Debian's redis-tools is not installed (it holds the redis-server binary)"
+
+image=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -1)
+[ -n "$image" ] || fail "no kernel behind linux-image-amd64 (apt-get update?)"
+stamp="$image $(sha256sum "$0" | cut -c1-16) $(sha256sum /usr/bin/redis-check-rdb | cut -c1-16)"
+if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ]; then
+  echo "== linux-guest: $out is up to date ($image)"
+  exit 0
+fi
+
+debs=$out/debs root=$out/root init=$out/initramfs
+if ! ls "$debs/$image"_*.deb >/dev/null 2>&1; then
+  rm -rf "$debs" && mkdir -p "$debs" && chmod 755 "$debs"
+  echo "== linux-guest: downloading $image and busybox-static"
+  (cd "$debs" && apt-get download -q "$image" busybox-static 2>&1 | grep -v '^W: Download is performed unsandboxed') ||
+    fail "could not download $image and busybox-static"
+fi
+rm -rf "$root" "$init"
+for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$root"; done
+version=$(ls "$root/lib/modules")
+cp "$root/boot/vmlinuz-$version" "$out/vmlinuz"
+
+mkdir -p "$init"/{bin,sbin,proc,sys,dev,tmp,run,var/lib/redis,etc,root}
+cp "$root/bin/busybox" "$init/bin/"
+# The modules a virtio-mmio guest with a network and an ext4 disk needs, with modules.dep.
+moddir=lib/modules/$version
+for m in drivers/virtio/virtio drivers/virtio/virtio_ring drivers/virtio/virtio_mmio drivers/net/virtio_net \
+  drivers/net/net_failover net/core/failover drivers/block/virtio_blk fs/ext4/ext4 fs/jbd2/jbd2 fs/mbcache lib/crc16 \
+  crypto/crc32c_generic; do
+  src=$(ls "$root/$moddir/kernel/$m.ko"* 2>/dev/null | head -1) || true
+  [ -n "$src" ] || fail "module $m is not in $image"
+  mkdir -p "$init/$moddir/kernel/$(dirname "$m")"
+  cp "$src" "$init/$moddir/kernel/$(dirname "$m")/"
+done
+cp "$root/$moddir"/modules.{order,builtin,builtin.modinfo} "$init/$moddir/" 2>/dev/null || true
+depmod -b "$init" "$version"
+
+# redis-server: Debian's binary (redis-check-rdb runs as the server under that name) and its libraries.
+cp /usr/bin/redis-check-rdb "$init/bin/redis-server"
+for lib in $(ldd /usr/bin/redis-check-rdb | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/lib[^ ]*\) .*/\1/p'); do
+  mkdir -p "$init$(dirname "$lib")"
+  cp -L "$lib" "$init$lib"
+done
+echo "root:x:0:0:root:/root:/bin/sh" >"$init/etc/passwd"
+
+cat >"$init/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+echo "understudy-linux: up ($(uname -r), $(grep -c ^processor /proc/cpuinfo) CPUs)"
+for m in virtio_mmio virtio_net virtio_blk ext4; do modprobe "$m" 2>/dev/null; done
+if [ -n "${uscmd:-}" ]; then
+  sh -c "$uscmd"
+  echo "understudy-linux: command exited with status $?"
+  sync
+  reboot -f
+fi
+addr=$(sed -n 's/.*\bip=\([0-9.]*\).*/\1/p' /proc/cmdline)
+ip link set lo up
+if [ -n "$addr" ]; then
+  redis-server --bind "$addr" --port 6379 --protected-mode no --daemonize yes --dir /var/lib/redis --logfile /var/lib/redis/log
+  echo "understudy-linux: redis-server on $addr:6379"
+fi
+exec setsid cttyhack sh
+INIT
+chmod +x "$init/init"
+(cd "$init" && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible | gzip -n -1 >"$out/initrd.img.new")
+mv "$out/initrd.img.new" "$out/initrd.img"
+rm -rf "$root"
+echo "$stamp" >"$out/.stamp"
+echo "== linux-guest: $out/vmlinuz ($version), $out/initrd.img ($(du -h "$out/initrd.img" | cut -f1))"

@@ -1,0 +1,185 @@
+// The parts of the Linux-guest platform that need no KVM: the bzImage header checks, the
+// MP table, and the version-2 (PC platform) state encodings and their refusals.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+
+#include "common/codec.hpp"
+#include "hv/guest_memory.hpp"
+#include "hv/legacy/cmos_rtc.hpp"
+#include "hv/linux_loader.hpp"
+#include "hv/mp_table.hpp"
+#include "hv/vcpu_state.hpp"
+
+using namespace understudy;
+using namespace understudy::hv;
+
+namespace {
+
+// The header fields of a bzImage that parse_bzimage reads, at their boot-protocol offsets.
+std::vector<uint8_t> fake_bzimage(uint16_t protocol = 0x020f, uint16_t xloadflags = 1, size_t size = 64 * 1024) {
+    std::vector<uint8_t> f(size, 0);
+    auto put16 = [&](size_t o, uint16_t v) { std::memcpy(&f[o], &v, 2); };
+    auto put32 = [&](size_t o, uint32_t v) { std::memcpy(&f[o], &v, 4); };
+    auto put64 = [&](size_t o, uint64_t v) { std::memcpy(&f[o], &v, 8); };
+    f[0x1f1] = 27;            // setup_sects
+    put16(0x1fe, 0xaa55);     // boot_flag
+    f[0x201] = 0x6a;          // jump: header end at 0x26c
+    put32(0x202, 0x53726448); // "HdrS"
+    put16(0x206, protocol);
+    f[0x211] = 1;             // LOADED_HIGH
+    put32(0x22c, 0x7fffffff); // initrd_addr_max
+    put32(0x230, 0x200000);   // kernel_alignment
+    f[0x234] = 1;             // relocatable
+    put16(0x236, xloadflags);
+    put32(0x238, 2047);       // cmdline_size
+    put64(0x258, 0x1000000);  // pref_address
+    put32(0x260, 0x2000000);  // init_size
+    return f;
+}
+
+uint8_t sum(const uint8_t* p, size_t n) {
+    uint8_t s = 0;
+    for (size_t i = 0; i < n; ++i) s = static_cast<uint8_t>(s + p[i]);
+    return s;
+}
+
+} // namespace
+
+TEST_CASE("a bzImage's header is read and checked", "[linux]") {
+    auto k = parse_bzimage(fake_bzimage());
+    REQUIRE(k);
+    CHECK(k->protocol == 0x020f);
+    CHECK(k->setup_bytes == 28 * 512);
+    CHECK(k->load_address == 0x1000000);
+    CHECK(k->init_size == 0x2000000);
+    CHECK(k->cmdline_size == 2047);
+
+    auto refused = [](std::vector<uint8_t> f, const char* why) {
+        auto r = parse_bzimage(f);
+        REQUIRE(!r);
+        CHECK(r.error().code == Errc::invalid_input);
+        CHECK_THAT(r.error().message, Catch::Contains(why));
+    };
+    auto elf = fake_bzimage();
+    std::memcpy(&elf[0x202], "\x7f" "ELF", 4);
+    refused(elf, "not a bzImage");
+    refused(fake_bzimage(0x020b), "boot protocol 2.11 is too old");
+    refused(fake_bzimage(0x020f, 0), "no 64-bit entry point");
+    refused(std::vector<uint8_t>(100, 0), "too small");
+    auto zimage = fake_bzimage();
+    zimage[0x211] = 0;
+    refused(zimage, "zImage");
+    auto setup_only = fake_bzimage(0x020f, 1, 0x1000);
+    setup_only[0x1f1] = 100;
+    refused(setup_only, "no kernel after it");
+}
+
+TEST_CASE("the MP table lists every vCPU, the IOAPIC and the ISA interrupts, with valid checksums", "[linux]") {
+    auto mem = GuestMemory::create(16 * kMiB);
+    REQUIRE(mem);
+    for (unsigned vcpus : {1u, 8u}) {
+        REQUIRE(write_mp_table(*mem, vcpus));
+        std::vector<uint8_t> fp(16), table(1024);
+        REQUIRE(mem->read(Gpa{kMpTableGpa}, fp));
+        CHECK(std::memcmp(fp.data(), "_MP_", 4) == 0);
+        CHECK(sum(fp.data(), 16) == 0);
+        uint32_t at;
+        std::memcpy(&at, &fp[4], 4);
+        REQUIRE(at == kMpTableGpa + 16);
+        REQUIRE(mem->read(Gpa{at}, table));
+        CHECK(std::memcmp(table.data(), "PCMP", 4) == 0);
+        uint16_t length, count;
+        std::memcpy(&length, &table[4], 2);
+        std::memcpy(&count, &table[34], 2);
+        REQUIRE(at + length <= kMpTableEnd);
+        CHECK(sum(table.data(), length) == 0);
+        CHECK(count == vcpus + 1 + 1 + 24 + 2);
+        // Processor entries: APIC IDs 0..n-1, vCPU 0 the bootstrap processor.
+        for (unsigned i = 0; i < vcpus; ++i) {
+            const uint8_t* e = &table[44 + i * 20];
+            CHECK(e[0] == 0);
+            CHECK(e[1] == i);
+            CHECK(e[3] == (i == 0 ? 3 : 1));
+        }
+    }
+    CHECK(!write_mp_table(*mem, 0));
+}
+
+TEST_CASE("PC platform state travels as version 2 and is refused where it does not fit", "[linux][state]") {
+    VcpuState v;
+    v.cpuid.resize(2);
+    v.xsave.assign(4096, 0x5a);
+    v.msrs = {{0x10, 12345}, {0x6e0, 99}};
+    v.lapic.emplace();
+    v.lapic->regs[0x20] = 0x42;
+    std::vector<uint8_t> enc;
+    encode_vcpu_state(v, enc);
+    auto back = decode_vcpu_state(enc);
+    REQUIRE(back);
+    REQUIRE(back->lapic);
+    CHECK(std::memcmp(back->lapic->regs, v.lapic->regs, sizeof v.lapic->regs) == 0);
+
+    // The version field says 2: a build that reads only version 1 refuses the state
+    // rather than drop the LAPIC it does not know.
+    Decoder d(enc, "x");
+    auto first = d.field();
+    REQUIRE(first);
+    CHECK(*Decoder::as_pod<uint32_t>(*first, "x") == kVcpuStateVersionPc);
+
+    // Without its LAPIC a version-2 state is refused.
+    VcpuState plain = v;
+    plain.lapic.reset();
+    std::vector<uint8_t> v1;
+    encode_vcpu_state(plain, v1);
+    REQUIRE(decode_vcpu_state(v1));
+    std::vector<uint8_t> forged = v1;
+    uint32_t two = kVcpuStateVersionPc;
+    std::memcpy(forged.data() + 8, &two, 4); // the version field's body: tag, length, value
+    auto r = decode_vcpu_state(forged);
+    REQUIRE(!r);
+    CHECK_THAT(r.error().message, Catch::Contains("lacks its LAPIC"));
+
+    VmState s;
+    s.guest_time_ns = 7;
+    s.platform.emplace();
+    s.platform->pic_master.chip_id = KVM_IRQCHIP_PIC_MASTER;
+    s.platform->pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
+    s.platform->ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
+    s.platform->pit.channels[0].count = 1193;
+    std::vector<uint8_t> clock;
+    encode_vm_clock(s, clock);
+    VmState out;
+    REQUIRE(decode_vm_clock(clock, out));
+    REQUIRE(out.platform);
+    CHECK(out.platform->pit.channels[0].count == 1193);
+
+    // A chip in the wrong field, or a missing one, is refused.
+    VmState swapped = s;
+    std::swap(swapped.platform->pic_master, swapped.platform->pic_slave);
+    std::vector<uint8_t> bad;
+    encode_vm_clock(swapped, bad);
+    VmState ignored;
+    auto r2 = decode_vm_clock(bad, ignored);
+    REQUIRE(!r2);
+    CHECK_THAT(r2.error().message, Catch::Contains("holds chip"));
+    VmState no_platform = s;
+    no_platform.platform.reset();
+    std::vector<uint8_t> v1clock;
+    encode_vm_clock(no_platform, v1clock);
+    VmState plain_out;
+    REQUIRE(decode_vm_clock(v1clock, plain_out));
+    CHECK(!plain_out.platform);
+}
+
+TEST_CASE("the CMOS clock answers the host's UTC time in BCD, never mid-update", "[linux]") {
+    auto from_bcd = [](uint8_t v) { return (v >> 4) * 10 + (v & 0xf); };
+    std::time_t before = std::time(nullptr);
+    std::tm t{};
+    gmtime_r(&before, &t);
+    CHECK(from_bcd(CmosRtc::read_register(0x09)) == t.tm_year % 100);
+    CHECK(from_bcd(CmosRtc::read_register(0x32)) == (t.tm_year + 1900) / 100);
+    CHECK(from_bcd(CmosRtc::read_register(0x08)) == t.tm_mon + 1);
+    CHECK((CmosRtc::read_register(0x0a) & 0x80) == 0); // update in progress: never
+    CHECK(CmosRtc::read_register(0x0b) == 0x02);       // 24-hour, BCD
+}
