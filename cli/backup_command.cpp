@@ -1,3 +1,4 @@
+#include "cli/console_input.hpp"
 #include "cli/backup_command.hpp"
 
 #include <fcntl.h>
@@ -89,6 +90,7 @@ int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const Ne
     }
     log::warn("backup: PROMOTED: running checkpoint {} as the primary ({} MiB, VM built in {:.1f} ms), {}", epoch,
               (*vm)->memory().size() >> 20, build_ms, reprotect_to.empty() ? "unprotected" : "re-protecting it to " + reprotect_to);
+    ConsoleInput console((*vm)->uart());
     return run_vm(**vm, net.get(), reprotect_to, heartbeat.heartbeat_interval, heartbeat.timeout, security, std::move(role),
                   fencing);
 }

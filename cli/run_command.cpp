@@ -14,6 +14,7 @@
 #include "cli/fencing.hpp"
 #include "cli/link_options.hpp"
 #include "cli/config.hpp"
+#include "cli/console_input.hpp"
 #include "cli/control_socket.hpp"
 #include "cli/option_rules.hpp"
 #include "cli/operations.hpp"
@@ -498,6 +499,11 @@ int run_linux(const VmOptions& vo, SuperviseOptions& so, const NetOptions& no, c
         if (!f) return fail(f.error());
         initrd_file = std::move(*f);
     }
+    // What can be checked without a VM is checked first, so a bad kernel is refused
+    // on any machine, with or without /dev/kvm.
+    auto parsed = hv::parse_bzimage(*kernel_file);
+    if (!parsed) return fail(std::move(parsed.error()).wrap(kernel));
+    if (auto r = hv::check_linux_cmdline(*parsed, append); !r) return fail(r.error());
     auto vm = hv::Vm::create(*cfg);
     if (!vm) return fail(vm.error());
     auto k = hv::load_linux(**vm, *kernel_file, initrd_file, append);
@@ -505,6 +511,7 @@ int run_linux(const VmOptions& vo, SuperviseOptions& so, const NetOptions& no, c
     std::printf("== booting Linux %s (boot protocol %u.%02u)%s: %s RAM, %u vCPU(s), dirty tracking %s\n", kernel.c_str(),
                 k->protocol >> 8, k->protocol & 0xff, initrd.empty() ? "" : (" with " + initrd).c_str(), vo.memory.c_str(), vo.vcpus,
                 (*vm)->dirty_tracker().name());
+    ConsoleInput console((*vm)->uart());
     return supervise(**vm, so, nullptr);
 }
 
@@ -600,6 +607,7 @@ int restore_command(const std::vector<std::string>& args) {
     auto vm = hv::restore_snapshot(path, base, &info, progress.callback(), attach);
     progress.finish();
     if (!vm) return fail(vm.error());
+    ConsoleInput console((*vm)->uart());
     std::printf("== restored %s: %llu MiB RAM, %u vCPU(s), %llu non-zero pages\n", path.c_str(),
                 (unsigned long long)(info.memory_bytes >> 20), info.vcpus, (unsigned long long)info.pages_written);
     return supervise(**vm, so, net.get());

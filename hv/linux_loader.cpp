@@ -106,13 +106,18 @@ Result<BzImage> parse_bzimage(std::span<const uint8_t> f) {
     return k;
 }
 
+Result<void> check_linux_cmdline(const BzImage& k, std::string_view cmdline) {
+    const uint64_t limit = std::min<uint64_t>(k.cmdline_size, kLinuxMaxCmdline);
+    if (cmdline.size() > limit)
+        return make_error(Errc::invalid_input, fmt::format("the kernel command line is {} bytes; this kernel takes at most {}", cmdline.size(), limit));
+    if (cmdline.find('\0') != std::string_view::npos) return make_error(Errc::invalid_input, "the kernel command line contains a NUL byte");
+    return {};
+}
+
 Result<BzImage> load_linux(Vm& vm, std::span<const uint8_t> kernel, std::span<const uint8_t> initrd, std::string_view cmdline) {
     if (!vm.config().pc_platform) return make_error(Errc::invalid_input, "booting Linux needs a VM with the PC platform");
     auto k = US_TRY(parse_bzimage(kernel));
-    const uint64_t cmdline_limit = std::min<uint64_t>(k.cmdline_size, kLinuxMaxCmdline);
-    if (cmdline.size() > cmdline_limit)
-        return make_error(Errc::invalid_input, fmt::format("the kernel command line is {} bytes; the limit is {}", cmdline.size(), cmdline_limit));
-    if (cmdline.find('\0') != std::string_view::npos) return make_error(Errc::invalid_input, "the kernel command line contains a NUL byte");
+    US_TRYV(check_linux_cmdline(k, cmdline));
 
     auto& mem = vm.memory();
     const MemoryRegion& low = mem.regions().front(); // RAM from 0 up to the MMIO window or the end

@@ -37,6 +37,9 @@ inline constexpr uint64_t kLinuxMaxCmdline = 4095;
 // with a 64-bit entry point.
 Result<BzImage> parse_bzimage(std::span<const uint8_t> kernel);
 
+// The command line must fit the kernel's limit (and this loader's) and hold no NUL.
+Result<void> check_linux_cmdline(const BzImage& k, std::string_view cmdline);
+
 // Loads kernel and initrd (empty: none) with cmdline and points the boot vCPU at the
 // kernel. Refuses what does not fit in guest memory, with the sizes in the message.
 Result<BzImage> load_linux(Vm& vm, std::span<const uint8_t> kernel, std::span<const uint8_t> initrd, std::string_view cmdline);

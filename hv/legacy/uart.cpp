@@ -126,14 +126,8 @@ size_t Uart::receive(std::string_view bytes) {
         rx_.push_back(static_cast<uint8_t>(c));
         ++taken;
     }
-    dropped_ += bytes.size() - taken;
     if (vm_) (void)update_irq(); // a failed KVM_IRQ_LINE here has no guest access to fail; the next access retries
     return taken;
-}
-
-uint64_t Uart::dropped_input() const {
-    std::lock_guard lock(mu_);
-    return dropped_;
 }
 
 DeviceState Uart::save() const {

@@ -19,7 +19,7 @@ class Uart final : public Device {
 public:
     static constexpr uint16_t kCom1Port = 0x3f8;
     static constexpr uint32_t kCom1Irq = 4;
-    // Input beyond this many unread bytes is dropped (and counted), as a real FIFO overruns.
+    // At most this many bytes wait unread; receive() takes no more.
     static constexpr size_t kInputLimit = 4096;
 
     std::string name() const override { return "uart0"; }
@@ -27,9 +27,9 @@ public:
     DeviceState save() const override;
     Result<void> restore(const DeviceState& s) override;
 
-    // Bytes for the guest to read (the console's input); returns how many were taken.
+    // Bytes for the guest to read (the console's input); returns how many were taken
+    // (fewer while the guest leaves kInputLimit bytes unread: the caller offers the rest later).
     size_t receive(std::string_view bytes);
-    uint64_t dropped_input() const;
 
 private:
     Result<void> access(uint64_t offset, uint8_t& value, bool is_write);
@@ -41,7 +41,6 @@ private:
     uint8_t ier_ = 0, lcr_ = 0, mcr_ = 0, scr_ = 0, dll_ = 0x0c, dlm_ = 0, fcr_ = 0;
     bool thr_empty_pending_ = false; // the "transmitter empty" interrupt waits to be read
     std::deque<uint8_t> rx_;
-    uint64_t dropped_ = 0;
     bool irq_level_ = false;
 };
 
