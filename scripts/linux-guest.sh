@@ -11,6 +11,8 @@
 #   - with uscmd="..." on the kernel command line: runs it with sh -c, prints its exit
 #     status ("understudy-linux: command exited with status N") and reboots (with
 #     reboot=k on the command line, Understudy sees a reboot and the VM exits);
+#     `us-check SECONDS` is there for tests: the guest's own check of its clocks, memory
+#     and kernel log while it runs;
 #   - otherwise starts redis-server (if ip= configured an address: on it, port 6379) and
 #     a shell on the console.
 set -euo pipefail
@@ -65,6 +67,36 @@ for lib in $(ldd /usr/bin/redis-check-rdb | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s
   cp -L "$lib" "$init$lib"
 done
 echo "root:x:0:0:root:/root:/bin/sh" >"$init/etc/passwd"
+
+# The guest's own check, for tests: clocks that only move forward, memory that keeps its
+# contents, and no stall the kernel noticed, across whatever the VMM does meanwhile.
+cat >"$init/bin/us-check" <<'CHECK'
+#!/bin/sh
+# us-check SECONDS: every 0.2 s for SECONDS, checks that uptime grows and the date never
+# goes back, and every second that a 4 MiB file in RAM still has its checksum.
+n=$(( ${1:-10} * 5 ))
+dd if=/dev/urandom of=/tmp/us-check.data bs=64k count=64 2>/dev/null
+sum=$(md5sum </tmp/us-check.data)
+prev_up=0 prev_date=0 i=0
+while [ $i -lt $n ]; do
+  up=$(sed 's/^\([0-9]*\)\.\([0-9]*\) .*/\1\2/' /proc/uptime)
+  now=$(date +%s)
+  [ "$up" -gt "$prev_up" ] || { echo "us-check: FAILED: uptime went from ${prev_up}0 ms to ${up}0 ms"; exit 1; }
+  [ "$now" -ge "$prev_date" ] || { echo "us-check: FAILED: the date went back from $prev_date to $now"; exit 1; }
+  if [ $((i % 5)) -eq 0 ]; then
+    [ "$(md5sum </tmp/us-check.data)" = "$sum" ] || { echo "us-check: FAILED: the file in RAM changed"; exit 1; }
+    echo "us-check: tick $i, uptime ${up}0 ms"
+  fi
+  prev_up=$up prev_date=$now i=$((i + 1))
+  sleep 0.2
+done
+if dmesg | grep -i -e 'soft lockup' -e 'rcu.*stall' -e 'hung task' -e 'clocksource.*unstable'; then
+  echo "us-check: FAILED: the kernel reports a stall"
+  exit 1
+fi
+echo "us-check: ok"
+CHECK
+chmod +x "$init/bin/us-check"
 
 cat >"$init/init" <<'INIT'
 #!/bin/busybox sh

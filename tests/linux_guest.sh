@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# ctest linux_guest: Debian's own kernel and an initramfs of busybox (scripts/linux-guest.sh)
+# under `understudy run --kernel`, each case checked by what the guest prints:
+#   1. boot with 2 vCPUs to the init's marker; the serial console both ways (a line on
+#      stdin is read back by the guest); the guest's reboot ends the VM with status 0;
+#   2. a snapshot taken at a random moment while the guest runs its own check (us-check:
+#      clocks only forward, memory intact, no stall in the kernel log), restored, and the
+#      check completed by the restored VM;
+#   3. protected (checkpoint every 100 ms to a backup on loopback), the primary killed in
+#      the middle of the check: the backup promotes and the check completes there;
+#   4. bad input refused with a clear message and no VM: not a bzImage, a command line
+#      longer than the kernel takes, guest memory too small for the kernel.
+# usage: linux_guest.sh BUILD_DIR [LIMIT_S]. Exit 77 (skipped) without /dev/kvm. LIMIT_S is
+# ctest's limit: the script ends itself 20 s before it, with its logs printed.
+set -Eeuo pipefail
+build=$(cd "${1:?usage: linux_guest.sh BUILD_DIR [LIMIT_S]}" && pwd)
+limit=${2:-0}
+[[ $limit =~ ^[0-9]+$ ]] || { echo "linux_guest: LIMIT_S '$limit' is not a number of seconds" >&2; exit 2; }
+here=$(cd "$(dirname "$0")" && pwd)
+cli=$build/cli/understudy
+if [ ! -w /dev/kvm ]; then
+  echo "linux_guest: needs /dev/kvm (scripts/nested-kvm.sh provides one): skipped"
+  exit 77
+fi
+# Waits scale with UNDERSTUDY_TEST_TIME_SCALE on slow hosts (docs/testing.md); checks do not.
+scaled() { awk -v n="$1" -v s="${UNDERSTUDY_TEST_TIME_SCALE:-1}" 'BEGIN { printf "%d", n * s + 0.5 }'; }
+
+work=$(mktemp -d /tmp/understudy-linux-guest.XXXXXX)
+pids=()
+timer=
+cleanup() {
+  local rc=$?
+  [ -z "$timer" ] || { pkill -P "$timer" 2>/dev/null; kill "$timer" 2>/dev/null; } || true
+  for p in ${pids[@]+"${pids[@]}"}; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$rc" -ne 0 ]; then
+    for f in "$work"/*.log; do [ -e "$f" ] || continue; echo "--- $f (tail)"; grep -v 'unclaimed' "$f" | tail -n 30 || true; done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'echo "linux_guest: out of time: 20 s before the limit of $limit s" >&2; exit 124' TERM
+if [ "$limit" -gt 20 ]; then
+  (sleep $((limit - 20)) && kill -TERM $$ && pkill -TERM -P $$) </dev/null >/dev/null 2>&1 &
+  timer=$!
+fi
+
+fail() { echo "linux_guest: FAILED: $*" >&2; exit 1; }
+expect() { # FILE PATTERN WHAT
+  grep -q -- "$2" "$1" || fail "$3 (no '$2' in $(basename "$1"))"
+}
+# Waits until FILE has PATTERN, at most SECONDS (scaled).
+wait_for() {
+  local deadline=$((SECONDS + $(scaled "$3")))
+  until grep -q -- "$2" "$1"; do
+    [ $SECONDS -lt $deadline ] || fail "waited $(scaled "$3") s for '$2' in $(basename "$1")"
+    sleep 0.5
+  done
+}
+
+guest=$build/linux-guest
+"$here/../scripts/linux-guest.sh" "$guest" >"$work/build-guest.log" 2>&1 || { cat "$work/build-guest.log"; fail "scripts/linux-guest.sh failed"; }
+kernel=(--kernel "$guest/vmlinuz" --initrd "$guest/initrd.img" --memory 512M)
+# reboot=k: the guest's reboot goes through the i8042, which ends the VM with status 0.
+base="console=ttyS0 reboot=k"
+
+echo "== 1. boot, 2 vCPUs, the console both ways"
+t0=$SECONDS
+echo "hello-from-the-host" | "$cli" run "${kernel[@]}" --vcpus 2 --timeout "$(scaled 240)" \
+  --append "$base uscmd=\"read -r line; echo guest-read:\$line\"" >"$work/boot.log" 2>&1 || fail "the VM did not end with status 0"
+expect "$work/boot.log" "understudy-linux: up (.*, 2 CPUs)" "the guest did not come up with 2 CPUs"
+expect "$work/boot.log" "guest-read:hello-from-the-host" "the guest did not read the console's input"
+expect "$work/boot.log" "command exited with status 0" "the guest's command failed"
+expect "$work/boot.log" "VM stopped: exited (status 0).*i8042 reset" "the guest's reboot did not end the VM"
+echo "   booted and rebooted in $((SECONDS - t0)) s"
+
+echo "== 2. snapshot at a random moment during the guest's check, restored"
+# The guest is up after about 15 s nested; the check then runs for 30 s.
+at=$((20 + RANDOM % 12))
+"$cli" run "${kernel[@]}" --vcpus 2 --timeout "$(scaled 60)" --snapshot-to "$work/linux.snap" --snapshot-after "$(scaled "$at")" \
+  --append "$base uscmd=\"us-check 30\"" >"$work/snapshot.log" 2>&1 || true
+expect "$work/snapshot.log" "snapshot: $work/linux.snap" "no snapshot was written"
+"$cli" restore "$work/linux.snap" --timeout "$(scaled 120)" </dev/null >"$work/restore.log" 2>&1 || fail "the restored VM did not end with status 0"
+expect "$work/restore.log" "us-check: ok" "the restored guest's check did not pass"
+expect "$work/restore.log" "VM stopped: exited (status 0)" "the restored guest did not reboot"
+echo "   snapshot after ${at} s; the restored guest's check passed: $(grep -c 'us-check: tick' "$work/restore.log") ticks after restore"
+
+echo "== 3. protected, the primary killed during the guest's check"
+port=$((20000 + $$ % 20000))
+"$cli" keygen "$work/link.key" >/dev/null
+link=(--link-key "$work/link.key" --failure-timeout-ms "$(scaled 1000)" --heartbeat-ms 100)
+"$cli" backup --listen "127.0.0.1:$port" --promote --sessions 1 "${link[@]}" </dev/null >"$work/backup.log" 2>&1 &
+backup=$!
+pids+=("$backup")
+wait_for "$work/backup.log" "listening on" 10
+"$cli" run "${kernel[@]}" --vcpus 2 --backup "127.0.0.1:$port" --epoch-ms 100 "${link[@]}" --timeout "$(scaled 300)" \
+  --append "$base uscmd=\"us-check 30\"" </dev/null >"$work/primary.log" 2>&1 &
+primary=$!
+pids+=("$primary")
+wait_for "$work/primary.log" "us-check: tick 50" 180
+expect "$work/primary.log" "checkpoints: epoch" "the primary reported no checkpoints"
+kill -KILL "$primary"
+wait "$backup" || fail "the promoted backup did not end with status 0"
+expect "$work/backup.log" "PROMOTED: running checkpoint" "the backup did not promote"
+expect "$work/backup.log" "us-check: ok" "the promoted guest's check did not pass"
+expect "$work/backup.log" "VM stopped: exited (status 0)" "the promoted guest did not reboot"
+echo "   promoted: $(grep -o 'PROMOTED: running checkpoint [0-9]*' "$work/backup.log"); the check passed on the backup"
+
+echo "== 4. bad input"
+refused() { # WHAT PATTERN ARGS...
+  local what=$1 pattern=$2
+  shift 2
+  if "$cli" run "$@" </dev/null >"$work/bad.log" 2>&1; then fail "$what was accepted"; fi
+  expect "$work/bad.log" "$pattern" "$what: unclear error"
+}
+refused "an initrd given as the kernel" "not a bzImage" --kernel "$guest/initrd.img"
+refused "a command line of 3000 bytes" "takes at most" --kernel "$guest/vmlinuz" --append "$(head -c 3000 /dev/zero | tr '\0' x)"
+refused "32 MiB of guest memory" "to decompress; the guest has 32 MiB" --kernel "$guest/vmlinuz" --memory 32M
+echo "linux_guest: all cases passed"
