@@ -479,15 +479,10 @@ bool check_snapshot_options(SuperviseOptions& s, int& code) {
 }
 
 // Linux guests: the PC platform, the kernel and initrd read whole (each at most the
-// guest's memory), and no network yet (the kernel would not find a virtio-mmio device:
-// Debian's finds them only through ACPI, which this VMM does not provide yet).
+// guest's memory). The NIC is attached before the kernel is loaded: the ACPI tables
+// written with it name the NIC's window and interrupt.
 int run_linux(const VmOptions& vo, SuperviseOptions& so, const NetOptions& no, const std::string& kernel, const std::string& initrd,
               const std::string& append) {
-    if (!no.tap.empty()) {
-        std::fprintf(stderr, "understudy: --net-tap does not work with --kernel yet: a Linux guest finds virtio-mmio devices "
-                             "through ACPI tables, which this VMM does not write yet\n");
-        return 2;
-    }
     auto cfg = to_vm_config(vo);
     if (!cfg) return fail(cfg.error());
     cfg->pc_platform = true;
@@ -506,13 +501,19 @@ int run_linux(const VmOptions& vo, SuperviseOptions& so, const NetOptions& no, c
     if (auto r = hv::check_linux_cmdline(*parsed, append); !r) return fail(r.error());
     auto vm = hv::Vm::create(*cfg);
     if (!vm) return fail(vm.error());
+    std::unique_ptr<GuestNetwork> net;
+    if (!no.tap.empty()) {
+        auto n = GuestNetwork::attach(**vm, no);
+        if (!n) return fail(std::move(n.error()).wrap("the guest network on tap " + no.tap));
+        net = std::move(*n);
+    }
     auto k = hv::load_linux(**vm, *kernel_file, initrd_file, append);
     if (!k) return fail(std::move(k.error()).wrap(kernel));
-    std::printf("== booting Linux %s (boot protocol %u.%02u)%s: %s RAM, %u vCPU(s), dirty tracking %s\n", kernel.c_str(),
+    std::printf("== booting Linux %s (boot protocol %u.%02u)%s: %s RAM, %u vCPU(s), dirty tracking %s%s\n", kernel.c_str(),
                 k->protocol >> 8, k->protocol & 0xff, initrd.empty() ? "" : (" with " + initrd).c_str(), vo.memory.c_str(), vo.vcpus,
-                (*vm)->dirty_tracker().name());
+                (*vm)->dirty_tracker().name(), net ? (", network on tap " + no.tap).c_str() : "");
     ConsoleInput console((*vm)->uart());
-    return supervise(**vm, so, nullptr);
+    return supervise(**vm, so, net.get());
 }
 
 } // namespace

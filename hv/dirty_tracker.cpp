@@ -62,7 +62,7 @@ public:
         if (p == MAP_FAILED) return sys_error("mapping the dirty ring of vCPU " + std::to_string(index));
         std::lock_guard lock(mu_);
         if (rings_.size() <= index) rings_.resize(index + 1);
-        rings_[index] = Ring{static_cast<kvm_dirty_gfn*>(p), 0};
+        rings_[index] = Ring{static_cast<kvm_dirty_gfn*>(p), 0, 0};
         return {};
     }
 
@@ -71,7 +71,18 @@ public:
         if (index >= rings_.size()) return make_error(Errc::state, "dirty ring of an unknown vCPU");
         ++stats_.ring_full_exits;
         uint64_t t0 = now_ns();
+        const uint64_t before = stats_.pages_reported;
         US_TRYV(collect(rings_[index], pending_));
+        // KVM says "full" but there is nothing to collect. Once, a harvest on another thread
+        // may have emptied the ring first; again and again, KVM wrote past the ring's end
+        // (hv/vm.cpp, Vm::setup), overwriting entries: dirty pages were lost and the ring
+        // cannot be reset any more. Stop rather than spin or miss pages.
+        Ring& r = rings_[index];
+        r.empty_drains = stats_.pages_reported == before ? r.empty_drains + 1 : 0;
+        if (r.empty_drains >= kOverflowDrains)
+            return make_error(Errc::system, "KVM's dirty ring of vCPU " + std::to_string(index) +
+                                                " overflowed (its entries were overwritten, so dirty pages were lost); "
+                                                "run this guest with --dirty bitmap");
         uint64_t t1 = now_ns();
         US_TRYV(reset());
         stats_.collect_ns += t1 - t0;
@@ -106,7 +117,9 @@ private:
     struct Ring {
         kvm_dirty_gfn* gfns = nullptr;
         uint64_t fetch = 0; // next entry to look at; only grows
+        unsigned empty_drains = 0; // ring-full exits in a row that found nothing to collect
     };
+    static constexpr unsigned kOverflowDrains = 3;
 
     Result<void> collect(Ring& r, Bitmap& into) {
         if (!r.gfns) return {};

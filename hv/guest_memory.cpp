@@ -15,13 +15,13 @@ Result<void> validate_memory_size(uint64_t bytes) {
     return {};
 }
 
-Result<GuestMemory> GuestMemory::create(uint64_t bytes) {
+Result<GuestMemory> GuestMemory::create(uint64_t bytes, Prefault prefault) {
     US_TRYV(validate_memory_size(bytes));
     UniqueFd fd(::memfd_create("understudy-guest-ram", MFD_CLOEXEC));
     if (!fd.valid()) return sys_error("memfd_create for guest RAM");
     if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) < 0) return sys_error("sizing guest RAM");
-    // Prefault: the first touch of a page is expensive under nested paging; pay it now.
-    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
+    const int populate = prefault == Prefault::yes ? MAP_POPULATE : 0;
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | populate, fd.get(), 0);
     if (p == MAP_FAILED) return sys_error("mapping " + std::to_string(bytes) + " bytes of guest RAM");
     ::madvise(p, bytes, MADV_DONTDUMP); // guest data stays out of core dumps
     return GuestMemory(std::move(fd), static_cast<uint8_t*>(p), bytes);

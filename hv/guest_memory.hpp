@@ -48,7 +48,12 @@ Result<void> validate_memory_size(uint64_t bytes);
 
 class GuestMemory {
 public:
-    static Result<GuestMemory> create(uint64_t bytes);
+    // Prefaulted by default: the first touch of a page under nested paging is expensive,
+    // so a VM pays it before it runs. A backup's replica is not (Prefault::no): faulting in
+    // all of a large guest takes seconds, which the primary would see as a backup that
+    // does not answer its handshake; the initial synchronization touches the pages anyway.
+    enum class Prefault { yes, no };
+    static Result<GuestMemory> create(uint64_t bytes, Prefault prefault = Prefault::yes);
     GuestMemory(GuestMemory&&) noexcept;
     GuestMemory& operator=(GuestMemory&&) = delete;
     ~GuestMemory();

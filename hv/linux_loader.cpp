@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "hv/acpi.hpp"
 #include "hv/mp_table.hpp"
 #include "hv/vm.hpp"
 
@@ -19,7 +20,7 @@ constexpr size_t kSetupSects = 0x1f1, kBootFlag = 0x1fe, kJump = 0x200, kHeaderM
 constexpr size_t kTypeOfLoader = 0x210, kLoadFlags = 0x211, kRamdiskImage = 0x218, kRamdiskSize = 0x21c;
 constexpr size_t kCmdLinePtr = 0x228, kInitrdAddrMax = 0x22c, kKernelAlignment = 0x230, kRelocatable = 0x234;
 constexpr size_t kXloadFlags = 0x236, kCmdlineSize = 0x238, kPrefAddress = 0x258, kInitSize = 0x260;
-constexpr size_t kE820Entries = 0x1e8, kE820Table = 0x2d0, kE820Max = 128;
+constexpr size_t kAcpiRsdpAddr = 0x070, kE820Entries = 0x1e8, kE820Table = 0x2d0, kE820Max = 128;
 constexpr size_t kZeroPageSize = 4096;
 constexpr uint32_t kHdrS = 0x53726448; // "HdrS"
 constexpr uint16_t kMinProtocol = 0x020c; // 2.12: xloadflags, so the 64-bit entry can be checked
@@ -152,7 +153,7 @@ Result<BzImage> load_linux(Vm& vm, std::span<const uint8_t> kernel, std::span<co
     put<uint32_t>(zp, kRamdiskImage, static_cast<uint32_t>(initrd_at));
     put<uint32_t>(zp, kRamdiskSize, static_cast<uint32_t>(initrd.size()));
     std::vector<E820> map{{0, kMpTableGpa, kE820Ram}, {kMpTableGpa, kMpTableEnd - kMpTableGpa, kE820Reserved},
-                          {kHighMemory, low_end - kHighMemory, kE820Ram}};
+                          {kAcpiGpa, kAcpiEnd - kAcpiGpa, kE820Reserved}, {kHighMemory, low_end - kHighMemory, kE820Ram}};
     for (size_t i = 1; i < mem.regions().size(); ++i) map.push_back({mem.regions()[i].gpa.value, mem.regions()[i].size, kE820Ram});
     if (map.size() > kE820Max) return make_error(Errc::invalid_input, "too many e820 entries");
     zp[kE820Entries] = static_cast<uint8_t>(map.size());
@@ -161,6 +162,8 @@ Result<BzImage> load_linux(Vm& vm, std::span<const uint8_t> kernel, std::span<co
         put<uint64_t>(zp, kE820Table + i * 20 + 8, map[i].size);
         put<uint32_t>(zp, kE820Table + i * 20 + 16, map[i].type);
     }
+    const uint64_t rsdp = US_TRY(write_acpi_tables(mem, vm.vcpu_count(), vm.acpi_devices()));
+    if (k.protocol >= 0x020e) put<uint64_t>(zp, kAcpiRsdpAddr, rsdp); // 2.14+; older kernels scan for it
     US_TRYV(mem.write(Gpa{kLinuxZeroPageGpa}, zp));
     US_TRYV(write_page_tables(mem));
     US_TRYV(write_gdt(mem));

@@ -88,8 +88,14 @@ Vm::Vm(VmConfig cfg, Kvm kvm, UniqueFd fd, GuestMemory mem)
 Result<void> Vm::setup() {
     // Intel needs a TSS region for real-mode emulation; it goes into the MMIO window.
     US_TRYV(kvm_ioctl(fd(), KVM_SET_TSS_ADDR, 0xfffbd000ul, "KVM_SET_TSS_ADDR"));
-    // The dirty ring must be enabled before the first vCPU exists.
-    dirty_ = US_TRY(make_dirty_tracker(kvm_, fd(), memory_, cfg_.dirty));
+    // The dirty ring must be enabled before the first vCPU exists. A Linux guest gets the
+    // bitmap unless the ring is asked for: KVM (6.1) pushes every page an emulated string
+    // instruction writes into the ring without stopping at its soft limit, and a kernel's
+    // `rep stos` over shadowed page tables overflows it (seen nested: KVM warns in
+    // kvm_dirty_ring_push, the ring's indices no longer match, the vCPU exits for ever).
+    DirtyConfig dirty = cfg_.dirty;
+    if (dirty.mode == DirtyMode::automatic && cfg_.pc_platform) dirty.mode = DirtyMode::bitmap;
+    dirty_ = US_TRY(make_dirty_tracker(kvm_, fd(), memory_, dirty));
     for (size_t i = 0; i < memory_.regions().size(); ++i) {
         const auto& r = memory_.regions()[i];
         kvm_userspace_memory_region slot{};
@@ -137,8 +143,16 @@ Result<void> Vm::attach_pc_devices() {
     US_TRYV(add_device(std::make_unique<I8042>()));
     US_TRYV(add_device(std::make_unique<CmosRtc>()));
     // Port 0x80 is the POST code port that Linux writes as an I/O delay: claimed, ignored.
-    return pio_.add(0x80, 1, "POST code", [](IoAccess& a) -> Result<void> {
+    US_TRYV(pio_.add(0x80, 1, "POST code", [](IoAccess& a) -> Result<void> {
         if (!a.is_write) std::fill(a.data.begin(), a.data.end(), 0xff);
+        return {};
+    }));
+    // ACPI's sleep control register (hv/acpi.hpp): SLP_EN (bit 5) is the guest powering off.
+    return pio_.add(kSleepControlPort, 1, "ACPI sleep control", [this](IoAccess& a) -> Result<void> {
+        constexpr uint8_t kSleepEnable = 1 << 5;
+        if (!a.is_write) std::fill(a.data.begin(), a.data.end(), 0);
+        else if (a.data.size() == 1 && (a.data[0] & kSleepEnable))
+            stop_with({VmStopKind::exited, 0, "the guest powered off (ACPI S5)"});
         return {};
     });
 }
@@ -150,6 +164,11 @@ Result<void> Vm::set_irq_line(uint32_t gsi, bool level) {
     l.level = level ? 1 : 0;
     US_TRYV(kvm_ioctl(fd(), KVM_IRQ_LINE, &l, "KVM_IRQ_LINE"));
     return {};
+}
+
+Result<void> Vm::pulse_irq(uint32_t gsi) {
+    US_TRYV(set_irq_line(gsi, true));
+    return set_irq_line(gsi, false);
 }
 
 Result<PlatformState> Vm::save_platform() const {
@@ -209,6 +228,7 @@ Result<void> Vm::start() {
     for (auto& v : vcpus_) US_TRYV(v->start());
     started_ = true;
     paused_ = true;
+    for (auto& d : devices_) d->resume(); // as after every pause: a restored device rescans here
     for (auto& v : vcpus_) v->request_resume();
     paused_ = false;
     return {};

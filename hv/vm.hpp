@@ -17,6 +17,7 @@
 
 #include "common/bitmap.hpp"
 #include "common/error.hpp"
+#include "hv/acpi.hpp"
 #include "hv/checkpointable.hpp"
 #include "hv/console_buffer.hpp"
 #include "hv/device.hpp"
@@ -75,6 +76,11 @@ public:
     Uart* uart() { return uart_; }
     // Drives an interrupt line of the in-kernel irqchip (PC platform only).
     Result<void> set_irq_line(uint32_t gsi, bool level);
+    // An edge on the line: raised and lowered.
+    Result<void> pulse_irq(uint32_t gsi);
+    // Devices a Linux guest finds through the ACPI DSDT (virtio-mmio), added when attached.
+    void add_acpi_device(const AcpiMmioDevice& d) { acpi_devices_.push_back(d); }
+    const std::vector<AcpiMmioDevice>& acpi_devices() const { return acpi_devices_; }
     // Digest of what a VM must share with this one to run its state: memory size and
     // layout, vCPU count, the CPUID its vCPUs see, and its devices' names.
     uint64_t config_digest() const override;
@@ -150,6 +156,7 @@ private:
     std::vector<std::unique_ptr<Vcpu>> vcpus_;
     std::vector<std::unique_ptr<Device>> devices_;
     Uart* uart_ = nullptr; // owned by devices_
+    std::vector<AcpiMmioDevice> acpi_devices_;
     GuestClock clock_;
     bool started_ = false;
     std::atomic<bool> paused_{true}; // written under control_mu_, read by supervisors

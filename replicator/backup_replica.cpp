@@ -14,7 +14,7 @@ Error stream_error(const std::string& why) { return make_error(Errc::invalid_inp
 
 Result<std::unique_ptr<BackupReplica>> BackupReplica::create(uint64_t memory_bytes, uint32_t vcpus) {
     if (vcpus < 1 || vcpus > 8) return stream_error("vCPU count " + std::to_string(vcpus) + " is not allowed");
-    auto mem = US_TRY(hv::GuestMemory::create(memory_bytes));
+    auto mem = US_TRY(hv::GuestMemory::create(memory_bytes, hv::GuestMemory::Prefault::no));
     return std::unique_ptr<BackupReplica>(new BackupReplica(std::move(mem), vcpus));
 }
 

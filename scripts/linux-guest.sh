@@ -13,8 +13,9 @@
 #     reboot=k on the command line, Understudy sees a reboot and the VM exits);
 #     `us-check SECONDS` is there for tests: the guest's own check of its clocks, memory
 #     and kernel log while it runs;
-#   - otherwise starts redis-server (if ip= configured an address: on it, port 6379) and
-#     a shell on the console.
+#   - with usnet=ADDR/PREFIX: gives eth0 that address and starts redis-server on it
+#     (port 6379) before the command or the shell;
+#   - otherwise a shell on the console.
 set -euo pipefail
 
 [ $# -eq 1 ] || { echo "usage: scripts/linux-guest.sh OUT_DIR" >&2; exit 2; }
@@ -104,17 +105,19 @@ cat >"$init/init" <<'INIT'
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 echo "understudy-linux: up ($(uname -r), $(grep -c ^processor /proc/cpuinfo) CPUs)"
 for m in virtio_mmio virtio_net virtio_blk ext4; do modprobe "$m" 2>/dev/null; done
+ip link set lo up
+# usnet=ADDR/PREFIX: the first NIC's address (the kernel's own ip= would run before the
+# virtio-net module is loaded); redis-server then serves on it, port 6379.
+if [ -n "${usnet:-}" ]; then
+  ip addr add "$usnet" dev eth0 && ip link set eth0 up && echo "understudy-linux: eth0 $usnet"
+  redis-server --bind "${usnet%/*}" --port 6379 --protected-mode no --save "" --appendonly no --daemonize yes \
+    --dir /var/lib/redis --logfile /var/lib/redis/log && echo "understudy-linux: redis-server on ${usnet%/*}:6379"
+fi
 if [ -n "${uscmd:-}" ]; then
   sh -c "$uscmd"
   echo "understudy-linux: command exited with status $?"
   sync
   reboot -f
-fi
-addr=$(sed -n 's/.*\bip=\([0-9.]*\).*/\1/p' /proc/cmdline)
-ip link set lo up
-if [ -n "$addr" ]; then
-  redis-server --bind "$addr" --port 6379 --protected-mode no --daemonize yes --dir /var/lib/redis --logfile /var/lib/redis/log
-  echo "understudy-linux: redis-server on $addr:6379"
 fi
 exec setsid cttyhack sh
 INIT

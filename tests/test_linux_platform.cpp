@@ -2,9 +2,11 @@
 // MP table, and the version-2 (PC platform) state encodings and their refusals.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/codec.hpp"
+#include "hv/acpi.hpp"
 #include "hv/guest_memory.hpp"
 #include "hv/legacy/cmos_rtc.hpp"
 #include "hv/linux_loader.hpp"
@@ -182,4 +184,56 @@ TEST_CASE("the CMOS clock answers the host's UTC time in BCD, never mid-update",
     CHECK(from_bcd(CmosRtc::read_register(0x08)) == t.tm_mon + 1);
     CHECK((CmosRtc::read_register(0x0a) & 0x80) == 0); // update in progress: never
     CHECK(CmosRtc::read_register(0x0b) == 0x02);       // 24-hour, BCD
+}
+
+TEST_CASE("the ACPI tables chain from the RSDP, each with a valid checksum, and name every virtio-mmio device", "[linux][acpi]") {
+    auto mem = GuestMemory::create(16 * kMiB);
+    REQUIRE(mem);
+    std::vector<AcpiMmioDevice> devices{{0xd0000000, 0x1000, 5}, {0xd0001000, 0x1000, 6}};
+    auto rsdp_at = write_acpi_tables(*mem, 2, devices);
+    REQUIRE(rsdp_at);
+    auto read = [&](uint64_t at, size_t n) {
+        std::vector<uint8_t> b(n);
+        REQUIRE(mem->read(Gpa{at}, b));
+        return b;
+    };
+    auto u32 = [](const std::vector<uint8_t>& b, size_t o) {
+        uint32_t v;
+        std::memcpy(&v, &b[o], 4);
+        return v;
+    };
+    auto rsdp = read(*rsdp_at, 36);
+    CHECK(std::memcmp(rsdp.data(), "RSD PTR ", 8) == 0);
+    CHECK(sum(rsdp.data(), 20) == 0);
+    CHECK(sum(rsdp.data(), 36) == 0);
+    uint64_t xsdt_at;
+    std::memcpy(&xsdt_at, &rsdp[24], 8);
+    auto table = [&](uint64_t at, const char* sig) {
+        auto head = read(at, 8);
+        REQUIRE(std::memcmp(head.data(), sig, 4) == 0);
+        auto t = read(at, u32(head, 4));
+        CHECK(sum(t.data(), t.size()) == 0);
+        CHECK(at + t.size() <= kAcpiEnd);
+        return t;
+    };
+    auto xsdt = table(xsdt_at, "XSDT");
+    REQUIRE(xsdt.size() == 36 + 16);
+    uint64_t fadt_at, madt_at;
+    std::memcpy(&fadt_at, &xsdt[36], 8);
+    std::memcpy(&madt_at, &xsdt[44], 8);
+    auto fadt = table(fadt_at, "FACP");
+    CHECK((u32(fadt, 112) & (1u << 20)) != 0); // hardware-reduced
+    auto madt = table(madt_at, "APIC");
+    CHECK(madt.size() == 44 + 2 * 8 + 12); // two LAPICs, one IOAPIC
+    auto dsdt = table(u32(fadt, 40), "DSDT");
+    std::string aml(dsdt.begin(), dsdt.end());
+    CHECK(aml.find("LNRO0005") != std::string::npos);
+    CHECK(aml.find("V000") != std::string::npos);
+    CHECK(aml.find("V001") != std::string::npos);
+    CHECK(aml.find("COM1") != std::string::npos);
+    // Each device's Extended Interrupt descriptor: consumer, edge, active high; its IRQ.
+    for (uint8_t irq : {5, 6}) {
+        const uint8_t want[] = {0x89, 0x06, 0x00, 0x03, 0x01, irq, 0, 0, 0};
+        CHECK(std::search(dsdt.begin(), dsdt.end(), std::begin(want), std::end(want)) != dsdt.end());
+    }
 }

@@ -120,6 +120,9 @@ Result<void> Uart::access(uint64_t offset, uint8_t& v, bool is_write) {
 
 size_t Uart::receive(std::string_view bytes) {
     std::lock_guard lock(mu_);
+    // Until the guest's driver enables the receive interrupt it is not listening: its
+    // start-up clears the FIFO, and Linux masks the interrupt to throttle. Input waits.
+    if (!(ier_ & kIerRxAvailable)) return 0;
     size_t taken = 0;
     for (char c : bytes) {
         if (rx_.size() >= kInputLimit) break;

@@ -28,7 +28,8 @@ public:
     Result<void> restore(const DeviceState& s) override;
 
     // Bytes for the guest to read (the console's input); returns how many were taken
-    // (fewer while the guest leaves kInputLimit bytes unread: the caller offers the rest later).
+    // (fewer while the guest leaves kInputLimit bytes unread, none while its driver has
+    // the receive interrupt off: the caller offers the rest later).
     size_t receive(std::string_view bytes);
 
 private:

@@ -78,7 +78,7 @@ uint32_t MmioTransport::read_reg(uint64_t off) {
     }
     case reg::kQueueNumMax: return selected() ? selected()->spec.max_size : 0; // 0: no such queue
     case reg::kQueueReady: return selected() ? selected()->ready : 0;
-    case reg::kInterruptStatus: return 0; // guests poll; no interrupt is ever raised
+    case reg::kInterruptStatus: return interrupt_status_;
     case reg::kStatus: return status_;
     case reg::kConfigGeneration: return 0; // the configuration never changes
     default: bad_access(off, 4, false, "not a readable register"); return 0;
@@ -123,7 +123,7 @@ void MmioTransport::write_reg(uint64_t off, uint32_t v) {
         if (v >= queues_.size()) return bad_access(off, 4, true, "notify names no queue");
         if (live() && queues_[v].ready) model_.queue_notify(v);
         return;
-    case reg::kInterruptAck: return; // nothing to acknowledge
+    case reg::kInterruptAck: interrupt_status_ &= ~v; return;
     case reg::kStatus: return write_status(v);
     default: return bad_access(off, 4, true, "not a writable register");
     }
@@ -174,6 +174,7 @@ void MmioTransport::set_queue_ready(Queue& q, uint32_t v) {
 void MmioTransport::reset() {
     driver_features_ = 0;
     status_ = 0;
+    interrupt_status_ = 0;
     queue_sel_ = 0;
     device_features_sel_ = 0;
     driver_features_sel_ = 0;

@@ -30,9 +30,10 @@ inline constexpr uint64_t kFeatureVersion1 = 1ull << 32;
 // Device placement: window i at kMmioBase + i * kMmioSize, inside the MMIO window.
 inline constexpr uint64_t kMmioBase = 0xd0000000;
 inline constexpr uint64_t kMmioSize = 0x1000;
-// Linux's virtio_mmio.device= wants an interrupt number; our guests poll and never see
-// one, so this is a placeholder that only keeps the token well-formed.
+// Device i's interrupt is kMmioIrq + i (edge-triggered, in the ACPI DSDT) on a VM with the
+// PC platform; the guest/ images poll and never see one.
 inline constexpr unsigned kMmioIrq = 5;
+inline constexpr uint32_t kInterruptUsedBuffer = 1; // InterruptStatus bit 0
 inline constexpr uint32_t kMmioMagic = 0x74726976; // "virt"
 inline constexpr uint32_t kMmioVersion = 2;
 inline constexpr uint32_t kVendorId = 0x44545355; // "USTD"
@@ -116,6 +117,11 @@ public:
     // Times the device was marked broken, by the transport (queue set-up, status) or the model.
     uint64_t failures() const { return failures_; }
 
+    // Sets InterruptStatus bits (the device then raises its interrupt line); the driver
+    // clears them through InterruptACK. Not saved: after a restore the device raises
+    // them again (and rescans its queues), which a driver must tolerate anyway.
+    void raise_interrupt(uint32_t bits) { interrupt_status_ |= bits; }
+
     // Marks the device broken (DEVICE_NEEDS_RESET) with a rate-limited log line; it stays
     // so until the driver writes 0 to Status.
     void fail(const std::string& why);
@@ -147,6 +153,7 @@ private:
     std::vector<Queue> queues_;
     uint64_t driver_features_ = 0;
     uint32_t status_ = 0;
+    uint32_t interrupt_status_ = 0;
     uint32_t queue_sel_ = 0;
     uint32_t device_features_sel_ = 0;
     uint32_t driver_features_sel_ = 0;

@@ -77,18 +77,28 @@ VirtioNet::VirtioNet(const NetConfig& cfg)
 
 VirtioNet::~VirtioNet() = default;
 
-Result<void> VirtioNet::bind(GuestMemory& mem, std::function<void()> guest_event) {
+Result<void> VirtioNet::bind(GuestMemory& mem, std::function<void()> guest_event, std::function<void()> interrupt) {
     std::lock_guard lock(mu_);
     if (transport_) return make_error(Errc::state, name_ + " is already attached");
     mem_ = &mem;
     guest_event_ = std::move(guest_event);
+    interrupt_ = std::move(interrupt);
     std::vector<QueueSpec> queues(2, QueueSpec{queue_max_, kMaxChainBytes});
     transport_ = std::make_unique<MmioTransport>(name_, mem, static_cast<VirtioModel&>(*this), queues);
     return {};
 }
 
 Result<void> VirtioNet::attach(Vm& vm) {
-    US_TRYV(bind(vm.memory(), [&vm] { vm.notify_guest_event(); }));
+    std::function<void()> interrupt;
+    if (vm.config().pc_platform) {
+        // A Linux guest: an edge on the device's IOAPIC pin, named in the ACPI DSDT. A failed
+        // KVM_IRQ_LINE leaves the bit in InterruptStatus for the next interrupt to report.
+        interrupt = [&vm, irq = irq(), name = name_] {
+            if (auto r = vm.pulse_irq(irq); !r) log::warn("{}: raising IRQ {}: {}", name, irq, r.error().describe());
+        };
+        vm.add_acpi_device({mmio_base(), kMmioSize, irq()});
+    }
+    US_TRYV(bind(vm.memory(), [&vm] { vm.notify_guest_event(); }, std::move(interrupt)));
     return vm.mmio().add(mmio_base(), kMmioSize, name_, [this](IoAccess& a) -> Result<void> {
         mmio_access(a.offset, a.data, a.is_write);
         return {};
@@ -132,9 +142,10 @@ void VirtioNet::queue_notify(unsigned index) {
 }
 
 void VirtioNet::driver_ok() {
-    // The device looks at the RX avail ring whenever a frame arrives: no RX kicks, please.
+    // A polling guest: the device looks at the RX avail ring whenever a frame arrives, so
+    // no RX kicks, please. A guest with interrupts (Linux) kicks after refilling instead.
     auto& rx = transport_->queue(kRxQueue);
-    if (rx.active()) {
+    if (rx.active() && !interrupt_) {
         if (auto r = rx.set_used_flags(kUsedFNoNotify); !r) return fail("RX used ring: " + r.error().message);
     }
     flush_rx();
@@ -144,6 +155,14 @@ void VirtioNet::driver_ok() {
 void VirtioNet::device_reset() { tx_stalled_ = false; }
 
 // ---- internals (lock held) ----
+
+void VirtioNet::used_buffers() {
+    if (interrupt_) {
+        transport_->raise_interrupt(kInterruptUsedBuffer);
+        interrupt_();
+    }
+    if (guest_event_) guest_event_();
+}
 
 bool VirtioNet::can_touch_guest() const { return transport_ && transport_->live() && !suspended_; }
 
@@ -204,7 +223,7 @@ void VirtioNet::process_tx() {
         }
         pushed = true;
     }
-    if (pushed && guest_event_) guest_event_();
+    if (pushed) used_buffers();
 }
 
 VirtioNet::RxResult VirtioNet::write_rx(std::span<const uint8_t> frame) {
@@ -268,7 +287,7 @@ void VirtioNet::flush_rx() {
         delivered |= r == RxResult::delivered;
         pending_.pop_front();
     }
-    if (delivered && guest_event_) guest_event_();
+    if (delivered) used_buffers();
 }
 
 // ---- host-facing ----
@@ -283,7 +302,7 @@ Result<bool> VirtioNet::deliver(std::span<const uint8_t> frame) {
     if (pending_.empty() && can_touch_guest()) {
         switch (write_rx(frame)) {
         case RxResult::delivered:
-            if (guest_event_) guest_event_();
+            used_buffers();
             return true;
         case RxResult::dropped: return false;
         case RxResult::no_buffer:
@@ -325,6 +344,9 @@ void VirtioNet::resume() {
     suspended_ = false;
     flush_rx();
     process_tx();
+    // Restored (a promotion, a snapshot): whatever interrupt was pending on the source is
+    // not in the saved state, so raise one; the driver finds the work in its rings.
+    if (std::exchange(rescan_, false) && interrupt_ && can_touch_guest()) used_buffers();
 }
 
 NetQueueState VirtioNet::queue_state() const {
@@ -437,6 +459,7 @@ Result<void> VirtioNet::restore(const DeviceState& s) {
         log::info("{}: MAC {:02x} from the saved state replaces the configured one", name_, fmt::join(*mac, ":"));
     mac_ = *mac;
     tx_stalled_ = false;
+    rescan_ = true;
     return {};
 }
 

@@ -99,12 +99,14 @@ public:
     void resume() override;
 
     // attach() without a VM (tests): the device uses `mem` and calls `guest_event` when
-    // it has put something in a used ring.
-    Result<void> bind(GuestMemory& mem, std::function<void()> guest_event);
+    // it has put something in a used ring. With `interrupt`, it also sets InterruptStatus
+    // and calls that (the guest then expects RX notifications: used.flags stays 0).
+    Result<void> bind(GuestMemory& mem, std::function<void()> guest_event, std::function<void()> interrupt = {});
     // The MMIO handler's body: one access at `offset` in the device window.
     void mmio_access(uint64_t offset, std::span<uint8_t> data, bool is_write);
 
     uint64_t mmio_base() const { return kMmioBase + kMmioSize * index_; }
+    uint32_t irq() const { return kMmioIrq + index_; }
     // For the guest's kernel command line: "virtio_mmio.device=0x1000@0xd0000000:5".
     std::string cmdline_token() const { return mmio_cmdline_token(mmio_base()); }
     MacAddress mac() const;
@@ -140,6 +142,7 @@ private:
     void fail(const std::string& why);
     void process_tx();
     void flush_rx();
+    void used_buffers(); // something went into a used ring: tell the guest
     RxResult write_rx(std::span<const uint8_t> frame);
 
     const std::string name_;
@@ -151,6 +154,8 @@ private:
     MacAddress mac_;
     GuestMemory* mem_ = nullptr;
     std::function<void()> guest_event_;
+    std::function<void()> interrupt_;
+    bool rescan_ = false; // restored: look at the queues and interrupt the guest on resume
     std::unique_ptr<MmioTransport> transport_;
     EgressSink* sink_ = nullptr;
     bool suspended_ = false;
