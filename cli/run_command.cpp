@@ -539,7 +539,9 @@ int run_command(const std::vector<std::string>& args) {
     int code = 0;
     if (!parse("run", args, desc, pos, usage, code) || !check_snapshot_options(so, code)) return code;
     if (image.empty() == kernel.empty()) {
-        std::fprintf(stderr, "understudy: give either a PVH IMAGE or --kernel BZIMAGE\n%s\n", usage);
+        std::fprintf(stderr, "understudy: %s (see understudy run --help)\n",
+                     image.empty() ? "missing IMAGE: give a PVH guest image or --kernel BZIMAGE"
+                                   : "IMAGE and --kernel BZIMAGE both given: boot one of them");
         return 2;
     }
     if (!kernel.empty()) return run_linux(vo, so, no, kernel, initrd, append);

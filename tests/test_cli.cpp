@@ -238,6 +238,8 @@ TEST_CASE("cli: bad usage is one line on stderr and exit code 2", "[binary]") {
         {"", "missing COMMAND"},
         {"frobnicate", "unknown command 'frobnicate'"},
         {"run", "missing IMAGE"},
+        {"run guest.elf --kernel vmlinuz", "IMAGE and --kernel BZIMAGE both given"},
+        {"run guest.elf --initrd initrd.img", "--initrd and --append go with --kernel"},
         {"run guest.elf --no-such-flag", "unrecognised option '--no-such-flag'"},
         {"run guest.elf --memory", "the required argument for option '--memory' is missing"},
         {"run guest.elf --vcpus two", "--vcpus: 'two' is not a whole number"},
