@@ -221,7 +221,8 @@ Result<uint64_t> write_acpi_tables(GuestMemory& mem, unsigned vcpus, const std::
     put_le(xsdt, fadt_at, 8);
     put_le(xsdt, madt_at, 8);
     finish_table(xsdt);
-    if (next > kAcpiEnd) return make_error(Errc::invalid_input, "the ACPI tables do not fit below 1 MiB");
+    // The last 16 bytes below 1 MiB are the reset vector (hv/linux_loader.cpp).
+    if (next > kAcpiEnd - 16) return make_error(Errc::invalid_input, "the ACPI tables do not fit below 1 MiB");
 
     Bytes rsdp{'R', 'S', 'D', ' ', 'P', 'T', 'R', ' ', 0};
     for (char c : std::string("USTDY ")) rsdp.push_back(static_cast<uint8_t>(c));

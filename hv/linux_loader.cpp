@@ -68,6 +68,16 @@ Result<void> write_page_tables(GuestMemory& mem) {
     return {};
 }
 
+// What a BIOS has at the reset vector, reduced to a reset: Linux on hardware-reduced ACPI
+// without EFI reboots "through the BIOS" by default (reboot_type BOOT_EFI, then BOOT_BIOS:
+// real mode at f000:fff0), so the code there pulses the i8042's reset line, which ends
+// the VM as a reboot. In real mode: mov al, 0xfe; out 0x64, al; hlt; jmp to the hlt.
+constexpr uint64_t kResetVectorGpa = 0xffff0;
+Result<void> write_reset_vector(GuestMemory& mem) {
+    const uint8_t code[] = {0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd};
+    return mem.write(Gpa{kResetVectorGpa}, code);
+}
+
 Result<void> write_gdt(GuestMemory& mem) {
     const uint64_t gdt[4] = {0, 0, 0x00af9b000000ffff /* 64-bit code */, 0x00cf93000000ffff /* flat data */};
     return mem.write(Gpa{kLinuxGdtGpa}, {reinterpret_cast<const uint8_t*>(gdt), sizeof gdt});
@@ -167,6 +177,7 @@ Result<BzImage> load_linux(Vm& vm, std::span<const uint8_t> kernel, std::span<co
     US_TRYV(mem.write(Gpa{kLinuxZeroPageGpa}, zp));
     US_TRYV(write_page_tables(mem));
     US_TRYV(write_gdt(mem));
+    US_TRYV(write_reset_vector(mem));
     US_TRYV(write_mp_table(mem, vm.vcpu_count()));
     US_TRYV(vm.vcpu(0).set_linux_boot_state(k.load_address + kEntry64Offset, kLinuxZeroPageGpa, kLinuxPml4Gpa, kLinuxGdtGpa, 4 * 8));
     return k;
