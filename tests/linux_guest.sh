@@ -78,15 +78,22 @@ expect "$work/boot.log" "VM stopped: exited (status 0).*i8042 reset" "the guest'
 echo "   booted and rebooted in $((SECONDS - t0)) s"
 
 echo "== 2. snapshot at a random moment during the guest's check, restored"
-# The guest is up after about 15 s nested; the check then runs for 30 s.
-at=$((20 + RANDOM % 12))
-"$cli" run "${kernel[@]}" --vcpus 2 --timeout "$(scaled 60)" --snapshot-to "$work/linux.snap" --snapshot-after "$(scaled "$at")" \
-  --append "$base uscmd=\"us-check 30\"" >"$work/snapshot.log" 2>&1 || true
-expect "$work/snapshot.log" "snapshot: $work/linux.snap" "no snapshot was written"
+# `understudy snapshot` on the running VM, 0 to 4 s after the check's tenth tick (of 150).
+"$cli" run "${kernel[@]}" --vcpus 2 --timeout "$(scaled 300)" --control-socket "$work/snapshot.sock" \
+  --append "$base uscmd=\"us-check 30\"" </dev/null >"$work/snapshot.log" 2>&1 &
+running=$!
+pids+=("$running")
+wait_for "$work/snapshot.log" "us-check: tick 10," 180
+sleep "$((RANDOM % 5)).$((RANDOM % 10))"
+"$cli" snapshot --control-socket "$work/snapshot.sock" "$work/linux.snap" >"$work/snapshot-cmd.log" 2>&1 ||
+  { cat "$work/snapshot-cmd.log"; fail "understudy snapshot failed"; }
+at=$(grep -o 'us-check: tick [0-9]*' "$work/snapshot.log" | tail -1)
+kill -TERM "$running"
+wait "$running" || true
 "$cli" restore "$work/linux.snap" --timeout "$(scaled 120)" </dev/null >"$work/restore.log" 2>&1 || fail "the restored VM did not end with status 0"
 expect "$work/restore.log" "us-check: ok" "the restored guest's check did not pass"
 expect "$work/restore.log" "VM stopped: exited (status 0)" "the restored guest did not reboot"
-echo "   snapshot after ${at} s; the restored guest's check passed: $(grep -c 'us-check: tick' "$work/restore.log") ticks after restore"
+echo "   snapshot after '$at'; the restored guest's check passed: $(grep -c 'us-check: tick' "$work/restore.log") ticks after restore"
 
 echo "== 3. protected, the primary killed during the guest's check"
 port=$((20000 + $$ % 20000))
