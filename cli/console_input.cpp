@@ -1,6 +1,7 @@
 #include "cli/console_input.hpp"
 
 #include <poll.h>
+#include <csignal>
 #include <unistd.h>
 
 #include <cerrno>
@@ -13,7 +14,15 @@
 namespace understudy::cli {
 
 ConsoleInput::ConsoleInput(hv::Uart* uart) {
-    if (uart) thread_ = std::thread([this, uart] { feed(uart); });
+    if (!uart) return;
+    if (::isatty(STDIN_FILENO)) {
+        // A terminal that another job owns (understudy started with `&`): reading it would
+        // stop the whole process with SIGTTIN, vCPUs and heartbeats too. Leave it alone,
+        // and should the job be sent to the background later, let read() fail instead.
+        if (::tcgetpgrp(STDIN_FILENO) != ::getpgrp()) return;
+        ::signal(SIGTTIN, SIG_IGN);
+    }
+    thread_ = std::thread([this, uart] { feed(uart); });
 }
 
 ConsoleInput::~ConsoleInput() {

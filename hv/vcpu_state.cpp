@@ -130,12 +130,17 @@ Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s) {
     Decoder d(in, what);
     bool have_time = false;
     uint32_t version = 0;
-    unsigned platform_parts = 0;
+    uint32_t platform_parts = 0; // bit per tag seen
     PlatformState p;
+    auto part = [&](uint32_t tag) -> Result<void> {
+        if (platform_parts & (1u << tag)) return d.error("field " + std::to_string(tag) + " appears twice");
+        platform_parts |= 1u << tag;
+        return {};
+    };
     auto irqchip = [&](const Decoder::Field& f, uint32_t chip) -> Result<kvm_irqchip> {
+        US_TRYV(part(f.tag));
         auto c = US_TRY(Decoder::as_pod<kvm_irqchip>(f, what));
         if (c.chip_id != chip) return d.error("irqchip field " + std::to_string(f.tag) + " holds chip " + std::to_string(c.chip_id));
-        ++platform_parts;
         return c;
     };
     while (!d.done()) {
@@ -151,8 +156,8 @@ Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s) {
         case kTagPicSlave: p.pic_slave = US_TRY(irqchip(f, KVM_IRQCHIP_PIC_SLAVE)); break;
         case kTagIoapic: p.ioapic = US_TRY(irqchip(f, KVM_IRQCHIP_IOAPIC)); break;
         case kTagPit:
+            US_TRYV(part(f.tag));
             p.pit = US_TRY(Decoder::as_pod<kvm_pit_state2>(f, what));
-            ++platform_parts;
             break;
         case kTagGuestTime:
             s.guest_time_ns = US_TRY(Decoder::as_pod<uint64_t>(f, what));
@@ -164,7 +169,8 @@ Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s) {
     }
     if (!have_time) return d.error("guest time is missing");
     if (version == kVmStateVersionPc) {
-        if (platform_parts != 4) return d.error("version 2 needs the two PICs, the IOAPIC and the PIT, once each");
+        const uint32_t all = (1u << kTagPicMaster) | (1u << kTagPicSlave) | (1u << kTagIoapic) | (1u << kTagPit);
+        if (platform_parts != all) return d.error("version 2 needs the two PICs, the IOAPIC and the PIT, once each");
         s.platform = p;
     } else if (platform_parts != 0) {
         return d.error("version 1 carries irqchip state");

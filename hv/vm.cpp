@@ -280,6 +280,11 @@ Result<void> Vm::restore_state(const VmState& s) {
     if (s.platform.has_value() != cfg_.pc_platform)
         return make_error(Errc::invalid_input, s.platform ? "the state is a PC platform's (a Linux guest's); this VM has no irqchip"
                                                           : "the state has no irqchip state; this VM has the PC platform");
+    for (size_t i = 0; i < s.vcpus.size(); ++i) // checked before anything is written to KVM
+        if (s.vcpus[i].lapic.has_value() != cfg_.pc_platform)
+            return make_error(Errc::invalid_input, "vCPU " + std::to_string(i) + "'s state " +
+                                                       (cfg_.pc_platform ? "lacks the LAPIC" : "has a LAPIC") +
+                                                       " that the VM state's version calls for");
     for (const auto& ds : s.devices) {
         bool found = false;
         for (auto& d : devices_)

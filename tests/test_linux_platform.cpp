@@ -165,6 +165,20 @@ TEST_CASE("PC platform state travels as version 2 and is refused where it does n
     auto r2 = decode_vm_clock(bad, ignored);
     REQUIRE(!r2);
     CHECK_THAT(r2.error().message, Catch::Contains("holds chip"));
+    // A part given twice (here the IOAPIC in place of the PIT) is refused.
+    std::vector<uint8_t> twice;
+    {
+        Encoder e(twice);
+        e.field_pod(1, kVmStateVersionPc);
+        e.field_pod(2, uint64_t(7));
+        e.field_pod(4, s.platform->pic_master);
+        e.field_pod(5, s.platform->pic_slave);
+        e.field_pod(6, s.platform->ioapic);
+        e.field_pod(6, s.platform->ioapic);
+    }
+    auto r3 = decode_vm_clock(twice, ignored);
+    REQUIRE(!r3);
+    CHECK_THAT(r3.error().message, Catch::Contains("appears twice"));
     VmState no_platform = s;
     no_platform.platform.reset();
     std::vector<uint8_t> v1clock;

@@ -36,8 +36,9 @@ Result<void> Uart::update_irq() {
     // OUT2 gates the interrupt onto the bus on a PC; Linux sets it before enabling IER.
     bool level = interrupt_id() != kIirNone && (mcr_ & kMcrOut2);
     if (level == irq_level_) return {};
-    irq_level_ = level;
-    return vm_->set_irq_line(kCom1Irq, level);
+    US_TRYV(vm_->set_irq_line(kCom1Irq, level));
+    irq_level_ = level; // only once KVM has it: a failed call is retried by the next access
+    return {};
 }
 
 Result<void> Uart::access(uint64_t offset, uint8_t& v, bool is_write) {
@@ -122,7 +123,7 @@ size_t Uart::receive(std::string_view bytes) {
     std::lock_guard lock(mu_);
     // Until the guest's driver enables the receive interrupt it is not listening: its
     // start-up clears the FIFO, and Linux masks the interrupt to throttle. Input waits.
-    if (!(ier_ & kIerRxAvailable)) return 0;
+    if (!(ier_ & kIerRxAvailable) || suspended_) return 0;
     size_t taken = 0;
     for (char c : bytes) {
         if (rx_.size() >= kInputLimit) break;
@@ -131,6 +132,16 @@ size_t Uart::receive(std::string_view bytes) {
     }
     if (vm_) (void)update_irq(); // a failed KVM_IRQ_LINE here has no guest access to fail; the next access retries
     return taken;
+}
+
+void Uart::suspend() {
+    std::lock_guard lock(mu_);
+    suspended_ = true;
+}
+
+void Uart::resume() {
+    std::lock_guard lock(mu_);
+    suspended_ = false;
 }
 
 DeviceState Uart::save() const {

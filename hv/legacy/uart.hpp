@@ -26,6 +26,10 @@ public:
     Result<void> attach(Vm& vm) override;
     DeviceState save() const override;
     Result<void> restore(const DeviceState& s) override;
+    // While the VM is paused no input is taken: a checkpoint must not hold a byte (and a
+    // raised line) that the irqchip state captured before it does not know of.
+    void suspend() override;
+    void resume() override;
 
     // Bytes for the guest to read (the console's input); returns how many were taken
     // (fewer while the guest leaves kInputLimit bytes unread, none while its driver has
@@ -43,6 +47,7 @@ private:
     bool thr_empty_pending_ = false; // the "transmitter empty" interrupt waits to be read
     std::deque<uint8_t> rx_;
     bool irq_level_ = false;
+    bool suspended_ = false;
 };
 
 } // namespace understudy::hv

@@ -91,6 +91,10 @@ Result<void> VirtioNet::bind(GuestMemory& mem, std::function<void()> guest_event
 Result<void> VirtioNet::attach(Vm& vm) {
     std::function<void()> interrupt;
     if (vm.config().pc_platform) {
+        constexpr uint32_t kIoapicPins = 24;
+        if (irq() >= kIoapicPins)
+            return make_error(Errc::invalid_input, name_ + ": IRQ " + std::to_string(irq()) + " has no IOAPIC pin (at most " +
+                                                       std::to_string(kIoapicPins - kMmioIrq) + " virtio-mmio devices)");
         // A Linux guest: an edge on the device's IOAPIC pin, named in the ACPI DSDT. A failed
         // KVM_IRQ_LINE leaves the bit in InterruptStatus for the next interrupt to report.
         interrupt = [&vm, irq = irq(), name = name_] {
