@@ -103,16 +103,15 @@ if [ "${UNDERSTUDY_SKIP_SANITIZERS:-0}" != 1 ]; then
   echo "== build with AddressSanitizer and UndefinedBehaviorSanitizer (clang 16, with the fuzz targets)"
   CC=gcc CXX=clang++-16 BUILD_DIR=build-asan scripts/build.sh -DUNDERSTUDY_SANITIZE=ON -DUNDERSTUDY_FUZZ=ON \
     -DUNDERSTUDY_BENCH=OFF -DUNDERSTUDY_KVM_TIMEOUT_SCALE="$timeout_scale"
-  scripts/linux-guest.sh "$PWD/build-asan/linux-guest"
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
   if [ "$kvm_where" = nested ]; then
     # In the nested VM the sanitizer build runs the kvm suites that exercise the VMM's own
     # code paths in a few minutes; the end-to-end ones (the whole pair over the network)
     # already ran nested on the normal build and would cost the run tens of minutes more
     # (docs/testing.md, "The sanitizer build in the nested VM", has the figures).
-    asan_nested='^(dirty_tracking|pause_resume|snapshot|bad_input|bad_virtio|virtio_kvm|linux_guest)$'
+    asan_nested='^(dirty_tracking|pause_resume|snapshot|bad_input|bad_virtio|virtio_kvm)$'
     left=()
-    for s in replication capture link_security network fencing operations; do
+    for s in replication capture link_security network fencing operations linux_guest; do
       left+=(--left-out "$s=sanitizer build, nested: end to end, already run nested on the normal build (docs/testing.md)")
     done
     run_suites "$PWD/build-asan" sanitizer --nested-only "$asan_nested" "${left[@]}"

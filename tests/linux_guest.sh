@@ -78,9 +78,9 @@ expect "$work/boot.log" "VM stopped: exited (status 0).*i8042 reset" "the guest'
 echo "   booted and rebooted in $((SECONDS - t0)) s"
 
 echo "== 2. snapshot at a random moment during the guest's check, restored"
-# `understudy snapshot` on the running VM, 0 to 4 s after the check's tenth tick (of 150).
+# `understudy snapshot` on the running VM, 0 to 4 s after the check's tenth tick (of 100).
 "$cli" run "${kernel[@]}" --vcpus 2 --timeout "$(scaled 300)" --control-socket "$work/snapshot.sock" \
-  --append "$base uscmd=\"us-check 30\"" </dev/null >"$work/snapshot.log" 2>&1 &
+  --append "$base uscmd=\"us-check 20\"" </dev/null >"$work/snapshot.log" 2>&1 &
 running=$!
 pids+=("$running")
 wait_for "$work/snapshot.log" "us-check: tick 10," 180
@@ -104,10 +104,10 @@ backup=$!
 pids+=("$backup")
 wait_for "$work/backup.log" "listening on" 10
 "$cli" run "${kernel[@]}" --vcpus 2 --backup "127.0.0.1:$port" --epoch-ms 100 "${link[@]}" --timeout "$(scaled 300)" \
-  --append "$base uscmd=\"us-check 30\"" </dev/null >"$work/primary.log" 2>&1 &
+  --append "$base uscmd=\"us-check 20\"" </dev/null >"$work/primary.log" 2>&1 &
 primary=$!
 pids+=("$primary")
-wait_for "$work/primary.log" "us-check: tick 50" 180
+wait_for "$work/primary.log" "us-check: tick 40" 180
 expect "$work/primary.log" "checkpoints: epoch" "the primary reported no checkpoints"
 kill -KILL "$primary"
 wait "$backup" || fail "the promoted backup did not end with status 0"
