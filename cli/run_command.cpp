@@ -478,6 +478,14 @@ bool check_snapshot_options(SuperviseOptions& s, int& code) {
     return true;
 }
 
+// The guest's NIC on --net-tap, or none without it.
+Result<std::unique_ptr<GuestNetwork>> attach_tap(hv::Vm& vm, const NetOptions& no) {
+    if (no.tap.empty()) return std::unique_ptr<GuestNetwork>();
+    auto n = GuestNetwork::attach(vm, no);
+    if (!n) return std::move(n.error()).wrap("the guest network on tap " + no.tap);
+    return std::move(*n);
+}
+
 // Linux guests: the PC platform, the kernel and initrd read whole (each at most the
 // guest's memory). The NIC is attached before the kernel is loaded: the ACPI tables
 // written with it name the NIC's window and interrupt.
@@ -501,12 +509,9 @@ int run_linux(const VmOptions& vo, SuperviseOptions& so, const NetOptions& no, c
     if (auto r = hv::check_linux_cmdline(*parsed, append); !r) return fail(r.error());
     auto vm = hv::Vm::create(*cfg);
     if (!vm) return fail(vm.error());
-    std::unique_ptr<GuestNetwork> net;
-    if (!no.tap.empty()) {
-        auto n = GuestNetwork::attach(**vm, no);
-        if (!n) return fail(std::move(n.error()).wrap("the guest network on tap " + no.tap));
-        net = std::move(*n);
-    }
+    auto attached = attach_tap(**vm, no);
+    if (!attached) return fail(attached.error());
+    std::unique_ptr<GuestNetwork> net = std::move(*attached);
     auto k = hv::load_linux(**vm, *kernel_file, initrd_file, append);
     if (!k) return fail(std::move(k.error()).wrap(kernel));
     std::printf("== booting Linux %s (boot protocol %u.%02u)%s: %s RAM, %u vCPU(s), dirty tracking %s%s\n", kernel.c_str(),
@@ -556,13 +561,10 @@ int run_command(const std::vector<std::string>& args) {
     if (!file) return fail(file.error());
     auto vm = hv::Vm::create(*cfg);
     if (!vm) return fail(vm.error());
-    std::unique_ptr<GuestNetwork> net;
-    if (!no.tap.empty()) {
-        auto n = GuestNetwork::attach(**vm, no);
-        if (!n) return fail(std::move(n.error()).wrap("the guest network on tap " + no.tap));
-        net = std::move(*n);
-        cmdline += (cmdline.empty() ? "" : " ") + net->cmdline_token();
-    }
+    auto attached = attach_tap(**vm, no);
+    if (!attached) return fail(attached.error());
+    std::unique_ptr<GuestNetwork> net = std::move(*attached);
+    if (net) cmdline += (cmdline.empty() ? "" : " ") + net->cmdline_token();
     auto img = hv::load_pvh_image(**vm, *file, cmdline);
     if (!img) return fail(std::move(img.error()).wrap(image));
     std::printf("== booting %s: %s RAM, %u vCPU(s), dirty tracking %s%s\n", image.c_str(), vo.memory.c_str(), vo.vcpus,
