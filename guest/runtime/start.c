@@ -1,7 +1,7 @@
 /*
- * First C code, at CPL3, on every vCPU. vCPU 0 probes for Understudy, parses
- * the PVH start info, installs the exception gates and calibrates the TSC;
- * the others wait for it, then every vCPU runs guest_main() on its own stack.
+ * First C code, at CPL3, on every vCPU. The first to arrive (ticket 0) probes for
+ * Understudy, parses the PVH start info, installs the exception gates and calibrates
+ * the TSC; the others wait for it, then every vCPU runs guest_main() on its own stack.
  */
 #include "pvh.h"
 #include "asm_consts.h"
@@ -111,10 +111,16 @@ void us_runtime_start(const struct pvh_start_info *si, uint32_t ticket)
             us_pause();
     }
     struct guest_boot mine = boot_info;
-    mine.vcpu = ticket;
     uint32_t r[4];
     us_cpuid(1, 0, r);
     mine.apic_id = r[1] >> 24;
+    /* Under Understudy every vCPU starts at once, in no fixed order, and the VMM numbers
+     * them by initial APIC ID: an image's roles (vCPU 0 works, the others halt) and its
+     * reports must follow that number, not who took the first ticket. */
+    mine.vcpu = understudy ? mine.apic_id : ticket;
+    if (mine.vcpu >= US_ASM_MAX_VCPUS)
+        us_panic("boot: vCPU with APIC ID %u is beyond the %u this runtime supports\n", mine.apic_id,
+                 US_ASM_MAX_VCPUS);
     guest_main(&mine);
     us_exit(0);
 }

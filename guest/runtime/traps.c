@@ -44,7 +44,7 @@ void us_fault_user(uint64_t vector, uint64_t error, uint64_t rip, uint64_t cr2, 
 {
     const char *name = vector < US_IDT_VECTORS && names[vector] ? names[vector] : "exception";
     char msg[160];
-    us_snprintf(msg, sizeof(msg), "cpu exception %lu (%s) on vcpu %u: rip=%#lx error=%#lx cr2=%#lx rsp=%#lx",
+    us_snprintf(msg, sizeof(msg), "cpu exception %lu (%s) on the vCPU of ticket %u: rip=%#lx error=%#lx cr2=%#lx rsp=%#lx",
                 vector, name, us_this_vcpu(), rip, error, cr2, rsp);
     us_abort("cpu", 0, msg);
 }

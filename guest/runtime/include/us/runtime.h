@@ -15,7 +15,8 @@ struct us_mem_region {
 };
 
 struct guest_boot {
-    uint32_t vcpu;              /* this vCPU's index in arrival order: 0 is the boot vCPU */
+    uint32_t vcpu;              /* this vCPU's index, < 8: under Understudy the VMM's own vCPU number
+                                   (= apic_id); elsewhere arrival order, 0 the boot vCPU */
     uint32_t apic_id;           /* initial APIC ID (CPUID 1), the VMM's own vCPU number */
     uint32_t nr_ram;            /* RAM (E820 type 1) regions, sorted by base */
     struct us_mem_region ram[US_MAX_RAM_REGIONS];
@@ -24,14 +25,14 @@ struct guest_boot {
     uint64_t image_end;         /* page-aligned end of image, bss and stacks */
     uint64_t free_start;        /* page-aligned; above the image and all boot data */
     uint64_t map_end;           /* end of the identity map: nothing above is usable */
-    uint64_t tsc_hz;            /* calibrated once by vCPU 0 */
+    uint64_t tsc_hz;            /* calibrated once, by the first vCPU to arrive */
     int understudy;             /* the probe said we run under Understudy */
 };
 
 /* Provided by each image. Returning means us_exit(0) (from any vCPU). */
 void guest_main(const struct guest_boot *boot);
 
-/* The calling vCPU's index, derived from its stack pointer (no exit, no TLS). */
+/* The calling vCPU's ticket (arrival order), derived from its stack pointer (no exit, no TLS). */
 unsigned us_this_vcpu(void);
 
 /* Cached result of the probe made at boot. */
