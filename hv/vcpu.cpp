@@ -290,13 +290,26 @@ void Vcpu::join() {
     if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 
-void Vcpu::park() {
-    // Re-enter once with immediate_exit set: KVM finishes a pending port or MMIO read
-    // (copies the data into the guest's registers) and returns without running guest code.
+Result<void> Vcpu::finish_instruction() {
+    // With immediate_exit set, KVM completes the pending port or MMIO access (copies read
+    // data into the guest) and returns EINTR without running guest code. An instruction
+    // that needs userspace more than once (an access split across a page, `rep movs` or
+    // `rep ins` on a device) instead returns its next exit: it is handled like any other
+    // and KVM re-entered, until the instruction is done. Dropping it would lose a write
+    // or feed the guest a stale read after the resume.
     store_immediate_exit(run_, 1);
-    if (::ioctl(fd(), KVM_RUN, 0) < 0 && errno != EINTR)
-        log::warn("vCPU {}: completing the pending exit before pausing failed: {}", index_, strerror(errno));
+    for (;;) {
+        if (::ioctl(fd(), KVM_RUN, 0) < 0) {
+            if (errno == EINTR || errno == EAGAIN) break;
+            return sys_error("KVM_RUN completing an instruction before pausing");
+        }
+        US_TRYV(handle_exit());
+    }
     consume_kick();
+    return {};
+}
+
+void Vcpu::park() {
     state_.store(VcpuRunState::paused, std::memory_order_release);
     // Acknowledge every pause request seen while parked, including one that arrives
     // after a resume this thread has not woken for yet.
@@ -316,19 +329,23 @@ void Vcpu::thread_main() {
     for (;;) {
         uint32_t c = control_.load(std::memory_order_seq_cst);
         if (c & kStopBit) break;
+        Result<void> r;
         if (c & kPauseBit) {
-            park();
-            continue;
-        }
-        if (::ioctl(fd(), KVM_RUN, 0) < 0) {
+            r = finish_instruction();
+            if (r) {
+                park();
+                continue;
+            }
+        } else if (::ioctl(fd(), KVM_RUN, 0) < 0) {
             if (errno == EINTR || errno == EAGAIN) {
                 consume_kick();
                 continue;
             }
-            vm_.stop_with({VmStopKind::host_error, 0, "vCPU " + std::to_string(index_) + ": KVM_RUN: " + strerror(errno)});
-            break;
+            r = sys_error("KVM_RUN");
+        } else {
+            r = handle_exit();
         }
-        if (auto r = handle_exit(); !r) {
+        if (!r) {
             VmStopKind kind = r.error().code == Errc::guest_fault ? VmStopKind::guest_fault : VmStopKind::host_error;
             vm_.stop_with({kind, 0, "vCPU " + std::to_string(index_) + ": " + r.error().describe()});
             break;

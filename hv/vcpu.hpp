@@ -1,8 +1,9 @@
 // One vCPU: its fd, its kvm_run mapping, and its thread. The thread is a small state
 // machine (running -> paused -> running ... -> exited) driven by the VM's pause and
-// resume requests. An exit is always handled to completion, and KVM is re-entered once
-// with immediate_exit before parking, so that a paused vCPU never holds a half-done
-// port or MMIO instruction: saved state is always at an instruction boundary.
+// resume requests. An exit is always handled to completion, and KVM is re-entered with
+// immediate_exit before parking until the instruction is done (a split or string access
+// needs several exits), so that a paused vCPU never holds a half-done port or MMIO
+// instruction: saved state is always at an instruction boundary.
 #pragma once
 
 #include <linux/kvm.h>
@@ -58,6 +59,8 @@ public:
 private:
     Vcpu(Vm& vm, unsigned index) : vm_(vm), index_(index) {}
     void thread_main();
+    // Completes the instruction the last exit belongs to, without running guest code.
+    Result<void> finish_instruction();
     void park();
     Result<void> handle_exit();
     Result<void> setup_cpuid();
