@@ -102,25 +102,26 @@ void Primary::fail(Error e) {
     if (first && hooks_.on_failure) hooks_.on_failure(e);
 }
 
+void Primary::handover_step_locked(HandoverEvent e, uint64_t epoch, std::chrono::milliseconds grace) {
+    if (auto r = handover_.on(e, epoch, grace); !r) log::error("replication: {}", r.error().describe());
+}
+
 bool Primary::late_answer_decides() {
     std::unique_lock lock(mu_);
-    if (!unanswered_handover_ || error_ || stopping_) return false;
-    if (awaiting_verdict_) { // another thread is asking already
-        cv_.wait(lock, [&] { return !awaiting_verdict_; });
-        return late_handover_.has_value();
+    if (error_ || stopping_) return false;
+    if (handover_.phase() == HandoverPhase::awaiting_verdict) { // another thread is asking already
+        cv_.wait(lock, [&] { return handover_.phase() != HandoverPhase::awaiting_verdict; });
+        return handover_.phase() == HandoverPhase::handed_over;
     }
-    awaiting_verdict_ = true;
-    const auto asked = *unanswered_handover_;
+    if (handover_.phase() != HandoverPhase::unanswered) return false;
+    handover_step_locked(HandoverEvent::replication_failed);
+    const uint64_t epoch = handover_.epoch();
+    const auto grace = handover_.grace();
     lock.unlock();
-    const bool accepted = heartbeat_->await_handover(asked.epoch, asked.grace) == HeartbeatLink::HandoverAnswer::accepted;
+    const bool accepted = heartbeat_->await_handover(epoch, grace) == HeartbeatLink::HandoverAnswer::accepted;
     lock.lock();
-    awaiting_verdict_ = false;
-    unanswered_handover_.reset();
-    if (accepted) {
-        handed_over_ = true;
-        late_handover_ = asked.epoch;
-        stopping_ = true; // no GOODBYE: the backup runs the VM
-    }
+    handover_step_locked(accepted ? HandoverEvent::verdict_accepted : HandoverEvent::verdict_none);
+    if (accepted) stopping_ = true; // no GOODBYE: the backup runs the VM
     lock.unlock();
     cv_.notify_all();
     if (accepted) conn_->shutdown();
@@ -129,7 +130,8 @@ bool Primary::late_answer_decides() {
 
 std::optional<uint64_t> Primary::late_handover() const {
     std::lock_guard lock(mu_);
-    return late_handover_;
+    if (handover_.phase() != HandoverPhase::handed_over || !handover_.late()) return std::nullopt;
+    return handover_.epoch();
 }
 
 void Primary::stop() {
@@ -167,7 +169,8 @@ Result<void> Primary::wait() {
 
 std::optional<uint64_t> Primary::handover_uncertain() const {
     std::lock_guard lock(mu_);
-    return handover_uncertain_;
+    if (handover_.phase() != HandoverPhase::uncertain) return std::nullopt;
+    return handover_.epoch();
 }
 
 std::optional<Error> Primary::failure() const {
@@ -429,7 +432,8 @@ Result<void> Primary::epoch_loop() {
         for (;;) {
             if (auto stalled = backup_stalled_locked()) {
                 // It still heartbeats, so it would hear a close as a dead primary and promote.
-                const bool goodbye = heartbeat_ && !unanswered_handover_;
+                const bool goodbye = heartbeat_ && handover_.phase() != HandoverPhase::unanswered &&
+                                     handover_.phase() != HandoverPhase::awaiting_verdict;
                 lock.unlock();
                 if (goodbye) heartbeat_->goodbye();
                 return *stalled;
@@ -443,7 +447,7 @@ Result<void> Primary::epoch_loop() {
         }
         if (stopping_) break;
         early_end_.reset(); // output from here on belongs to the next checkpoint
-        const bool last = handover_ && !handover_->outcome;
+        const bool last = handover_.phase() == HandoverPhase::requested;
         std::function<void(hv::Checkpointable&)> paused;
         if (paused_request_ && !paused_request_->done_at) paused = paused_request_->fn;
         if (vm_.stop_reason()) break; // the guest is gone; nothing left to protect
@@ -452,6 +456,7 @@ Result<void> Primary::epoch_loop() {
         auto cp = US_TRY(capture(epoch, !last, paused, std::move(slice)));
         lock.lock();
         if (paused) paused_request_->done_at = epoch;
+        if (last) handover_step_locked(HandoverEvent::captured, epoch);
         EpochFigures f;
         f.epoch = epoch;
         fill_pause(f, *cp);
@@ -470,15 +475,19 @@ Result<uint64_t> Primary::hand_over(std::function<Result<void>()> check, std::ch
     if (stopping_ || control_done_) return make_error(Errc::state, "replication has ended");
     if (!heartbeat_) return make_error(Errc::state, "a handover needs the control connection (heartbeats)");
     if (acked_ == 0) return make_error(Errc::state, "the backup holds no checkpoint yet (initial synchronization)");
-    if (handover_ || paused_request_) return make_error(Errc::state, "another action on the checkpoints is under way");
-    handover_ = Handover{std::move(check), answer_limit, std::nullopt};
+    if (paused_request_) return make_error(Errc::state, "another action on the checkpoints is under way");
+    US_TRYV(handover_.on(HandoverEvent::request));
+    handover_request_ = HandoverRequest{std::move(check), answer_limit, std::nullopt};
     early_end_ = steady_clock::now(); // this epoch ends now
     cv_.notify_all();
-    cv_.wait(lock, [&] { return handover_->outcome || control_done_; });
+    cv_.wait(lock, [&] { return handover_request_->outcome || control_done_; });
     Result<uint64_t> outcome = make_error(Errc::state, "replication ended");
-    if (handover_->outcome) outcome = *handover_->outcome;
+    if (handover_request_->outcome) outcome = *handover_request_->outcome;
     else if (error_) outcome = Error(*error_).wrap("replication failed");
-    handover_.reset();
+    // Replication ended before the last checkpoint was taken or acknowledged.
+    if (handover_.phase() == HandoverPhase::requested || handover_.phase() == HandoverPhase::draining)
+        handover_step_locked(HandoverEvent::abandoned);
+    handover_request_.reset();
     return outcome;
 }
 
@@ -486,7 +495,7 @@ Result<uint64_t> Primary::while_paused(std::function<void(hv::Checkpointable&)> 
     std::unique_lock lock(mu_);
     if (stopping_ || control_done_) return make_error(Errc::state, "replication has ended");
     if (acked_ == 0) return make_error(Errc::state, "the initial synchronization is still running; try again once protected");
-    if (paused_request_ || handover_) return make_error(Errc::state, "another action on the checkpoints is under way");
+    if (paused_request_ || handover_request_) return make_error(Errc::state, "another action on the checkpoints is under way");
     paused_request_ = PausedRequest{std::move(fn), std::nullopt};
     early_end_ = steady_clock::now(); // this epoch ends now
     cv_.notify_all();
@@ -499,7 +508,7 @@ Result<uint64_t> Primary::while_paused(std::function<void(hv::Checkpointable&)> 
 
 bool Primary::handed_over() const {
     std::lock_guard lock(mu_);
-    return handed_over_;
+    return handover_.phase() == HandoverPhase::handed_over;
 }
 
 namespace {
@@ -512,26 +521,36 @@ std::chrono::milliseconds answer_grace(std::chrono::milliseconds limit) {
 
 bool Primary::finish_handover(uint64_t epoch) {
     std::unique_lock lock(mu_);
+    const auto check = handover_request_->check;
+    const auto limit = handover_request_->answer_limit;
     // Every checkpoint acknowledged and its output released: the backup's copy is the
     // guest as it is now, paused, and nothing of it is still held here.
     // Bounded: a backup that heartbeats but does not acknowledge would otherwise keep the
     // guest paused for good. HANDOVER is not sent yet, so giving up is safe.
-    const auto ack_limit = answer_grace(handover_->answer_limit);
+    const auto ack_limit = answer_grace(limit);
     const bool acked = cv_.wait_for(lock, ack_limit, [&] { return stopping_ || (in_flight_.empty() && reporting_ == 0); });
     Result<uint64_t> outcome = epoch;
+    Result<void> ok;
+    if (!stopping_ && acked) {
+        lock.unlock();
+        ok = check ? check() : Result<void>();
+        lock.lock();
+    }
     if (stopping_) {
-        outcome = make_error(Errc::state, "replication failed before the last checkpoint was acknowledged: " +
+        outcome = make_error(Errc::state, "replication failed before the handover was asked for: " +
                                               (error_ ? error_->describe() : std::string("stopped")));
+        handover_step_locked(HandoverEvent::abandoned);
     } else if (!acked) {
         outcome = make_error(Errc::timeout, "the backup did not acknowledge the last checkpoint within " +
                                                 std::to_string(ack_limit.count()) + " ms; the VM runs on, protected");
+        handover_step_locked(HandoverEvent::abandoned);
+    } else if (!ok) {
+        outcome = std::move(ok.error()).wrap("handover refused");
+        handover_step_locked(HandoverEvent::abandoned);
     } else {
-        auto check = handover_->check;
-        auto limit = handover_->answer_limit;
-        handing_over_ = true;
+        handover_step_locked(HandoverEvent::asked);
         lock.unlock();
-        auto ok = check ? check() : Result<void>();
-        auto answer = ok ? heartbeat_->request_handover(epoch, limit) : HeartbeatLink::HandoverAnswer::unanswered;
+        auto answer = heartbeat_->request_handover(epoch, limit);
         auto stream_ended = [&] {
             std::lock_guard relock(mu_);
             return stream_ended_;
@@ -556,36 +575,35 @@ bool Primary::finish_handover(uint64_t epoch) {
             uncertain = true;
         }
         lock.lock();
-        handing_over_ = false;
         if (uncertain) {
-            handover_uncertain_ = epoch;
+            handover_step_locked(HandoverEvent::answer_lost);
             stopping_ = true; // no GOODBYE: the backup may run the VM
             outcome = make_error(Errc::state, "the backup had the handover request for checkpoint " + std::to_string(epoch) +
                                                   " but its answer never arrived: this host cannot tell whether the backup "
                                                   "runs the VM; the VM stays paused");
-        } else if (!ok) outcome = std::move(ok.error()).wrap("handover refused");
-        else if (answer == HeartbeatLink::HandoverAnswer::unanswered) {
+        } else if (answer == HeartbeatLink::HandoverAnswer::unanswered) {
             outcome = make_error(Errc::timeout, "the backup did not answer the handover within " + std::to_string(limit.count()) +
                                                     " ms (it runs without --promote, or an older version); the VM runs on, protected");
             // The backup may still answer: until it acknowledges a later checkpoint, a
             // failure waits for its verdict (late_answer_decides). A stream that ended
             // since the check above is found by the next send, which fails into it.
-            unanswered_handover_ = Unanswered{epoch, answer_grace(limit)};
-        }
-        else if (answer == HeartbeatLink::HandoverAnswer::failed)
+            handover_step_locked(HandoverEvent::no_answer, 0, answer_grace(limit));
+        } else if (answer == HeartbeatLink::HandoverAnswer::failed) {
             outcome = make_error(Errc::state, "the backup failed during the handover: " +
                                                   (error_ ? error_->describe() : std::string("the control connection ended")) +
                                                   "; the VM runs on, unprotected");
-        else {
-            handed_over_ = true;
+            handover_step_locked(HandoverEvent::refused);
+        } else {
+            handover_step_locked(HandoverEvent::accepted);
             stopping_ = true; // no GOODBYE: the backup already runs the VM
         }
     }
-    handover_->outcome = outcome;
-    bool done = handed_over_ || handover_uncertain_;
+    handover_request_->outcome = outcome;
+    const HandoverPhase phase = handover_.phase();
     lock.unlock();
     cv_.notify_all();
-    if (handover_uncertain_) conn_->shutdown();
+    if (phase == HandoverPhase::uncertain) conn_->shutdown();
+    const bool done = phase == HandoverPhase::handed_over || phase == HandoverPhase::uncertain;
     if (!done) vm_.resume_all();
     return done;
 }
@@ -718,7 +736,7 @@ void Primary::receiver_main() {
             bool expected;
             {
                 std::lock_guard lock(mu_);
-                expected = stopping_ || handing_over_; // a backup taking over closes the stream
+                expected = stopping_ || handover_.phase() == HandoverPhase::asking; // a backup taking over closes the stream
                 stream_ended_ = true;
             }
             cv_.notify_all(); // finish_handover may be waiting to see the backup shut the stream
@@ -765,7 +783,7 @@ void Primary::receiver_main() {
                     }
                 acked_ = *epoch;
                 verify_acked_locked(*epoch, unanswered);
-                if (unanswered_handover_ && *epoch > unanswered_handover_->epoch) unanswered_handover_.reset();
+                handover_step_locked(HandoverEvent::acked, *epoch);
                 acked = retire_locked();
                 reporting_ += !acked.empty();
             }

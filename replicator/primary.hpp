@@ -18,6 +18,7 @@
 #include "replicator/failure_detector.hpp"
 #include "hv/checkpointable.hpp"
 #include "replicator/control_link.hpp"
+#include "replicator/handover_state.hpp"
 #include "replicator/link_security.hpp"
 #include "replicator/page_codec.hpp"
 #include "replicator/transport.hpp"
@@ -204,6 +205,9 @@ private:
     // The epoch loop's half of hand_over() once checkpoint `epoch` is queued; true when
     // the backup took over.
     bool finish_handover(uint64_t epoch);
+    // A handover transition this code makes only where the phase allows it: a refusal is
+    // a bug, logged.
+    void handover_step_locked(HandoverEvent e, uint64_t epoch = 0, std::chrono::milliseconds grace = {});
     // Checkpoint buffers are reused: growing fresh ones costs page faults in the pause.
     std::unique_ptr<Checkpoint> take_buffer();
     void return_buffer(std::unique_ptr<Checkpoint> cp);
@@ -252,12 +256,13 @@ private:
     std::optional<std::chrono::steady_clock::time_point> early_end_; // request_checkpoint()
     // on_acked hooks running outside the lock: a handover waits for them (output released).
     unsigned reporting_ = 0;
-    struct Handover {
+    HandoverState handover_; // guarded by mu_
+    struct HandoverRequest {
         std::function<Result<void>()> check;
         std::chrono::milliseconds answer_limit;
         std::optional<Result<uint64_t>> outcome;
     };
-    std::optional<Handover> handover_;     // hand_over() waiting
+    std::optional<HandoverRequest> handover_request_; // hand_over() waiting for its outcome
     struct PausedRequest {
         std::function<void(hv::Checkpointable&)> fn;
         std::optional<uint64_t> done_at; // the checkpoint it ran at
@@ -278,19 +283,7 @@ private:
         bool resync = false; // the next epoch sends every page
         VerifyTotals totals;
     } verify_; // guarded by mu_
-    bool handing_over_ = false;            // HANDOVER sent: the backup closing the stream is expected
     bool stream_ended_ = false;            // the receiver saw the checkpoint stream end
-    bool handed_over_ = false;
-    // HANDOVER(epoch) went unanswered within its limit: until the backup acknowledges a later
-    // checkpoint (after which it refuses that request), it may still accept it.
-    struct Unanswered {
-        uint64_t epoch;
-        std::chrono::milliseconds grace; // how long a verdict may still take
-    };
-    std::optional<Unanswered> unanswered_handover_;
-    bool awaiting_verdict_ = false;        // a thread in late_answer_decides() asks the link
-    std::optional<uint64_t> late_handover_;
-    std::optional<uint64_t> handover_uncertain_; // guarded by mu_
     bool control_done_ = false;            // control_main() returned
 
     Bitmap dirty_;

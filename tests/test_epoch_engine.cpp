@@ -219,3 +219,110 @@ TEST_CASE("a planned handover: the last checkpoint is the VM as it stays paused,
     for (size_t i = 0; i < state->vcpus.size(); ++i) CHECK(replica_state.vcpus[i].regs.rip == state->vcpus[i].regs.rip);
     CHECK(replica_state.guest_time_ns == state->guest_time_ns);
 }
+namespace {
+// A protected VM whose backup answers a HANDOVER only after `answer_after`, and a primary
+// that waits 200 ms for that answer: the answer comes late.
+struct LateAnswer {
+    std::atomic<int> failures{0};
+    std::unique_ptr<BackupThread> backup;
+    std::unique_ptr<FakeVm> vm;
+    std::unique_ptr<Primary> primary;
+    uint64_t asked = 0;
+
+    LateAnswer(milliseconds epoch, milliseconds answer_after) {
+        BackupHooks bh;
+        bh.on_handover = [answer_after](uint64_t) { std::this_thread::sleep_for(answer_after); };
+        backup = std::make_unique<BackupThread>(bh, true);
+        vm = running_vm();
+        PrimaryConfig pc;
+        pc.security = link_security();
+        pc.epoch = epoch;
+        pc.heartbeat = {milliseconds(10), scaled(milliseconds(2000))};
+        PrimaryHooks ph;
+        ph.on_failure = [this](const Error&) { ++failures; };
+        auto data = connect_to(*backup->server); // the stream first: the backup takes the next one as control
+        auto p = Primary::start(*vm, std::move(data), pc, ph, connect_to(*backup->server));
+        REQUIRE(p);
+        primary = std::move(*p);
+        auto deadline = deadline_in(seconds(60));
+        while (!primary->is_protected() && steady_clock::now() < deadline) std::this_thread::sleep_for(milliseconds(5));
+        REQUIRE(primary->is_protected());
+        auto r = primary->hand_over(nullptr, milliseconds(200));
+        REQUIRE(!r);
+        CHECK(r.error().code == Errc::timeout);
+        asked = primary->acked_epoch(); // every checkpoint was acknowledged before HANDOVER went
+    }
+    ~LateAnswer() {
+        primary->stop();
+        (void)primary->wait();
+    }
+    // Waits until the primary either learns of a late handover or fails.
+    void wait_outcome(seconds limit) {
+        auto deadline = deadline_in(limit);
+        while (!primary->late_handover() && !primary->failure() && steady_clock::now() < deadline)
+            std::this_thread::sleep_for(milliseconds(5));
+    }
+};
+} // namespace
+
+TEST_CASE("a backup that accepts a handover late takes over, and the primary stops instead of failing", "[epoch][handover]") {
+    // Epochs of 3 s: the backup answers long before the next checkpoint could reach it.
+    LateAnswer t(milliseconds(3000), milliseconds(800));
+    t.wait_outcome(seconds(20));
+    REQUIRE(t.primary->late_handover());
+    CHECK(*t.primary->late_handover() == t.asked);
+    CHECK(t.primary->handed_over());
+    // No failure: a failure would release the output held since the resume, while the
+    // backup runs the VM from the checkpoint before it.
+    CHECK_FALSE(t.primary->failure());
+    CHECK(t.failures == 0);
+    t.backup->wait_sessions(1);
+    std::lock_guard lock(t.backup->mu);
+    CHECK(t.backup->session_errors.empty()); // the session ended as a handover
+    CHECK(t.backup->server->replica()->committed_epoch() == t.asked);
+}
+
+TEST_CASE("a late handover request the backup finds overtaken by a later checkpoint is refused; the primary runs on unprotected",
+          "[epoch][handover]") {
+    // Epochs of 20 ms: the backup acknowledges the next checkpoint before it reads the request.
+    LateAnswer t(milliseconds(20), milliseconds(800));
+    t.wait_outcome(seconds(20));
+    CHECK_FALSE(t.primary->late_handover());
+    REQUIRE(t.primary->failure());
+    // on_failure runs just after failure() is set, from the thread that found it.
+    for (auto deadline = deadline_in(seconds(5)); t.failures == 0 && steady_clock::now() < deadline;)
+        std::this_thread::sleep_for(milliseconds(5));
+    CHECK(t.failures == 1);
+    t.backup->wait_sessions(1);
+    std::lock_guard lock(t.backup->mu);
+    REQUIRE(t.backup->session_errors.size() == 1);
+    CHECK_THAT(t.backup->session_errors[0], Catch::Contains("asked to hand over at checkpoint " + std::to_string(t.asked)));
+}
+
+TEST_CASE("a handover the backup did not answer blocks a new one only until it acknowledges a later checkpoint",
+          "[epoch][handover]") {
+    BackupThread backup({}, /*accept_handover=*/false); // a backup without --promote never answers
+    auto vm = running_vm();
+    // Epochs of 3 s: no later checkpoint is acknowledged right after the first request.
+    auto data = connect_to(*backup.server); // the stream first: the backup takes the next one as control
+    auto primary = Primary::start(*vm, std::move(data), config(milliseconds(3000)), {}, connect_to(*backup.server));
+    REQUIRE(primary);
+    REQUIRE(wait_until([&] { return (*primary)->is_protected(); }, seconds(60)));
+    auto first = (*primary)->hand_over(nullptr, milliseconds(200));
+    REQUIRE(!first);
+    CHECK(first.error().code == Errc::timeout);
+    const uint64_t asked = (*primary)->acked_epoch();
+    auto again = (*primary)->hand_over(nullptr, milliseconds(200));
+    REQUIRE(!again);
+    CHECK(again.error().code == Errc::state);
+    CHECK_THAT(again.error().message, Catch::Contains("may still accept the handover of checkpoint " + std::to_string(asked)));
+    // The VM ran on, protected: the next checkpoint is acknowledged, and a new request goes out.
+    REQUIRE(wait_until([&] { return (*primary)->acked_epoch() > asked; }, seconds(30)));
+    auto third = (*primary)->hand_over(nullptr, milliseconds(200));
+    REQUIRE(!third);
+    CHECK(third.error().code == Errc::timeout);
+    CHECK_FALSE((*primary)->failure());
+    CHECK_FALSE((*primary)->handed_over());
+    (*primary)->stop();
+    CHECK((*primary)->wait());
+}
