@@ -1,5 +1,6 @@
 #include "hv/kvm.hpp"
 
+#include "hv/cpuid.hpp"
 #include "hv/kvm_flex.hpp"
 
 #include <fcntl.h>
@@ -57,20 +58,9 @@ bool kvm_available(std::string* why) {
     return true;
 }
 
-std::vector<kvm_cpuid_entry2> Kvm::cpuid_for_vcpu(unsigned index, bool pc_platform) const {
-    constexpr uint32_t kEcxTscDeadline = 1u << 24, kEcxHypervisor = 1u << 31;
+std::vector<kvm_cpuid_entry2> Kvm::cpuid_for_vcpu(unsigned index, unsigned vcpus, bool pc_platform) const {
     const bool tsc_deadline = pc_platform && check(KVM_CAP_TSC_DEADLINE_TIMER) > 0;
-    auto entries = cpuid_;
-    for (auto& e : entries) {
-        if (e.function == 1) {
-            e.ebx = (e.ebx & 0x00ffffff) | (index << 24); // initial APIC ID
-            if (pc_platform) e.ecx |= kEcxHypervisor;
-            if (tsc_deadline) e.ecx |= kEcxTscDeadline;
-        } else if (e.function == 0xb || e.function == 0x1f) {
-            e.edx = index; // x2APIC ID
-        }
-    }
-    return entries;
+    return vcpu_cpuid(cpuid_, {index, vcpus, pc_platform, tsc_deadline});
 }
 
 } // namespace understudy::hv

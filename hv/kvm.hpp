@@ -38,8 +38,9 @@ public:
     // fields from whichever host CPU answered the query, so only this form is stable.
     // For the PC platform it also sets what a Linux guest looks for and KVM leaves to the
     // VMM: the hypervisor bit (so the guest finds KVM's leaves and uses kvmclock) and the
-    // TSC-deadline timer, which the in-kernel LAPIC provides.
-    std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(unsigned index, bool pc_platform) const;
+    // TSC-deadline timer, which the in-kernel LAPIC provides, and a topology of `vcpus`
+    // cores in one socket (hv/cpuid.hpp).
+    std::vector<kvm_cpuid_entry2> cpuid_for_vcpu(unsigned index, unsigned vcpus, bool pc_platform) const;
     // MSRs that KVM lists for save/restore, filtered to those this host can read.
     const std::vector<uint32_t>& msr_indices() const { return msrs_; }
     void set_msr_indices(std::vector<uint32_t> v) { msrs_ = std::move(v); }

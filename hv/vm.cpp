@@ -202,7 +202,7 @@ uint64_t Vm::config_digest() const {
         e.u64(r.size);
     }
     e.u32(vcpu_count());
-    for (const auto& c : kvm_.cpuid_for_vcpu(0, cfg_.pc_platform)) e.pod(c);
+    for (const auto& c : kvm_.cpuid_for_vcpu(0, cfg_.vcpus, cfg_.pc_platform)) e.pod(c);
     if (cfg_.pc_platform) e.u32(0x7063); // "pc": only here, so the digests of guest/ images stay as they were
     for (const auto& d : devices_) {
         std::string n = d->name();

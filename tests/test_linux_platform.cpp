@@ -7,6 +7,7 @@
 
 #include "common/codec.hpp"
 #include "hv/acpi.hpp"
+#include "hv/cpuid.hpp"
 #include "hv/guest_memory.hpp"
 #include "hv/legacy/cmos_rtc.hpp"
 #include "hv/linux_loader.hpp"
@@ -250,4 +251,68 @@ TEST_CASE("the ACPI tables chain from the RSDP, each with a valid checksum, and 
         const uint8_t want[] = {0x89, 0x06, 0x00, 0x03, 0x01, irq, 0, 0, 0};
         CHECK(std::search(dsdt.begin(), dsdt.end(), std::begin(want), std::end(want)) != dsdt.end());
     }
+}
+
+TEST_CASE("a Linux guest's CPUID describes one socket of its own vCPUs, not the host's topology", "[cpuid]") {
+    auto entry = [](uint32_t fn, uint32_t idx, uint32_t eax, uint32_t ebx, uint32_t ecx, uint32_t edx) {
+        kvm_cpuid_entry2 e{};
+        e.function = fn;
+        e.index = idx;
+        e.eax = eax, e.ebx = ebx, e.ecx = ecx, e.edx = edx;
+        return e;
+    };
+    // As a 64-thread host's KVM reports it: 32 cores of 2 threads, L3 shared by 64.
+    const std::vector<kvm_cpuid_entry2> host = {
+        entry(1, 0, 0x00a20f12, 0x3f400800, 0x7ed8320b, 0x178bfbff),
+        entry(4, 0, 0xfc004121, 0, 0, 0),  // L1d, 2 threads share it, 64 cores
+        entry(4, 1, 0xfc004122, 0, 0, 0),  // L1i
+        entry(4, 2, 0xfc004143, 0, 0, 0),  // L2
+        entry(4, 3, 0xfc0fc163, 0, 0, 0),  // L3, 64 threads share it
+        entry(4, 4, 0, 0, 0, 0),           // no more caches
+        entry(0xb, 0, 1, 2, 0x100, 17), entry(0xb, 1, 6, 64, 0x201, 17), entry(0xb, 2, 0, 0, 2, 17),
+        entry(0x80000008, 0, 0x3030, 0, 0x703f, 0),
+        entry(0x8000001e, 0, 17, 0x108, 0x3, 0),
+    };
+    auto find = [](const std::vector<kvm_cpuid_entry2>& v, uint32_t fn, uint32_t idx) {
+        for (const auto& e : v)
+            if (e.function == fn && e.index == idx) return e;
+        FAIL("no leaf " << fn << "." << idx);
+        return kvm_cpuid_entry2{};
+    };
+    auto c = vcpu_cpuid(host, {.index = 2, .vcpus = 3, .pc_platform = true, .tsc_deadline = true});
+    auto l1 = find(c, 1, 0);
+    CHECK(l1.ebx >> 24 == 2);                 // initial APIC ID
+    CHECK(((l1.ebx >> 16) & 0xff) == 3);      // logical processors in the package
+    CHECK((l1.ebx & 0xffff) == 0x0800);       // CLFLUSH size and brand index kept
+    CHECK((l1.edx & (1u << 28)) != 0);        // HTT: the count above is valid
+    CHECK((l1.ecx & (1u << 31)) != 0);        // hypervisor
+    CHECK((l1.ecx & (1u << 24)) != 0);        // TSC-deadline
+    for (uint32_t i = 0; i < 4; ++i) {
+        auto l4 = find(c, 4, i);
+        INFO("cache " << i);
+        CHECK(l4.eax >> 26 == 2);                                  // cores per package - 1
+        CHECK(((l4.eax >> 14) & 0xfff) == (i == 3 ? 2u : 0u));     // sharing: L3 the socket, the rest one core
+        CHECK((l4.eax & 0x3fff) == (find(host, 4, i).eax & 0x3fff)); // type, level, flags kept
+    }
+    CHECK(find(c, 4, 4).eax == 0);
+    auto smt = find(c, 0xb, 0), core = find(c, 0xb, 1), none = find(c, 0xb, 2);
+    CHECK((smt.eax == 0 && smt.ebx == 1 && smt.ecx == 0x100 && smt.edx == 2));
+    CHECK((core.eax == 2 && core.ebx == 3 && core.ecx == 0x201 && core.edx == 2));
+    CHECK((none.eax == 0 && none.ebx == 0 && none.ecx == 2 && none.edx == 2));
+    auto amd = find(c, 0x80000008, 0);
+    CHECK((amd.ecx & 0xff) == 2);
+    CHECK(((amd.ecx >> 12) & 0xf) == 2);
+    CHECK((amd.ecx & 0xffff0000u) == (0x703fu & 0xffff0000u));
+    auto ext = find(c, 0x8000001e, 0);
+    CHECK(ext.eax == 2);
+    CHECK((ext.ebx & 0xffff) == 2); // core 2, one thread per core
+    CHECK((ext.ecx & 0x7ff) == 0);  // node 0
+
+    // A PVH image keeps the host's topology: only its APIC IDs are its own.
+    auto pvh = vcpu_cpuid(host, {.index = 1, .vcpus = 3, .pc_platform = false, .tsc_deadline = true});
+    CHECK(find(pvh, 1, 0).ebx == ((0x3f400800u & 0x00ffffffu) | (1u << 24)));
+    CHECK(find(pvh, 1, 0).ecx == 0x7ed8320bu);
+    CHECK(find(pvh, 4, 3).eax == 0xfc0fc163u);
+    CHECK(find(pvh, 0xb, 1).eax == 6);
+    CHECK(find(pvh, 0xb, 1).edx == 1);
 }
