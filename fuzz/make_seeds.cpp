@@ -202,11 +202,12 @@ void page_codec_seeds() {
         for (size_t i = 0; i < 4096; ++i) now[4 * 4096 + i] = uint8_t(i * 7919 >> 3); // LZ4 or RAW
         std::vector<uint8_t> batch;
         if (!enc->encode(all, now, batch)) die("page encoder");
-        std::vector<uint8_t> in{uint8_t(pattern ? 1 : 0)};
-        in.insert(in.end(), reinterpret_cast<uint8_t*>(&seed), reinterpret_cast<uint8_t*>(&seed) + 8);
-        in.push_back(uint8_t(n - 1)); // page count = 1 + byte % 64
-        in.push_back(pattern);
-        in.insert(in.end(), batch.begin(), batch.end());
+        std::vector<uint8_t> in(11 + batch.size());
+        in[0] = uint8_t(pattern ? 1 : 0);
+        std::memcpy(&in[1], &seed, 8);
+        in[9] = uint8_t(n - 1); // page count = 1 + byte % 64
+        in[10] = pattern;
+        std::copy(batch.begin(), batch.end(), in.begin() + 11);
         write_seed("page_codec", "batch-pattern-" + std::to_string(pattern), in);
     }
     // Mode 1: a round trip script (count, indices, edits), twice.

@@ -64,7 +64,7 @@ Vcpu::~Vcpu() {
 }
 
 Result<void> Vcpu::setup_cpuid() {
-    cpuid_ = vm_.kvm().cpuid_for_vcpu(index_, vm_.config().pc_platform);
+    cpuid_ = vm_.kvm().cpuid_for_vcpu(index_, vm_.config().vcpus, vm_.config().pc_platform);
     CpuidBuffer c(cpuid_);
     US_TRYV(kvm_ioctl(fd(), kKvmSetCpuid2, c.ptr(), "KVM_SET_CPUID2"));
     return {};
@@ -160,6 +160,9 @@ Result<VcpuState> Vcpu::save_state() const {
     }
     US_TRYV(kvm_ioctl(fd(), KVM_GET_XCRS, &s.xcrs, "KVM_GET_XCRS"));
     US_TRYV(kvm_ioctl(fd(), KVM_GET_DEBUGREGS, &s.debugregs, "KVM_GET_DEBUGREGS"));
+    // 0 (not recorded) where KVM does not know it: a checkpoint must not fail over this.
+    const int khz = ::ioctl(fd(), KVM_GET_TSC_KHZ, 0);
+    s.tsc_khz = khz > 0 ? static_cast<uint32_t>(khz) : 0;
     if (vm_.config().pc_platform) {
         s.lapic.emplace();
         US_TRYV(kvm_ioctl(fd(), KVM_GET_LAPIC, &*s.lapic, "KVM_GET_LAPIC"));
@@ -176,6 +179,21 @@ Result<VcpuState> Vcpu::save_state() const {
 
     US_TRYV(kvm_ioctl(fd(), KVM_GET_VCPU_EVENTS, &s.events, "KVM_GET_VCPU_EVENTS"));
     return s;
+}
+
+void Vcpu::restore_tsc_rate(uint32_t saved_khz) {
+    const int here = ::ioctl(fd(), KVM_GET_TSC_KHZ, 0);
+    if (saved_khz == 0 || here == static_cast<int>(saved_khz)) return;
+    // KVM treats rates within 250 ppm of the host's as the host's, without scaling.
+    if (::ioctl(fd(), KVM_SET_TSC_KHZ, static_cast<unsigned long>(saved_khz)) == 0) {
+        if (index_ == 0) log::info("restore: the guest's TSC runs at its saved {} kHz (this host's: {} kHz)", saved_khz, here);
+        return;
+    }
+    if (index_ == 0)
+        log::warn("restore: the guest's TSC ran at {} kHz, this host's runs at {} kHz, and KVM cannot run it at the saved "
+                  "rate ({}): the guest's kvmclock stays right, a TSC clocksource or TSC-deadline timer runs at this "
+                  "host's rate",
+                  saved_khz, here, strerror(errno));
 }
 
 Result<void> Vcpu::restore_state(const VcpuState& s) {
@@ -200,6 +218,7 @@ Result<void> Vcpu::restore_state(const VcpuState& s) {
         return make_error(Errc::invalid_input, s.lapic ? "the vCPU state has a LAPIC; this VM has no irqchip"
                                                        : "the vCPU state has no LAPIC; this VM has the PC platform");
     if (s.lapic) US_TRYV(kvm_ioctl(fd(), KVM_SET_LAPIC, &*s.lapic, "KVM_SET_LAPIC"));
+    restore_tsc_rate(s.tsc_khz); // before the TSC itself, which KVM keeps at this rate
 
     constexpr uint32_t kMsrTscDeadline = 0x6e0;
     std::vector<MsrValue> ordered = s.msrs;

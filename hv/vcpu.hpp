@@ -64,6 +64,11 @@ private:
     void park();
     Result<void> handle_exit();
     Result<void> setup_cpuid();
+    // Runs the guest's TSC at the saved rate where this host's differs (after a failover or
+    // a restore on another machine). Where KVM cannot scale it, the guest runs on at this
+    // host's rate with a warning: its kvmclock stays right, a TSC clocksource or deadline
+    // timer does not, and refusing would turn the loss of a host into an outage.
+    void restore_tsc_rate(uint32_t saved_khz);
     void kick();
     void change_control(uint32_t set, uint32_t clear);
 

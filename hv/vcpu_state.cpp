@@ -18,6 +18,7 @@ enum VcpuTag : uint32_t {
     kTagMsrs = 9,
     kTagEvents = 10,
     kTagLapic = 11, // version 2
+    kTagTscKhz = 12, // optional: older readers skip it and run the guest at their host's TSC rate
 };
 enum VmTag : uint32_t {
     kTagVmVersion = 1,
@@ -56,6 +57,7 @@ void encode_vcpu_state(const VcpuState& s, std::vector<uint8_t>& out) {
     e.field(kTagMsrs, msrs);
     e.field_pod(kTagEvents, s.events);
     if (s.lapic) e.field_pod(kTagLapic, *s.lapic);
+    if (s.tsc_khz) e.field_pod(kTagTscKhz, s.tsc_khz);
 }
 
 Result<VcpuState> decode_vcpu_state(std::span<const uint8_t> in) {
@@ -74,6 +76,11 @@ Result<VcpuState> decode_vcpu_state(std::span<const uint8_t> in) {
             break;
         }
         case kTagLapic: s.lapic = US_TRY(Decoder::as_pod<kvm_lapic_state>(f, what)); break;
+        case kTagTscKhz:
+            s.tsc_khz = US_TRY(Decoder::as_pod<uint32_t>(f, what));
+            if (s.tsc_khz == 0 || s.tsc_khz > kMaxTscKhz)
+                return d.error("TSC frequency of " + std::to_string(s.tsc_khz) + " kHz is out of range");
+            break;
         case kTagCpuid:
             if (f.body.size() % sizeof(kvm_cpuid_entry2) != 0 || f.body.size() / sizeof(kvm_cpuid_entry2) > 4096)
                 return d.error("CPUID field has a bad size");

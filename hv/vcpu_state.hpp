@@ -32,6 +32,7 @@ struct VcpuState {
     std::vector<MsrValue> msrs;
     kvm_vcpu_events events{};
     std::optional<kvm_lapic_state> lapic; // PC platform only (VmConfig::pc_platform)
+    uint32_t tsc_khz = 0;                 // the guest's TSC frequency (KVM_GET_TSC_KHZ); 0: not recorded
 };
 
 // The in-kernel irqchip and PIT of the PC platform.
@@ -61,6 +62,8 @@ struct VmState {
 // a writer uses it only for such a VM, so a reader that predates it refuses that state
 // instead of running a Linux guest without its interrupt controllers.
 inline constexpr uint32_t kVcpuStateVersion = 1;
+// A saved TSC frequency above this (100 GHz) is refused as malformed.
+inline constexpr uint32_t kMaxTscKhz = 100'000'000;
 inline constexpr uint32_t kVcpuStateVersionPc = 2;
 inline constexpr uint32_t kVmStateVersion = 1;
 inline constexpr uint32_t kVmStateVersionPc = 2;

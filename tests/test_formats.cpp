@@ -135,6 +135,33 @@ TEST_CASE("vCPU state round-trips through its encoding and rejects damage", "[st
     CHECK(decode_vcpu_state(extended));
 }
 
+TEST_CASE("the TSC frequency travels with the vCPU state, and a state without it still reads", "[state]") {
+    VcpuState s;
+    s.xsave.assign(4096, 0);
+    std::vector<uint8_t> without;
+    encode_vcpu_state(s, without); // as an older writer, or a host where KVM did not know the rate
+    auto old = decode_vcpu_state(without);
+    REQUIRE(old);
+    CHECK(old->tsc_khz == 0);
+
+    s.tsc_khz = 2'758'398;
+    std::vector<uint8_t> with;
+    encode_vcpu_state(s, with);
+    auto back = decode_vcpu_state(with);
+    REQUIRE(back);
+    CHECK(back->tsc_khz == 2'758'398);
+
+    // A rate of 0 or beyond 100 GHz is malformed, not "unknown".
+    for (uint32_t bad : {0u, kMaxTscKhz + 1}) {
+        std::vector<uint8_t> forged = without;
+        Encoder e(forged);
+        e.field_pod(12, bad);
+        auto r = decode_vcpu_state(forged);
+        REQUIRE(!r);
+        CHECK_THAT(r.error().message, Catch::Contains("TSC frequency of " + std::to_string(bad) + " kHz is out of range"));
+    }
+}
+
 TEST_CASE("a fault stop names the registers, descriptor tables and pending events", "[state]") {
     kvm_regs r{};
     kvm_sregs s{};

@@ -67,6 +67,8 @@ TEST_CASE("counter restored from a snapshot at random moments reaches the same d
         INFO("stopped: " << (vm->stop_reason() ? vm->stop_reason()->message : std::string("no")));
         REQUIRE(!vm->stop_reason().has_value()); // still mid-computation
         std::string path = test::temp_path("counter-" + std::to_string(i) + ".snap");
+        auto saved = vm->save_state();
+        REQUIRE(saved);
         auto info = save_snapshot(*vm, path);
         REQUIRE(info);
         vm->stop();
@@ -77,6 +79,13 @@ TEST_CASE("counter restored from a snapshot at random moments reaches the same d
         auto restored = restore_snapshot(path, quiet(), &rinfo);
         REQUIRE(restored);
         CHECK(rinfo.pages_written == info->pages_written);
+        // The TSC rate is recorded, and the restored vCPUs run at it.
+        auto now = (*restored)->save_state();
+        REQUIRE(now);
+        for (size_t v = 0; v < saved->vcpus.size(); ++v) {
+            CHECK(saved->vcpus[v].tsc_khz > 0);
+            CHECK(now->vcpus[v].tsc_khz == saved->vcpus[v].tsc_khz);
+        }
         INFO("snapshot at " << at.count() << " ms");
         CHECK(run_counter_to_end(**restored) == want);
     }
