@@ -238,6 +238,7 @@ TEST_CASE("the ACPI tables chain from the RSDP, each with a valid checksum, and 
     std::memcpy(&madt_at, &xsdt[44], 8);
     auto fadt = table(fadt_at, "FACP");
     CHECK((u32(fadt, 112) & (1u << 20)) != 0); // hardware-reduced
+    CHECK((fadt[109] | fadt[110] << 8) == 0);  // IAPC_BOOT_ARCH: no 8042 announced (only its reset line is here)
     auto madt = table(madt_at, "APIC");
     CHECK(madt.size() == 44 + 2 * 8 + 12); // two LAPICs, one IOAPIC
     auto dsdt = table(u32(fadt, 40), "DSDT");
