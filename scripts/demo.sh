@@ -7,7 +7,10 @@
 # redis-benchmark. Every reply the client sees left the primary only after the backup
 # acknowledged the checkpoint that produced it. Shows the primary's checkpoint and
 # network figures, then ends with a kill-primary drill (bench/drill.py: the backup
-# promotes while a client writes; its report). Topologies are removed, also on failure.
+# promotes while a client writes; its report). Then, where the Linux test guest can be built
+# from Debian's packages (scripts/linux-guest.sh), the same for Debian's own kernel with
+# redis-server inside: a redis-cli session and `understudy drill kill-primary`.
+# Topologies are removed, also on failure.
 #
 # Where /dev/kvm is missing it says so, builds here, and runs the rest inside the nested
 # VM (scripts/nested-kvm.sh: real KVM under QEMU's emulator), whose times are the
@@ -18,6 +21,9 @@ cd "$(dirname "$0")/.."
 if [ -z "${UNDERSTUDY_NESTED:-}" ]; then
   scripts/install-deps.sh
   scripts/build.sh
+  # Here, not in the nested VM: it has no route to Debian's archive.
+  scripts/linux-guest.sh build/linux-guest >build/linux-guest.log 2>&1 ||
+    echo "== the Linux guest could not be built (build/linux-guest.log): its section is left out"
   if [ ! -w /dev/kvm ]; then
     echo "== no /dev/kvm here: the pair runs inside an emulated KVM host (scripts/nested-kvm.sh); its times are the emulator's, not KVM's"
     exec scripts/nested-kvm.sh scripts/demo.sh
@@ -77,3 +83,39 @@ wait $backup 2>/dev/null || true
 echo
 echo "== a failover drill: the primary is killed (SIGKILL) while a client writes; bench/drill.py"
 bench/drill.py kill-primary --quick
+
+if [ ! -e build/linux-guest/vmlinuz ] || [ ! -e build/linux-guest/initrd.img ]; then
+  echo
+  echo "== no Linux guest (scripts/linux-guest.sh build/linux-guest did not build one): its section is left out"
+  exit 0
+fi
+echo
+echo "== Debian's own kernel with redis-server inside, protected the same way (docs/linux-guests.md)"
+ip netns exec "$name-backup" build/cli/understudy backup --listen "$backup_ip:7400" --link-key "$work/link.key" \
+  --promote --net-tap "$tap" --control-socket "$work/linux-backup.sock" --failure-timeout-ms "$(scaled 100)" \
+  >"$work/linux-backup.log" 2>&1 &
+linux_backup=$!
+ip netns exec "$name-primary" build/cli/understudy run --kernel build/linux-guest/vmlinuz \
+  --initrd build/linux-guest/initrd.img --memory 512M --vcpus 2 --net-tap "$tap" --backup "$backup_ip:7400" \
+  --link-key "$work/link.key" --control-socket "$work/linux-primary.sock" --failure-timeout-ms "$(scaled 100)" \
+  --epoch-ms 50 --append "console=ttyS0 usnet=$guest_ip/24" </dev/null >"$work/linux-primary.log" 2>&1 &
+linux_primary=$!
+for _ in $(seq "$(scaled 1200)"); do
+  grep -q "redis-server on" "$work/linux-primary.log" && break
+  kill -0 $linux_primary 2>/dev/null || { tail -n 30 "$work/linux-primary.log"; exit 1; }
+  sleep 0.1
+done
+grep -E "understudy-linux: (up|redis-server)|protected:" "$work/linux-primary.log"
+echo "== a redis-cli session against redis-server in the protected Linux guest:"
+for cmd in "PING" "SET greeting 'hello from a protected Linux VM'" "GET greeting" "INCR visits"; do
+  echo "$guest_ip:6379> $cmd"
+  eval "on client redis-cli -h $guest_ip $cmd" | sed 's/^/  /'
+done
+echo
+echo "== understudy drill kill-primary against it, from the client host (docs/cli.md):"
+on client build/cli/understudy drill kill-primary --primary-socket "$work/linux-primary.sock" \
+  --backup-socket "$work/linux-backup.sock" --service "$guest_ip:6379" --warmup 1 --after 10 \
+  --max-stall "$(scaled 5)" --timeout "$(scaled 30)"
+wait $linux_primary 2>/dev/null || true # the drill killed it
+kill -TERM $linux_backup 2>/dev/null || true # the promoted guest
+wait 2>/dev/null || true
