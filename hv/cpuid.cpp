@@ -18,21 +18,36 @@ uint32_t id_bits(unsigned n) {
     return bits;
 }
 
-// Leaves 0xb and 0x1f: level 0 threads (one per core), level 1 cores (all in one socket).
-void extended_topology(kvm_cpuid_entry2& e, const CpuidOptions& o) {
-    e.edx = o.index;
-    if (e.index == 0) {
-        e.eax = 0;
-        e.ebx = 1;
-        e.ecx = kLevelSmt << 8;
-    } else if (e.index == 1) {
-        e.eax = id_bits(o.vcpus);
-        e.ebx = o.vcpus;
-        e.ecx = kLevelCore << 8 | 1;
-    } else {
-        e.eax = e.ebx = 0;
-        e.ecx = e.index; // level type 0: no such level
+// Leaves 0xb and 0x1f: subleaf 0 threads (one per core), 1 cores (all in one socket), 2
+// the end. Written whole: KVM lists only the subleaves the host has, and a host without
+// this topology (older AMD) lists just an empty subleaf 0, which rewritten alone would be
+// a thread level with no core level above it: a package per vCPU.
+void add_extended_topology(std::vector<kvm_cpuid_entry2>& entries, uint32_t function, unsigned n, unsigned index) {
+    for (uint32_t sub = 0; sub < 3; ++sub) {
+        kvm_cpuid_entry2 e{};
+        e.function = function;
+        e.index = sub;
+        e.flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+        e.edx = index; // x2APIC ID
+        if (sub == 0) {
+            e.ebx = 1;
+            e.ecx = kLevelSmt << 8;
+        } else if (sub == 1) {
+            e.eax = id_bits(n);
+            e.ebx = n;
+            e.ecx = kLevelCore << 8 | 1;
+        } else {
+            e.ecx = sub; // level type 0: no such level
+        }
+        entries.push_back(e);
     }
+}
+
+// Cache sharing in leaf 4 (Intel) and 0x8000001d (AMD), EAX[25:14]: L1 and L2 per core,
+// L3 per socket.
+uint32_t cache_sharing(uint32_t eax, unsigned n) {
+    const uint32_t level = (eax >> 5) & 7;
+    return (eax & ~(0xfffu << 14)) | ((level >= 3 ? n - 1 : 0) << 14);
 }
 
 } // namespace
@@ -50,17 +65,15 @@ std::vector<kvm_cpuid_entry2> vcpu_cpuid(std::vector<kvm_cpuid_entry2> entries, 
             }
             if (o.pc_platform && o.tsc_deadline) e.ecx |= kEcxTscDeadline;
             break;
-        case 4: // deterministic cache parameters, one subleaf per cache
-            if (o.pc_platform && (e.eax & 0x1f) != 0) {
-                const uint32_t level = (e.eax >> 5) & 7;
-                const uint32_t sharing = level >= 3 ? n - 1 : 0; // L1 and L2 per core, L3 per socket
-                e.eax = (e.eax & 0x00003fff) | (sharing << 14) | ((n - 1) << 26);
-            }
+        case 4: // deterministic cache parameters, one subleaf per cache; EAX[31:26] cores - 1
+            if (o.pc_platform && (e.eax & 0x1f) != 0) e.eax = (cache_sharing(e.eax, n) & 0x03ffffff) | ((n - 1) << 26);
+            break;
+        case 0x8000001d: // AMD's cache parameters
+            if (o.pc_platform && (e.eax & 0x1f) != 0) e.eax = cache_sharing(e.eax, n);
             break;
         case 0xb:
         case 0x1f:
-            if (o.pc_platform) extended_topology(e, o);
-            else e.edx = o.index; // x2APIC ID
+            e.edx = o.index; // x2APIC ID (a Linux guest's are replaced whole below)
             break;
         case 0x80000008: // AMD: ECX[7:0] cores - 1, ECX[15:12] APIC ID bits for the core
             if (o.pc_platform) e.ecx = (e.ecx & ~0xf0ffu) | (id_bits(n) << 12) | (n - 1);
@@ -74,6 +87,17 @@ std::vector<kvm_cpuid_entry2> vcpu_cpuid(std::vector<kvm_cpuid_entry2> entries, 
             break;
         default: break;
         }
+    }
+    if (o.pc_platform) {
+        uint32_t max_basic = 0;
+        bool had_1f = false;
+        for (const auto& e : entries) {
+            if (e.function == 0) max_basic = e.eax;
+            had_1f |= e.function == 0x1f;
+        }
+        std::erase_if(entries, [](const kvm_cpuid_entry2& e) { return e.function == 0xb || e.function == 0x1f; });
+        if (max_basic >= 0xb) add_extended_topology(entries, 0xb, n, o.index);
+        if (had_1f && max_basic >= 0x1f) add_extended_topology(entries, 0x1f, n, o.index);
     }
     return entries;
 }

@@ -1,7 +1,7 @@
 // The CPUID a vCPU sees: what KVM supports, with this vCPU's APIC IDs and, for the PC
 // platform (a Linux guest), the hypervisor and TSC-deadline bits and a topology of its
 // own. Without that, a guest reads the host's sockets, cores and threads (leaves 1, 4,
-// 0xb, 0x1f, 0x80000008, 0x8000001e) next to an MADT with a handful of CPUs, and sizes
+// 0xb, 0x1f, 0x80000008, 0x8000001d, 0x8000001e) next to an MADT with a handful of CPUs, and sizes
 // its scheduler domains and caches for a machine it does not have. Pure: tested natively.
 #pragma once
 

@@ -185,8 +185,12 @@ void Vcpu::restore_tsc_rate(uint32_t saved_khz) {
     const int here = ::ioctl(fd(), KVM_GET_TSC_KHZ, 0);
     if (saved_khz == 0 || here == static_cast<int>(saved_khz)) return;
     // KVM treats rates within 250 ppm of the host's as the host's, without scaling.
+    // Without TSC scaling (KVM_CAP_TSC_CONTROL) KVM takes a higher rate too, but only
+    // catches the TSC up at each entry: say which.
     if (::ioctl(fd(), KVM_SET_TSC_KHZ, static_cast<unsigned long>(saved_khz)) == 0) {
-        if (index_ == 0) log::info("restore: the guest's TSC runs at its saved {} kHz (this host's: {} kHz)", saved_khz, here);
+        if (index_ == 0)
+            log::info("restore: the guest's TSC runs at its saved {} kHz (this host's: {} kHz){}", saved_khz, here,
+                      vm_.kvm().check(KVM_CAP_TSC_CONTROL) > 0 ? "" : ", caught up at each entry: this host cannot scale it");
         return;
     }
     if (index_ == 0)

@@ -34,7 +34,9 @@ scaled() { awk -v n="$1" -v s="${UNDERSTUDY_TEST_TIME_SCALE:-1}" 'BEGIN { printf
 name=${UNDERSTUDY_DEMO_TOPOLOGY:-demo}
 work=$(mktemp -d)
 scripts/topology.sh up "$name" >/dev/null
-trap 'scripts/topology.sh down "$name" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+pids=() # every VM and backup this script starts: none outlives it, also on failure
+trap 'for p in ${pids[@]+"${pids[@]}"}; do kill -KILL "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+      scripts/topology.sh down "$name" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 eval "$(scripts/topology.sh status "$name")"
 on() { local host=$1; shift; ip netns exec "$name-$host" "$@"; }
 
@@ -44,9 +46,11 @@ build/cli/understudy keygen "$work/link.key" >/dev/null
 ip netns exec "$name-backup" build/cli/understudy backup --listen "$backup_ip:7400" --link-key "$work/link.key" \
   >"$work/backup.log" 2>&1 &
 backup=$!
+pids+=($backup)
 ip netns exec "$name-primary" build/cli/understudy run build/guest/kv.elf --memory 128M --net-tap "$tap" \
   -c "net.ip=$guest_ip/24" --backup "$backup_ip:7400" --link-key "$work/link.key" --epoch-ms 25 --timeout "$(scaled 30)" >"$work/primary.log" 2>&1 &
 primary=$!
+pids+=($primary)
 
 for _ in $(seq "$(scaled 300)"); do
   grep -q "protected: initial checkpoint acknowledged" "$work/primary.log" && break
@@ -95,16 +99,20 @@ ip netns exec "$name-backup" build/cli/understudy backup --listen "$backup_ip:74
   --promote --net-tap "$tap" --control-socket "$work/linux-backup.sock" --failure-timeout-ms "$(scaled 100)" \
   >"$work/linux-backup.log" 2>&1 &
 linux_backup=$!
+pids+=($linux_backup)
 ip netns exec "$name-primary" build/cli/understudy run --kernel build/linux-guest/vmlinuz \
   --initrd build/linux-guest/initrd.img --memory 512M --vcpus 2 --net-tap "$tap" --backup "$backup_ip:7400" \
   --link-key "$work/link.key" --control-socket "$work/linux-primary.sock" --failure-timeout-ms "$(scaled 100)" \
-  --epoch-ms 50 --append "console=ttyS0 usnet=$guest_ip/24" </dev/null >"$work/linux-primary.log" 2>&1 &
+  --epoch-ms 50 --timeout "$(scaled 300)" --append "console=ttyS0 usnet=$guest_ip/24" </dev/null >"$work/linux-primary.log" 2>&1 &
 linux_primary=$!
+pids+=($linux_primary)
 for _ in $(seq "$(scaled 1200)"); do
   grep -q "redis-server on" "$work/linux-primary.log" && break
   kill -0 $linux_primary 2>/dev/null || { tail -n 30 "$work/linux-primary.log"; exit 1; }
   sleep 0.1
 done
+grep -q "redis-server on" "$work/linux-primary.log" ||
+  { tail -n 30 "$work/linux-primary.log"; echo "== redis-server did not come up in the Linux guest within $(scaled 120) s"; exit 1; }
 grep -E "understudy-linux: (up|redis-server)|protected:" "$work/linux-primary.log"
 echo "== a redis-cli session against redis-server in the protected Linux guest:"
 for cmd in "PING" "SET greeting 'hello from a protected Linux VM'" "GET greeting" "INCR visits"; do

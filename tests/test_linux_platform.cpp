@@ -264,6 +264,7 @@ TEST_CASE("a Linux guest's CPUID describes one socket of its own vCPUs, not the 
     };
     // As a 64-thread host's KVM reports it: 32 cores of 2 threads, L3 shared by 64.
     const std::vector<kvm_cpuid_entry2> host = {
+        entry(0, 0, 0x10, 0, 0, 0), // basic leaves up to 0x10
         entry(1, 0, 0x00a20f12, 0x3f400800, 0x7ed8320b, 0x178bfbff),
         entry(4, 0, 0xfc004121, 0, 0, 0),  // L1d, 2 threads share it, 64 cores
         entry(4, 1, 0xfc004122, 0, 0, 0),  // L1i
@@ -272,6 +273,8 @@ TEST_CASE("a Linux guest's CPUID describes one socket of its own vCPUs, not the 
         entry(4, 4, 0, 0, 0, 0),           // no more caches
         entry(0xb, 0, 1, 2, 0x100, 17), entry(0xb, 1, 6, 64, 0x201, 17), entry(0xb, 2, 0, 0, 2, 17),
         entry(0x80000008, 0, 0x3030, 0, 0x703f, 0),
+        entry(0x8000001d, 1, (1u << 14) | (1u << 8) | (1u << 5) | 2, 0, 0, 0), // L1i shared by 2 threads
+        entry(0x8000001d, 3, (15u << 14) | (1u << 8) | (3u << 5) | 3, 0, 0, 0), // L3 shared by 16
         entry(0x8000001e, 0, 17, 0x108, 0x3, 0),
     };
     auto find = [](const std::vector<kvm_cpuid_entry2>& v, uint32_t fn, uint32_t idx) {
@@ -300,6 +303,9 @@ TEST_CASE("a Linux guest's CPUID describes one socket of its own vCPUs, not the 
     CHECK((smt.eax == 0 && smt.ebx == 1 && smt.ecx == 0x100 && smt.edx == 2));
     CHECK((core.eax == 2 && core.ebx == 3 && core.ecx == 0x201 && core.edx == 2));
     CHECK((none.eax == 0 && none.ebx == 0 && none.ecx == 2 && none.edx == 2));
+    CHECK(((find(c, 0x8000001d, 1).eax >> 14) & 0xfff) == 0);
+    CHECK(((find(c, 0x8000001d, 3).eax >> 14) & 0xfff) == 2);
+    CHECK((find(c, 0x8000001d, 3).eax & 0x3fff) == ((1u << 8) | (3u << 5) | 3));
     auto amd = find(c, 0x80000008, 0);
     CHECK((amd.ecx & 0xff) == 2);
     CHECK(((amd.ecx >> 12) & 0xf) == 2);
@@ -308,6 +314,19 @@ TEST_CASE("a Linux guest's CPUID describes one socket of its own vCPUs, not the 
     CHECK(ext.eax == 2);
     CHECK((ext.ebx & 0xffff) == 2); // core 2, one thread per core
     CHECK((ext.ecx & 0x7ff) == 0);  // node 0
+
+    size_t xtopo = 0;
+    for (const auto& e : c) xtopo += e.function == 0xb;
+    CHECK(xtopo == 3); // threads, cores, the end
+    for (const auto& e : c) CHECK(e.function != 0x1f); // the host has no leaf 0x1f: none is made up
+
+    // A host that lists only an empty subleaf 0 of leaf 0xb (older AMD) still gets the
+    // core level: without it Linux would put each vCPU in a package of its own.
+    std::vector<kvm_cpuid_entry2> bare = {entry(0, 0, 0xd, 0, 0, 0), entry(0xb, 0, 0, 0, 0, 0)};
+    auto b = vcpu_cpuid(bare, {.index = 1, .vcpus = 4, .pc_platform = true, .tsc_deadline = false});
+    auto bcore = find(b, 0xb, 1);
+    CHECK((bcore.eax == 2 && bcore.ebx == 4 && bcore.ecx == 0x201 && bcore.edx == 1));
+    CHECK((find(b, 0xb, 1).flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) != 0);
 
     // A PVH image keeps the host's topology: only its APIC IDs are its own.
     auto pvh = vcpu_cpuid(host, {.index = 1, .vcpus = 3, .pc_platform = false, .tsc_deadline = true});

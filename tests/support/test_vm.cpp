@@ -45,7 +45,7 @@ std::string check_churn(const hv::GuestMemory& mem, uint64_t header_gpa, ChurnPr
     if (h->magic != US_CHURN_MAGIC) return "churn header has a bad magic";
     if (h->nr_vcpus > US_CHURN_MAX_VCPUS) return "churn header names too many vCPUs";
     ChurnProgress p;
-    // vCPUs claim slots in arrival order and may finish setting them up out of order: a
+    // Each vCPU fills the slot of its own index, and they may finish setting them up in any order: a
     // slot counts once its first pass has begun (iteration >= 1); before that its pages
     // are still being cleared.
     for (unsigned v = 0; v < US_CHURN_MAX_VCPUS; ++v) {
