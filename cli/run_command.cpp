@@ -15,6 +15,7 @@
 #include "cli/link_options.hpp"
 #include "cli/config.hpp"
 #include "cli/console_input.hpp"
+#include "cli/disks.hpp"
 #include "cli/control_socket.hpp"
 #include "cli/option_rules.hpp"
 #include "cli/operations.hpp"
@@ -486,11 +487,21 @@ Result<std::unique_ptr<GuestNetwork>> attach_tap(hv::Vm& vm, const NetOptions& n
     return std::move(*n);
 }
 
+// ", disks a.img, b.img (read-only)" for the boot line, or nothing.
+std::string disk_summary(const DiskOptions& d) {
+    std::string out;
+    for (const auto& spec : d.specs) {
+        auto s = parse_disk_spec(spec);
+        if (s) out += (out.empty() ? ", disks " : ", ") + s->path + (s->readonly ? " (read-only)" : "");
+    }
+    return out;
+}
+
 // Linux guests: the PC platform, the kernel and initrd read whole (each at most the
 // guest's memory). The NIC is attached before the kernel is loaded: the ACPI tables
 // written with it name the NIC's window and interrupt.
-int run_linux(const VmOptions& vo, SuperviseOptions& so, const NetOptions& no, const std::string& kernel, const std::string& initrd,
-              const std::string& append) {
+int run_linux(const VmOptions& vo, SuperviseOptions& so, const NetOptions& no, const DiskOptions& disks, const std::string& kernel,
+              const std::string& initrd, const std::string& append) {
     auto cfg = to_vm_config(vo);
     if (!cfg) return fail(cfg.error());
     cfg->pc_platform = true;
@@ -512,11 +523,12 @@ int run_linux(const VmOptions& vo, SuperviseOptions& so, const NetOptions& no, c
     auto attached = attach_tap(**vm, no);
     if (!attached) return fail(attached.error());
     std::unique_ptr<GuestNetwork> net = std::move(*attached);
+    if (auto d = attach_disks(**vm, disks, net ? 1 : 0); !d) return fail(d.error());
     auto k = hv::load_linux(**vm, *kernel_file, initrd_file, append);
     if (!k) return fail(std::move(k.error()).wrap(kernel));
-    std::printf("== booting Linux %s (boot protocol %u.%02u)%s: %s RAM, %u vCPU(s), dirty tracking %s%s\n", kernel.c_str(),
+    std::printf("== booting Linux %s (boot protocol %u.%02u)%s: %s RAM, %u vCPU(s), dirty tracking %s%s%s\n", kernel.c_str(),
                 k->protocol >> 8, k->protocol & 0xff, initrd.empty() ? "" : (" with " + initrd).c_str(), vo.memory.c_str(), vo.vcpus,
-                (*vm)->dirty_tracker().name(), net ? (", network on tap " + no.tap).c_str() : "");
+                (*vm)->dirty_tracker().name(), net ? (", network on tap " + no.tap).c_str() : "", disk_summary(disks).c_str());
     ConsoleInput console((*vm)->uart());
     return supervise(**vm, so, net.get());
 }
@@ -527,11 +539,13 @@ int run_command(const std::vector<std::string>& args) {
     VmOptions vo;
     SuperviseOptions so;
     NetOptions no;
+    DiskOptions disks;
     std::string image, cmdline, kernel, initrd, append;
     po::options_description desc("Options");
     add_vm_options(desc, vo);
     add_supervise_options(desc, so);
     add_net_options(desc, no);
+    add_disk_options(desc, disks);
     desc.add_options()("image", po::value(&image), "PVH guest image (ELF)")
         ("cmdline,c", po::value(&cmdline)->default_value(""), "guest command line (PVH image)")
         ("kernel", po::value(&kernel), "Linux kernel (bzImage) to boot instead of a PVH image")
@@ -542,14 +556,27 @@ int run_command(const std::vector<std::string>& args) {
     const char* usage = "usage: understudy run IMAGE [options]\n       understudy run --kernel BZIMAGE [--initrd FILE] [--append CMDLINE] [options]\n"
                         "  Boots a PVH guest image, or a Linux kernel, and runs it until it stops.";
     int code = 0;
-    if (!parse("run", args, desc, pos, usage, code) || !check_snapshot_options(so, code)) return code;
+    if (!parse("run", args, desc, pos, usage, code)) return code;
+    for (const auto& spec : disks.specs)
+        if (auto d = parse_disk_spec(spec); !d) {
+            std::fprintf(stderr, "understudy: %s\n", d.error().describe().c_str());
+            return 2;
+        }
+    if (!disks.specs.empty() && (!so.backup.empty() || !so.snapshot_to.empty())) {
+        // Vm::save_state() would refuse at the first checkpoint or at the snapshot; say it now.
+        std::fprintf(stderr, "understudy: --disk with %s: checkpoints and snapshots do not carry disks yet, so a VM "
+                             "with a disk cannot be protected or saved (docs/disks.md)\n",
+                     so.backup.empty() ? "--snapshot-to" : "--backup");
+        return 2;
+    }
+    if (!check_snapshot_options(so, code)) return code;
     if (image.empty() == kernel.empty()) {
         std::fprintf(stderr, "understudy: %s (see understudy run --help)\n",
                      image.empty() ? "missing IMAGE: give a PVH guest image or --kernel BZIMAGE"
                                    : "IMAGE and --kernel BZIMAGE both given: boot one of them");
         return 2;
     }
-    if (!kernel.empty()) return run_linux(vo, so, no, kernel, initrd, append);
+    if (!kernel.empty()) return run_linux(vo, so, no, disks, kernel, initrd, append);
     if (!initrd.empty() || !append.empty()) {
         std::fprintf(stderr, "understudy: --initrd and --append go with --kernel; a PVH image takes --cmdline\n");
         return 2;
@@ -565,10 +592,13 @@ int run_command(const std::vector<std::string>& args) {
     if (!attached) return fail(attached.error());
     std::unique_ptr<GuestNetwork> net = std::move(*attached);
     if (net) cmdline += (cmdline.empty() ? "" : " ") + net->cmdline_token();
+    auto disk_tokens = attach_disks(**vm, disks, net ? 1 : 0);
+    if (!disk_tokens) return fail(disk_tokens.error());
+    for (const auto& t : *disk_tokens) cmdline += (cmdline.empty() ? "" : " ") + t;
     auto img = hv::load_pvh_image(**vm, *file, cmdline);
     if (!img) return fail(std::move(img.error()).wrap(image));
-    std::printf("== booting %s: %s RAM, %u vCPU(s), dirty tracking %s%s\n", image.c_str(), vo.memory.c_str(), vo.vcpus,
-                (*vm)->dirty_tracker().name(), net ? (", network on tap " + no.tap).c_str() : "");
+    std::printf("== booting %s: %s RAM, %u vCPU(s), dirty tracking %s%s%s\n", image.c_str(), vo.memory.c_str(), vo.vcpus,
+                (*vm)->dirty_tracker().name(), net ? (", network on tap " + no.tap).c_str() : "", disk_summary(disks).c_str());
     return supervise(**vm, so, net.get());
 }
 

@@ -3,6 +3,7 @@
 // checkpoint hooks of Xen's Remus device layer (postsuspend, preresume), fanned out by the VM.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "common/error.hpp"
@@ -22,6 +23,10 @@ public:
     virtual DeviceState save() const = 0;
     // Called before the vCPUs first run (or while paused); refuses state it cannot use.
     virtual Result<void> restore(const DeviceState& s) = 0;
+    // State the device keeps outside guest memory and save() (a disk's contents), which
+    // no checkpoint or snapshot carries yet: what it is, or nullopt. Vm::save_state()
+    // refuses while a device has some, so that no incomplete copy of the VM is made.
+    virtual std::optional<std::string> state_outside() const { return std::nullopt; }
     // Called once every vCPU is parked (Remus's postsuspend): until resume(), the device
     // must not touch guest memory, so the page copy and save() see one consistent moment.
     virtual void suspend() {}

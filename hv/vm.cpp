@@ -1,5 +1,7 @@
 #include "hv/vm.hpp"
 
+#include <sys/eventfd.h>
+
 #include <cstdio>
 
 #include "common/codec.hpp"
@@ -166,9 +168,15 @@ Result<void> Vm::set_irq_line(uint32_t gsi, bool level) {
     return {};
 }
 
-Result<void> Vm::pulse_irq(uint32_t gsi) {
-    US_TRYV(set_irq_line(gsi, true));
-    return set_irq_line(gsi, false);
+Result<UniqueFd> Vm::edge_irqfd(uint32_t gsi) {
+    if (!cfg_.pc_platform) return make_error(Errc::state, "interrupt lines need the PC platform");
+    UniqueFd efd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!efd.valid()) return sys_error("eventfd");
+    kvm_irqfd req{};
+    req.fd = static_cast<uint32_t>(efd.get());
+    req.gsi = gsi;
+    US_TRYV(kvm_ioctl(fd(), KVM_IRQFD, &req, "KVM_IRQFD"));
+    return efd;
 }
 
 Result<PlatformState> Vm::save_platform() const {
@@ -262,6 +270,12 @@ Result<void> Vm::harvest_dirty(Bitmap& out) {
 Result<VmState> Vm::save_state() {
     std::lock_guard lock(control_mu_);
     if (started_ && !paused_) return make_error(Errc::state, "saving VM state needs every vCPU paused");
+    for (auto& d : devices_)
+        if (auto outside = d->state_outside())
+            return make_error(Errc::unsupported, d->name() + " keeps " + *outside +
+                                                     " outside the VM's state, and checkpoints and snapshots do not "
+                                                     "carry disks yet: a VM with a disk cannot be protected or saved "
+                                                     "(docs/disks.md)");
     VmState s;
     s.guest_time_ns = clock_.now_ns();
     US_TRYV(kvm_ioctl(fd(), KVM_GET_CLOCK, &s.kvmclock, "KVM_GET_CLOCK"));

@@ -76,8 +76,10 @@ public:
     Uart* uart() { return uart_; }
     // Drives an interrupt line of the in-kernel irqchip (PC platform only).
     Result<void> set_irq_line(uint32_t gsi, bool level);
-    // An edge on the line: raised and lowered.
-    Result<void> pulse_irq(uint32_t gsi);
+    // An eventfd bound to `gsi` through KVM_IRQFD (PC platform only): each write of a
+    // count to it is an edge on the line, injected by KVM without a VMM ioctl. Closing the
+    // fd unbinds it.
+    Result<UniqueFd> edge_irqfd(uint32_t gsi);
     // Devices a Linux guest finds through the ACPI DSDT (virtio-mmio), added when attached.
     void add_acpi_device(const AcpiMmioDevice& d) { acpi_devices_.push_back(d); }
     const std::vector<AcpiMmioDevice>& acpi_devices() const { return acpi_devices_; }

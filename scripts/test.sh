@@ -109,7 +109,7 @@ if [ "${UNDERSTUDY_SKIP_SANITIZERS:-0}" != 1 ]; then
     # code paths in a few minutes; the end-to-end ones (the whole pair over the network)
     # already ran nested on the normal build and would cost the run tens of minutes more
     # (docs/testing.md, "The sanitizer build in the nested VM", has the figures).
-    asan_nested='^(dirty_tracking|pause_resume|snapshot|bad_input|bad_virtio|virtio_kvm)$'
+    asan_nested='^(dirty_tracking|pause_resume|disk|snapshot|bad_input|bad_virtio|virtio_kvm)$'
     left=()
     for s in replication capture link_security network fencing operations linux_guest linux_guest_net; do
       left+=(--left-out "$s=sanitizer build, nested: end to end, already run nested on the normal build (docs/testing.md)")

@@ -32,10 +32,13 @@
 #include "hv/virtio/tap.hpp"
 #include "hv/vm.hpp"
 #include "tests/support/time_scale.hpp"
+#include "tests/support/virtio_driver.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
 using namespace understudy::hv::virtio;
+using understudy::test::MmioDriver;
+using understudy::test::Ring;
 using understudy::test::wait_until;
 
 namespace {
@@ -43,81 +46,26 @@ namespace {
 constexpr uint64_t kMem = 16 * kMiB;
 constexpr size_t kHdr = sizeof(VirtioNetHdr);
 
-struct Ring {
-    GuestMemory& mem;
-    uint16_t size;
-    Gpa desc, avail, used;
-    uint16_t avail_idx = 0;
-
-    void set_desc(uint16_t i, uint64_t addr, uint32_t len, uint16_t flags = 0, uint16_t next = 0) {
-        REQUIRE(mem.write_obj(desc + 16ull * i, VirtqDesc{addr, len, flags, next}));
-    }
-    void offer(uint16_t head) {
-        REQUIRE(mem.write_obj<uint16_t>(avail + 4 + 2ull * (avail_idx % size), head));
-        ++avail_idx;
-        REQUIRE(mem.write_obj<uint16_t>(avail + 2, avail_idx));
-    }
-    uint16_t used_idx() const { return *mem.read_obj<uint16_t>(used + 2); }
-    uint16_t used_flags() const { return *mem.read_obj<uint16_t>(used); }
-    VirtqUsedElem used_elem(uint16_t i) const { return *mem.read_obj<VirtqUsedElem>(used + 4 + 8ull * (i % size)); }
-};
-
 // The guest's side: queue 0 (RX) rings at 0x10000.., buffers at 0x100000 + 0x1000 * i;
 // queue 1 (TX) rings at 0x40000.., buffers at 0x200000 + 0x1000 * i.
-struct Driver {
-    VirtioNet& dev;
+struct Driver : MmioDriver {
     GuestMemory& mem;
     Ring rx{mem, 8, Gpa{0x10000}, Gpa{0x11000}, Gpa{0x12000}};
     Ring tx{mem, 8, Gpa{0x40000}, Gpa{0x41000}, Gpa{0x42000}};
+    Driver(VirtioNet& d, GuestMemory& m) : MmioDriver(MmioDriver::of(d)), mem(m) {}
 
     static Gpa rx_buf(uint16_t i) { return Gpa{0x100000 + 0x1000ull * i}; }
     static Gpa tx_buf(uint16_t i) { return Gpa{0x200000 + 0x1000ull * i}; }
 
-    uint32_t rd(uint64_t off) {
-        uint32_t v = 0;
-        dev.mmio_access(off, {reinterpret_cast<uint8_t*>(&v), 4}, false);
-        return v;
-    }
-    void wr(uint64_t off, uint32_t v) { dev.mmio_access(off, {reinterpret_cast<uint8_t*>(&v), 4}, true); }
-    void setup_queue(unsigned i, const Ring& r) {
-        wr(reg::kQueueSel, i);
-        REQUIRE(rd(reg::kQueueNumMax) >= r.size);
-        wr(reg::kQueueNum, r.size);
-        wr(reg::kQueueDescLow, uint32_t(r.desc.value));
-        wr(reg::kQueueDescHigh, 0);
-        wr(reg::kQueueDriverLow, uint32_t(r.avail.value));
-        wr(reg::kQueueDriverHigh, 0);
-        wr(reg::kQueueDeviceLow, uint32_t(r.used.value));
-        wr(reg::kQueueDeviceHigh, 0);
-        wr(reg::kQueueReady, 1);
-    }
-    uint32_t status() { return rd(reg::kStatus); }
     void bring_up() {
-        REQUIRE(rd(reg::kMagic) == kMmioMagic);
         REQUIRE(rd(reg::kDeviceId) == kNetDeviceId);
         wr(reg::kStatus, 0);
-        wr(reg::kStatus, kStatusAcknowledge);
-        wr(reg::kStatus, kStatusAcknowledge | kStatusDriver);
-        wr(reg::kDeviceFeaturesSel, 0);
-        uint64_t f = rd(reg::kDeviceFeatures);
-        wr(reg::kDeviceFeaturesSel, 1);
-        f |= uint64_t(rd(reg::kDeviceFeatures)) << 32;
-        REQUIRE(f == (kFeatureVersion1 | kNetFeatureMac));
-        wr(reg::kDriverFeaturesSel, 0);
-        wr(reg::kDriverFeatures, uint32_t(f));
-        wr(reg::kDriverFeaturesSel, 1);
-        wr(reg::kDriverFeatures, uint32_t(f >> 32));
-        wr(reg::kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk);
-        REQUIRE(status() & kStatusFeaturesOk);
-        rx.avail_idx = tx.avail_idx = 0;
-        for (Ring* r : {&rx, &tx}) { // fresh rings
-            std::vector<uint8_t> z(0x3000, 0);
-            REQUIRE(mem.write(r->desc, z));
-        }
+        REQUIRE(device_features() == (kFeatureVersion1 | kNetFeatureMac));
+        REQUIRE(negotiate(kFeatureVersion1 | kNetFeatureMac));
+        for (Ring* r : {&rx, &tx}) r->clear();
         setup_queue(kRxQueue, rx);
         setup_queue(kTxQueue, tx);
-        wr(reg::kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk);
-        REQUIRE(status() == (kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk));
+        driver_ok();
     }
     void post_rx(uint16_t i, uint32_t len = 2048) {
         rx.set_desc(i, rx_buf(i).value, len, kDescFWrite);
@@ -191,7 +139,7 @@ TEST_CASE("virtio-net: configuration is checked; the device window and token", "
     auto d = *VirtioNet::create({.index = 2});
     CHECK(d->name() == "virtio-net2");
     CHECK(d->mmio_base() == 0xd0002000);
-    CHECK(d->cmdline_token() == "virtio_mmio.device=0x1000@0xd0002000:5");
+    CHECK(d->cmdline_token() == "virtio_mmio.device=0x1000@0xd0002000:7");
     CHECK((*VirtioNet::create({}))->cmdline_token() == "virtio_mmio.device=0x1000@0xd0000000:5");
 }
 

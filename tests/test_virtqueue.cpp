@@ -7,10 +7,12 @@
 #include "hv/guest_memory.hpp"
 #include "hv/virtio/mmio_transport.hpp"
 #include "hv/virtio/virtqueue.hpp"
+#include "tests/support/virtio_driver.hpp"
 
 using namespace understudy;
 using namespace understudy::hv;
 using namespace understudy::hv::virtio;
+using understudy::test::MmioDriver;
 
 namespace {
 
@@ -270,46 +272,13 @@ struct FakeModel : VirtioModel {
     void device_reset() override { ++resets; }
 };
 
-struct Regs {
-    MmioTransport& t;
-    uint32_t rd(uint64_t off) {
-        uint32_t v = 0xdeadbeef;
-        t.access(off, {reinterpret_cast<uint8_t*>(&v), 4}, false);
-        return v;
-    }
-    void wr(uint64_t off, uint32_t v) { t.access(off, {reinterpret_cast<uint8_t*>(&v), 4}, true); }
-    void wr64(uint64_t lo, uint64_t v) {
-        wr(lo, uint32_t(v));
-        wr(lo + 4, uint32_t(v >> 32));
-    }
-    // Queue set-up as Linux's virtio_mmio does it.
-    void setup_queue(unsigned i, uint32_t num, uint64_t desc, uint64_t avail, uint64_t used) {
-        wr(reg::kQueueSel, i);
-        wr(reg::kQueueNum, num);
-        wr64(reg::kQueueDescLow, desc);
-        wr64(reg::kQueueDriverLow, avail);
-        wr64(reg::kQueueDeviceLow, used);
-        wr(reg::kQueueReady, 1);
-    }
-    bool negotiate(uint64_t features) {
-        wr(reg::kStatus, kStatusAcknowledge);
-        wr(reg::kStatus, kStatusAcknowledge | kStatusDriver);
-        wr(reg::kDriverFeaturesSel, 0);
-        wr(reg::kDriverFeatures, uint32_t(features));
-        wr(reg::kDriverFeaturesSel, 1);
-        wr(reg::kDriverFeatures, uint32_t(features >> 32));
-        wr(reg::kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk);
-        return rd(reg::kStatus) & kStatusFeaturesOk;
-    }
-};
-
 } // namespace
 
 TEST_CASE("mmio: identification registers and feature words", "[mmio]") {
     auto mem = *GuestMemory::create(kMem);
     FakeModel m;
     MmioTransport t("test", mem, m, {{256, 65536}, {128, 65536}});
-    Regs r{t};
+    auto r = MmioDriver::of_transport(t);
     CHECK(r.rd(reg::kMagic) == 0x74726976);
     CHECK(r.rd(reg::kVersion) == 2);
     CHECK(r.rd(reg::kDeviceId) == 1);
@@ -337,14 +306,14 @@ TEST_CASE("mmio: identification registers and feature words", "[mmio]") {
     t.access(reg::kConfig + 4, {reinterpret_cast<uint8_t*>(&w), 2}, false);
     CHECK(w == 0xa5a4);
     CHECK(t.bad_accesses() == 0);
-    CHECK(mmio_cmdline_token(0xd0000000) == "virtio_mmio.device=0x1000@0xd0000000:5");
+    CHECK(mmio_cmdline_token(0xd0000000, 5) == "virtio_mmio.device=0x1000@0xd0000000:5");
 }
 
 TEST_CASE("mmio: bad accesses are ignored and counted, never fatal", "[mmio]") {
     auto mem = *GuestMemory::create(kMem);
     FakeModel m;
     MmioTransport t("test", mem, m, {{256, 65536}});
-    Regs r{t};
+    auto r = MmioDriver::of_transport(t);
     uint8_t byte = 0x55;
     t.access(reg::kMagic, {&byte, 1}, false); // 1-byte register read
     CHECK(byte == 0);
@@ -364,7 +333,7 @@ TEST_CASE("mmio: feature negotiation and the status state machine", "[mmio]") {
     auto mem = *GuestMemory::create(kMem);
     FakeModel m;
     MmioTransport t("test", mem, m, {{256, 65536}, {256, 65536}});
-    Regs r{t};
+    auto r = MmioDriver::of_transport(t);
 
     SECTION("driver features before DRIVER are ignored") {
         r.wr(reg::kDriverFeatures, 0xffffffff);
@@ -450,7 +419,7 @@ TEST_CASE("mmio: transport state round-trips and bad state is refused whole", "[
     auto mem = *GuestMemory::create(kMem);
     FakeModel m;
     MmioTransport t("test", mem, m, {{256, 65536}, {256, 65536}});
-    Regs r{t};
+    auto r = MmioDriver::of_transport(t);
     REQUIRE(r.negotiate(kFeatureVersion1 | (1ull << 5)));
     r.setup_queue(0, 8, 0x10000, 0x20000, 0x30000);
     r.setup_queue(1, 16, 0x40000, 0x50000, 0x60000);

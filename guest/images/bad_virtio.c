@@ -15,7 +15,7 @@
  * write these.
  */
 #include "us/guest.h"
-#include "../net/virtio_mmio.h" /* register layout and ring structures */
+#include "../virtio/virtio_mmio.h" /* register layout and ring structures */
 
 #define QSIZE 8u
 #define RXQ 0u

@@ -8,7 +8,7 @@
  * and only when the device has not set VIRTQ_USED_F_NO_NOTIFY.
  */
 #include "virtio_net.h"
-#include "virtio_mmio.h"
+#include "../virtio/virtio_mmio.h"
 #include "us/guest.h"
 
 #define QSIZE_MAX 256u
@@ -44,60 +44,19 @@ static uint16_t tx_free[QSIZE_MAX]; /* stack of free TX descriptor ids */
 static unsigned tx_nfree;
 static int broken;
 
-static uint32_t rd32(unsigned off) { return *(volatile uint32_t *)(mmio + off); }
-static void wr32(unsigned off, uint32_t v) { *(volatile uint32_t *)(mmio + off) = v; }
-static void wr64(unsigned lo, uint64_t v)
-{
-    wr32(lo, (uint32_t)v);
-    wr32(lo + 4, (uint32_t)(v >> 32));
-}
+static uint32_t rd32(unsigned off) { return vmmio_rd32(mmio, off); }
+static void wr32(unsigned off, uint32_t v) { vmmio_wr32(mmio, off, v); }
 
 /* Orders the avail->idx store before the used->flags load (x86 may reorder a
  * store with a later load); without it a NO_NOTIFY change could be missed. */
 static void full_barrier(void) { __asm__ volatile("mfence" ::: "memory"); }
 
-/* Linux's memparse suffixes: k/K, m/M, g/G. */
-static uint64_t parse_size(const char *s, const char **end)
-{
-    uint64_t v = us_strtou64(s, end);
-    switch (**end) {
-    case 'k': v <<= 10; (*end)++; break;
-    case 'm': v <<= 20; (*end)++; break;
-    case 'g': v <<= 30; (*end)++; break;
-    }
-    return v;
-}
-
-/* "<size>@<base>[:<irq>]" -> base; 0 if malformed or outside the identity map. */
-static uint64_t parse_token(const char *tok, uint64_t map_end)
-{
-    const char *p;
-    uint64_t size = parse_size(tok, &p);
-    if (p == tok || *p != '@')
-        return 0;
-    const char *b = p + 1;
-    uint64_t base = us_strtou64(b, &p);
-    if (p == b || (*p && *p != ':') || size < VMMIO_CONFIG + 6 || base == 0 || base % 4 ||
-        base > map_end || size > map_end - base)
-        return 0;
-    return base;
-}
-
 static int setup_queue(struct vq *q, unsigned queue)
 {
-    wr32(VMMIO_QUEUE_SEL, queue);
-    if (rd32(VMMIO_QUEUE_READY)) {
-        us_printf("virtio-net: queue %u already ready after reset\n", queue);
+    uint16_t size = vmmio_setup_queue(mmio, queue, QSIZE_MAX, desc_mem[queue], avail_mem[queue], used_mem[queue],
+                                      "virtio-net");
+    if (!size)
         return -1;
-    }
-    uint32_t max = rd32(VMMIO_QUEUE_NUM_MAX);
-    if (max == 0) {
-        us_printf("virtio-net: queue %u not available\n", queue);
-        return -1;
-    }
-    uint16_t size = 1;
-    while (size * 2u <= max && size * 2u <= QSIZE_MAX)
-        size *= 2;
     *q = (struct vq){
         .desc = desc_mem[queue],
         .avail = (volatile struct virtq_avail *)avail_mem[queue],
@@ -114,11 +73,6 @@ static int setup_queue(struct vq *q, unsigned queue)
         };
     /* We poll: completions need no interrupt (and a TX completion no HALT wake-up). */
     q->avail->flags = queue == TXQ ? VIRTQ_AVAIL_F_NO_INTERRUPT : 0;
-    wr32(VMMIO_QUEUE_NUM, size);
-    wr64(VMMIO_QUEUE_DESC_LOW, (uint64_t)(uintptr_t)q->desc);
-    wr64(VMMIO_QUEUE_DRIVER_LOW, (uint64_t)(uintptr_t)q->avail);
-    wr64(VMMIO_QUEUE_DEVICE_LOW, (uint64_t)(uintptr_t)q->used);
-    wr32(VMMIO_QUEUE_READY, 1);
     return 0;
 }
 
@@ -139,39 +93,19 @@ static void notify(struct vq *q)
         wr32(VMMIO_QUEUE_NOTIFY, q->queue);
 }
 
-static int fail(const char *why)
-{
-    us_printf("virtio-net at %p: %s\n", (void *)mmio, why);
-    wr32(VMMIO_STATUS, VIRTIO_STATUS_FAILED);
-    mmio = NULL;
-    return -1;
-}
-
 static int init_device(uint8_t mac[6])
 {
-    wr32(VMMIO_STATUS, 0); /* reset */
-    if (rd32(VMMIO_STATUS) != 0)
-        return fail("does not reset");
-    wr32(VMMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
-    wr32(VMMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
+    uint64_t accepted = vmmio_negotiate(mmio, 1ull << VIRTIO_NET_F_MAC, "virtio-net");
+    if (!accepted) {
+        mmio = NULL;
+        return -1;
+    }
+    const int lo = (accepted & (1ull << VIRTIO_NET_F_MAC)) != 0;
 
-    wr32(VMMIO_DEVICE_FEATURES_SEL, 0);
-    uint32_t lo = rd32(VMMIO_DEVICE_FEATURES) & (1u << VIRTIO_NET_F_MAC);
-    wr32(VMMIO_DEVICE_FEATURES_SEL, 1);
-    uint32_t hi = rd32(VMMIO_DEVICE_FEATURES) & (1u << (VIRTIO_F_VERSION_1 - 32));
-    if (!hi)
-        return fail("does not offer VIRTIO_F_VERSION_1");
-    wr32(VMMIO_DRIVER_FEATURES_SEL, 0);
-    wr32(VMMIO_DRIVER_FEATURES, lo);
-    wr32(VMMIO_DRIVER_FEATURES_SEL, 1);
-    wr32(VMMIO_DRIVER_FEATURES, hi);
-    uint32_t st = VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK;
-    wr32(VMMIO_STATUS, st);
-    if (!(rd32(VMMIO_STATUS) & VIRTIO_STATUS_FEATURES_OK))
-        return fail("refused our features");
-
-    if (setup_queue(&rxq, RXQ) || setup_queue(&txq, TXQ))
-        return fail("queue setup failed");
+    if (setup_queue(&rxq, RXQ) || setup_queue(&txq, TXQ)) {
+        mmio = NULL;
+        return -1;
+    }
 
     if (lo) {
         for (unsigned i = 0; i < 6; i++)
@@ -190,9 +124,10 @@ static int init_device(uint8_t mac[6])
         tx_free[i] = i;
     tx_nfree = txq.size;
 
-    wr32(VMMIO_STATUS, st | VIRTIO_STATUS_DRIVER_OK);
-    if (rd32(VMMIO_STATUS) & (VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED))
-        return fail("device failed during set-up");
+    if (vmmio_driver_ok(mmio, "virtio-net")) {
+        mmio = NULL;
+        return -1;
+    }
     notify(&rxq);
     us_printf("virtio-net at %p: rx %u tx %u descriptors, mac %s\n", (void *)mmio, rxq.size, txq.size,
               lo ? "from device" : "generated");
@@ -201,34 +136,8 @@ static int init_device(uint8_t mac[6])
 
 int vnet_init(const struct guest_boot *boot, uint8_t mac[6])
 {
-    const char *pos = NULL, *v;
-    size_t len;
-    unsigned seen = 0;
-    while ((v = us_cmdline_next("virtio_mmio.device", &pos, &len))) {
-        char tok[64];
-        seen++;
-        size_t n = len < sizeof tok ? len : sizeof tok - 1;
-        memcpy(tok, v, n);
-        tok[n] = '\0';
-        uint64_t base = n == len ? parse_token(tok, boot->map_end) : 0;
-        if (!base) {
-            us_printf("virtio-net: ignoring malformed virtio_mmio.device=%s\n", tok);
-            continue;
-        }
-        mmio = (volatile uint8_t *)(uintptr_t)base;
-        if (rd32(VMMIO_MAGIC) != VIRTIO_MMIO_MAGIC || rd32(VMMIO_DEVICE_ID) != VIRTIO_ID_NET)
-            continue;
-        if (rd32(VMMIO_VERSION) != 2) {
-            us_printf("virtio-net at %p: legacy (version 1) interface; only virtio 1.x is supported"
-                      " (QEMU: -global virtio-mmio.force-legacy=false)\n", (void *)mmio);
-            continue;
-        }
-        if (init_device(mac) == 0)
-            return 0;
-    }
-    mmio = NULL;
-    us_printf("virtio-net: no usable device among %u virtio_mmio.device= tokens\n", seen);
-    return -1;
+    mmio = vmmio_find(boot, VIRTIO_ID_NET, "virtio-net");
+    return mmio ? init_device(mac) : -1;
 }
 
 unsigned vnet_rx_poll(vnet_deliver_fn deliver, void *ctx)

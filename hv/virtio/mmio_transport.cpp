@@ -20,8 +20,93 @@ uint64_t set_half(uint64_t v, bool high, uint32_t half) {
 }
 } // namespace
 
-std::string mmio_cmdline_token(uint64_t base) {
-    return fmt::format("virtio_mmio.device=0x{:x}@0x{:x}:{}", kMmioSize, base, kMmioIrq);
+std::string mmio_cmdline_token(uint64_t base, unsigned irq) {
+    return fmt::format("virtio_mmio.device=0x{:x}@0x{:x}:{}", kMmioSize, base, irq);
+}
+
+// ---- the transport's saved-state fields ----
+
+namespace {
+// Never reuse a tag number.
+enum TransportTag : uint32_t { kTagFeatures = 1, kTagTransport = 2, kTagQueue = 3 };
+static_assert(kTagQueue < kFirstDeviceTag);
+
+struct FeaturesWire {
+    uint64_t offered;    // 0
+    uint64_t negotiated; // 8
+};
+static_assert(std::is_standard_layout_v<FeaturesWire> && sizeof(FeaturesWire) == 16);
+
+struct TransportWire {
+    uint32_t status;              // 0
+    uint32_t queue_sel;           // 4
+    uint32_t device_features_sel; // 8
+    uint32_t driver_features_sel; // 12
+};
+static_assert(std::is_standard_layout_v<TransportWire> && sizeof(TransportWire) == 16);
+
+struct QueueWire {
+    uint32_t index;      // 0
+    uint32_t num;        // 4
+    uint32_t ready;      // 8: 0 or 1
+    uint16_t next_avail; // 12
+    uint16_t next_used;  // 14
+    uint64_t desc;       // 16
+    uint64_t driver;     // 24: avail ring
+    uint64_t device;     // 32: used ring
+};
+static_assert(std::is_standard_layout_v<QueueWire> && sizeof(QueueWire) == 40);
+} // namespace
+
+void encode_transport_state(Encoder& e, const TransportState& ts) {
+    e.field_pod(kTagFeatures, FeaturesWire{ts.device_features, ts.driver_features});
+    e.field_pod(kTagTransport, TransportWire{ts.status, ts.queue_sel, ts.device_features_sel, ts.driver_features_sel});
+    for (uint32_t i = 0; i < ts.queues.size(); ++i) {
+        const auto& q = ts.queues[i];
+        e.field_pod(kTagQueue, QueueWire{i, q.num, q.ready ? 1u : 0u, q.next_avail, q.next_used, q.desc, q.driver, q.device});
+    }
+}
+
+TransportStateReader::TransportStateReader(unsigned queue_count) : seen_queue_(queue_count, false) {
+    ts_.queues.resize(queue_count);
+}
+
+Result<bool> TransportStateReader::take(const Decoder::Field& f, const Decoder& d, const std::string& what) {
+    switch (f.tag) {
+    case kTagFeatures: {
+        auto w = US_TRY(Decoder::as_pod<FeaturesWire>(f, what));
+        ts_.device_features = w.offered;
+        ts_.driver_features = w.negotiated;
+        have_features_ = true;
+        return true;
+    }
+    case kTagTransport: {
+        auto w = US_TRY(Decoder::as_pod<TransportWire>(f, what));
+        ts_.status = w.status;
+        ts_.queue_sel = w.queue_sel;
+        ts_.device_features_sel = w.device_features_sel;
+        ts_.driver_features_sel = w.driver_features_sel;
+        have_transport_ = true;
+        return true;
+    }
+    case kTagQueue: {
+        auto w = US_TRY(Decoder::as_pod<QueueWire>(f, what));
+        if (w.index >= seen_queue_.size() || seen_queue_[w.index])
+            return d.error(fmt::format("queue {} is unknown or appears twice", w.index));
+        if (w.ready > 1) return d.error(fmt::format("queue {} ready flag is {}", w.index, w.ready));
+        seen_queue_[w.index] = true;
+        ts_.queues[w.index] = QueueState{w.num, w.ready == 1, w.desc, w.driver, w.device, w.next_avail, w.next_used};
+        return true;
+    }
+    default: return false;
+    }
+}
+
+Result<TransportState> TransportStateReader::finish(const Decoder& d) const {
+    if (!have_features_ || !have_transport_) return d.error("features or transport field missing");
+    for (bool seen : seen_queue_)
+        if (!seen) return d.error("a queue is missing");
+    return ts_;
 }
 
 MmioTransport::MmioTransport(std::string name, GuestMemory& mem, VirtioModel& model, const std::vector<QueueSpec>& queues)

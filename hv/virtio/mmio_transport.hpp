@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/codec.hpp"
 #include "common/error.hpp"
 #include "hv/guest_memory.hpp"
 #include "hv/virtio/virtqueue.hpp"
@@ -56,7 +57,7 @@ inline constexpr uint64_t kConfigGeneration = 0x0fc, kConfig = 0x100;
 inline bool log_worthy(uint64_t n) { return n < 16 || (n & (n - 1)) == 0; }
 
 // `virtio_mmio.device=<size>@<base>:<irq>`, Linux's kernel command line convention.
-std::string mmio_cmdline_token(uint64_t base);
+std::string mmio_cmdline_token(uint64_t base, unsigned irq);
 
 // What a device type tells its transport, and what the transport asks of it. Called
 // with the owner's lock held.
@@ -95,6 +96,26 @@ struct TransportState {
     uint32_t device_features_sel = 0;
     uint32_t driver_features_sel = 0;
     std::vector<QueueState> queues;
+};
+
+// The transport's part of every virtio-mmio device's saved state (docs/virtio.md, "Saved
+// state"): tagged fields 1 to 3. A device's own fields take tags from kFirstDeviceTag.
+inline constexpr uint32_t kFirstDeviceTag = 4;
+void encode_transport_state(Encoder& e, const TransportState& ts);
+
+// Collects the transport's fields while a device decodes its saved state.
+class TransportStateReader {
+public:
+    explicit TransportStateReader(unsigned queue_count);
+    // Takes `f` (true) if it is one of the transport's fields; false leaves it to the device.
+    Result<bool> take(const Decoder::Field& f, const Decoder& d, const std::string& what);
+    // The state, once every field was present exactly once.
+    Result<TransportState> finish(const Decoder& d) const;
+
+private:
+    TransportState ts_;
+    bool have_features_ = false, have_transport_ = false;
+    std::vector<bool> seen_queue_;
 };
 
 class MmioTransport {

@@ -16,35 +16,8 @@ namespace {
 
 constexpr uint64_t kMaxChainBytes = sizeof(VirtioNetHdr) + kMaxFrameBytes;
 
-// Saved-state encoding (docs/virtio.md): tagged fields, unknown tags skipped. Never
-// reuse a tag number.
-enum NetTag : uint32_t { kTagFeatures = 1, kTagTransport = 2, kTagQueue = 3, kTagMac = 4 };
-
-struct FeaturesWire {
-    uint64_t offered;    // 0
-    uint64_t negotiated; // 8
-};
-static_assert(std::is_standard_layout_v<FeaturesWire> && sizeof(FeaturesWire) == 16);
-
-struct TransportWire {
-    uint32_t status;              // 0
-    uint32_t queue_sel;           // 4
-    uint32_t device_features_sel; // 8
-    uint32_t driver_features_sel; // 12
-};
-static_assert(std::is_standard_layout_v<TransportWire> && sizeof(TransportWire) == 16);
-
-struct QueueWire {
-    uint32_t index;      // 0
-    uint32_t num;        // 4
-    uint32_t ready;      // 8: 0 or 1
-    uint16_t next_avail; // 12
-    uint16_t next_used;  // 14
-    uint64_t desc;       // 16
-    uint64_t driver;     // 24: avail ring
-    uint64_t device;     // 32: used ring
-};
-static_assert(std::is_standard_layout_v<QueueWire> && sizeof(QueueWire) == 40);
+// Saved state (docs/virtio.md): the transport's fields, then the MAC. Never reuse a tag.
+constexpr uint32_t kTagMac = kFirstDeviceTag;
 
 struct MacWire {
     uint8_t mac[6];    // 0
@@ -59,8 +32,7 @@ bool usable_mac(const MacAddress& m) {
 } // namespace
 
 Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg) {
-    if (kMmioBase + kMmioSize * (uint64_t(cfg.index) + 1) > kMmioWindowEnd)
-        return make_error(Errc::invalid_input, fmt::format("virtio device index {} is past the MMIO window", cfg.index));
+    US_TRYV(check_index(cfg.index));
     if (!usable_mac(cfg.mac))
         return make_error(Errc::invalid_input, "the MAC address must be unicast and not all zeros");
     if (cfg.queue_max == 0 || cfg.queue_max > kNetQueueMax || !std::has_single_bit(cfg.queue_max))
@@ -72,51 +44,12 @@ Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg) {
 }
 
 VirtioNet::VirtioNet(const NetConfig& cfg)
-    : name_("virtio-net" + std::to_string(cfg.index)), index_(cfg.index), queue_max_(cfg.queue_max),
+    : MmioDevice("virtio-net" + std::to_string(cfg.index), cfg.index,
+                 std::vector<QueueSpec>(2, QueueSpec{cfg.queue_max, kMaxChainBytes})),
+      queue_max_(cfg.queue_max),
       pending_limit_(cfg.pending_limit), mac_(cfg.mac) {}
 
 VirtioNet::~VirtioNet() = default;
-
-Result<void> VirtioNet::bind(GuestMemory& mem, std::function<void()> guest_event, std::function<void()> interrupt) {
-    std::lock_guard lock(mu_);
-    if (transport_) return make_error(Errc::state, name_ + " is already attached");
-    mem_ = &mem;
-    guest_event_ = std::move(guest_event);
-    interrupt_ = std::move(interrupt);
-    std::vector<QueueSpec> queues(2, QueueSpec{queue_max_, kMaxChainBytes});
-    transport_ = std::make_unique<MmioTransport>(name_, mem, static_cast<VirtioModel&>(*this), queues);
-    return {};
-}
-
-Result<void> VirtioNet::attach(Vm& vm) {
-    std::function<void()> interrupt;
-    if (vm.config().pc_platform) {
-        constexpr uint32_t kIoapicPins = 24;
-        if (irq() >= kIoapicPins)
-            return make_error(Errc::invalid_input, name_ + ": IRQ " + std::to_string(irq()) + " has no IOAPIC pin (at most " +
-                                                       std::to_string(kIoapicPins - kMmioIrq) + " virtio-mmio devices)");
-        // A Linux guest: an edge on the device's IOAPIC pin, named in the ACPI DSDT. A failed
-        // KVM_IRQ_LINE leaves the bit in InterruptStatus for the next interrupt to report.
-        interrupt = [&vm, irq = irq(), name = name_] {
-            if (auto r = vm.pulse_irq(irq); !r) log::warn("{}: raising IRQ {}: {}", name, irq, r.error().describe());
-        };
-        vm.add_acpi_device({mmio_base(), kMmioSize, irq()});
-    }
-    US_TRYV(bind(vm.memory(), [&vm] { vm.notify_guest_event(); }, std::move(interrupt)));
-    return vm.mmio().add(mmio_base(), kMmioSize, name_, [this](IoAccess& a) -> Result<void> {
-        mmio_access(a.offset, a.data, a.is_write);
-        return {};
-    });
-}
-
-void VirtioNet::mmio_access(uint64_t offset, std::span<uint8_t> data, bool is_write) {
-    std::lock_guard lock(mu_);
-    if (!transport_) {
-        if (!is_write) std::memset(data.data(), 0xff, data.size());
-        return;
-    }
-    transport_->access(offset, data, is_write);
-}
 
 MacAddress VirtioNet::mac() const {
     std::lock_guard lock(mu_);
@@ -159,14 +92,6 @@ void VirtioNet::driver_ok() {
 void VirtioNet::device_reset() { tx_stalled_ = false; }
 
 // ---- internals (lock held) ----
-
-void VirtioNet::used_buffers() {
-    if (interrupt_) {
-        transport_->raise_interrupt(kInterruptUsedBuffer);
-        interrupt_();
-    }
-    if (guest_event_) guest_event_();
-}
 
 bool VirtioNet::can_touch_guest() const { return transport_ && transport_->live() && !suspended_; }
 
@@ -389,15 +314,8 @@ DeviceState VirtioNet::save() const {
     std::lock_guard lock(mu_);
     DeviceState ds{name_, kNetStateVersion, {}};
     if (!transport_) return ds; // never attached: nothing a guest could have set up
-    TransportState ts = transport_->save();
     Encoder e(ds.data);
-    e.field_pod(kTagFeatures, FeaturesWire{ts.device_features, ts.driver_features});
-    e.field_pod(kTagTransport,
-                TransportWire{ts.status, ts.queue_sel, ts.device_features_sel, ts.driver_features_sel});
-    for (uint32_t i = 0; i < ts.queues.size(); ++i) {
-        const auto& q = ts.queues[i];
-        e.field_pod(kTagQueue, QueueWire{i, q.num, q.ready ? 1u : 0u, q.next_avail, q.next_used, q.desc, q.driver, q.device});
-    }
+    encode_transport_state(e, transport_->save());
     MacWire m{};
     std::memcpy(m.mac, mac_.data(), 6);
     e.field_pod(kTagMac, m);
@@ -412,52 +330,21 @@ Result<void> VirtioNet::restore(const DeviceState& s) {
     if (s.version != kNetStateVersion)
         return make_error(Errc::invalid_input, what + ": version " + std::to_string(s.version) + " is not supported");
     Decoder d(s.data, what);
-    TransportState ts;
+    TransportStateReader transport(transport_->queue_count());
     std::optional<MacAddress> mac;
-    bool have_features = false, have_transport = false;
-    std::vector<bool> seen_queue(transport_->queue_count(), false);
-    ts.queues.resize(transport_->queue_count());
     while (!d.done()) {
         auto f = US_TRY(d.field());
-        switch (f.tag) {
-        case kTagFeatures: {
-            auto w = US_TRY(Decoder::as_pod<FeaturesWire>(f, what));
-            ts.device_features = w.offered;
-            ts.driver_features = w.negotiated;
-            have_features = true;
-            break;
-        }
-        case kTagTransport: {
-            auto w = US_TRY(Decoder::as_pod<TransportWire>(f, what));
-            ts.status = w.status;
-            ts.queue_sel = w.queue_sel;
-            ts.device_features_sel = w.device_features_sel;
-            ts.driver_features_sel = w.driver_features_sel;
-            have_transport = true;
-            break;
-        }
-        case kTagQueue: {
-            auto w = US_TRY(Decoder::as_pod<QueueWire>(f, what));
-            if (w.index >= seen_queue.size() || seen_queue[w.index])
-                return d.error(fmt::format("queue {} is unknown or appears twice", w.index));
-            if (w.ready > 1) return d.error(fmt::format("queue {} ready flag is {}", w.index, w.ready));
-            seen_queue[w.index] = true;
-            ts.queues[w.index] = QueueState{w.num, w.ready == 1, w.desc, w.driver, w.device, w.next_avail, w.next_used};
-            break;
-        }
-        case kTagMac: {
+        if (US_TRY(transport.take(f, d, what))) continue;
+        if (f.tag == kTagMac) {
             auto w = US_TRY(Decoder::as_pod<MacWire>(f, what));
             MacAddress m;
             std::memcpy(m.data(), w.mac, 6);
             if (!usable_mac(m)) return d.error("the MAC address is multicast or all zeros");
             mac = m;
-            break;
-        }
-        default: break; // a field from a newer writer
-        }
+        } // other tags: fields from a newer writer
     }
-    if (!have_features || !have_transport || !mac) return d.error("features, transport or MAC field missing");
-    if (std::find(seen_queue.begin(), seen_queue.end(), false) != seen_queue.end()) return d.error("a queue is missing");
+    if (!mac) return d.error("MAC field missing");
+    TransportState ts = US_TRY(transport.finish(d));
     US_TRYV(transport_->restore(ts)); // validates before changing anything
     if (*mac != mac_)
         log::info("{}: MAC {:02x} from the saved state replaces the configured one", name_, fmt::join(*mac, ":"));

@@ -20,8 +20,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "hv/device.hpp"
-#include "hv/virtio/mmio_transport.hpp"
+#include "hv/virtio/mmio_device.hpp"
 #include "hv/virtio/net_backend.hpp"
 
 namespace understudy::hv::virtio {
@@ -84,31 +83,20 @@ struct NetQueueState {
     bool tx_stalled = false; // the sink is full: TX waits for room, not for the guest
 };
 
-class VirtioNet final : public Device, private VirtioModel {
+class VirtioNet final : public MmioDevice {
 public:
     static Result<std::unique_ptr<VirtioNet>> create(const NetConfig& cfg);
     ~VirtioNet() override;
 
     // --- Device ---
-    std::string name() const override { return name_; }
-    // Binds to the VM's memory and registers the MMIO window.
-    Result<void> attach(Vm& vm) override;
     DeviceState save() const override;
     Result<void> restore(const DeviceState& s) override;
     void suspend() override;
     void resume() override;
 
-    // attach() without a VM (tests): the device uses `mem` and calls `guest_event` when
-    // it has put something in a used ring. With `interrupt`, it also sets InterruptStatus
-    // and calls that (the guest then expects RX notifications: used.flags stays 0).
-    Result<void> bind(GuestMemory& mem, std::function<void()> guest_event, std::function<void()> interrupt = {});
-    // The MMIO handler's body: one access at `offset` in the device window.
-    void mmio_access(uint64_t offset, std::span<uint8_t> data, bool is_write);
-
-    uint64_t mmio_base() const { return kMmioBase + kMmioSize * index_; }
-    uint32_t irq() const { return kMmioIrq + index_; }
-    // For the guest's kernel command line: "virtio_mmio.device=0x1000@0xd0000000:5".
-    std::string cmdline_token() const { return mmio_cmdline_token(mmio_base()); }
+    // Without an interrupt (the guest/ images) the RX used ring carries NO_NOTIFY: the
+    // device looks at it whenever a frame arrives; with one, the guest expects RX
+    // notifications and used.flags stays 0.
     MacAddress mac() const;
 
     // The sink for transmitted frames (may be null: frames are then dropped and counted).
@@ -142,21 +130,13 @@ private:
     void fail(const std::string& why);
     void process_tx();
     void flush_rx();
-    void used_buffers(); // something went into a used ring: tell the guest
     RxResult write_rx(std::span<const uint8_t> frame);
 
-    const std::string name_;
-    const unsigned index_;
     const uint16_t queue_max_;
     const size_t pending_limit_;
 
-    mutable std::mutex mu_;
     MacAddress mac_;
-    GuestMemory* mem_ = nullptr;
-    std::function<void()> guest_event_;
-    std::function<void()> interrupt_;
     bool rescan_ = false; // restored: look at the queues and interrupt the guest on resume
-    std::unique_ptr<MmioTransport> transport_;
     EgressSink* sink_ = nullptr;
     bool suspended_ = false;
     bool tx_stalled_ = false;
