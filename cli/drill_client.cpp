@@ -14,7 +14,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 constexpr auto kConnectTimeout = milliseconds(1000);
-constexpr auto kReplyTimeout = milliseconds(6000); // a connection silent this long is given up
 constexpr size_t kReadbackBatch = 100;
 } // namespace
 
@@ -110,7 +109,7 @@ void DrillClient::write_loop(unsigned ci) {
         ++seq;
         std::string key = fmt::format("drill:{}:{}:{}", run_id_, ci, seq), value = std::to_string(seq);
         conn->queue({"SET", key, value});
-        auto deadline = Clock::now() + kReplyTimeout;
+        auto deadline = Clock::now() + reply_timeout_;
         Result<RespReply> r = make_error(Errc::state, "");
         if (auto sent = conn->flush(deadline); sent) r = conn->reply(deadline, &stop_);
         else r = std::move(sent.error());

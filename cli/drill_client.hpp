@@ -25,8 +25,11 @@ struct ConnStats {
 class DrillClient {
 public:
     using Clock = std::chrono::steady_clock;
-    DrillClient(replicator::Endpoint service, unsigned connections, std::string run_id, std::chrono::milliseconds interval)
-        : service_(std::move(service)), run_id_(std::move(run_id)), interval_(interval), stats_(connections) {}
+    // `reply_timeout`: a connection silent this long is given up (and counted broken).
+    DrillClient(replicator::Endpoint service, unsigned connections, std::string run_id, std::chrono::milliseconds interval,
+                std::chrono::milliseconds reply_timeout)
+        : service_(std::move(service)), run_id_(std::move(run_id)), interval_(interval), reply_timeout_(reply_timeout),
+          stats_(connections) {}
 
     void start();
     void stop();
@@ -50,6 +53,7 @@ private:
     replicator::Endpoint service_;
     std::string run_id_;
     std::chrono::milliseconds interval_; // between a reply and the connection's next SET
+    std::chrono::milliseconds reply_timeout_;
     std::atomic<bool> stop_{false};
     mutable std::mutex mu_;
     std::vector<ConnStats> stats_;

@@ -290,7 +290,7 @@ void judge_verdict(DrillReport& rep, bool interrupted, bool reacted, bool served
 int drill_command(const std::vector<std::string>& args) {
     std::string kind_text, primary_socket, backup_socket, service_text, partition_cmd, heal_cmd;
     unsigned connections = 4, interval_ms = 5;
-    double warmup = 2, after = 30, wait_limit = 30, max_stall = 5;
+    double warmup = 2, after = 30, wait_limit = 30, max_stall = 5, reply_timeout = 6;
     bool json = false;
     po::options_description desc("Options");
     desc.add_options()("help,h", "show this help")
@@ -306,6 +306,9 @@ int drill_command(const std::vector<std::string>& args) {
          "seconds to watch the survivor after it serves again (0..600): the writes must go on being answered")
         ("max-stall", po::value(&max_stall)->default_value(5),
          "while watching, the longest the service may answer no write before the drill fails (0.1..600 s)")
+        ("reply-timeout", po::value(&reply_timeout)->default_value(6),
+         "seconds a client connection waits for a reply before it gives up and reconnects (counted as a broken "
+         "connection; 1..600): the patience of the clients whose connections must survive")
         ("timeout", po::value(&wait_limit)->default_value(30),
          "seconds to wait for the pair to react to the fault and serve again (1..600)")
         ("partition-command", po::value(&partition_cmd), "partition: the shell command that cuts primary <-> backup")
@@ -357,7 +360,7 @@ int drill_command(const std::vector<std::string>& args) {
     if (connections < 1 || connections > 64) return usage_error("--connections must be between 1 and 64");
     if (interval_ms > 1000) return usage_error("--interval-ms must be between 0 and 1000");
     for (auto [name, v, lo] : {std::tuple{"--warmup", warmup, 0.0}, {"--after", after, 0.0}, {"--timeout", wait_limit, 1.0},
-                               {"--max-stall", max_stall, 0.1}})
+                               {"--max-stall", max_stall, 0.1}, {"--reply-timeout", reply_timeout, 1.0}})
         if (!std::isfinite(v) || v < lo || v > 600) return usage_error(fmt::format("{} must be between {:g} and 600 seconds", name, lo));
     auto service = Endpoint::parse(service_text);
     if (!service || service->port == 0) return usage_error("--service must be HOST:PORT (a port 1..65535), not '" + service_text.substr(0, 100) + "'");
@@ -402,7 +405,8 @@ int drill_command(const std::vector<std::string>& args) {
     };
     WallClock wall;
     const std::string run_id = random_run_id();
-    DrillClient client(*service, connections, run_id, milliseconds(interval_ms));
+    DrillClient client(*service, connections, run_id, milliseconds(interval_ms),
+                       duration_cast<milliseconds>(duration<double>(reply_timeout)));
     say(fmt::format("writing drill:{}:* through {} on {} connections", run_id, service_text, connections));
     client.start();
     bool interrupted = false;
