@@ -35,8 +35,9 @@ if [ ! -w /dev/kvm ]; then
   echo "linux_guest: needs /dev/kvm (scripts/nested-kvm.sh provides one): skipped"
   exit 77
 fi
-if [ "$mode" = network ] && { [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! command -v jq >/dev/null; }; then
-  echo "linux_guest network: needs root, iproute2 and jq: skipped"
+if [ "$mode" = network ] && { [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! command -v jq >/dev/null ||
+                                 ! command -v etcd >/dev/null; }; then
+  echo "linux_guest network: needs root, iproute2, jq and etcd: skipped"
   exit 77
 fi
 name=lg$(printf '%05d' $(($$ % 100000)))
@@ -106,10 +107,10 @@ fenced() { # HOLDER
     --lease-ttl-ms $((($(scaled 2000) + 999) / 1000 * 1000)) --lease-margin-ms "$(scaled 500)" \
     --lease-renew-ms "$(scaled 500)" --arbiter-timeout-ms "$(scaled 500)"
 }
-# A backup in namespace $1 (primary or backup) at ADDR $2, control socket $3, log $4.
+# A backup in namespace $1 (primary or backup) at ADDR:PORT $2, control socket $3, log $4.
 start_backup() {
   # shellcheck disable=SC2046 # fenced's words are flags
-  ip netns exec "$name-$1" "$cli" backup --listen "$2:7400" --promote --net-tap "$name-tap" \
+  ip netns exec "$name-$1" "$cli" backup --listen "$2" --promote --net-tap "$name-tap" \
     --control-socket "$3" "${net_link[@]}" $(fenced "${4%.log}") </dev/null >"$work/$4" 2>&1 &
   pids+=($!)
   wait_for "$work/$4" "listening on" 10
@@ -139,7 +140,7 @@ lg_drill() {
 # with `understudy reprotect` to a fresh backup in the other namespace, so one boot of
 # the guest is failed over three times, each way.
 s1=$work/net-primary.sock s2=$work/net-backup.sock s3=$work/net-backup2.sock s4=$work/net-backup3.sock
-start_backup backup 10.77.0.12 "$s2" net-backup.log
+start_backup backup 10.77.0.12:7400 "$s2" net-backup.log
 # shellcheck disable=SC2046
 ip netns exec "$name-primary" "$cli" run "${kernel[@]}" --vcpus 2 --net-tap "$name-tap" --backup 10.77.0.12:7400 \
   --control-socket "$s1" "${net_link[@]}" $(fenced net-primary) --epoch-ms 50 --append "$base usnet=10.77.0.2/24" \
@@ -149,13 +150,15 @@ wait_for "$work/net-primary.log" "redis-server on 10.77.0.2:6379" 180
 wait_protected "$s1"
 lg_drill kill-primary "$s1" "$s2"
 
-start_backup primary 10.77.0.11 "$s3" net-backup2.log
+start_backup primary 10.77.0.11:7400 "$s3" net-backup2.log
 "$cli" reprotect --control-socket "$s2" --backup 10.77.0.11:7400 >/dev/null
 wait_protected "$s2"
 lg_drill hang-primary "$s2" "$s3"
 
-start_backup backup 10.77.0.12 "$s4" net-backup3.log
-"$cli" reprotect --control-socket "$s3" --backup 10.77.0.12:7400 >/dev/null
+# Port 7401: the process that listened on 10.77.0.12:7400 was SIGKILLed by the drill just
+# now, and may not have closed its socket yet.
+start_backup backup 10.77.0.12:7401 "$s4" net-backup3.log
+"$cli" reprotect --control-socket "$s3" --backup 10.77.0.12:7401 >/dev/null
 wait_protected "$s3"
 # Cut the primary's host from the backup and from etcd, both ways (the guest's own frames
 # still reach the switch): it loses the role and stops releasing, the backup takes over.
@@ -259,5 +262,5 @@ refused "a command line of 3000 bytes" "takes at most" --kernel "$guest/vmlinuz"
 refused "32 MiB of guest memory" "to decompress; the guest has 32 MiB" --kernel "$guest/vmlinuz" --memory 32M
 refused "a protected VM with a disk" "checkpoints and snapshots do not carry disks yet" --kernel "$guest/vmlinuz" \
   --disk "$work/disk.img" --backup 127.0.0.1:1 --link-key "$work/link.key"
-refused "a disk of 1000 bytes" "multiple of 512 bytes" --kernel "$guest/vmlinuz" --disk "$work/seed/seed"
+refused "a disk of 19 bytes" "multiple of 512 bytes" --kernel "$guest/vmlinuz" --disk "$work/seed/seed"
 echo "linux_guest: all cases passed"

@@ -25,7 +25,8 @@ namespace {
 
 constexpr uint64_t kMem = 16 * kMiB;
 constexpr uint64_t kDiskBytes = 1 * kMiB;
-constexpr uint64_t kDiskFeatures = kFeatureVersion1 | kBlkFeatureSegMax | kBlkFeatureBlkSize | kBlkFeatureFlush;
+constexpr uint64_t kDiskFeatures =
+    kFeatureVersion1 | kBlkFeatureSizeMax | kBlkFeatureSegMax | kBlkFeatureBlkSize | kBlkFeatureFlush;
 
 // A disk file in the test's temporary folder, filled with a known pattern.
 struct DiskImage {
@@ -172,6 +173,7 @@ TEST_CASE("virtio-blk: features and the configuration space", "[blk]") {
     CHECK(drv.device_features() == kDiskFeatures);
     CHECK(drv.rd(reg::kConfig + 0) == kDiskBytes / 512); // capacity, low half
     CHECK(drv.rd(reg::kConfig + 4) == 0);
+    CHECK(drv.rd(reg::kConfig + 8) == kBlkSizeMax);       // size_max
     CHECK(drv.rd(reg::kConfig + 12) == kBlkQueueMax - 2); // seg_max
     CHECK(drv.rd(reg::kConfig + 20) == 512);              // blk_size
     CHECK(drv.rd(reg::kConfig + 64) == 0);                // past the fields
@@ -400,4 +402,56 @@ TEST_CASE("virtio-blk: saved state restores the queue; requests offered before t
     auto ro = *VirtioBlk::create({.disk = 0, .path = disk.path, .readonly = true});
     REQUIRE(ro->bind(mem, {}));
     CHECK(!ro->restore(saved)); // offered features differ
+}
+
+TEST_CASE("virtio-blk: chains in other shapes: a split header, a zero-length last descriptor, a short ID buffer, "
+          "extra bytes the request may not have",
+          "[blk]") {
+    Fixture fx({.serial = "0123456789abcdefghij"});
+    Driver drv{*fx.dev, fx.mem};
+    drv.bring_up();
+    // The header in two descriptors (10 + 6 bytes), one sector of data, the status.
+    REQUIRE(fx.mem.write_obj(Gpa{0x20000}, VirtioBlkReqHdr{kBlkTypeOut, 0, 7}));
+    REQUIRE(fx.mem.write(Gpa{0x100000}, pattern(512, 0x33)));
+    drv.q.offer(drv.chain({{0x20000, 10, 0}, {0x2000a, 6, 0}, {0x100000, 512, 0}, {0x30200, 1, kDescFWrite}}));
+    drv.wr(reg::kQueueNotify, 0);
+    CHECK(*fx.mem.read_obj<uint8_t>(Gpa{0x30200}) == kBlkStatusOk);
+    CHECK(fx.disk.read(7 * 512, 512) == pattern(512, 0x33));
+
+    // A zero-length writable descriptor after the status: the status is still the last
+    // writable byte, and nothing lands at address - 1 of the empty one.
+    REQUIRE(fx.mem.write_obj<uint8_t>(Gpa{0x40000 - 1}, 0x77));
+    drv.q.offer(drv.chain({{0x20000, 16, 0}, {0x100000, 512, 0}, {0x30201, 1, kDescFWrite}, {0x40000, 0, kDescFWrite}}));
+    drv.wr(reg::kQueueNotify, 0);
+    CHECK(*fx.mem.read_obj<uint8_t>(Gpa{0x30201}) == kBlkStatusOk);
+    CHECK(*fx.mem.read_obj<uint8_t>(Gpa{0x40000 - 1}) == 0x77);
+
+    // GET_ID into 8 bytes: the first 8 of the serial.
+    std::vector<uint8_t> id(8, 0);
+    REQUIRE(fx.mem.write(Gpa{0x100000}, id));
+    auto g = drv.request(kBlkTypeGetId, 0, {{Gpa{0x100000}, 8}});
+    CHECK(drv.status_of(g) == kBlkStatusOk);
+    REQUIRE(fx.mem.read(Gpa{0x100000}, id));
+    CHECK(std::string(id.begin(), id.end()) == "01234567");
+    CHECK(drv.q.used_elem(uint16_t(drv.q.used_idx() - 1)).len == 9);
+
+    // A read with data after its header; a write with a writable buffer before its status.
+    REQUIRE(fx.mem.write_obj(Gpa{0x20100}, VirtioBlkReqHdr{kBlkTypeIn, 0, 0}));
+    drv.q.offer(drv.chain({{0x20100, 16, 0}, {0x100000, 512, 0}, {0x200000, 512, kDescFWrite}, {0x30202, 1, kDescFWrite}}));
+    REQUIRE(fx.mem.write_obj(Gpa{0x20200}, VirtioBlkReqHdr{kBlkTypeOut, 0, 0}));
+    drv.q.offer(drv.chain({{0x20200, 16, 0}, {0x100000, 512, 0}, {0x200000, 512, kDescFWrite}, {0x30203, 1, kDescFWrite}}));
+    drv.wr(reg::kQueueNotify, 0);
+    CHECK(*fx.mem.read_obj<uint8_t>(Gpa{0x30202}) == kBlkStatusIoErr);
+    CHECK(*fx.mem.read_obj<uint8_t>(Gpa{0x30203}) == kBlkStatusIoErr);
+    CHECK(fx.dev->stats().bad_requests == 2);
+}
+
+TEST_CASE("virtio-blk: a driver without FLUSH gets its writes through (write-through cache)", "[blk]") {
+    Fixture fx;
+    Driver drv{*fx.dev, fx.mem};
+    drv.bring_up(kDiskFeatures & ~kBlkFeatureFlush);
+    REQUIRE(fx.mem.write(Gpa{0x100000}, pattern(4096, 0x44)));
+    auto w = drv.request(kBlkTypeOut, 16, {{Gpa{0x100000}, 4096}});
+    CHECK(drv.status_of(w) == kBlkStatusOk);
+    CHECK(fx.disk.read(16 * 512, 4096) == pattern(4096, 0x44));
 }

@@ -31,18 +31,20 @@ int vblk_init(const struct guest_boot *boot)
     if (!mmio)
         return -1;
     uint64_t accepted = vmmio_negotiate(mmio, (1ull << VIRTIO_BLK_F_RO) | (1ull << VIRTIO_BLK_F_FLUSH), "virtio-blk");
-    if (!accepted)
-        return -1;
-    qsize = vmmio_setup_queue(mmio, 0, QSIZE, desc, avail_mem, used_mem, "virtio-blk");
-    if (qsize < 3 * VBLK_BATCH) {
+    if (accepted)
+        qsize = vmmio_setup_queue(mmio, 0, QSIZE, desc, avail_mem, used_mem, "virtio-blk");
+    if (accepted && qsize && qsize < 3 * VBLK_BATCH) {
         us_printf("virtio-blk: a queue of %u cannot hold a batch of %u requests\n", qsize, VBLK_BATCH);
-        return -1;
+        vmmio_wr32(mmio, VMMIO_STATUS, VIRTIO_STATUS_FAILED);
+        qsize = 0;
     }
     avail = (volatile struct virtq_avail *)avail_mem;
     used = (volatile struct virtq_used *)used_mem;
     avail->flags = VIRTQ_AVAIL_F_NO_INTERRUPT; /* we poll */
-    if (vmmio_driver_ok(mmio, "virtio-blk"))
+    if (!accepted || !qsize || vmmio_driver_ok(mmio, "virtio-blk")) {
+        mmio = NULL; /* vblk_run() then refuses */
         return -1;
+    }
     capacity = (uint64_t)vmmio_rd32(mmio, VMMIO_CONFIG) | (uint64_t)vmmio_rd32(mmio, VMMIO_CONFIG + 4) << 32;
     readonly = (accepted >> VIRTIO_BLK_F_RO) & 1;
     us_printf("virtio-blk at %p: %lu sectors%s, queue %u\n", (void *)mmio, capacity, readonly ? ", read-only" : "", qsize);

@@ -17,10 +17,11 @@ namespace understudy::hv::virtio {
 
 namespace {
 
-// One request's chain: the header, at most this much data, the status byte. Linux's
-// default request is at most 1.25 MiB (max_sectors_kb); a longer chain marks the device
+// One request's chain: the header, at most this much data, the status byte. A driver
+// that keeps to SIZE_MAX and SEG_MAX stays within it; a longer chain marks the device
 // broken, as any chain over the queue's bound does.
 constexpr uint64_t kMaxDataBytes = 64 * kMiB;
+static_assert(uint64_t(kBlkQueueMax - 2) * kBlkSizeMax <= kMaxDataBytes);
 constexpr uint64_t kMaxChainBytes = sizeof(VirtioBlkReqHdr) + kMaxDataBytes + 1;
 
 // Saved state (docs/disks.md): the transport's fields, then the disk's identity.
@@ -84,18 +85,20 @@ VirtioBlk::~VirtioBlk() = default;
 // ---- VirtioModel ----
 
 uint64_t VirtioBlk::device_features() const {
-    return kFeatureVersion1 | kBlkFeatureSegMax | kBlkFeatureBlkSize | kBlkFeatureFlush |
+    return kFeatureVersion1 | kBlkFeatureSizeMax | kBlkFeatureSegMax | kBlkFeatureBlkSize | kBlkFeatureFlush |
            (file_->readonly() ? kBlkFeatureRo : 0);
 }
 
 void VirtioBlk::read_config(uint64_t offset, std::span<uint8_t> out) const {
-    // struct virtio_blk_config up to blk_size: capacity @0, size_max @8 (not offered),
-    // seg_max @12, geometry @16 (not offered), blk_size @20.
+    // struct virtio_blk_config up to blk_size: capacity @0, size_max @8, seg_max @12,
+    // geometry @16 (not offered), blk_size @20.
     uint8_t cfg[24] = {};
     const uint64_t capacity = capacity_sectors();
+    const uint32_t size_max = kBlkSizeMax;
     const uint32_t seg_max = queue_max_ - 2u; // the header and the status take a descriptor each
     const uint32_t blk_size = kSectorBytes;
     std::memcpy(cfg + 0, &capacity, 8);
+    std::memcpy(cfg + 8, &size_max, 4);
     std::memcpy(cfg + 12, &seg_max, 4);
     std::memcpy(cfg + 20, &blk_size, 4);
     for (size_t i = 0; i < out.size(); ++i) out[i] = offset + i < sizeof cfg ? cfg[offset + i] : 0;
@@ -145,10 +148,13 @@ void VirtioBlk::bad_request(Request& r, const std::string& why) {
 
 void VirtioBlk::parse(Request& r) {
     const Chain& c = r.chain;
-    if (c.writable_bytes > 0) {
-        const Segment& last = c.writable.back();
-        r.status_at = last.addr + (last.len - 1);
-    }
+    // The status is the last device-writable byte: in the last writable descriptor that
+    // has any (a zero-length one after it holds none).
+    for (auto it = c.writable.rbegin(); it != c.writable.rend(); ++it)
+        if (it->len > 0) {
+            r.status_at = it->addr + (it->len - 1);
+            break;
+        }
     if (c.readable_bytes < sizeof(VirtioBlkReqHdr)) return bad_request(r, "shorter than its 16-byte header");
     if (!r.status_at) return bad_request(r, "no device-writable byte for its status");
     std::vector<iovec> hdr_iov;
@@ -174,6 +180,9 @@ void VirtioBlk::parse(Request& r) {
         op.kind = is_read ? DiskOp::Kind::read : DiskOp::Kind::write;
         op.offset = r.hdr.sector * kSectorBytes;
         op.bytes = data;
+        // A driver that did not take FLUSH may assume a write-through cache (virtio 1.2,
+        // 5.2.5.1): its writes are durable before they complete.
+        op.write_through = !is_read && !(transport_->driver_features() & kBlkFeatureFlush);
         auto g = is_read ? gather(*mem_, c.writable, 0, data, op.iov) : gather(*mem_, c.readable, sizeof r.hdr, data, op.iov);
         if (!g) return bad_request(r, g.error().message);
         r.op = int(ops_.size());

@@ -1,5 +1,5 @@
 // virtio-blk over virtio-mmio: device id 2, one request queue, features VERSION_1,
-// SEG_MAX, BLK_SIZE, FLUSH and RO (read-only disks); requests IN, OUT, FLUSH and GET_ID,
+// SIZE_MAX, SEG_MAX, BLK_SIZE, FLUSH and RO (read-only disks); requests IN, OUT, FLUSH and GET_ID,
 // every other type answered UNSUPP. The disk is a DiskFile (raw file or block device).
 // Spec as the guest sees it, the checks and the saved state: docs/disks.md.
 //
@@ -25,11 +25,15 @@
 namespace understudy::hv::virtio {
 
 inline constexpr uint32_t kBlkDeviceId = 2;
+inline constexpr uint64_t kBlkFeatureSizeMax = 1ull << 1;
 inline constexpr uint64_t kBlkFeatureSegMax = 1ull << 2;
 inline constexpr uint64_t kBlkFeatureRo = 1ull << 5;
 inline constexpr uint64_t kBlkFeatureBlkSize = 1ull << 6;
 inline constexpr uint64_t kBlkFeatureFlush = 1ull << 9;
 inline constexpr uint16_t kBlkQueueMax = 256;
+// Largest data segment a driver may use (SIZE_MAX): with seg_max segments a request stays
+// within the device's bound on a chain.
+inline constexpr uint32_t kBlkSizeMax = 256 * 1024;
 inline constexpr uint32_t kBlkStateVersion = 1;
 
 // Request types and status values (virtio 1.2, 5.2.6).

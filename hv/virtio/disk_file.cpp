@@ -37,7 +37,17 @@ Result<std::unique_ptr<DiskFile>> DiskFile::open(const std::string& path, bool r
         return make_error(Errc::invalid_input,
                           fmt::format("the disk {} has {} bytes: a disk must be a non-zero multiple of {} bytes", path,
                                       size, kSectorBytes));
-    return std::unique_ptr<DiskFile>(new DiskFile(path, std::move(fd), size, readonly, depth));
+    std::unique_ptr<DiskFile> f(new DiskFile(path, std::move(fd), size, readonly, depth));
+    US_TRYV(f->make_ring());
+    return f;
+}
+
+Result<void> DiskFile::make_ring() {
+    auto ring = std::make_unique<io_uring>();
+    if (int rc = io_uring_queue_init(depth_, ring.get(), 0); rc < 0)
+        return sys_error("creating an io_uring for the disk " + path_ + " (is io_uring allowed here?)", -rc);
+    ring_ = std::move(ring);
+    return {};
 }
 
 DiskFile::DiskFile(std::string path, UniqueFd fd, uint64_t size, bool readonly, unsigned depth)
@@ -48,14 +58,10 @@ DiskFile::~DiskFile() {
 }
 
 Result<void> DiskFile::run(std::vector<DiskOp>& ops) {
-    if (!ring_) { // made on first use, so that a disk the guest never touches costs nothing
-        auto ring = std::make_unique<io_uring>();
-        if (int rc = io_uring_queue_init(depth_, ring.get(), 0); rc < 0) return sys_error("io_uring for the disk " + path_, -rc);
-        ring_ = std::move(ring);
-    }
+    for (DiskOp& op : ops) op.result = -ECANCELED; // until its completion says otherwise
+    if (!ring_) US_TRYV(make_ring());              // dropped after a failure of io_uring
     io_uring* ring = ring_.get();
-    size_t next = 0;
-    while (next < ops.size()) {
+    for (size_t next = 0; next < ops.size();) {
         const size_t n = std::min<size_t>(depth_, ops.size() - next);
         for (size_t i = next; i < next + n; ++i) {
             DiskOp& op = ops[i];
@@ -66,6 +72,7 @@ Result<void> DiskFile::run(std::vector<DiskOp>& ops) {
                 break;
             case DiskOp::Kind::write:
                 io_uring_prep_writev(sqe, fd_.get(), op.iov.data(), unsigned(op.iov.size()), op.offset);
+                if (op.write_through) sqe->rw_flags = RWF_DSYNC;
                 break;
             case DiskOp::Kind::flush:
                 io_uring_prep_fsync(sqe, fd_.get(), IORING_FSYNC_DATASYNC);
@@ -74,26 +81,27 @@ Result<void> DiskFile::run(std::vector<DiskOp>& ops) {
             }
             io_uring_sqe_set_data64(sqe, i);
         }
-        for (size_t i = next; i < next + n; ++i) ops[i].result = -ECANCELED; // until its completion says otherwise
         const int rc = io_uring_submit_and_wait(ring, unsigned(n));
-        size_t done = 0;
-        int err = rc < 0 ? -rc : (size_t(rc) < n ? EIO : 0);
-        while (!err && done < n) {
+        // Every op the kernel took is waited for, even when it did not take them all: none
+        // may still write guest memory once the batch is answered.
+        const size_t submitted = rc < 0 ? 0 : std::min<size_t>(size_t(rc), n);
+        int err = rc < 0 ? -rc : (submitted < n ? EIO : 0);
+        for (size_t done = 0; done < submitted;) {
             io_uring_cqe* cqe = nullptr;
             if (int w = io_uring_wait_cqe(ring, &cqe); w < 0) {
-                if (w != -EINTR) err = -w;
-                continue;
+                if (w == -EINTR) continue;
+                err = -w; // cannot happen with a valid ring; the ring is dropped below
+                break;
             }
             ops[io_uring_cqe_get_data64(cqe)].result = cqe->res;
             io_uring_cqe_seen(ring, cqe);
             ++done;
         }
         if (err) {
-            // The ring is in an unknown state: drop it (the kernel finishes or cancels what
-            // it still holds) and make a new one next time. Unfinished ops stay -ECANCELED.
+            // Ops never taken stay -ECANCELED; the ring, in an unknown state, is dropped
+            // and made again next time.
             io_uring_queue_exit(ring);
             ring_.reset();
-            for (size_t i = next + n; i < ops.size(); ++i) ops[i].result = -ECANCELED;
             return sys_error("disk I/O through io_uring on " + path_, err);
         }
         next += n;

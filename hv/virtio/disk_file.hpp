@@ -6,6 +6,8 @@
 
 #include <sys/uio.h>
 
+#include <cerrno>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -25,15 +27,18 @@ struct DiskOp {
     uint64_t offset = 0;         // bytes; read and write only
     std::vector<iovec> iov;      // guest memory; read and write only
     uint64_t bytes = 0;          // the sum of iov's lengths
-    int64_t result = 0;          // after run(): bytes transferred, or -errno
+    bool write_through = false;  // write only: durable before it completes (RWF_DSYNC)
+    int64_t result = -ECANCELED; // after run(): bytes transferred, or -errno
     bool ok() const { return kind == Kind::flush ? result == 0 : result == int64_t(bytes); }
 };
 
 class DiskFile {
 public:
     // Opens `path` (read-only if asked), takes a lock on it (shared for read-only, else
-    // exclusive: two VMs writing one disk would corrupt it) and checks its size: a
-    // non-zero multiple of 512 bytes. `depth` bounds the operations in flight.
+    // exclusive: two VMs writing one disk would corrupt it), checks its size (a non-zero
+    // multiple of 512 bytes) and makes its io_uring, so that a host where io_uring is
+    // refused (a seccomp filter, kernel.io_uring_disabled) fails here, not at the guest's
+    // first I/O. `depth` bounds the operations in flight.
     static Result<std::unique_ptr<DiskFile>> open(const std::string& path, bool readonly, unsigned depth);
     ~DiskFile();
     DiskFile(const DiskFile&) = delete;
@@ -46,11 +51,12 @@ public:
     // Runs every op and waits for all of them, filling each one's result. A flush starts
     // only after every op queued before it completed (IOSQE_IO_DRAIN) and is the host's
     // fdatasync. An error is returned only if io_uring itself fails; the ops it did not
-    // run then carry that error too.
+    // run keep -ECANCELED, so none of them, a flush included, reads as done.
     Result<void> run(std::vector<DiskOp>& ops);
 
 private:
     DiskFile(std::string path, UniqueFd fd, uint64_t size, bool readonly, unsigned depth);
+    Result<void> make_ring();
 
     std::string path_;
     UniqueFd fd_;

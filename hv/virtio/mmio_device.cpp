@@ -28,6 +28,10 @@ Result<void> MmioDevice::bind(GuestMemory& mem, std::function<void()> guest_even
 }
 
 Result<void> MmioDevice::attach(Vm& vm) {
+    {
+        std::lock_guard lock(mu_);
+        if (transport_) return make_error(Errc::state, name_ + " is already attached");
+    }
     irq_ = US_TRY(MmioIrq::attach(vm, name_, mmio_base(), irq()));
     std::function<void()> interrupt;
     if (irq_.wired()) interrupt = [this] { irq_.raise(); };
