@@ -281,19 +281,17 @@ BlkStats VirtioBlk::stats() const {
 DeviceState VirtioBlk::save() const {
     std::lock_guard lock(mu_);
     DeviceState ds{name_, kBlkStateVersion, {}};
+    if (!transport_) return ds; // never attached: nothing a guest could have set up
     Encoder e(ds.data);
-    if (transport_) encode_transport_state(e, transport_->save());
+    encode_transport_state(e, transport_->save());
     e.field_pod(kTagDisk, DiskWire{capacity_sectors(), file_->readonly() ? 1u : 0u, 0});
     return ds;
 }
 
 Result<void> VirtioBlk::restore(const DeviceState& s) {
     std::lock_guard lock(mu_);
+    US_TRYV(check_saved(s, kBlkStateVersion));
     const std::string what = name_ + " state";
-    if (!transport_) return make_error(Errc::state, name_ + " must be attached before its state is restored");
-    if (s.name != name_) return make_error(Errc::invalid_input, what + ": it belongs to device '" + s.name + "'");
-    if (s.version != kBlkStateVersion)
-        return make_error(Errc::invalid_input, what + ": version " + std::to_string(s.version) + " is not supported");
     Decoder d(s.data, what);
     TransportStateReader transport(transport_->queue_count());
     std::optional<DiskWire> disk;

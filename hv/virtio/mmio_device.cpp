@@ -51,6 +51,16 @@ void MmioDevice::mmio_access(uint64_t offset, std::span<uint8_t> data, bool is_w
     transport_->access(offset, data, is_write);
 }
 
+Result<void> MmioDevice::check_saved(const DeviceState& s, uint32_t version) const {
+    if (!transport_) return make_error(Errc::state, name_ + " must be attached before its state is restored");
+    if (s.name != name_)
+        return make_error(Errc::invalid_input, name_ + " state: it belongs to device '" + s.name + "'");
+    if (s.version != version)
+        return make_error(Errc::invalid_input,
+                          name_ + " state: version " + std::to_string(s.version) + " is not supported");
+    return {};
+}
+
 void MmioDevice::used_buffers() {
     if (interrupt_) {
         transport_->raise_interrupt(kInterruptUsedBuffer);

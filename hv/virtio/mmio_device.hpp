@@ -41,6 +41,10 @@ protected:
     static Result<void> check_index(unsigned index);
     MmioDevice(std::string name, unsigned index, std::vector<QueueSpec> queues);
 
+    // The checks every device's restore() starts with (lock held): the device is bound,
+    // and `s` is this device's state in `version`.
+    Result<void> check_saved(const DeviceState& s, uint32_t version) const;
+
     // Something went into a used ring (lock held): InterruptStatus and the interrupt, when
     // the guest takes interrupts, and the wake-up of a guest halted in the HALT hypercall.
     void used_buffers();

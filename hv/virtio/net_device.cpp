@@ -324,11 +324,8 @@ DeviceState VirtioNet::save() const {
 
 Result<void> VirtioNet::restore(const DeviceState& s) {
     std::lock_guard lock(mu_);
+    US_TRYV(check_saved(s, kNetStateVersion));
     const std::string what = name_ + " state";
-    if (!transport_) return make_error(Errc::state, name_ + " must be attached before its state is restored");
-    if (s.name != name_) return make_error(Errc::invalid_input, what + ": it belongs to device '" + s.name + "'");
-    if (s.version != kNetStateVersion)
-        return make_error(Errc::invalid_input, what + ": version " + std::to_string(s.version) + " is not supported");
     Decoder d(s.data, what);
     TransportStateReader transport(transport_->queue_count());
     std::optional<MacAddress> mac;
