@@ -106,7 +106,7 @@ Row run(uint64_t memory_bytes, unsigned hogs, const LinkSecurity& security, cons
     // The initial checkpoint, written as Primary::initial_sync writes its first round.
     auto enc = PageEncoder::create({mem.page_count(), 64, session_id});
     if (!enc) die(enc.error().describe());
-    CheckpointWriter w(**data, *enc, 1024);
+    CheckpointWriter w(**data, *enc, 1024, 1);
     auto t0 = steady_clock::now();
     Result<void> sent = w.begin(1, kCheckpointInitial);
     std::vector<uint64_t> idx;

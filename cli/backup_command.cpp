@@ -17,6 +17,7 @@
 #include <boost/program_options.hpp>
 
 #include "cli/config.hpp"
+#include "cli/disks.hpp"
 #include "cli/fencing.hpp"
 #include "cli/instrument.hpp"
 #include "cli/link_options.hpp"
@@ -75,7 +76,17 @@ int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const Ne
                     const replicator::LinkSecurity& security,
                     std::unique_ptr<PrimaryRole> role, const FencingOptions& fencing) {
     std::unique_ptr<GuestNetwork> net;
-    auto attach = GuestNetwork::attach_fn(no, net);
+    // The primary's devices in its order: the NIC, then its disks on this backup's copies,
+    // read-only where the primary's were.
+    DiskOptions disks;
+    const auto paths = replica->disk_paths();
+    for (size_t i = 0; i < paths.size(); ++i)
+        disks.specs.push_back(paths[i] + (replica->committed_disks()[i].readonly ? ",readonly" : ""));
+    auto attach = [net_attach = GuestNetwork::attach_fn(no, net), &disks, &no](hv::Vm& v) -> Result<void> {
+        if (net_attach) US_TRYV(net_attach(v));
+        US_TRYV(attach_disks(v, disks, no.tap.empty() ? 0 : 1));
+        return {};
+    };
     uint64_t epoch = replica->committed_epoch();
     auto t0 = std::chrono::steady_clock::now();
     auto vm = failover::promote(std::move(replica), hv::VmConfig{}, attach);
@@ -99,6 +110,9 @@ int promote_and_run(std::unique_ptr<replicator::BackupReplica> replica, const Ne
 
 int backup_command(const std::vector<std::string>& args) {
     std::string listen, snapshot_to, capture;
+    std::vector<std::string> disk_paths;
+    uint64_t staging_mib = 256;
+    std::string disk_ack = "written";
     unsigned sessions = 0;
     replicator::BackupConfig cfg;
     unsigned heartbeat_ms = 10, failure_timeout_ms = 100, ack_delay_ms = 0;
@@ -116,6 +130,15 @@ int backup_command(const std::vector<std::string>& args) {
         ("capture", po::value(&capture), "write every byte received from the primary to this file, for "
                                           "`understudy verify-stream` (one file per session: FILE, FILE.1, ...)")
         ("sessions", po::value(&sessions)->default_value(0), "exit after this many sessions (0: serve forever)")
+        ("disk", po::value(&disk_paths)->composing(), "this backup's copy of the primary's next disk (repeatable, in the "
+                                                        "primary's --disk order; same size): checkpoints write it")
+        ("disk-staging-memory-mib", po::value(&staging_mib)->default_value(staging_mib),
+         "a checkpoint's disk blocks are held in this much memory until it commits; beyond it, in a spill file")
+        ("disk-staging-dir", po::value(&cfg.disks.spill_dir)->default_value(cfg.disks.spill_dir),
+         "directory of the spill file (unlinked; it needs room for the largest checkpoint's disk writes)")
+        ("disk-ack", po::value(&disk_ack)->default_value(disk_ack),
+         "when a checkpoint with disk writes is acknowledged: 'written' (in this host's page cache) or 'synced' "
+         "(after fdatasync of the disks; docs/disks.md)")
         ("promote", po::bool_switch(&promote), "when the primary fails (silent, or gone without a goodbye), run the "
                                                "last committed checkpoint here; give it the primary's --net-tap")
         ("reprotect-to", po::value(&reprotect_to), "after a promotion, protect the VM with the backup at HOST:PORT "
@@ -134,6 +157,21 @@ int backup_command(const std::vector<std::string>& args) {
     add_fencing_options(desc, fencing);
     CommandSpec spec{"backup", usage, desc, {}, option_rules()}; // with --config FILE (cli/config.hpp)
     if (auto done = parse_command(args, spec)) return *done;
+    if (disk_ack != "written" && disk_ack != "synced") {
+        std::fprintf(stderr, "understudy: --disk-ack %s: give 'written' or 'synced'\n", disk_ack.c_str());
+        return 2;
+    }
+    if (!disk_paths.empty() && !snapshot_to.empty()) {
+        std::fprintf(stderr, "understudy: --disk with --snapshot-to: snapshots do not carry disks (docs/disks.md)\n");
+        return 2;
+    }
+    if (staging_mib == 0 || staging_mib > (uint64_t(1) << 20)) {
+        std::fprintf(stderr, "understudy: --disk-staging-memory-mib must be in [1, 1048576]\n");
+        return 2;
+    }
+    cfg.disks.paths = disk_paths;
+    cfg.disks.staging_memory = staging_mib << 20;
+    cfg.disks.sync_before_ack = disk_ack == "synced";
     auto ep = replicator::Endpoint::parse(listen);
     if (!ep) {
         std::fprintf(stderr, "understudy: %s\n", ep.error().describe().c_str());

@@ -562,11 +562,9 @@ int run_command(const std::vector<std::string>& args) {
             std::fprintf(stderr, "understudy: %s\n", d.error().describe().c_str());
             return 2;
         }
-    if (!disks.specs.empty() && (!so.backup.empty() || !so.snapshot_to.empty())) {
-        // Vm::save_state() would refuse at the first checkpoint or at the snapshot; say it now.
-        std::fprintf(stderr, "understudy: --disk with %s: checkpoints and snapshots do not carry disks yet, so a VM "
-                             "with a disk cannot be protected or saved (docs/disks.md)\n",
-                     so.backup.empty() ? "--snapshot-to" : "--backup");
+    if (!disks.specs.empty() && !so.snapshot_to.empty()) {
+        // hv::save_snapshot() would refuse at the end of the run; say it now.
+        std::fprintf(stderr, "understudy: --disk with --snapshot-to: snapshots do not carry disks (docs/disks.md)\n");
         return 2;
     }
     if (!check_snapshot_options(so, code)) return code;

@@ -13,8 +13,8 @@ int verify_stream_command(const std::vector<std::string>& args) {
         "usage: understudy verify-stream FILE\n"
         "  Checks a replication stream captured with `understudy backup --capture FILE` against\n"
         "  the wire format (docs/wire-format.md): header, record framing, checkpoint structure,\n"
-        "  epochs, END counts and digests, page batch layout, state fields. Structure only: page\n"
-        "  payloads are not decompressed and page checks are not verified.\n"
+        "  epochs, END counts and digests, page batch layout, disk records, state fields. Structure\n"
+        "  only: page and disk block payloads are not decompressed and their checks are not verified.\n"
         "  Exit codes: 0 valid (a capture that ends inside a checkpoint is reported, not an error),\n"
         "  1 a violation (the first one is printed with its byte offset), 2 bad usage or input,\n"
         "  3 a read error.";

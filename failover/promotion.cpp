@@ -12,6 +12,7 @@ Result<std::unique_ptr<hv::Vm>> promote(std::unique_ptr<replicator::BackupReplic
         return make_error(Errc::state, "no checkpoint was committed: there is nothing to promote");
     // DESIGN.md invariant 7: never run a replica known to differ from its primary.
     if (auto differs = replica->known_difference()) return make_error(Errc::state, "not promoting: " + *differs);
+    replica->release_disks(); // `attach` opens them for the VM
     auto vm = US_TRY(hv::restore_vm(replica->take_memory(), replica->state(), std::move(base), attach));
     if (vm->config_digest() != replica->committed_config_digest())
         return make_error(Errc::invalid_input,

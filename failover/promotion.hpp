@@ -17,8 +17,9 @@
 namespace understudy::failover {
 
 // `base` gives the host-side settings (dirty tracking, console); `attach` adds the
-// devices the primary had (the checkpoint's device state is restored into them). The
-// VM adopts the replica's memory without copying it, so the replica is consumed.
+// devices the primary had (the checkpoint's device state is restored into them), its
+// disks on the replica's disk files, which are closed for it first. The VM adopts the
+// replica's memory without copying it, so the replica is consumed.
 // Fails when there is no committed checkpoint or when the VM built here differs from
 // the primary's configuration (hv::Vm::config_digest).
 Result<std::unique_ptr<hv::Vm>> promote(std::unique_ptr<replicator::BackupReplica> replica, hv::VmConfig base,

@@ -58,6 +58,11 @@ private:
 
 inline size_t pad8(size_t n) { return (8 - n % 8) % 8; }
 
+// The disks the `wire` target's backup replicas hold (files in a temporary directory) and
+// its seeds with disks describe: 64 KiB (16 blocks) and 10752 bytes (3 blocks, the last
+// one partial).
+inline constexpr uint64_t kWireDiskBytes[] = {64 * 1024, 10752};
+
 // Walks framed records (docs/records.md) in buf from `offset` and rewrites each header's
 // checksum to match its body. Stops at the first record whose length runs past the end.
 inline void fix_record_checksums(std::vector<uint8_t>& buf, size_t offset) {

@@ -10,11 +10,16 @@
 #include <fstream>
 #include <random>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "common/codec.hpp"
+#include "fuzz/fuzz_support.hpp"
 #include "hv/snapshot.hpp"
 #include "hv/virtio/virtqueue.hpp"
 #include "replicator/backup_replica.hpp"
 #include "replicator/control_link.hpp"
+#include "replicator/disk_records.hpp"
 #include "replicator/page_codec.hpp"
 #include "replicator/stream_verifier.hpp"
 
@@ -87,6 +92,19 @@ struct StreamBuilder {
         if (!enc.encode(idx, data, b)) die("encoding pages");
         record(kPages, b);
     }
+    void disk_zero(uint64_t epoch, const DiskZero& z) {
+        std::vector<uint8_t> b;
+        Encoder(b).u64(epoch);
+        encode_disk_zero(z, b);
+        record(kDiskZero, b);
+    }
+    // `blocks` strictly increasing; `data` their 4 KiB each.
+    void disk_blocks(uint64_t epoch, uint64_t session, uint32_t disk, std::vector<uint64_t> blocks, std::span<const uint8_t> data) {
+        std::vector<uint8_t> b, lz4_state;
+        Encoder(b).u64(epoch);
+        encode_disk_blocks(disk, blocks, data, session, lz4_state, b);
+        record(kDiskBlocks, b);
+    }
     void state(uint64_t epoch, const hv::VmState& s) {
         for (uint32_t i = 0; i < s.vcpus.size(); ++i) {
             std::vector<uint8_t> b;
@@ -111,14 +129,22 @@ struct StreamBuilder {
     void end(uint64_t epoch) { append_record(out, kCheckpointEnd, encode_u64s({epoch, digest.records(), digest.value()})); }
 };
 
-// A stream of `checkpoints` checkpoints for a 16 MiB guest, each dirtying a few pages.
-std::vector<uint8_t> make_stream(uint32_t vcpus, int checkpoints, bool extras, uint64_t session) {
+// A stream of `checkpoints` checkpoints for a 16 MiB guest, each dirtying a few pages;
+// with `disks`, the disks of the wire target (fuzz::kWireDiskBytes): the initial
+// checkpoint carries zero ranges and blocks, the later ones a few blocks each.
+std::vector<uint8_t> make_stream(uint32_t vcpus, int checkpoints, bool extras, uint64_t session, bool disks = false) {
     auto mem = hv::GuestMemory::create(hv::kMinMemory);
     if (!mem) die("guest memory");
     uint64_t pages = mem->page_count();
-    StreamHeader h = make_stream_header(mem->size(), vcpus, hv::memory_layout_digest(*mem), 0xC0FFEEull, session);
+    std::vector<DiskInfo> info;
+    if (disks)
+        for (uint64_t bytes : fuzz::kWireDiskBytes) info.push_back({bytes, info.size() == 1});
+    StreamHeader h = make_stream_header(mem->size(), vcpus, hv::memory_layout_digest(*mem), 0xC0FFEEull, session, 0,
+                                        static_cast<uint32_t>(info.size()));
     StreamBuilder sb;
     sb.out.assign(reinterpret_cast<const uint8_t*>(&h), reinterpret_cast<const uint8_t*>(&h) + sizeof h);
+    if (disks) append_record(sb.out, kDisks, encode_disks(info)); // right after the header
+    std::vector<uint8_t> blocks(4 * 4096);
     auto enc = PageEncoder::create({.page_count = pages, .hash_seed = session});
     if (!enc) die("encoder");
     std::mt19937_64 rng(session);
@@ -138,6 +164,20 @@ std::vector<uint8_t> make_stream(uint32_t vcpus, int checkpoints, bool extras, u
             }
         }
         sb.pages(*enc, epoch, idx, {content.data(), idx.size() * 4096});
+        if (disks) {
+            for (size_t i = 0; i < blocks.size(); ++i) // compressible, then a random block
+                blocks[i] = i < 3 * 4096 ? uint8_t(i / 512 + cp) : uint8_t(rng());
+            if (cp == 0) { // disk 0: blocks 0-7 are a hole; disk 1: block 0
+                sb.disk_zero(epoch, {0, 0, 8});
+                sb.disk_zero(epoch, {1, 0, 1});
+                sb.disk_blocks(epoch, session, 0, {8, 9, 10, 15}, blocks);
+                sb.disk_blocks(epoch, session, 1, {1, 2}, {blocks.data() + 2 * 4096, 2 * 4096});
+                sb.disk_blocks(epoch, session, 0, {9}, {blocks.data(), 4096}); // a pre-copy round sends it again
+            } else {
+                sb.disk_blocks(epoch, session, 0, {3, uint64_t(9 + cp % 6)}, {blocks.data() + 2 * 4096, 2 * 4096});
+                sb.disk_blocks(epoch, session, 1, {2}, {blocks.data(), 4096});
+            }
+        }
         hv::VmState st;
         for (uint32_t i = 0; i < vcpus; ++i) st.vcpus.push_back(vcpu_state(0x100000 + cp * 16 + i));
         st.guest_time_ns = 1000000ull * (cp + 1);
@@ -149,15 +189,48 @@ std::vector<uint8_t> make_stream(uint32_t vcpus, int checkpoints, bool extras, u
     return sb.out;
 }
 
+// Disk files of the given sizes in a new temporary directory (removed by the caller).
+DiskReplicaConfig disk_files(std::span<const DiskInfo> disks) {
+    std::string dir = (fs::temp_directory_path() / "understudy-seeds-XXXXXX").string();
+    if (!::mkdtemp(dir.data())) die("mkdtemp");
+    DiskReplicaConfig cfg;
+    cfg.spill_dir = dir;
+    for (size_t i = 0; i < disks.size(); ++i) {
+        cfg.paths.push_back(dir + "/disk" + std::to_string(i));
+        int fd = ::open(cfg.paths.back().c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(disks[i].size_bytes)) != 0) die("disk file " + cfg.paths.back());
+        ::close(fd);
+    }
+    return cfg;
+}
+
 void check_stream(const std::vector<uint8_t>& s, int want_commits) {
     StreamHeader h;
     std::memcpy(&h, s.data(), sizeof h);
     auto rep = verify_stream(std::span<const uint8_t>(s));
     if (!rep.valid()) die("verifier: " + rep.violation->message);
-    auto replica = BackupReplica::create(h.memory_bytes, h.vcpus);
-    if (!replica || !(*replica)->begin_session(h)) die("replica session");
+    size_t at = sizeof h;
+    std::vector<DiskInfo> disks;
+    std::unique_ptr<DiskReplica> files;
+    std::string dir;
+    if (h.disks > 0) { // the DISKS record, then a replica with disk files of those sizes
+        RecordHeader rh;
+        std::memcpy(&rh, &s[at], sizeof rh);
+        if (rh.type != kDisks) die("no DISKS record after the header");
+        auto d = decode_disks({s.data() + at + 16, rh.length}, h.disks);
+        if (!d) die("DISKS: " + d.error().message);
+        disks = std::move(*d);
+        at += 16 + rh.length + (8 - rh.length % 8) % 8;
+        auto cfg = disk_files(disks);
+        dir = cfg.spill_dir;
+        auto opened = DiskReplica::open(std::move(cfg));
+        if (!opened) die("disk replica: " + opened.error().describe());
+        files = std::move(*opened);
+    }
+    auto replica = BackupReplica::create(h.memory_bytes, h.vcpus, std::move(files));
+    if (!replica || !(*replica)->begin_session(h, disks)) die("replica session");
     int commits = 0;
-    for (size_t at = sizeof h; at < s.size();) {
+    for (; at < s.size();) {
         RecordHeader rh;
         std::memcpy(&rh, &s[at], sizeof rh);
         Record r{rh.type, std::vector<uint8_t>(s.begin() + at + 16, s.begin() + at + 16 + rh.length)};
@@ -167,6 +240,10 @@ void check_stream(const std::vector<uint8_t>& s, int want_commits) {
         at += 16 + rh.length + (8 - rh.length % 8) % 8;
     }
     if (commits != want_commits) die("replica committed " + std::to_string(commits) + " checkpoints");
+    if (h.disks > 0 && (rep.disk_blocks == 0 || rep.disk_zero_ranges == 0 || (*replica)->disk_stats().blocks_applied == 0))
+        die("the stream's disk records did not arrive");
+    replica->reset(); // closes the disk files
+    if (!dir.empty()) fs::remove_all(dir);
 }
 
 void wire_seeds() {
@@ -179,6 +256,10 @@ void wire_seeds() {
     // Torn inside the second checkpoint: the first commits, the rest is discarded.
     std::vector<uint8_t> torn(a.begin(), a.begin() + static_cast<long>(a.size() - 100));
     write_seed("wire", "torn-second-checkpoint", with_flags(7, torn));
+    // Two disks (DISKS, DISK_ZERO, DISK_BLOCKS raw and LZ4), as the target's replicas have.
+    auto d = make_stream(1, 3, false, 0x3333, true);
+    check_stream(d, 3);
+    write_seed("wire", "disks-three-checkpoints", with_flags(7, d)); // fix-ups on: a mutated record stays honest
 }
 
 void page_codec_seeds() {

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstring>
+#include <vector>
 
 #include "fuzz/fuzz_support.hpp"
 #include "replicator/page_codec.hpp"
@@ -63,6 +64,31 @@ void fix_page_checks(std::span<uint8_t> batch, uint64_t hash_seed, uint64_t page
         at = payload_at + h.length + pad8(h.length);
         if (at > batch.size()) return;
     }
+}
+
+void fix_disk_block_check(std::span<uint8_t> body, uint64_t session_id) {
+    constexpr size_t kHead = 24, kBlock = 4096, kMaxBlocks = 1024;
+    if (body.size() < kHead) return;
+    uint32_t head[4]; // disk, count, encoding, encoded bytes
+    std::memcpy(head, body.data(), sizeof head);
+    const uint32_t count = head[1], encoding = head[2];
+    if (count == 0 || count > kMaxBlocks || uint64_t{count} * 8 > body.size() - kHead) return;
+    const size_t data_at = kHead + size_t{count} * 8;
+    std::span<const uint8_t> data = body.subspan(data_at);
+    std::vector<uint8_t> raw(size_t{count} * kBlock);
+    if (encoding == 0 && data.size() == raw.size()) std::memcpy(raw.data(), data.data(), raw.size());
+    else if (encoding != 1 || LZ4_decompress_safe(reinterpret_cast<const char*>(data.data()), reinterpret_cast<char*>(raw.data()),
+                                                  static_cast<int>(data.size()), static_cast<int>(raw.size())) != static_cast<int>(raw.size()))
+        return;
+    XXH3_state_t* st = XXH3_createState();
+    if (!st) return;
+    XXH3_64bits_reset_withSeed(st, session_id);
+    XXH3_64bits_update(st, head, 8); // u32 disk, u32 count
+    XXH3_64bits_update(st, body.data() + kHead, size_t{count} * 8);
+    XXH3_64bits_update(st, raw.data(), raw.size());
+    const uint64_t check = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    std::memcpy(body.data() + 16, &check, 8);
 }
 
 } // namespace understudy::fuzz

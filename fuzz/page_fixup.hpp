@@ -14,4 +14,9 @@ namespace understudy::fuzz {
 void fix_page_checks(std::span<uint8_t> batch, uint64_t hash_seed, uint64_t page_count,
                      const std::function<const uint8_t*(uint64_t)>& base);
 
+// The same for a DISK_BLOCKS body after its epoch (docs/wire-format.md, "Disks"): the
+// check over disk, count, indices and the raw blocks, seeded with the session id. Left
+// as it is when the data does not decode to count x 4096 bytes or the body is short.
+void fix_disk_block_check(std::span<uint8_t> body, uint64_t session_id);
+
 } // namespace understudy::fuzz

@@ -6,10 +6,12 @@
 #pragma once
 
 #include <optional>
+#include <vector>
 
 #include "common/bitmap.hpp"
 #include "common/error.hpp"
 #include "hv/guest_memory.hpp"
+#include "hv/replicated_disk.hpp"
 #include "hv/vcpu_state.hpp"
 #include "hv/vm_stop.hpp"
 
@@ -31,7 +33,9 @@ public:
     virtual bool tracks_dirty() const = 0;
     // Every page written since the previous harvest, ORed into out (page indices).
     virtual Result<void> harvest_dirty(Bitmap& out) = 0;
-    // Whole-VM state except memory; only while paused.
+    // The disks checkpoints carry with memory, in the guest's order (empty: none).
+    virtual std::vector<ReplicatedDisk*> disks() = 0;
+    // Whole-VM state except memory and disks; only while paused.
     virtual Result<VmState> save_state() = 0;
     // Why the VM stopped, once it has.
     virtual std::optional<VmStop> stop_reason() const = 0;

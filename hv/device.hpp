@@ -11,6 +11,7 @@
 
 namespace understudy::hv {
 
+class ReplicatedDisk;
 class Vm;
 
 class Device {
@@ -23,10 +24,9 @@ public:
     virtual DeviceState save() const = 0;
     // Called before the vCPUs first run (or while paused); refuses state it cannot use.
     virtual Result<void> restore(const DeviceState& s) = 0;
-    // State the device keeps outside guest memory and save() (a disk's contents), which
-    // no checkpoint or snapshot carries yet: what it is, or nullopt. Vm::save_state()
-    // refuses while a device has some, so that no incomplete copy of the VM is made.
-    virtual std::optional<std::string> state_outside() const { return std::nullopt; }
+    // The disk whose contents the device keeps outside guest memory and save(), which
+    // checkpoints carry block by block (hv/replicated_disk.hpp), or nullptr.
+    virtual ReplicatedDisk* replicated_disk() { return nullptr; }
     // Called once every vCPU is parked (Remus's postsuspend): until resume(), the device
     // must not touch guest memory, so the page copy and save() see one consistent moment.
     virtual void suspend() {}

@@ -53,6 +53,11 @@ uint64_t memory_layout_digest(const GuestMemory& mem) {
 }
 
 Result<SnapshotInfo> save_snapshot(Vm& vm, const std::string& path, const ProgressFn& progress) {
+    // A snapshot file holds memory and state only: restored without the disk as it was at
+    // this instant, the guest would find its file system changed under it.
+    if (auto disks = vm.disks(); !disks.empty())
+        return make_error(Errc::unsupported, "snapshots do not carry disks, and this VM has the disk " + disks.front()->path() +
+                                                 " (docs/disks.md)");
     auto state = US_TRY(vm.save_state());
     return write_snapshot(vm.memory(), state, path, progress);
 }

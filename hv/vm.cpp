@@ -267,15 +267,16 @@ Result<void> Vm::harvest_dirty(Bitmap& out) {
     return {};
 }
 
+std::vector<ReplicatedDisk*> Vm::disks() {
+    std::vector<ReplicatedDisk*> out;
+    for (auto& d : devices_)
+        if (auto* disk = d->replicated_disk()) out.push_back(disk);
+    return out;
+}
+
 Result<VmState> Vm::save_state() {
     std::lock_guard lock(control_mu_);
     if (started_ && !paused_) return make_error(Errc::state, "saving VM state needs every vCPU paused");
-    for (auto& d : devices_)
-        if (auto outside = d->state_outside())
-            return make_error(Errc::unsupported, d->name() + " keeps " + *outside +
-                                                     " outside the VM's state, and checkpoints and snapshots do not "
-                                                     "carry disks yet: a VM with a disk cannot be protected or saved "
-                                                     "(docs/disks.md)");
     VmState s;
     s.guest_time_ns = clock_.now_ns();
     US_TRYV(kvm_ioctl(fd(), KVM_GET_CLOCK, &s.kvmclock, "KVM_GET_CLOCK"));

@@ -99,6 +99,7 @@ public:
     Result<void> harvest_dirty(Bitmap& out) override;
 
     // Whole-VM state except memory. Requires the VM paused (or not started).
+    std::vector<ReplicatedDisk*> disks() override;
     Result<VmState> save_state() override;
     Result<void> restore_state(const VmState& s);
 

@@ -174,10 +174,26 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h, 
     std::vector<uint8_t> framed; // for on_receive
     auto accepted = [&]() -> Result<void> {
         US_TRYV(check_stream_header(h));
+        std::vector<DiskInfo> disks;
+        if (h.disks > 0) { // the DISKS record follows the header
+            auto rec = US_TRY(conn.recv_record());
+            if (hooks_.on_receive) {
+                append_record(framed, rec.type, rec.body);
+                hooks_.on_receive(framed, false);
+            }
+            if (rec.type != kDisks)
+                return make_error(Errc::invalid_input, std::string("replication stream: a ") + record_type_name(rec.type) +
+                                                           " record where the DISKS record belongs");
+            disks = US_TRY(decode_disks(rec.body, h.disks));
+        }
         // Nothing committed yet: a primary of another shape gets a replica of its own.
         if (replica_ && !replica_->has_committed() && !replica_->fits(h)) replica_.reset();
-        if (!replica_) replica_ = US_TRY(BackupReplica::create(h.memory_bytes, h.vcpus));
-        return replica_->begin_session(h);
+        if (!replica_) {
+            std::unique_ptr<DiskReplica> files;
+            if (!cfg_.disks.paths.empty()) files = US_TRY(DiskReplica::open(cfg_.disks));
+            replica_ = US_TRY(BackupReplica::create(h.memory_bytes, h.vcpus, std::move(files)));
+        }
+        return replica_->begin_session(h, disks);
     }();
     if (!accepted) {
         std::string why = accepted.error().message;
@@ -195,7 +211,7 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h, 
     // Established: a primary silent from here is found by its heartbeats (or, without a
     // control connection, by TCP keepalive), not by a deadline on the stream.
     conn.set_receive_deadline(std::nullopt);
-    log::info("backup: primary {} connected ({} MiB, {} vCPUs, {}, {})", conn.peer(), h.memory_bytes >> 20, h.vcpus,
+    log::info("backup: primary {} connected ({} MiB, {} vCPUs, {} disks, {}, {})", conn.peer(), h.memory_bytes >> 20, h.vcpus, h.disks,
               heartbeat_ ? "heartbeats on a control connection" : "no control connection",
               conn.encrypted() ? "link authenticated and encrypted" : "link security disabled");
     for (;;) {

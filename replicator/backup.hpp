@@ -41,6 +41,8 @@ struct BackupConfig {
     std::chrono::milliseconds handshake_timeout{5000};
     // Every connection runs the link handshake first (required by default: give a key).
     LinkSecurity security;
+    // The backup's copies of the primary's disks (no paths: the primary may have none).
+    DiskReplicaConfig disks;
 };
 
 // How a session that went well ended.

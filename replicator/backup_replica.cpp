@@ -12,22 +12,31 @@ namespace {
 Error stream_error(const std::string& why) { return make_error(Errc::invalid_input, "replication stream: " + why); }
 } // namespace
 
-Result<std::unique_ptr<BackupReplica>> BackupReplica::create(uint64_t memory_bytes, uint32_t vcpus) {
+Result<std::unique_ptr<BackupReplica>> BackupReplica::create(uint64_t memory_bytes, uint32_t vcpus,
+                                                             std::unique_ptr<DiskReplica> disks) {
     if (vcpus < 1 || vcpus > 8) return stream_error("vCPU count " + std::to_string(vcpus) + " is not allowed");
     auto mem = US_TRY(hv::GuestMemory::create(memory_bytes, hv::GuestMemory::Prefault::no));
-    return std::unique_ptr<BackupReplica>(new BackupReplica(std::move(mem), vcpus));
+    return std::unique_ptr<BackupReplica>(new BackupReplica(std::move(mem), vcpus, std::move(disks)));
 }
 
-BackupReplica::BackupReplica(hv::GuestMemory mem, uint32_t vcpus)
-    : memory_(std::move(mem)), vcpus_(vcpus), layout_digest_(hv::memory_layout_digest(memory_)),
+BackupReplica::BackupReplica(hv::GuestMemory mem, uint32_t vcpus, std::unique_ptr<DiskReplica> disks)
+    : memory_(std::move(mem)), vcpus_(vcpus), layout_digest_(hv::memory_layout_digest(memory_)), disks_(std::move(disks)),
       staged_slot_(memory_.page_count(), -1) {}
 
 bool BackupReplica::fits(const StreamHeader& h) const {
     return h.memory_bytes == memory_.size() && h.vcpus == vcpus_ && h.layout_digest == layout_digest_;
 }
 
-Result<void> BackupReplica::begin_session(const StreamHeader& h) {
+Result<void> BackupReplica::begin_session(const StreamHeader& h, std::span<const DiskInfo> disks) {
     US_TRYV(check_stream_header(h));
+    if (disks.size() != h.disks)
+        return stream_error("the stream header announces " + std::to_string(h.disks) + " disks, the DISKS record describes " +
+                            std::to_string(disks.size()));
+    if (disk_failure_) return stream_error(*disk_failure_);
+    if (!disks_ && !disks.empty())
+        return stream_error("the primary's VM has " + std::to_string(disks.size()) +
+                            " disks and this backup none (give the backup one --disk per disk of the primary)");
+    if (disks_) US_TRYV(disks_->check(disks));
     // A replica of another shape is refused, never reshaped: its committed checkpoint may
     // be the only copy of its VM (BackupServer reshapes one that holds none).
     const std::string held = has_committed_ ? ", and holds checkpoint " + std::to_string(committed_epoch_) +
@@ -47,6 +56,7 @@ Result<void> BackupReplica::begin_session(const StreamHeader& h) {
                   "it replaces it when its first checkpoint commits");
     session_config_ = h.config_digest;
     session_id_ = h.session_id;
+    session_disks_.assign(disks.begin(), disks.end());
     return {};
 }
 
@@ -59,6 +69,7 @@ void BackupReplica::abort_open_checkpoint() {
     staged_vm_ = false;
     digest_.clear();
     open_ = false;
+    if (disks_) disks_->discard_staged();
 }
 
 void BackupReplica::apply_staged() {
@@ -120,6 +131,7 @@ Result<std::optional<uint64_t>> BackupReplica::feed(const Record& r) {
                 return stream_error("checkpoint " + std::to_string(epoch) + " out of order (committed: " +
                                     (has_committed_ ? std::to_string(committed_epoch_) : std::string("none")) + ")");
             abort_open_checkpoint();
+            if (disks_) disks_->begin_checkpoint();
             open_ = true;
             open_epoch_ = epoch;
             open_flags_ = flags;
@@ -141,7 +153,8 @@ Result<std::optional<uint64_t>> BackupReplica::feed(const Record& r) {
 
 Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
     if (r.type & kRecordOptional) return {};
-    if (r.type != kPages && r.type != kVcpuState && r.type != kVmState && r.type != kDeviceState)
+    if (r.type != kPages && r.type != kVcpuState && r.type != kVmState && r.type != kDeviceState && r.type != kDiskBlocks &&
+        r.type != kDiskZero)
         return stream_error("unknown mandatory record type " + std::to_string(r.type));
     uint64_t epoch = US_TRY(d.u64());
     if (epoch != open_epoch_)
@@ -176,6 +189,8 @@ Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
         US_TRYV(hv::decode_vm_clock(rest, staged_state_));
         staged_vm_ = true;
         return {};
+    case kDiskBlocks:
+    case kDiskZero: return feed_disk(r, rest);
     case kDeviceState:
         if (auto added = hv::add_device_state(staged_state_.devices, US_TRY(hv::decode_device_state(rest))); !added)
             return stream_error(added.error().message + " in one checkpoint");
@@ -183,6 +198,18 @@ Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
     default: break;
     }
     return stream_error("unknown mandatory record type " + std::to_string(r.type));
+}
+
+// Like pages, a replica that holds no checkpoint takes the first one's blocks straight onto
+// its disks; later checkpoints are staged until their END.
+Result<void> BackupReplica::feed_disk(const Record& r, std::span<const uint8_t> body) {
+    if (r.type == kDiskZero) {
+        if (!(open_flags_ & kCheckpointInitial)) return stream_error("DISK_ZERO outside the initial checkpoint");
+        const DiskZero z = US_TRY(decode_disk_zero(body, session_disks_));
+        return has_committed_ ? disks_->stage(z) : disks_->write(z);
+    }
+    US_TRYV(decode_disk_blocks(body, session_id_, session_disks_, disk_blocks_));
+    return has_committed_ ? disks_->stage(disk_blocks_, open_flags_ & kCheckpointInitial) : disks_->write(disk_blocks_);
 }
 
 Result<uint64_t> BackupReplica::commit(Decoder& d) {
@@ -199,8 +226,17 @@ Result<uint64_t> BackupReplica::commit(Decoder& d) {
     for (uint32_t i = 0; i < vcpus_; ++i)
         if (!staged_vcpu_[i]) return stream_error("checkpoint " + std::to_string(epoch) + " lacks vCPU " + std::to_string(i));
 
-    // Everything is verified: apply. Nothing below can fail.
+    // Everything is verified: apply, disks first. Only their writes can fail, and then the
+    // replica is neither checkpoint: it says so, and never promotes.
+    if (disks_) {
+        if (auto w = has_committed_ ? disks_->apply_staged() : disks_->sync_if_asked(); !w) {
+            disk_failure_ = "writing checkpoint " + std::to_string(epoch) + " to the backup's disks failed (" +
+                            w.error().describe() + "): the disks hold part of it";
+            return make_error(Errc::system, *disk_failure_);
+        }
+    }
     apply_staged();
+    committed_disks_ = session_disks_;
     state_ = std::move(staged_state_);
     differing_state_ = 0;
     committed_epoch_ = epoch;
@@ -224,6 +260,7 @@ VerifyOutcome BackupReplica::verify(const VerifySlice& s) {
 }
 
 std::optional<std::string> BackupReplica::known_difference() const {
+    if (disk_failure_) return disk_failure_;
     if (differing_pages_.empty() && differing_state_ == 0) return std::nullopt;
     std::string s = "online verification found this replica different from its primary at checkpoint " +
                     std::to_string(committed_epoch_) + ":";

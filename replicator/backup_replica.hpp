@@ -15,6 +15,7 @@
 #include "common/records.hpp"
 #include "hv/guest_memory.hpp"
 #include "hv/vcpu_state.hpp"
+#include "replicator/disk_replica.hpp"
 #include "replicator/page_codec.hpp"
 #include "replicator/verification.hpp"
 #include "replicator/wire.hpp"
@@ -30,15 +31,18 @@ struct ReplicaStats {
 
 class BackupReplica {
 public:
-    // Memory of the given shape, all zero, nothing committed.
-    static Result<std::unique_ptr<BackupReplica>> create(uint64_t memory_bytes, uint32_t vcpus);
+    // Memory of the given shape, all zero, nothing committed; `disks` (may be null: none)
+    // are the backup's copies of the primary's disks.
+    static Result<std::unique_ptr<BackupReplica>> create(uint64_t memory_bytes, uint32_t vcpus,
+                                                         std::unique_ptr<DiskReplica> disks = nullptr);
 
     // True when a primary of this header's shape (memory, vCPUs, layout) can use it.
     bool fits(const StreamHeader& h) const;
     // A new session from a primary: checks the header against this replica's shape and
-    // starts decoding with the session's hash seed. Committed state is kept until the
-    // new session's first checkpoint commits.
-    Result<void> begin_session(const StreamHeader& h);
+    // starts decoding with the session's hash seed; `disks` (the DISKS record) must match
+    // this replica's disk files. Committed state is kept until the new session's first
+    // checkpoint commits.
+    Result<void> begin_session(const StreamHeader& h, std::span<const DiskInfo> disks = {});
 
     // Pages of the open checkpoint held in staging (each page at most once).
     size_t staged_pages() const { return staged_.indices.size(); }
@@ -73,9 +77,17 @@ public:
     hv::GuestMemory take_memory() { return std::move(memory_); }
     const hv::VmState& state() const { return state_; }
     ReplicaStats stats() const { return stats_; }
+    // The disks as the primary of the committed checkpoint described them, and the files
+    // here that hold them (empty without disks).
+    const std::vector<DiskInfo>& committed_disks() const { return committed_disks_; }
+    std::vector<std::string> disk_paths() const { return disks_ ? disks_->config().paths : std::vector<std::string>{}; }
+    DiskReplicaStats disk_stats() const { return disks_ ? disks_->stats() : DiskReplicaStats{}; }
+    // Promotion: closes the disk files (and drops their locks) for the promoted VM to open.
+    void release_disks() { disks_.reset(); }
 
 private:
-    BackupReplica(hv::GuestMemory mem, uint32_t vcpus);
+    BackupReplica(hv::GuestMemory mem, uint32_t vcpus, std::unique_ptr<DiskReplica> disks);
+    Result<void> feed_disk(const Record& r, std::span<const uint8_t> body);
     Result<void> feed_open(const Record& r, Decoder& d);
     Result<uint64_t> commit(Decoder& d);
     const uint8_t* base_page(uint64_t index) const;
@@ -88,6 +100,10 @@ private:
     uint64_t committed_config_ = 0;
     uint64_t session_id_ = 0;
     uint64_t committed_session_ = 0;
+    std::unique_ptr<DiskReplica> disks_;
+    std::vector<DiskInfo> session_disks_, committed_disks_;
+    DiskBlocks disk_blocks_;              // scratch for one DISK_BLOCKS record
+    std::optional<std::string> disk_failure_; // a commit's disk writes failed: the replica is torn
 
     bool has_committed_ = false;
     uint64_t committed_epoch_ = 0;

@@ -61,6 +61,51 @@ Result<void> CheckpointWriter::pages(std::span<const uint64_t> indices, std::spa
     return {};
 }
 
+uint8_t* DiskBlockSet::place(uint64_t block) {
+    auto [it, added] = slot.try_emplace(block, uint32_t(slot.size()));
+    if (added) data.resize(data.size() + hv::kDiskBlockBytes);
+    return data.data() + uint64_t(it->second) * hv::kDiskBlockBytes;
+}
+
+Result<void> CheckpointWriter::disk_blocks(uint32_t disk, std::span<const uint64_t> blocks, std::span<const uint8_t> data) {
+    constexpr uint64_t kBlock = hv::kDiskBlockBytes;
+    for (size_t first = 0; first < blocks.size(); first += kMaxDiskBlocksPerRecord) {
+        const size_t n = std::min<size_t>(kMaxDiskBlocksPerRecord, blocks.size() - first);
+        body_.clear();
+        Encoder(body_).u64(epoch_);
+        uint64_t t0 = now_ns();
+        encode_disk_blocks(disk, blocks.subspan(first, n), data.subspan(first * kBlock, n * kBlock), seed_, lz4_state_, body_);
+        stats_.encode_ns += now_ns() - t0;
+        stats_.disk_blocks += n;
+        stats_.raw_bytes += n * kBlock;
+        US_TRYV(record(kDiskBlocks, body_));
+    }
+    return {};
+}
+
+Result<void> CheckpointWriter::disk_blocks(uint32_t disk, const DiskBlockSet& set) {
+    // In block order, as the record wants, a record's worth at a time.
+    auto it = set.slot.begin();
+    while (it != set.slot.end()) {
+        gather_blocks_.clear();
+        gather_data_.clear();
+        for (; it != set.slot.end() && gather_blocks_.size() < kMaxDiskBlocksPerRecord; ++it) {
+            gather_blocks_.push_back(it->first);
+            const uint8_t* p = set.data.data() + uint64_t(it->second) * hv::kDiskBlockBytes;
+            gather_data_.insert(gather_data_.end(), p, p + hv::kDiskBlockBytes);
+        }
+        US_TRYV(disk_blocks(disk, gather_blocks_, gather_data_));
+    }
+    return {};
+}
+
+Result<void> CheckpointWriter::disk_zero(const DiskZero& z) {
+    body_.clear();
+    Encoder(body_).u64(epoch_);
+    encode_disk_zero(z, body_);
+    return record(kDiskZero, body_);
+}
+
 Result<void> CheckpointWriter::state(const hv::VmState& s) {
     for (uint32_t i = 0; i < s.vcpus.size(); ++i) {
         body_.clear();

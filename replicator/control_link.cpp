@@ -45,7 +45,7 @@ void raise_to_realtime() {
 ControlHello make_control_hello(uint64_t session_id, const replicator::DetectorConfig& cfg) {
     ControlHello h{};
     std::memcpy(h.magic, kControlMagic, 8);
-    h.version = kWireVersion;
+    h.version = kControlVersion;
     h.session_id = session_id;
     h.heartbeat_interval_ns = static_cast<uint64_t>(duration_cast<nanoseconds>(cfg.heartbeat_interval).count());
     h.timeout_ns = static_cast<uint64_t>(duration_cast<nanoseconds>(cfg.timeout).count());
@@ -57,7 +57,7 @@ bool is_control_magic(std::span<const uint8_t, 8> magic) { return std::memcmp(ma
 Result<void> check_control_hello(const ControlHello& h, uint64_t session_id) {
     auto bad = [](const std::string& why) { return make_error(Errc::invalid_input, "control connection: " + why); };
     if (std::memcmp(h.magic, kControlMagic, 8) != 0) return bad("bad magic");
-    if (h.version != kWireVersion) return bad("format version " + std::to_string(h.version) + " is not supported");
+    if (h.version != kControlVersion) return bad("format version " + std::to_string(h.version) + " is not supported");
     if (h.flags != 0) return bad("unknown flags " + std::to_string(h.flags));
     for (uint64_t r : h.reserved)
         if (r != 0) return bad("a reserved field is not zero");

@@ -26,10 +26,14 @@ namespace understudy::replicator {
 // How a link ended, as seen from its side.
 enum class LinkEnd { running, goodbye, failed, stopped };
 
+// The control hello's own version (docs/wire-format.md, "Control connection"): the
+// checkpoint stream's version changes without it.
+inline constexpr uint32_t kControlVersion = 1;
+
 // Sent by the primary as the first 64 bytes of the control connection.
 struct ControlHello {
     char magic[8];                  // 0: "USCTRL\r\n"
-    uint32_t version;               // 8: kWireVersion
+    uint32_t version;               // 8: kControlVersion
     uint32_t flags;                 // 12: 0
     uint64_t session_id;            // 16: the stream header's session_id
     uint64_t heartbeat_interval_ns; // 24: the primary's interval (informative)

@@ -25,6 +25,7 @@ struct Primary::Checkpoint {
     uint32_t flags = 0;
     std::vector<uint64_t> indices;
     std::vector<uint8_t> pages;
+    std::vector<DiskBlockSet> disks; // one per disk of the VM
     hv::VmState state;
     uint64_t pause_ns = 0, stop_ns = 0, harvest_ns = 0, state_ns = 0, copy_ns = 0, verify_ns = 0;
     uint64_t copied_at_pause = 0;
@@ -42,6 +43,7 @@ void fill_pause(EpochFigures& f, const C& cp) {
     f.copy_ns = cp.copy_ns;
     f.verify_ns = cp.verify_ns;
     f.dirty_pages = cp.indices.size();
+    for (const auto& d : cp.disks) f.disk_blocks += d.slot.size();
     f.copied_at_pause = cp.copied_at_pause;
 }
 } // namespace
@@ -77,7 +79,8 @@ Result<std::unique_ptr<Primary>> Primary::start(hv::Checkpointable& vm, std::uni
 
 Primary::Primary(hv::Checkpointable& vm, std::unique_ptr<Connection> conn, PrimaryConfig cfg, PrimaryHooks hooks, PageEncoder enc)
     : vm_(vm), conn_(std::move(conn)), cfg_(cfg), hooks_(std::move(hooks)), encoder_(std::move(enc)),
-      dirty_(vm.memory().page_count()), slot_of_page_(vm.memory().page_count(), -1) {
+      dirty_(vm.memory().page_count()), disks_(vm.disks()), slot_of_page_(vm.memory().page_count(), -1) {
+    for (auto* d : disks_) disk_written_.emplace_back(hv::disk_blocks(d->size_bytes()));
     verify_.next_scheduled = steady_clock::now() + cfg_.verify_interval;
 }
 
@@ -205,9 +208,14 @@ Result<void> Primary::handshake_steps() {
     if (cfg_.security.enabled()) US_TRYV(secure_client(*conn_, *cfg_.security.key, LinkChannel::stream));
     auto& mem = vm_.memory();
     StreamHeader h = make_stream_header(mem.size(), vm_.vcpu_count(), hv::memory_layout_digest(mem), vm_.config_digest(),
-                                        session_id_, control_conn_ ? kStreamFlagControl : 0);
+                                        session_id_, control_conn_ ? kStreamFlagControl : 0, uint32_t(disks_.size()));
     std::span<const uint8_t> hb(reinterpret_cast<const uint8_t*>(&h), sizeof h);
     US_TRYV(conn_->send({&hb, 1}));
+    if (!disks_.empty()) {
+        std::vector<DiskInfo> info;
+        for (auto* d : disks_) info.push_back({d->size_bytes(), d->readonly()});
+        US_TRYV(conn_->send_record(kDisks, encode_disks(info)));
+    }
     auto r = US_TRY(conn_->recv_record());
     if (r.type == kReject)
         return make_error(Errc::invalid_input, "the backup refused the stream: " + std::string(r.body.begin(), r.body.end()));
@@ -243,6 +251,39 @@ void Primary::copy_dirty(Checkpoint& cp, const Bitmap& dirty) {
     });
 }
 
+Result<void> Primary::copy_disk_blocks(Checkpoint* cp) {
+    constexpr uint64_t kBlock = hv::kDiskBlockBytes;
+    constexpr uint64_t kRunBlocks = 256; // one read covers at most this many blocks
+    if (cp) cp->disks.resize(disks_.size());
+    for (size_t i = 0; i < disks_.size(); ++i) {
+        Bitmap& written = disk_written_[i];
+        written.clear_all();
+        disks_[i]->harvest_written(written);
+        if (!cp) continue;
+        // Runs of consecutive blocks, each read at once.
+        uint64_t first = 0, count = 0;
+        auto flush = [&]() -> Result<void> {
+            if (count == 0) return {};
+            disk_read_.resize(count * kBlock);
+            US_TRYV(disks_[i]->read_at(first * kBlock, disk_read_));
+            for (uint64_t k = 0; k < count; ++k)
+                std::memcpy(cp->disks[i].place(first + k), disk_read_.data() + k * kBlock, kBlock);
+            count = 0;
+            return {};
+        };
+        Result<void> r;
+        written.for_each_set([&](size_t b) {
+            if (!r) return;
+            if (count > 0 && (b != first + count || count == kRunBlocks)) r = flush();
+            if (count == 0) first = b;
+            ++count;
+        });
+        US_TRYV(std::move(r));
+        US_TRYV(flush());
+    }
+    return {};
+}
+
 std::unique_ptr<Primary::Checkpoint> Primary::take_buffer() {
     std::lock_guard lock(mu_);
     if (spare_.empty()) return std::make_unique<Checkpoint>();
@@ -257,6 +298,10 @@ void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
     cp->state = {};
     cp->verify.reset();
     cp->resync = false;
+    for (auto& d : cp->disks) {
+        d.clear();
+        if (d.data.capacity() > kKeptBufferBytes) std::vector<uint8_t>().swap(d.data);
+    }
     // A resync's buffer holds all of guest memory: not kept for reuse at that size.
     if (cp->pages.capacity() > kKeptBufferBytes) {
         std::vector<uint8_t>().swap(cp->pages);
@@ -284,6 +329,10 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bo
     if (state) {
         copy_dirty(*cp, dirty_);
         cp->copied_at_pause = dirty_.count();
+        // Every write the guest's disks completed is in: no request is in flight at a pause.
+        if (auto copied = copy_disk_blocks(cp.get()); !copied) state = std::move(copied.error());
+    }
+    if (state) {
         t4 = t5 = now_ns();
         if (verify) {
             // The VM as it is at this pause, which the backup holds once it commits this
@@ -313,7 +362,7 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bo
 Result<void> Primary::initial_sync() {
     auto& mem = vm_.memory();
     const uint64_t n = mem.page_count();
-    CheckpointWriter w(*conn_, encoder_, cfg_.batch_pages);
+    CheckpointWriter w(*conn_, encoder_, cfg_.batch_pages, session_id_);
     US_TRYV(w.begin(1, kCheckpointInitial));
     SyncProgress prog;
     prog.bytes_total = mem.size();
@@ -348,13 +397,48 @@ Result<void> Primary::initial_sync() {
     };
 
     // Round 0: everything, while the guest runs. Tracking restarts first, so that every
-    // page written from here on is sent again in a later round or at the pause.
+    // page and block written from here on is sent again in a later round or at the pause.
     dirty_.clear_all();
     US_TRYV(vm_.harvest_dirty(dirty_));
+    US_TRYV(copy_disk_blocks(nullptr));
+    // Each disk's data, block-aligned; the rest is holes, sent as DISK_ZERO ranges first.
+    std::vector<std::vector<std::pair<uint64_t, uint64_t>>> disk_data(disks_.size());
+    for (size_t i = 0; i < disks_.size(); ++i) {
+        for (auto [b, e] : US_TRY(disks_[i]->data_extents())) {
+            const uint64_t first = b / hv::kDiskBlockBytes, end = hv::disk_blocks(e);
+            auto& runs = disk_data[i];
+            if (!runs.empty() && first <= runs.back().second) runs.back().second = std::max(runs.back().second, end);
+            else runs.emplace_back(first, end);
+            prog.bytes_total += (end - first) * hv::kDiskBlockBytes;
+        }
+    }
     prog.pages_this_round = n;
     US_TRYV(send_pages([&](auto&& f) {
         for (uint64_t p = 0; p < n; ++p) f(p);
     }));
+    for (size_t i = 0; i < disks_.size(); ++i) {
+        uint64_t at = 0;
+        const uint64_t blocks = hv::disk_blocks(disks_[i]->size_bytes());
+        for (auto [first, end] : disk_data[i]) {
+            if (first > at) US_TRYV(w.disk_zero({uint32_t(i), at, first - at}));
+            at = end;
+        }
+        if (at < blocks) US_TRYV(w.disk_zero({uint32_t(i), at, blocks - at}));
+        for (auto [first, end] : disk_data[i]) {
+            for (uint64_t b = first; b < end; b += kMaxDiskBlocksPerRecord) {
+                const uint64_t count = std::min<uint64_t>(kMaxDiskBlocksPerRecord, end - b);
+                idx.resize(count);
+                for (uint64_t k = 0; k < count; ++k) idx[k] = b + k;
+                buf.resize(count * hv::kDiskBlockBytes);
+                US_TRYV(disks_[i]->read_at(b * hv::kDiskBlockBytes, buf));
+                US_TRYV(w.disk_blocks(uint32_t(i), idx, buf));
+                sent(count); // a block is a page's size
+
+            }
+        }
+    }
+    idx.clear();
+    buf.clear();
     uint64_t previous = n;
     for (unsigned round = 1; round <= cfg_.max_sync_rounds && !stopping_; ++round) {
         dirty_.clear_all();
@@ -363,6 +447,13 @@ Result<void> Primary::initial_sync() {
         prog.round = round;
         prog.pages_this_round = count;
         US_TRYV(send_pages([&](auto&& f) { dirty_.for_each_set([&](size_t p) { f(p); }); }));
+        // The blocks written meanwhile (the checkpoint buffer is a scratch here).
+        if (!disks_.empty()) {
+            auto scratch = take_buffer();
+            US_TRYV(copy_disk_blocks(scratch.get()));
+            for (size_t i = 0; i < disks_.size(); ++i) US_TRYV(w.disk_blocks(uint32_t(i), scratch->disks[i]));
+            return_buffer(std::move(scratch));
+        }
         // Stop when the dirty set no longer shrinks much, or is already small.
         if (count <= 1024 || count * 10 > previous * 9) break;
         previous = count;
@@ -372,6 +463,7 @@ Result<void> Primary::initial_sync() {
     US_TRYV(copy_while_running());
     auto cp = US_TRY(capture(1));
     US_TRYV(w.pages(cp->indices, cp->pages));
+    for (size_t i = 0; i < cp->disks.size(); ++i) US_TRYV(w.disk_blocks(uint32_t(i), cp->disks[i]));
     US_TRYV(w.state(cp->state));
     {
         std::lock_guard lock(mu_);
@@ -395,7 +487,7 @@ Result<void> Primary::copy_while_running(bool everything) {
         building_->resync = true;
     }
     copy_dirty(*building_, dirty_);
-    return {};
+    return copy_disk_blocks(building_.get());
 }
 
 Result<void> Primary::epoch_loop() {
@@ -629,7 +721,7 @@ void Primary::control_main() {
 }
 
 void Primary::sender_main() {
-    CheckpointWriter w(*conn_, encoder_, cfg_.batch_pages);
+    CheckpointWriter w(*conn_, encoder_, cfg_.batch_pages, session_id_);
     for (;;) {
         std::unique_ptr<Checkpoint> cp;
         {
@@ -646,6 +738,7 @@ void Primary::sender_main() {
         auto r = [&]() -> Result<WriterStats> {
             US_TRYV(w.begin(cp->epoch, 0));
             US_TRYV(w.pages(cp->indices, cp->pages));
+            for (size_t i = 0; i < cp->disks.size(); ++i) US_TRYV(w.disk_blocks(uint32_t(i), cp->disks[i]));
             US_TRYV(w.state(cp->state));
             auto ws = US_TRY(w.end());
             // Between checkpoints: the backup compares it with the checkpoint it just committed.

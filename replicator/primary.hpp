@@ -71,6 +71,7 @@ struct EpochFigures {
     uint64_t copy_ns = 0;         //   copying the pages dirtied since the last harvest
     uint64_t verify_ns = 0;       //   verification digests, while a pass runs
     uint64_t dirty_pages = 0;     // distinct pages in the checkpoint
+    uint64_t disk_blocks = 0;     // distinct disk blocks in the checkpoint
     uint64_t copied_at_pause = 0; // of those, copied while paused
     uint64_t raw_bytes = 0;
     uint64_t wire_bytes = 0;
@@ -212,6 +213,9 @@ private:
     std::unique_ptr<Checkpoint> take_buffer();
     void return_buffer(std::unique_ptr<Checkpoint> cp);
     void copy_dirty(Checkpoint& cp, const Bitmap& dirty);
+    // Harvests each disk's written blocks and reads them into cp (or, without cp, only
+    // restarts the tracking).
+    Result<void> copy_disk_blocks(Checkpoint* cp);
     void fail(Error e);
     // After an unanswered HANDOVER, a failure may be the backup taking over late (it shuts
     // the stream first, then answers): waits for the control connection's verdict. True
@@ -287,6 +291,9 @@ private:
     bool control_done_ = false;            // control_main() returned
 
     Bitmap dirty_;
+    std::vector<hv::ReplicatedDisk*> disks_; // the VM's, fixed for the session
+    std::vector<Bitmap> disk_written_;       // per disk: scratch for a harvest
+    std::vector<uint8_t> disk_read_;         // scratch for a run of blocks
     std::vector<int32_t> slot_of_page_; // page index -> slot in the checkpoint being built
     std::unique_ptr<Checkpoint> building_;
     std::vector<std::unique_ptr<Checkpoint>> spare_; // guarded by mu_

@@ -1,8 +1,9 @@
-// Structural verification of a replication stream, written from the documents alone
-// (docs/wire-format.md, docs/records.md, docs/snapshot-format.md, replicator/README.md).
-// Deliberately shares no parsing code with BackupReplica, PageDecoder, hv's state
-// decoders or the writer: only the hash function (XXH3-64) and the Linux UAPI struct
-// sizes that the snapshot format names.
+// Structural verification of a replication stream, version 2, written from the documents
+// alone (docs/wire-format.md, docs/records.md, docs/snapshot-format.md,
+// replicator/README.md). Deliberately shares no parsing code with BackupReplica,
+// PageDecoder, the disk record decoders (disk_records.cpp), hv's state decoders or the
+// writer: only the hash function (XXH3-64) and the Linux UAPI struct sizes that the
+// snapshot format names.
 #include "replicator/stream_verifier.hpp"
 
 #include <fcntl.h>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <fmt/format.h>
 #include <memory>
+#include <unordered_set>
 #include <vector>
 
 #include "common/unique_fd.hpp"
@@ -30,6 +32,7 @@ constexpr uint32_t kMaxBody = 64u << 20;
 constexpr uint32_t kOptional = 0x80000000u;
 constexpr uint64_t kMiB = 1ull << 20, kGiB = 1ull << 30;
 constexpr uint64_t kPage = 4096;
+constexpr uint32_t kVersion = 2;
 
 enum : uint32_t {
     tBegin = 1,
@@ -44,7 +47,16 @@ enum : uint32_t {
     tHeartbeat = kOptional | 10,
     tVerify = kOptional | 14,
     tVerifyResult = kOptional | 15,
+    tDisks = 16,
+    tDiskBlocks = 17,
+    tDiskZero = 18,
 };
+
+// docs/wire-format.md, "Disks".
+constexpr uint32_t kMaxDisks = 16;
+constexpr uint64_t kDiskBlock = 4096;
+constexpr uint32_t kMaxDiskBlocks = 1024; // per DISK_BLOCKS record
+constexpr size_t kDiskEntry = 16, kDiskBlocksHead = 32, kDiskZeroBody = 32;
 
 constexpr uint32_t kMaxBatchPages = 8192;
 constexpr size_t kBatchHeader = 8, kPageHeader = 24;
@@ -67,6 +79,9 @@ std::string type_name(uint32_t t) {
     case tHeartbeat: return "HEARTBEAT";
     case tVerify: return "VERIFY";
     case tVerifyResult: return "VERIFY_RESULT";
+    case tDisks: return "DISKS";
+    case tDiskBlocks: return "DISK_BLOCKS";
+    case tDiskZero: return "DISK_ZERO";
     }
     return fmt::format("type {:#x}", t);
 }
@@ -207,6 +222,9 @@ private:
     bool vm(std::span<const uint8_t> body);
     bool device(std::span<const uint8_t> body);
     bool verify(std::span<const uint8_t> body);
+    bool disks(std::span<const uint8_t> body);
+    bool disk_blocks(std::span<const uint8_t> body);
+    bool disk_zero(std::span<const uint8_t> body);
     // Walks the tagged fields in body[from..]: {u32 tag; u32 length; bytes; zero padding to
     // 8}. on_field(tag, bytes, offset of the field header within body) returns false on a
     // violation.
@@ -223,6 +241,8 @@ private:
     uint64_t memory_pages_ = 0;
     bool seen_checkpoint_ = false;
     uint64_t committed_ = 0;
+    bool disks_read_ = false;              // the DISKS record (when the header announces disks)
+    std::vector<uint64_t> disk_limit_;     // blocks of each disk: ceil(size / 4096)
 
     // The open checkpoint.
     bool open_ = false;
@@ -237,6 +257,8 @@ private:
     bool vm_seen_ = false;
     std::vector<uint64_t> page_seen_; // bitmap over guest pages, this checkpoint
     std::vector<uint64_t> touched_;   // words of page_seen_ to clear at the next BEGIN
+    std::vector<bool> disk_has_blocks_;        // a DISK_BLOCKS of the disk came in this checkpoint
+    std::unordered_set<uint64_t> block_seen_;  // (disk << 52 | block), later checkpoints only
 
     // Online verification: the slices of a pass cover guest memory in order, one after
     // each checkpoint at most.
@@ -255,22 +277,26 @@ bool Verifier::header(std::span<const uint8_t> h) {
     if (std::memcmp(p, kMagic, 8) != 0)
         return fail(0, fmt::format("stream header: bad magic \"{}\" (expected \"USREPL\\r\\n\"): not a replication stream",
                                    printable(h.first(8))));
-    if (r_.version != 1) return fail(8, fmt::format("stream header: format version {} (this verifier speaks version 1)", r_.version));
+    if (r_.version != kVersion)
+        return fail(8, fmt::format("stream header: format version {} (this verifier speaks version {})", r_.version, kVersion));
     uint32_t page_size = load<uint32_t>(p + 12);
-    if (page_size != kPage) return fail(12, fmt::format("stream header: page size {} (version 1 has 4096)", page_size));
+    if (page_size != kPage) return fail(12, fmt::format("stream header: page size {} (version 2 has 4096)", page_size));
     uint64_t mem = r_.memory_bytes;
     if (mem % (2 * kMiB) != 0 || mem < 16 * kMiB || mem > 12 * kGiB)
         return fail(16, fmt::format("stream header: guest memory of {} bytes is not a multiple of 2 MiB between 16 MiB and 12 GiB", mem));
     if (r_.vcpus < 1 || r_.vcpus > 8) return fail(24, fmt::format("stream header: {} vCPUs (a VM has 1 to 8)", r_.vcpus));
     uint32_t flags = load<uint32_t>(p + 28);
     // Bit 0: a control connection (heartbeats) accompanies the stream; it is not in the capture.
-    if (flags & ~1u) return fail(28, fmt::format("stream header: unknown flags {:#x} (only bit 0 is defined in version 1)", flags & ~1u));
+    if (flags & ~1u) return fail(28, fmt::format("stream header: unknown flags {:#x} (only bit 0 is defined in version 2)", flags & ~1u));
     uint64_t layout = load<uint64_t>(p + 32), want = expected_layout_digest(mem);
     if (layout != want)
         return fail(32, fmt::format("stream header: layout digest {:#018x} does not describe {} MiB of RAM laid out below 3 GiB "
                                     "then from 4 GiB ({:#018x})",
                                     layout, mem >> 20, want));
-    for (int i = 56; i < 64; ++i) // 48..55 is the configuration digest: any value
+    // 48..55 is the configuration digest: any value.
+    r_.disks = load<uint32_t>(p + 56);
+    if (r_.disks > kMaxDisks) return fail(56, fmt::format("stream header: {} disks (at most {})", r_.disks, kMaxDisks));
+    for (int i = 60; i < 64; ++i)
         if (p[i] != 0) return fail(static_cast<uint64_t>(i), fmt::format("stream header: reserved byte {} is not zero", i));
     memory_pages_ = mem / kPage;
     page_seen_.assign((memory_pages_ + 63) / 64, 0);
@@ -328,6 +354,7 @@ Result<void> Verifier::run(Reader& in) {
         if (!record(type, b)) break;
     }
     r_.bytes = in.offset();
+    if (!r_.violation && r_.disks > 0 && !disks_read_ && !r_.torn_record) r_.ends_before_disks = true;
     if (!r_.violation && open_) {
         r_.torn_epoch = epoch_;
         r_.torn_checkpoint_offset = begin_off_;
@@ -337,6 +364,11 @@ Result<void> Verifier::run(Reader& in) {
 }
 
 bool Verifier::record(uint32_t type, std::span<const uint8_t> body) {
+    // With disks, the DISKS record comes right after the header, before anything else.
+    if (r_.disks > 0 && !disks_read_ && type != tDisks)
+        return fail(rec_off_, fmt::format("{} record at offset {} where the DISKS record belongs (the header announces {} disks; "
+                                          "DISKS comes right after it)",
+                                          type_name(type), rec_off_, r_.disks));
     if (type == tHeartbeat) {
         // Allowed anywhere; not counted by CHECKPOINT_END.
         if (body.size() != 16) return fail(rec_off_, fmt::format("HEARTBEAT body has {} bytes, expected 16", body.size()));
@@ -362,6 +394,7 @@ bool Verifier::record(uint32_t type, std::span<const uint8_t> body) {
     switch (type) {
     case tBegin: return begin(body);
     case tEnd: return end(body);
+    case tDisks: return disks(body);
     case tAck:
     case tAccept:
     case tReject:
@@ -370,7 +403,9 @@ bool Verifier::record(uint32_t type, std::span<const uint8_t> body) {
     case tPages:
     case tVcpu:
     case tVm:
-    case tDevice: break;
+    case tDevice:
+    case tDiskBlocks:
+    case tDiskZero: break;
     default:
         return fail(rec_off_, fmt::format("unknown mandatory record type {} ({:#x}) at offset {}", type, type, rec_off_));
     }
@@ -380,11 +415,14 @@ bool Verifier::record(uint32_t type, std::span<const uint8_t> body) {
     uint64_t epoch = load<uint64_t>(body.data());
     if (epoch != epoch_) return fail(at(0), fmt::format("{} record of epoch {} inside checkpoint {}", name, epoch, epoch_));
     count();
-    const char* order = " (a checkpoint is PAGES*, VCPU_STATE x vCPUs, VM_STATE, DEVICE_STATE*)";
+    const char* order = " (a checkpoint is PAGES and disk records, VCPU_STATE x vCPUs, VM_STATE, DEVICE_STATE*)";
     switch (type) {
     case tPages:
-        if (phase_ > 0) return fail(rec_off_, fmt::format("PAGES record after the state records of checkpoint {}{}", epoch_, order));
-        return pages(body);
+    case tDiskBlocks:
+    case tDiskZero:
+        if (phase_ > 0)
+            return fail(rec_off_, fmt::format("{} record after the state records of checkpoint {}{}", name, epoch_, order));
+        return type == tPages ? pages(body) : type == tDiskBlocks ? disk_blocks(body) : disk_zero(body);
     case tVcpu:
         if (phase_ > 1) return fail(rec_off_, fmt::format("VCPU_STATE record after the VM_STATE of checkpoint {}{}", epoch_, order));
         phase_ = 1;
@@ -434,6 +472,8 @@ bool Verifier::begin(std::span<const uint8_t> body) {
     vm_seen_ = false;
     for (uint64_t w : touched_) page_seen_[w] = 0;
     touched_.clear();
+    disk_has_blocks_.assign(disk_limit_.size(), false);
+    block_seen_.clear();
     return true;
 }
 
@@ -558,6 +598,106 @@ bool Verifier::pages(std::span<const uint8_t> body) {
     }
     if (pos != body.size())
         return fail(at(pos), ctx + fmt::format(": {} trailing bytes after the last page of the batch", body.size() - pos));
+    return true;
+}
+
+// docs/wire-format.md, "Disks": the DISKS record, right after the header when it
+// announces disks, and nowhere else.
+bool Verifier::disks(std::span<const uint8_t> body) {
+    if (r_.disks == 0)
+        return fail(rec_off_, fmt::format("DISKS record at offset {}, but the header announces no disks", rec_off_));
+    if (disks_read_)
+        return fail(rec_off_, fmt::format("a second DISKS record at offset {} (it comes once, right after the header)", rec_off_));
+    disks_read_ = true;
+    if (body.size() != uint64_t{r_.disks} * kDiskEntry)
+        return fail(rec_off_, fmt::format("DISKS body has {} bytes; {} disks need {} ({} each)", body.size(), r_.disks,
+                                          uint64_t{r_.disks} * kDiskEntry, kDiskEntry));
+    for (uint32_t i = 0; i < r_.disks; ++i) {
+        const size_t e = i * kDiskEntry;
+        const uint64_t size = load<uint64_t>(body.data() + e);
+        const uint32_t flags = load<uint32_t>(body.data() + e + 8), zero = load<uint32_t>(body.data() + e + 12);
+        if (size == 0 || size % 512 != 0)
+            return fail(at(e), fmt::format("DISKS: disk {} has {} bytes, not a positive multiple of 512", i, size));
+        if (flags & ~1u) return fail(at(e + 8), fmt::format("DISKS: disk {} has unknown flags {:#x} (only bit 0, read-only)", i, flags & ~1u));
+        if (zero != 0) return fail(at(e + 12), fmt::format("DISKS: disk {}'s reserved u32 is {:#x}, not 0", i, zero));
+        r_.disk_sizes.push_back(size);
+        disk_limit_.push_back(size / kDiskBlock + (size % kDiskBlock != 0));
+    }
+    return true;
+}
+
+// DISK_BLOCKS: u64 epoch, u32 disk, u32 count, u32 encoding, u32 encoded_bytes, u64 check,
+// count u64 indices, then encoded_bytes of data. The data is neither decompressed nor
+// checked (the check covers the raw bytes, which only the backup reconstructs).
+bool Verifier::disk_blocks(std::span<const uint8_t> body) {
+    const std::string ctx = fmt::format("DISK_BLOCKS record at offset {} (checkpoint {})", rec_off_, epoch_);
+    if (body.size() < kDiskBlocksHead)
+        return fail(rec_off_, ctx + fmt::format(": a body of {} bytes, shorter than its {}-byte head", body.size(), kDiskBlocksHead));
+    const uint8_t* p = body.data();
+    const uint32_t disk = load<uint32_t>(p + 8), count = load<uint32_t>(p + 12), encoding = load<uint32_t>(p + 16),
+                   encoded = load<uint32_t>(p + 20);
+    if (disk >= disk_limit_.size())
+        return fail(at(8), ctx + fmt::format(": disk {}, but the stream has {} disks", disk, disk_limit_.size()));
+    if (count < 1 || count > kMaxDiskBlocks)
+        return fail(at(12), ctx + fmt::format(": {} blocks (1 to {})", count, kMaxDiskBlocks));
+    if (encoding > 1) return fail(at(16), ctx + fmt::format(": unknown encoding {} (0 raw, 1 LZ4)", encoding));
+    const uint64_t indices = uint64_t{count} * 8;
+    if (indices > body.size() - kDiskBlocksHead)
+        return fail(at(12), ctx + fmt::format(": {} blocks need {} bytes of indices, {} remain", count, indices,
+                                              body.size() - kDiskBlocksHead));
+    const uint64_t data = body.size() - kDiskBlocksHead - indices;
+    if (encoded != data)
+        return fail(at(20), ctx + fmt::format(": encoded_bytes is {}, but {} bytes follow the indices", encoded, data));
+    if (encoding == 0 && encoded != uint64_t{count} * kDiskBlock)
+        return fail(at(20), ctx + fmt::format(": raw data of {} bytes for {} blocks (must be {})", encoded, count,
+                                              uint64_t{count} * kDiskBlock));
+    if (encoding == 1 && (encoded == 0 || encoded >= uint64_t{count} * kDiskBlock))
+        return fail(at(20), ctx + fmt::format(": LZ4 data of {} bytes for {} blocks (1 to {} allowed: LZ4 only when smaller than raw)",
+                                              encoded, count, uint64_t{count} * kDiskBlock - 1));
+    const uint64_t limit = disk_limit_[disk];
+    for (uint32_t i = 0; i < count; ++i) {
+        const size_t off = kDiskBlocksHead + size_t{i} * 8;
+        const uint64_t block = load<uint64_t>(p + off);
+        if (block >= limit)
+            return fail(at(off), ctx + fmt::format(": block {} (index {} of the record) is outside disk {} ({} blocks)", block, i,
+                                                   disk, limit));
+        if (i > 0 && block <= load<uint64_t>(p + off - 8))
+            return fail(at(off), ctx + fmt::format(": block indices are not strictly increasing (index {} is block {}, after {})", i,
+                                                   block, load<uint64_t>(p + off - 8)));
+        // Later checkpoints carry each written block once; the initial one may resend blocks.
+        if (!initial_ && !block_seen_.insert(uint64_t{disk} << 52 | block).second)
+            return fail(at(off), ctx + fmt::format(": block {} of disk {} appears twice in checkpoint {}", block, disk, epoch_));
+    }
+    disk_has_blocks_[disk] = true;
+    ++r_.disk_block_records;
+    ++r_.disk_records_by_encoding[encoding];
+    r_.disk_blocks += count;
+    r_.disk_data_bytes += encoded;
+    return true;
+}
+
+// DISK_ZERO: u64 epoch, u32 disk, u32 0, u64 first_block, u64 blocks; the initial
+// checkpoint only, before any DISK_BLOCKS of its disk in it.
+bool Verifier::disk_zero(std::span<const uint8_t> body) {
+    const std::string ctx = fmt::format("DISK_ZERO record at offset {} (checkpoint {})", rec_off_, epoch_);
+    if (body.size() != kDiskZeroBody)
+        return fail(rec_off_, ctx + fmt::format(": a body of {} bytes, expected {}", body.size(), kDiskZeroBody));
+    if (!initial_)
+        return fail(rec_off_, ctx + ": DISK_ZERO belongs to the initial synchronization only, and this checkpoint is not flagged initial");
+    const uint8_t* p = body.data();
+    const uint32_t disk = load<uint32_t>(p + 8), zero = load<uint32_t>(p + 12);
+    const uint64_t first = load<uint64_t>(p + 16), blocks = load<uint64_t>(p + 24);
+    if (disk >= disk_limit_.size())
+        return fail(at(8), ctx + fmt::format(": disk {}, but the stream has {} disks", disk, disk_limit_.size()));
+    if (zero != 0) return fail(at(12), ctx + fmt::format(": the reserved u32 is {:#x}, not 0", zero));
+    if (blocks == 0) return fail(at(24), ctx + ": a range of 0 blocks");
+    const uint64_t limit = disk_limit_[disk];
+    if (first >= limit || blocks > limit - first)
+        return fail(at(16), ctx + fmt::format(": blocks {} + {} are not inside disk {} ({} blocks)", first, blocks, disk, limit));
+    if (disk_has_blocks_[disk])
+        return fail(rec_off_, ctx + fmt::format(": after a DISK_BLOCKS of disk {} in the same checkpoint (zero ranges come first)", disk));
+    ++r_.disk_zero_ranges;
+    r_.disk_zero_blocks += blocks;
     return true;
 }
 
@@ -696,8 +836,8 @@ Result<StreamReport> verify_stream_file(const std::string& path) {
 std::string format_report(const StreamReport& r) {
     std::string s;
     if (r.header_read)
-        s += fmt::format("header: version {}, {} MiB of guest memory ({} pages), {} vCPUs, session {:#018x}\n", r.version,
-                         r.memory_bytes >> 20, r.memory_bytes / kPage, r.vcpus, r.session_id);
+        s += fmt::format("header: version {}, {} MiB of guest memory ({} pages), {} vCPUs, {} disks, session {:#018x}\n",
+                         r.version, r.memory_bytes >> 20, r.memory_bytes / kPage, r.vcpus, r.disks, r.session_id);
     s += fmt::format("bytes: {}, records: {}\n", r.bytes, r.records);
     if (r.checkpoints)
         s += fmt::format("checkpoints: {} complete, epochs {}{} .. {}\n", r.checkpoints, *r.first_epoch,
@@ -707,6 +847,13 @@ std::string format_report(const StreamReport& r) {
     s += fmt::format("pages: {} in {} batches:", r.pages, r.page_records);
     for (size_t e = 0; e < r.pages_by_encoding.size(); ++e) s += fmt::format(" {} {}", kEncodingNames[e], r.pages_by_encoding[e]);
     s += fmt::format("; {} payload bytes\n", r.payload_bytes);
+    if (r.disks > 0 || r.disk_block_records > 0 || r.disk_zero_ranges > 0) {
+        s += "disks:";
+        for (size_t i = 0; i < r.disk_sizes.size(); ++i) s += fmt::format("{} {} bytes", i ? "," : "", r.disk_sizes[i]);
+        s += fmt::format("{}{} blocks in {} batches (raw {}, LZ4 {}), {} data bytes; {} zero ranges of {} blocks\n",
+                         r.disk_sizes.empty() ? " " : "; ", r.disk_blocks, r.disk_block_records, r.disk_records_by_encoding[0],
+                         r.disk_records_by_encoding[1], r.disk_data_bytes, r.disk_zero_ranges, r.disk_zero_blocks);
+    }
     s += fmt::format("other: {} device states, {} heartbeats, {} verification slices, {} unknown optional records skipped\n",
                      r.device_states, r.heartbeats, r.verify_slices, r.optional_records);
     if (r.torn_epoch)
@@ -714,6 +861,10 @@ std::string format_report(const StreamReport& r) {
                          "a torn tail, not an error\n",
                          *r.torn_epoch, r.torn_checkpoint_offset, r.torn_checkpoint_records,
                          r.torn_record ? fmt::format(", in the middle of the record at offset {}", *r.torn_record) : "");
+    else if (r.ends_before_disks)
+        s += fmt::format("tail: the capture ends after the header, before the DISKS record of its {} disks; a torn tail, not an "
+                         "error\n",
+                         r.disks);
     else if (r.torn_record)
         s += fmt::format("tail: the capture ends in the middle of the record at offset {}, between checkpoints; "
                          "a torn tail, not an error\n",
@@ -722,7 +873,8 @@ std::string format_report(const StreamReport& r) {
         s += fmt::format("result: INVALID at offset {} (record at offset {}): {}\n", r.violation->offset,
                          r.violation->record_offset, r.violation->message);
     else
-        s += "result: valid (structure only: LZ4 payloads and page checks are not verified, the verifier holds no guest memory)\n";
+        s += "result: valid (structure only: LZ4 payloads, page and disk block checks are not verified, the verifier holds no "
+             "guest memory)\n";
     return s;
 }
 

@@ -5,8 +5,8 @@
 // PageDecoder) or the primary's writer, so a bug in either shows up here as a violation.
 //
 // It checks structure only: it holds no guest memory, so it neither decompresses LZ4
-// payloads nor verifies page checks (SAME and XOR_LZ4 pages refer to content it does
-// not have). Input is read record by record; a capture of any size needs at most one
+// payloads nor verifies page or disk block checks (SAME and XOR_LZ4 pages refer to
+// content it does not have). Input is read record by record; a capture of any size needs at most one
 // record (64 MiB) in memory.
 #pragma once
 
@@ -15,6 +15,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "common/error.hpp"
 
@@ -33,6 +34,8 @@ struct StreamReport {
     uint64_t memory_bytes = 0;
     uint32_t vcpus = 0;
     uint64_t session_id = 0;
+    uint32_t disks = 0;                 // the header's disk count
+    std::vector<uint64_t> disk_sizes;   // bytes, from the DISKS record
 
     uint64_t bytes = 0;   // bytes examined: up to the violation, or the whole input
     uint64_t records = 0; // whole records read (the header is not one)
@@ -43,6 +46,12 @@ struct StreamReport {
     uint64_t pages = 0;
     std::array<uint64_t, 5> pages_by_encoding{}; // ZERO, SAME, XOR_LZ4, LZ4, RAW
     uint64_t payload_bytes = 0;                  // page payload bytes, encoded
+    uint64_t disk_block_records = 0;             // DISK_BLOCKS records
+    std::array<uint64_t, 2> disk_records_by_encoding{}; // of them: raw, LZ4
+    uint64_t disk_blocks = 0;                    // 4 KiB blocks they carry
+    uint64_t disk_data_bytes = 0;                // their data bytes, encoded
+    uint64_t disk_zero_ranges = 0;               // DISK_ZERO records
+    uint64_t disk_zero_blocks = 0;               // blocks they cover
     uint64_t device_states = 0;
     uint64_t heartbeats = 0;
     uint64_t verify_slices = 0;    // VERIFY records (online verification)
@@ -53,6 +62,7 @@ struct StreamReport {
     uint64_t torn_checkpoint_offset = 0;   // where its CHECKPOINT_BEGIN starts
     uint64_t torn_checkpoint_records = 0;  // records of it that arrived, BEGIN included
     std::optional<uint64_t> torn_record;   // offset of an incomplete last record
+    bool ends_before_disks = false;        // the header announces disks; nothing follows it
 
     std::optional<StreamViolation> violation; // the first one; checking stops there
 

@@ -11,7 +11,7 @@ constexpr char kMagic[8] = {'U', 'S', 'R', 'E', 'P', 'L', '\r', '\n'};
 }
 
 StreamHeader make_stream_header(uint64_t memory_bytes, uint32_t vcpus, uint64_t layout_digest, uint64_t config_digest,
-                                uint64_t session_id, uint32_t flags) {
+                                uint64_t session_id, uint32_t flags, uint32_t disks) {
     StreamHeader h{};
     std::memcpy(h.magic, kMagic, 8);
     h.version = kWireVersion;
@@ -22,6 +22,7 @@ StreamHeader make_stream_header(uint64_t memory_bytes, uint32_t vcpus, uint64_t 
     h.layout_digest = layout_digest;
     h.session_id = session_id;
     h.config_digest = config_digest;
+    h.disks = disks;
     return h;
 }
 
@@ -30,10 +31,11 @@ Result<void> check_stream_header(const StreamHeader& h) {
     if (std::memcmp(h.magic, kMagic, 8) != 0) return bad("bad magic; the peer is not an Understudy primary");
     if (h.version != kWireVersion)
         return bad("format version " + std::to_string(h.version) + " is not supported (this build speaks " +
-                   std::to_string(kWireVersion) + ")");
+                   std::to_string(kWireVersion) + "; run the same Understudy release on both hosts)");
     if (h.page_size != 4096) return bad("page size " + std::to_string(h.page_size) + " is not supported");
     if (h.flags & ~kStreamFlagControl) return bad("unknown flags " + std::to_string(h.flags & ~kStreamFlagControl));
     if (h.reserved != 0) return bad("the reserved field is not zero");
+    if (h.disks > kMaxDisks) return bad(std::to_string(h.disks) + " disks; at most " + std::to_string(kMaxDisks) + " are allowed");
     return {};
 }
 
@@ -54,6 +56,9 @@ const char* record_type_name(uint32_t type) {
     case kHandoverAccept: return "HANDOVER_ACCEPT";
     case kVerify: return "VERIFY";
     case kVerifyResult: return "VERIFY_RESULT";
+    case kDisks: return "DISKS";
+    case kDiskBlocks: return "DISK_BLOCKS";
+    case kDiskZero: return "DISK_ZERO";
     }
     return "unknown";
 }

@@ -1,4 +1,4 @@
-// The replication stream, version 1 (docs/wire-format.md): a fixed stream header from
+// The replication stream, version 2 (docs/wire-format.md): a fixed stream header from
 // the primary, then framed records (common/records.hpp) in both directions.
 #pragma once
 
@@ -12,7 +12,7 @@
 
 namespace understudy::replicator {
 
-inline constexpr uint32_t kWireVersion = 1;
+inline constexpr uint32_t kWireVersion = 2;
 
 struct StreamHeader {
     char magic[8];          // 0: "USREPL\r\n"
@@ -24,15 +24,18 @@ struct StreamHeader {
     uint64_t layout_digest; // 32: XXH3-64 of the RAM regions' (gpa, size) pairs
     uint64_t session_id;    // 40: random per connection; also seeds the page hashes
     uint64_t config_digest; // 48: the VM's configuration (hv::Vm::config_digest)
-    uint64_t reserved;      // 56: 0
+    uint32_t disks;         // 56: disks replicated with memory; a DISKS record follows when non-zero
+    uint32_t reserved;      // 60: 0
 };
 static_assert(std::is_standard_layout_v<StreamHeader> && sizeof(StreamHeader) == 64);
 
 // A control connection carrying heartbeats follows the ACCEPT (replicator/control_link.hpp).
 inline constexpr uint32_t kStreamFlagControl = 1;
+// Disks a stream may carry.
+inline constexpr uint32_t kMaxDisks = 16;
 
 StreamHeader make_stream_header(uint64_t memory_bytes, uint32_t vcpus, uint64_t layout_digest, uint64_t config_digest,
-                                uint64_t session_id, uint32_t flags = 0);
+                                uint64_t session_id, uint32_t flags = 0, uint32_t disks = 0);
 // Checks magic, version, page size, flags and reserved fields (not the VM's shape).
 Result<void> check_stream_header(const StreamHeader& h);
 
@@ -56,6 +59,10 @@ enum RecordType : uint32_t {
     // Online verification, checkpoint stream, between checkpoints (replicator/verification.hpp).
     kVerify = kRecordOptional | 14,       // primary: digests of the VM at the checkpoint just ended
     kVerifyResult = kRecordOptional | 15, // backup: the same digests over its replica, compared
+    // Disks (replicator/disk_records.hpp).
+    kDisks = 16,      // primary, right after the stream header: each disk's size and flags
+    kDiskBlocks = 17, // primary: u64 epoch, then one batch of a disk's 4 KiB blocks
+    kDiskZero = 18,   // primary, initial checkpoint: u64 epoch, a range of a disk's blocks that reads as zeros
 };
 
 inline constexpr uint32_t kCheckpointInitial = 1; // CHECKPOINT_BEGIN flag: carries the initial synchronization

@@ -69,6 +69,16 @@ TEST_CASE("bad stream headers are refused with a clear error", "[stream]") {
     h.version = 7;
     CHECK_THAT(r->begin_session(h).error().message, Catch::Contains("version 7"));
     h = b.header();
+    REQUIRE(h.version == 2);
+    h.version = 1; // before disks: its u64 reserved field at 56 is now disks and a reserved u32
+    CHECK_THAT(r->begin_session(h).error().message, Catch::Contains("format version 1 is not supported (this build speaks 2"));
+    h = b.header();
+    h.reserved = 1;
+    CHECK_THAT(r->begin_session(h).error().message, Catch::Contains("reserved field is not zero"));
+    h = b.header();
+    h.disks = 17;
+    CHECK_THAT(r->begin_session(h).error().message, Catch::Contains("17 disks; at most 16"));
+    h = b.header();
     h.memory_bytes = 2 * kMem;
     CHECK_THAT(r->begin_session(h).error().message, Catch::Contains("MiB of memory"));
     CHECK_THAT(r->begin_session(b.header(2)).error().message, Catch::Contains("vCPUs"));

@@ -1,5 +1,6 @@
-// The independent stream verifier: a valid hand-built stream passes; each kind of
-// violation is found with its message and byte offset; a torn tail is reported as such.
+// The independent stream verifier (wire format version 2): a valid hand-built stream
+// passes; each kind of violation is found with its message and byte offset; a torn tail
+// is reported as such.
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include "common/records.hpp"
 #include "hv/snapshot.hpp"
 #include "hv/vcpu_state.hpp"
+#include "replicator/disk_records.hpp"
 #include "replicator/page_codec.hpp"
 #include "replicator/stream_verifier.hpp"
 #include "replicator/verification.hpp"
@@ -39,10 +41,12 @@ struct Page {
     uint32_t length; // payload bytes
 };
 
-StreamHeader header(uint64_t session = 7) {
+StreamHeader header(uint64_t session = 7, uint32_t disks = 0) {
     auto mem = hv::GuestMemory::create(kMem);
     REQUIRE(mem);
-    return make_stream_header(kMem, kVcpus, hv::memory_layout_digest(*mem), 0x1234, session);
+    auto h = make_stream_header(kMem, kVcpus, hv::memory_layout_digest(*mem), 0x1234, session, 0, disks);
+    REQUIRE(h.version == 2);
+    return h;
 }
 
 // u64 epoch, then a page batch built byte by byte from the README's layout.
@@ -144,10 +148,12 @@ struct Stream {
     std::vector<std::vector<uint64_t>> offsets;
 };
 
-Stream serialize(const StreamHeader& h, const std::vector<Checkpoint>& cps) {
+// `first`: records between the header and the first checkpoint (the DISKS record).
+Stream serialize(const StreamHeader& h, const std::vector<Checkpoint>& cps, const std::vector<Rec>& first = {}) {
     Stream s;
     auto* hp = reinterpret_cast<const uint8_t*>(&h);
     s.bytes.assign(hp, hp + sizeof h);
+    for (const auto& r : first) append_record(s.bytes, r.type, r.body);
     for (const auto& cp : cps) {
         s.offsets.emplace_back();
         for (const auto& r : cp) {
@@ -312,6 +318,10 @@ TEST_CASE("bad stream headers", "[verifier]") {
         h.version = 7;
         expect_violation(verify_stream(serialize(h, cps).bytes), 8, "format version 7");
     }
+    SECTION("version 1 (before disks)") {
+        h.version = 1;
+        expect_violation(verify_stream(serialize(h, cps).bytes), 8, "format version 1 (this verifier speaks version 2)");
+    }
     SECTION("wrong page size") {
         h.page_size = 8192;
         expect_violation(verify_stream(serialize(h, cps).bytes), 12, "page size 8192");
@@ -329,8 +339,12 @@ TEST_CASE("bad stream headers", "[verifier]") {
         expect_violation(verify_stream(serialize(h, cps).bytes), 32, "layout digest");
     }
     SECTION("reserved") {
-        h.reserved = 1ull << 8;
-        expect_violation(verify_stream(serialize(h, cps).bytes), 57, "reserved byte 57");
+        h.reserved = 1u << 8;
+        expect_violation(verify_stream(serialize(h, cps).bytes), 61, "reserved byte 61");
+    }
+    SECTION("more than 16 disks") {
+        h.disks = 17;
+        expect_violation(verify_stream(serialize(h, cps).bytes), 56, "17 disks (at most 16)");
     }
     SECTION("a stream shorter than its header") {
         auto b = serialize(h, cps).bytes;
@@ -637,4 +651,271 @@ TEST_CASE("a file is read in chunks, record by record", "[verifier]") {
     CHECK(from_file->torn_epoch == 5u);
     CHECK(from_file->bytes == s.bytes.size());
     CHECK(!verify_stream_file("/nonexistent/capture"));
+}
+
+namespace {
+// Two disks: 64 KiB (16 blocks) and 10752 bytes (3 blocks, the last one partial).
+constexpr uint64_t kDisk0 = 64 * 1024, kDisk1 = 10752;
+constexpr uint32_t kDiskCount = 2;
+
+std::vector<uint8_t> disks_body(const std::vector<uint64_t>& sizes) {
+    std::vector<uint8_t> b;
+    Encoder e(b);
+    for (size_t i = 0; i < sizes.size(); ++i) {
+        e.u64(sizes[i]);
+        e.u32(i == 1 ? 1 : 0); // disk 1 is read-only
+        e.u32(0);
+    }
+    return b;
+}
+Rec disks_rec() { return {kDisks, disks_body({kDisk0, kDisk1})}; }
+
+// u64 epoch, then DISK_BLOCKS byte by byte from docs/wire-format.md ("Disks"): raw data
+// of count x 4096 bytes, or `lz4_bytes` standing for LZ4 data (not decompressed).
+std::vector<uint8_t> blocks_body(uint64_t epoch, uint32_t disk, const std::vector<uint64_t>& blocks, uint32_t encoding = 0,
+                                 uint32_t lz4_bytes = 100) {
+    std::vector<uint8_t> b;
+    Encoder e(b);
+    e.u64(epoch);
+    e.u32(disk);
+    e.u32(static_cast<uint32_t>(blocks.size()));
+    e.u32(encoding);
+    const uint32_t data = encoding == 0 ? static_cast<uint32_t>(blocks.size() * 4096) : lz4_bytes;
+    e.u32(data);
+    e.u64(0x5555); // the check: not verified (needs the raw data)
+    for (uint64_t i : blocks) e.u64(i);
+    b.insert(b.end(), data, 0x3C);
+    return b;
+}
+
+std::vector<uint8_t> zero_body(uint64_t epoch, uint32_t disk, uint64_t first, uint64_t blocks) {
+    std::vector<uint8_t> b;
+    Encoder e(b);
+    e.u64(epoch);
+    e.u32(disk);
+    e.u32(0);
+    e.u64(first);
+    e.u64(blocks);
+    return b;
+}
+
+// Inserts records into a checkpoint before record `at` and reseals it.
+void insert(Checkpoint& cp, size_t at, std::vector<Rec> recs) {
+    cp.insert(cp.begin() + static_cast<long>(at), recs.begin(), recs.end());
+    reseal(cp);
+}
+
+// The valid checkpoints with disk records: the initial one carries zero ranges and blocks
+// interleaved with pages (a pre-copy round resends a block), the second blocks of both disks.
+std::vector<Checkpoint> disk_checkpoints() {
+    auto cps = valid_checkpoints();
+    insert(cps[0], kPagesAt + 1,
+           {{kDiskZero, zero_body(1, 0, 0, 4)},
+            {kDiskZero, zero_body(1, 0, 6, 9)},
+            {kDiskBlocks, blocks_body(1, 0, {4, 5, 15})},
+            {kDiskZero, zero_body(1, 1, 0, 1)},
+            {kDiskBlocks, blocks_body(1, 1, {1, 2}, 1)},
+            {kPages, pages_body(1, {{3, 0, 0}})},
+            {kDiskBlocks, blocks_body(1, 0, {4})}});
+    insert(cps[1], kPagesAt + 1, {{kDiskBlocks, blocks_body(2, 1, {0, 2})}, {kDiskBlocks, blocks_body(2, 0, {3}, 1)}});
+    return cps;
+}
+
+Stream disk_stream(const std::vector<Checkpoint>& cps) { return serialize(header(7, kDiskCount), cps, {disks_rec()}); }
+} // namespace
+
+TEST_CASE("a valid stream with disks passes, with its figures", "[verifier][disks]") {
+    auto s = disk_stream(disk_checkpoints());
+    auto r = verify_stream(s.bytes);
+    INFO(format_report(r));
+    REQUIRE(r.valid());
+    CHECK(r.checkpoints == 3);
+    CHECK(r.disks == 2);
+    CHECK(r.disk_sizes == std::vector<uint64_t>{kDisk0, kDisk1});
+    CHECK(r.disk_block_records == 5);
+    CHECK(r.disk_records_by_encoding == std::array<uint64_t, 2>{3, 2});
+    CHECK(r.disk_blocks == 3 + 2 + 1 + 2 + 1);
+    CHECK(r.disk_data_bytes == 6 * 4096 + 2 * 100);
+    CHECK(r.disk_zero_ranges == 3);
+    CHECK(r.disk_zero_blocks == 4 + 9 + 1);
+    CHECK(r.pages == 10);
+    CHECK(r.bytes == s.bytes.size());
+    auto text = format_report(r);
+    CHECK_THAT(text, Catch::Contains("2 disks"));
+    CHECK_THAT(text, Catch::Contains("disks: 65536 bytes, 10752 bytes; 9 blocks in 5 batches (raw 3, LZ4 2)"));
+
+    SECTION("a capture that ends after the header is torn before its DISKS record") {
+        s.bytes.resize(64);
+        auto t = verify_stream(s.bytes);
+        CHECK(t.valid());
+        CHECK(t.ends_before_disks);
+        CHECK_THAT(format_report(t), Catch::Contains("before the DISKS record of its 2 disks"));
+    }
+    SECTION("without disks, a stream has no disk line") {
+        CHECK_THAT(format_report(verify_stream(serialize(valid_checkpoints()).bytes)), !Catch::Contains("disks:"));
+    }
+}
+
+TEST_CASE("the writer's own disk records pass", "[verifier][disks]") {
+    // Records from the real encoders (LZ4 when it pays, raw otherwise) must agree with
+    // the verifier's reading of docs/wire-format.md.
+    std::vector<DiskInfo> info{{kDisk0, false}, {kDisk1, true}};
+    auto cps = valid_checkpoints();
+    std::vector<uint8_t> lz4_state, data(3 * 4096);
+    std::mt19937 noise(3);
+    for (auto& c : data) c = static_cast<uint8_t>(noise());
+    std::vector<uint8_t> zero, incompressible, compressible;
+    Encoder(zero).u64(1);
+    encode_disk_zero({0, 0, 8}, zero);
+    Encoder(incompressible).u64(1);
+    encode_disk_blocks(0, std::vector<uint64_t>{8, 9, 12}, data, 7, lz4_state, incompressible);
+    Encoder(compressible).u64(2);
+    encode_disk_blocks(1, std::vector<uint64_t>{0, 1, 2}, std::vector<uint8_t>(3 * 4096, 0x11), 7, lz4_state, compressible);
+    insert(cps[0], kPagesAt + 1, {{kDiskZero, zero}, {kDiskBlocks, incompressible}});
+    insert(cps[1], kPagesAt + 1, {{kDiskBlocks, compressible}});
+    auto r = verify_stream(serialize(header(7, kDiskCount), cps, {{kDisks, encode_disks(info)}}).bytes);
+    INFO(format_report(r));
+    CHECK(r.valid());
+    CHECK(r.disk_records_by_encoding == std::array<uint64_t, 2>{1, 1});
+    CHECK(r.disk_zero_blocks == 8);
+}
+
+TEST_CASE("the DISKS record comes right after the header, when the header announces disks", "[verifier][disks]") {
+    SECTION("missing") {
+        auto s = serialize(header(7, kDiskCount), disk_checkpoints());
+        expect_violation(verify_stream(s.bytes), 64, "CHECKPOINT_BEGIN record at offset 64 where the DISKS record belongs");
+    }
+    SECTION("after a heartbeat") {
+        auto s = serialize(header(7, kDiskCount), disk_checkpoints(), {{kHeartbeat, encode_u64s({1, 2})}, disks_rec()});
+        expect_violation(verify_stream(s.bytes), 64, "HEARTBEAT record at offset 64 where the DISKS record belongs");
+    }
+    SECTION("with a header that announces no disks") {
+        auto s = serialize(header(), valid_checkpoints(), {disks_rec()});
+        expect_violation(verify_stream(s.bytes), 64, "DISKS record at offset 64, but the header announces no disks");
+    }
+    SECTION("twice") {
+        auto cps = disk_checkpoints();
+        cps[0].push_back(disks_rec()); // between checkpoints
+        auto s = disk_stream(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[0].back(), "a second DISKS record");
+    }
+    SECTION("a body for another number of disks") {
+        auto s = serialize(header(7, 3), disk_checkpoints(), {disks_rec()});
+        expect_violation(verify_stream(s.bytes), 64, "DISKS body has 32 bytes; 3 disks need 48");
+    }
+    SECTION("a size that is not a multiple of 512") {
+        auto s = serialize(header(7, kDiskCount), disk_checkpoints(), {{kDisks, disks_body({kDisk0, 1000})}});
+        expect_violation(verify_stream(s.bytes), 64 + 16 + 16, "disk 1 has 1000 bytes, not a positive multiple of 512");
+    }
+    SECTION("unknown flags") {
+        auto b = disks_body({kDisk0, kDisk1});
+        put<uint32_t>(b, 8, 2);
+        auto s = serialize(header(7, kDiskCount), disk_checkpoints(), {{kDisks, b}});
+        expect_violation(verify_stream(s.bytes), 64 + 16 + 8, "disk 0 has unknown flags 0x2");
+    }
+}
+
+TEST_CASE("disk blocks and zero ranges", "[verifier][disks]") {
+    auto cps = disk_checkpoints();
+    constexpr size_t kAt = kPagesAt + 1; // where the test's record goes in checkpoint 2
+    auto in_second = [&](Rec rec) {
+        insert(cps[1], kAt, {std::move(rec)});
+        return disk_stream(cps);
+    };
+    auto rec_at = [&](const Stream& s) { return s.offsets[1][kAt]; };
+    SECTION("indices out of order") {
+        auto s = in_second({kDiskBlocks, blocks_body(2, 0, {7, 9, 8})});
+        expect_violation(verify_stream(s.bytes), rec_at(s) + 16 + 32 + 16, "block indices are not strictly increasing");
+    }
+    SECTION("a block twice in one record") {
+        auto s = in_second({kDiskBlocks, blocks_body(2, 0, {7, 7})});
+        expect_violation(verify_stream(s.bytes), rec_at(s) + 16 + 32 + 8, "not strictly increasing");
+    }
+    SECTION("a disk index beyond DISKS") {
+        auto s = in_second({kDiskBlocks, blocks_body(2, 2, {0})});
+        expect_violation(verify_stream(s.bytes), rec_at(s) + 16 + 8, "disk 2, but the stream has 2 disks");
+    }
+    SECTION("a block beyond its disk") {
+        auto s = in_second({kDiskBlocks, blocks_body(2, 1, {1, 3})});
+        expect_violation(verify_stream(s.bytes), rec_at(s) + 16 + 32 + 8, "block 3 (index 1 of the record) is outside disk 1 (3 blocks)");
+    }
+    SECTION("a block twice in a later checkpoint") {
+        auto s = in_second({kDiskBlocks, blocks_body(2, 1, {2})}); // disk_checkpoints() sends block 2 of disk 1 too
+        auto r = verify_stream(s.bytes);
+        REQUIRE(r.violation);
+        CHECK_THAT(r.violation->message, Catch::Contains("block 2 of disk 1 appears twice in checkpoint 2"));
+        CHECK(r.violation->record_offset == s.offsets[1][kAt + 1]);
+    }
+    SECTION("a count of 0 or over 1024") {
+        auto b = blocks_body(2, 0, {1});
+        put<uint32_t>(b, 12, 1025);
+        auto s = in_second({kDiskBlocks, b});
+        expect_violation(verify_stream(s.bytes), rec_at(s) + 16 + 12, "1025 blocks (1 to 1024)");
+    }
+    SECTION("more indices than the body holds") {
+        auto b = blocks_body(2, 0, {1, 2}, 1, 4);
+        put<uint32_t>(b, 12, 3);
+        auto s = in_second({kDiskBlocks, b});
+        expect_violation(verify_stream(s.bytes), rec_at(s) + 16 + 12, "3 blocks need 24 bytes of indices, 20 remain");
+    }
+    SECTION("an unknown encoding") {
+        auto b = blocks_body(2, 0, {1});
+        put<uint32_t>(b, 16, 2);
+        auto s = in_second({kDiskBlocks, b});
+        expect_violation(verify_stream(s.bytes), rec_at(s) + 16 + 16, "unknown encoding 2");
+    }
+    SECTION("encoded_bytes that is not what follows the indices") {
+        auto b = blocks_body(2, 0, {1}, 1, 100);
+        put<uint32_t>(b, 20, 99);
+        auto s = in_second({kDiskBlocks, b});
+        expect_violation(verify_stream(s.bytes), rec_at(s) + 16 + 20, "encoded_bytes is 99, but 100 bytes follow the indices");
+    }
+    SECTION("raw data of the wrong length") {
+        auto b = blocks_body(2, 0, {1}, 1, 100);
+        put<uint32_t>(b, 16, 0); // raw, but 100 bytes
+        auto s = in_second({kDiskBlocks, b});
+        expect_violation(verify_stream(s.bytes), rec_at(s) + 16 + 20, "raw data of 100 bytes for 1 blocks (must be 4096)");
+    }
+    SECTION("a disk record after the state records") {
+        insert(cps[1], kVmAt + 4, {{kDiskBlocks, blocks_body(2, 0, {1})}}); // after the VM and its device state
+        auto s = disk_stream(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][kVmAt + 4], "DISK_BLOCKS record after the state records of checkpoint 2");
+    }
+    SECTION("a disk record of another epoch") {
+        auto s = in_second({kDiskBlocks, blocks_body(3, 0, {1})});
+        expect_violation(verify_stream(s.bytes), rec_at(s) + 16, "DISK_BLOCKS record of epoch 3 inside checkpoint 2");
+    }
+    SECTION("DISK_ZERO in a checkpoint not flagged initial") {
+        auto s = in_second({kDiskZero, zero_body(2, 0, 0, 1)});
+        expect_violation(verify_stream(s.bytes), rec_at(s), "this checkpoint is not flagged initial");
+    }
+    SECTION("DISK_ZERO after blocks of its disk") {
+        insert(cps[0], kPagesAt + 4, {{kDiskZero, zero_body(1, 0, 15, 1)}}); // after DISK_BLOCKS(disk 0)
+        auto s = disk_stream(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[0][kPagesAt + 4], "after a DISK_BLOCKS of disk 0 in the same checkpoint");
+    }
+    SECTION("DISK_ZERO beyond its disk, empty, or with a reserved word") {
+        insert(cps[0], kPagesAt + 1, {{kDiskZero, zero_body(1, 1, 2, 2)}});
+        auto s = disk_stream(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[0][kPagesAt + 1] + 16 + 16, "blocks 2 + 2 are not inside disk 1 (3 blocks)");
+        cps[0][kPagesAt + 1].body = zero_body(1, 1, 2, 0);
+        reseal(cps[0]);
+        expect_violation(verify_stream(disk_stream(cps).bytes), s.offsets[0][kPagesAt + 1] + 16 + 24, "a range of 0 blocks");
+        put<uint64_t>(cps[0][kPagesAt + 1].body, 24, 1);
+        put<uint32_t>(cps[0][kPagesAt + 1].body, 12, 1);
+        reseal(cps[0]);
+        expect_violation(verify_stream(disk_stream(cps).bytes), s.offsets[0][kPagesAt + 1] + 16 + 12, "reserved u32 is 0x1");
+    }
+    SECTION("disk records without disks") {
+        auto plain = valid_checkpoints();
+        insert(plain[0], kPagesAt + 1, {{kDiskZero, zero_body(1, 0, 0, 1)}});
+        auto s = serialize(plain);
+        expect_violation(verify_stream(s.bytes), s.offsets[0][kPagesAt + 1] + 16 + 8, "disk 0, but the stream has 0 disks");
+    }
+    SECTION("an END that does not count the disk records") {
+        auto& end = cps[1].back().body;
+        put<uint64_t>(end, 8, cps[1].size() - 2 - 2); // without the two DISK_BLOCKS
+        auto s = disk_stream(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1].back() + 16 + 8, "CHECKPOINT_END announces");
+    }
 }

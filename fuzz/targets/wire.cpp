@@ -1,9 +1,12 @@
 // The replication stream as the backup receives it from a primary (docs/wire-format.md):
-// the 64-byte stream header, then framed records. Two readers see the same bytes:
-//  - the backup's path: check_stream_header, BackupReplica::create/begin_session, then
-//    every record that passes the framing rules of Connection::recv_record (length
-//    bound, zero padding, checksum) goes to BackupReplica::feed, exactly as
-//    BackupServer::run_session does, until the first error ends the session;
+// the 64-byte stream header, the DISKS record when the header announces disks, then
+// framed records. Two readers see the same bytes:
+//  - the backup's path: check_stream_header, decode_disks, BackupReplica::create/
+//    begin_session, then every record that passes the framing rules of
+//    Connection::recv_record (length bound, zero padding, checksum) goes to
+//    BackupReplica::feed, exactly as BackupServer::run_session does, until the first
+//    error ends the session. A replica for a stream with disks holds two small disk files
+//    (fuzz::kWireDiskBytes) in a temporary directory made once per process;
 //  - the independent stream verifier (verify_stream), as `understudy verify-stream`.
 // And one cross-check between them: the backup never commits a checkpoint that the
 // verifier, which implements the written spec separately, finds a violation in.
@@ -11,14 +14,20 @@
 // Input: byte 0 = fix-up flags (fuzz_support.hpp), then the stream.
 //   bit 0: recompute record checksums;  bit 1: recompute CHECKPOINT_END's record count
 //   and digest;  bit 2: recompute page checks in PAGES records (against the replica's
-//   committed memory).
+//   committed memory) and the checks of DISK_BLOCKS records.
 // The header's memory size is replaced by 16 MiB (the smallest guest) so that a replica
 // costs milliseconds, not seconds; the fuzzer controls every other byte.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
 
 #include "fuzz/fuzz_support.hpp"
 #include "fuzz/page_fixup.hpp"
 #include "replicator/backup_replica.hpp"
+#include "replicator/disk_records.hpp"
 #include "replicator/stream_verifier.hpp"
 
 using namespace understudy;
@@ -29,22 +38,81 @@ namespace {
 constexpr uint8_t kFixChecksums = 1, kFixEnd = 2, kFixPages = 4;
 
 // A replica that has never committed is as good as new (begin_session drops anything
-// open), so one per vCPU count is kept and rebuilt only after a commit.
-std::unique_ptr<BackupReplica> g_replicas[9];
+// open), so one per vCPU count, without and with disks, is kept and rebuilt only after a
+// commit.
+std::unique_ptr<BackupReplica> g_replicas[2][9];
 
-BackupReplica* replica_for(uint32_t vcpus) {
+// The directory of the disk files, made at the first stream with disks, removed at exit.
+std::string g_disk_dir;
+
+void remove_disk_dir() {
+    std::error_code ec;
+    if (!g_disk_dir.empty()) std::filesystem::remove_all(g_disk_dir, ec);
+}
+
+// The backup's disks for replicas of `vcpus` vCPUs: one set of files per vCPU count, as a
+// DiskReplica locks its files. Null where they cannot be made (no io_uring): such a
+// replica has no disks and refuses streams with disks, which is tested as well.
+std::unique_ptr<DiskReplica> disks_for(uint32_t vcpus) {
+    if (g_disk_dir.empty()) {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "us-fuzz-wire-XXXXXX").string();
+        if (!::mkdtemp(tmpl.data())) return nullptr;
+        g_disk_dir = tmpl;
+        std::atexit(remove_disk_dir);
+    }
+    DiskReplicaConfig cfg;
+    cfg.spill_dir = g_disk_dir;
+    cfg.staging_memory = 8 * 4096; // beyond 8 staged blocks, the spill file
+    for (size_t i = 0; i < std::size(fuzz::kWireDiskBytes); ++i) {
+        std::string path = g_disk_dir + "/vcpus" + std::to_string(vcpus) + "-disk" + std::to_string(i);
+        int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) return nullptr;
+        const bool sized = ::ftruncate(fd, static_cast<off_t>(fuzz::kWireDiskBytes[i])) == 0;
+        ::close(fd);
+        if (!sized) return nullptr;
+        cfg.paths.push_back(path);
+    }
+    auto r = DiskReplica::open(std::move(cfg));
+    return r ? std::move(*r) : nullptr;
+}
+
+BackupReplica* replica_for(uint32_t vcpus, bool with_disks) {
     if (vcpus < 1 || vcpus > 8) {
         auto r = BackupReplica::create(hv::kMinMemory, vcpus); // the refusal path
         if (r) fuzz::fail("wire: BackupReplica::create accepted " + std::to_string(vcpus) + " vCPUs");
         return nullptr;
     }
-    auto& slot = g_replicas[vcpus];
+    auto& slot = g_replicas[with_disks][vcpus];
     if (!slot) {
-        auto r = BackupReplica::create(hv::kMinMemory, vcpus);
+        auto r = BackupReplica::create(hv::kMinMemory, vcpus, with_disks ? disks_for(vcpus) : nullptr);
         if (!r) return nullptr;
         slot = std::move(*r);
     }
     return slot.get();
+}
+
+// The next record at `at` as Connection::recv_record frames it, after `fix` (the body
+// fix-ups) and, with kFixChecksums, its checksum recomputed; nullopt where the backup's
+// connection would end instead (over the length limit, torn, bad padding or checksum).
+template <class Fix>
+std::optional<std::pair<uint32_t, std::span<uint8_t>>> next_record(std::vector<uint8_t>& buf, size_t& at, uint8_t flags, Fix&& fix) {
+    if (buf.size() - at < sizeof(RecordHeader)) return std::nullopt;
+    RecordHeader rh;
+    std::memcpy(&rh, buf.data() + at, sizeof rh);
+    if (rh.length > kMaxRecordLength) return std::nullopt; // recv_record: over the limit
+    size_t body_at = at + sizeof rh, padded = rh.length + fuzz::pad8(rh.length);
+    if (padded > buf.size() - body_at) return std::nullopt; // torn: the peer closed mid-record
+    std::span<uint8_t> body(buf.data() + body_at, rh.length);
+    fix(rh.type, body);
+    if (flags & kFixChecksums) {
+        rh.checksum = checksum64(body);
+        std::memcpy(buf.data() + at, &rh, sizeof rh);
+    }
+    bool zero_pad = true;
+    for (size_t i = rh.length; i < padded; ++i) zero_pad &= buf[body_at + i] == 0;
+    if (!zero_pad || checksum64(body) != rh.checksum) return std::nullopt;
+    at = body_at + padded;
+    return std::pair{rh.type, body};
 }
 
 // Feeds records like BackupServer::run_session; returns the stream offset where the last
@@ -53,45 +121,44 @@ size_t run_backup(std::vector<uint8_t>& buf, uint8_t flags) {
     StreamHeader h;
     std::memcpy(&h, buf.data(), sizeof h);
     if (!check_stream_header(h)) return 0;
-    BackupReplica* replica = replica_for(h.vcpus);
+    size_t at = sizeof h;
+    // With disks, the DISKS record follows the header; the session starts with it.
+    std::vector<DiskInfo> disks;
+    if (h.disks > 0) {
+        auto rec = next_record(buf, at, flags, [](uint32_t, std::span<uint8_t>) {});
+        if (!rec || rec->first != kDisks) return 0;
+        auto decoded = decode_disks(rec->second, h.disks);
+        if (!decoded) return 0;
+        disks = std::move(*decoded);
+    }
+    const bool with_disks = h.disks > 0;
+    BackupReplica* replica = replica_for(h.vcpus, with_disks);
     if (!replica) return 0;
-    if (!replica->begin_session(h)) return 0;
+    if (!replica->begin_session(h, disks)) return 0;
 
     size_t committed_end = 0;
     CheckpointDigest digest; // what the fix-up puts into CHECKPOINT_END
-    size_t at = sizeof h;
-    while (buf.size() - at >= sizeof(RecordHeader)) {
-        RecordHeader rh;
-        std::memcpy(&rh, buf.data() + at, sizeof rh);
-        if (rh.length > kMaxRecordLength) break; // recv_record: over the limit
-        size_t body_at = at + sizeof rh, padded = rh.length + fuzz::pad8(rh.length);
-        if (padded > buf.size() - body_at) break; // torn: the peer closed mid-record
-        std::span<uint8_t> body(buf.data() + body_at, rh.length);
-        if ((flags & kFixPages) && rh.type == kPages && body.size() >= 8)
+    auto fix = [&](uint32_t type, std::span<uint8_t> body) {
+        if ((flags & kFixPages) && type == kPages && body.size() >= 8)
             fuzz::fix_page_checks(body.subspan(8), h.session_id, replica->memory().page_count(),
                                   [&](uint64_t i) { return replica->memory().page_ptr(i); });
-        if ((flags & kFixEnd) && rh.type == kCheckpointEnd && body.size() >= 24) {
+        if ((flags & kFixPages) && type == kDiskBlocks && body.size() >= 8) fuzz::fix_disk_block_check(body.subspan(8), h.session_id);
+        if ((flags & kFixEnd) && type == kCheckpointEnd && body.size() >= 24) {
             uint64_t v[2] = {digest.records(), digest.value()};
             std::memcpy(body.data() + 8, v, sizeof v);
         }
-        if (flags & kFixChecksums) {
-            rh.checksum = checksum64(body);
-            std::memcpy(buf.data() + at, &rh, sizeof rh);
-        }
-        bool zero_pad = true;
-        for (size_t i = rh.length; i < padded; ++i) zero_pad &= buf[body_at + i] == 0;
-        if (!zero_pad || checksum64(body) != rh.checksum) break;
-        at = body_at + padded;
-
+    };
+    while (auto rec = next_record(buf, at, flags, fix)) {
+        auto [type, body] = *rec;
         bool was_open = replica->receiving();
-        auto fed = replica->feed(Record{rh.type, std::vector<uint8_t>(body.begin(), body.end())});
+        auto fed = replica->feed(Record{type, std::vector<uint8_t>(body.begin(), body.end())});
         if (!fed) break; // the backup REJECTs and ends the session
         if (*fed) committed_end = at;
         if (!was_open && replica->receiving()) digest.clear(); // a CHECKPOINT_BEGIN opened one
-        else if (was_open && replica->receiving() && rh.type != kHeartbeat) digest.add(rh.type, body);
+        else if (was_open && replica->receiving() && type != kHeartbeat) digest.add(type, body);
     }
     replica->abort_open_checkpoint(); // as serve_one does when a session ends
-    if (replica->has_committed()) g_replicas[h.vcpus].reset();
+    if (replica->has_committed()) g_replicas[with_disks][h.vcpus].reset();
     return committed_end;
 }
 

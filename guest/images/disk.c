@@ -7,7 +7,8 @@
  *     VBLK_BATCH requests a batch, then flushes;
  *   - reads the region back and checks every word (a mismatch panics with the
  *     sector, the word and both values);
- *   - reports US_REPORT_PROGRESS = p.
+ *   - reports US_REPORT_PROGRESS = p, and with disk.log=1 also prints "disk: pass p
+ *     verified" (the CLI suites follow a guest's progress on its console).
  * Word w of sector s at pass p is (p << 48) | (s << 16) | w: the disk suite
  * computes the same, and pass 0 is what it writes before the guest starts.
  * Exits 0 after the last pass; 3 without a usable disk.
@@ -46,6 +47,7 @@ void guest_main(const struct guest_boot *boot)
         us_panic("disk: disk.sectors=%lu must be a multiple of %u within the disk's %lu\n", sectors,
                  SECTORS_PER_REQ * VBLK_BATCH, vblk_capacity());
     const uint64_t passes = us_cmdline_u64("disk.passes", 0);
+    const int log = us_cmdline_u64("disk.log", 0) != 0;
     us_report(US_REPORT_READY, 0);
     for (uint64_t pass = 1; passes == 0 || pass <= passes; pass++) {
         for (uint64_t first = 0; first < sectors; first += SECTORS_PER_REQ * VBLK_BATCH) {
@@ -72,5 +74,7 @@ void guest_main(const struct guest_boot *boot)
                 }
         }
         us_report(US_REPORT_PROGRESS, pass);
+        if (log)
+            us_printf("disk: pass %lu verified\n", pass);
     }
 }

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "common/codec.hpp"
+#include "common/file_io.hpp"
 #include "common/log.hpp"
 #include "hv/vm.hpp"
 
@@ -78,7 +79,8 @@ Result<std::unique_ptr<VirtioBlk>> VirtioBlk::create(const BlkConfig& cfg) {
 VirtioBlk::VirtioBlk(const BlkConfig& cfg, std::unique_ptr<DiskFile> file)
     : MmioDevice("virtio-blk" + std::to_string(cfg.disk), cfg.index, {QueueSpec{cfg.queue_max, kMaxChainBytes}}),
       queue_max_(cfg.queue_max),
-      serial_(cfg.serial.empty() ? "understudy-disk" + std::to_string(cfg.disk) : cfg.serial), file_(std::move(file)) {}
+      serial_(cfg.serial.empty() ? "understudy-disk" + std::to_string(cfg.disk) : cfg.serial), file_(std::move(file)),
+      written_(disk_blocks(file_->size_bytes())) {}
 
 VirtioBlk::~VirtioBlk() = default;
 
@@ -220,6 +222,9 @@ void VirtioBlk::parse(Request& r) {
 void VirtioBlk::complete(Request& r) {
     if (r.op >= 0) {
         const DiskOp& op = ops_[size_t(r.op)];
+        // Completed, so a harvest from here on finds it (a failed write may have changed some).
+        if (op.kind == DiskOp::Kind::write && op.result != -ECANCELED)
+            for (uint64_t b = op.offset / kDiskBlockBytes; b < disk_blocks(op.offset + op.bytes); ++b) written_.set(b);
         if (!op.ok()) {
             r.status = kBlkStatusIoErr;
             if (log_worthy(stats_.io_errors++))
@@ -265,6 +270,26 @@ void VirtioBlk::resume() {
     if (!std::exchange(rescan_, false) || !can_touch_guest()) return;
     process_queue();
     used_buffers();
+}
+
+// ---- replication (hv/replicated_disk.hpp) ----
+
+void VirtioBlk::harvest_written(Bitmap& out) {
+    std::lock_guard lock(mu_); // a batch in progress completes first
+    auto& ow = out.words();
+    auto& ww = written_.words();
+    for (size_t i = 0; i < ww.size() && i < ow.size(); ++i) ow[i] |= std::exchange(ww[i], 0);
+}
+
+Result<void> VirtioBlk::read_at(uint64_t offset, std::span<uint8_t> out) const {
+    if (auto r = pread_full(file_->fd(), offset, out); !r) return std::move(r.error()).wrap(file_->path());
+    return {};
+}
+
+Result<std::vector<std::pair<uint64_t, uint64_t>>> VirtioBlk::data_extents() const {
+    auto r = understudy::data_extents(file_->fd(), file_->size_bytes());
+    if (!r) return std::move(r.error()).wrap(file_->path());
+    return r;
 }
 
 BlkStats VirtioBlk::stats() const {

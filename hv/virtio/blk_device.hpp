@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "hv/replicated_disk.hpp"
 #include "hv/virtio/disk_file.hpp"
 #include "hv/virtio/mmio_device.hpp"
 
@@ -69,7 +70,7 @@ struct BlkStats {
     bool broken = false;
 };
 
-class VirtioBlk final : public MmioDevice {
+class VirtioBlk final : public MmioDevice, public ReplicatedDisk {
 public:
     static Result<std::unique_ptr<VirtioBlk>> create(const BlkConfig& cfg);
     ~VirtioBlk() override;
@@ -79,7 +80,15 @@ public:
     Result<void> restore(const DeviceState& s) override;
     void suspend() override;
     void resume() override;
-    std::optional<std::string> state_outside() const override { return "the disk " + file_->path(); }
+    ReplicatedDisk* replicated_disk() override { return this; }
+
+    // --- ReplicatedDisk ---
+    const std::string& path() const override { return file_->path(); }
+    uint64_t size_bytes() const override { return file_->size_bytes(); }
+    bool readonly() const override { return file_->readonly(); }
+    void harvest_written(Bitmap& out) override;
+    Result<void> read_at(uint64_t offset, std::span<uint8_t> out) const override;
+    Result<std::vector<std::pair<uint64_t, uint64_t>>> data_extents() const override;
 
     uint64_t capacity_sectors() const { return file_->size_bytes() / kSectorBytes; }
     const DiskFile& file() const { return *file_; }
@@ -112,6 +121,7 @@ private:
     std::vector<Request> batch_; // scratch, reused
     std::vector<DiskOp> ops_;    // scratch, reused
     BlkStats stats_;
+    Bitmap written_; // blocks written since the last harvest_written()
 };
 
 } // namespace understudy::hv::virtio

@@ -47,6 +47,7 @@ public:
     const std::string& path() const { return path_; }
     uint64_t size_bytes() const { return size_; }
     bool readonly() const { return readonly_; }
+    int fd() const { return fd_.get(); }
 
     // Runs every op and waits for all of them, filling each one's result. A flush starts
     // only after every op queued before it completed (IOSQE_IO_DRAIN) and is the host's

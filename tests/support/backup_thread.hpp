@@ -26,9 +26,11 @@ struct BackupThread {
     std::vector<std::string> session_errors;
     std::mutex mu;
 
-    explicit BackupThread(replicator::BackupHooks hooks = {}, bool accept_handover = false) {
+    explicit BackupThread(replicator::BackupHooks hooks = {}, bool accept_handover = false,
+                          replicator::DiskReplicaConfig disks = {}) {
         replicator::BackupConfig cfg;
         cfg.accept_handover = accept_handover;
+        cfg.disks = std::move(disks);
         cfg.heartbeat = {std::chrono::milliseconds(10), scaled(std::chrono::milliseconds(2000))}; // as the suites' primaries: a starved thread on a loaded host must not end the session
         cfg.security = link_security();
         auto s = replicator::BackupServer::listen(*replicator::Endpoint::parse("127.0.0.1:0"), std::move(hooks), cfg);

@@ -1,17 +1,53 @@
 #include "tests/support/fake_vm.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <random>
 
+#include "common/file_io.hpp"
+
 namespace understudy::test {
+
+Result<std::unique_ptr<FakeDisk>> FakeDisk::open(const std::string& path, uint64_t bytes) {
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!fd.valid()) return sys_error("opening " + path);
+    if (::ftruncate(fd.get(), off_t(bytes)) < 0) return sys_error("sizing " + path);
+    return std::unique_ptr<FakeDisk>(new FakeDisk(path, std::move(fd), bytes));
+}
+
+Result<void> FakeDisk::read_at(uint64_t offset, std::span<uint8_t> out) const { return pread_full(fd_.get(), offset, out); }
+
+Result<std::vector<std::pair<uint64_t, uint64_t>>> FakeDisk::data_extents() const {
+    return understudy::data_extents(fd_.get(), size_);
+}
+
+Result<void> FakeDisk::write(uint64_t offset, std::span<const uint8_t> data) {
+    US_TRYV(pwrite_full(fd_.get(), offset, data));
+    written_.set_range(offset / hv::kDiskBlockBytes, hv::disk_blocks(offset + data.size()) - offset / hv::kDiskBlockBytes);
+    return {};
+}
 
 std::unique_ptr<FakeVm> FakeVm::create(FakeVmConfig cfg) {
     auto mem = hv::GuestMemory::create(cfg.memory_bytes);
     if (!mem || cfg.vcpus == 0 || cfg.pages == 0) return nullptr;
-    return std::unique_ptr<FakeVm>(new FakeVm(cfg, std::move(*mem)));
+    std::vector<std::unique_ptr<FakeDisk>> disks;
+    for (const auto& path : cfg.disk_paths) {
+        auto d = FakeDisk::open(path, cfg.disk_bytes);
+        if (!d) return nullptr;
+        disks.push_back(std::move(*d));
+    }
+    return std::unique_ptr<FakeVm>(new FakeVm(cfg, std::move(*mem), std::move(disks)));
 }
 
-FakeVm::FakeVm(FakeVmConfig cfg, hv::GuestMemory mem)
-    : cfg_(cfg), memory_(std::move(mem)), progress_(cfg.vcpus) {}
+FakeVm::FakeVm(FakeVmConfig cfg, hv::GuestMemory mem, std::vector<std::unique_ptr<FakeDisk>> disks)
+    : cfg_(cfg), memory_(std::move(mem)), disks_(std::move(disks)), progress_(cfg.vcpus) {}
+
+std::vector<hv::ReplicatedDisk*> FakeVm::disks() {
+    std::vector<hv::ReplicatedDisk*> out;
+    for (auto& d : disks_) out.push_back(d.get());
+    return out;
+}
 
 FakeVm::~FakeVm() {
     stop_with({hv::VmStopKind::stopped, 0, "stopped by the host"});
@@ -107,6 +143,19 @@ void FakeVm::vcpu_main(unsigned index) {
                                 {reinterpret_cast<const uint8_t*>(stamp), sizeof stamp});
             progress_[index].store(seq);
             writes_.fetch_add(1);
+        }
+        // Runs of 1 to 16 sectors at sector offsets in this vCPU's slice of each disk: they
+        // straddle blocks and cover parts of them, as a guest's writes do.
+        for (auto& disk : disks_) {
+            const uint64_t sectors = disk->size_bytes() / 512 / cfg_.vcpus;
+            for (unsigned k = 0; k < cfg_.disk_writes_per_burst && sectors > 16; ++k) {
+                ++seq;
+                const uint64_t at = (index * sectors + rng() % (sectors - 16)) * 512;
+                std::vector<uint64_t> data((1 + rng() % 16) * 64);
+                for (size_t w = 0; w < data.size(); ++w) data[w] = (uint64_t(index) << 56) ^ (seq << 16) ^ w;
+                (void)disk->write(at, {reinterpret_cast<const uint8_t*>(data.data()), data.size() * 8});
+                progress_[index].store(seq);
+            }
         }
         if (cfg_.pause_between_bursts.count() > 0) std::this_thread::sleep_for(cfg_.pause_between_bursts);
     }

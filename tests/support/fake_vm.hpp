@@ -10,9 +10,11 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "common/unique_fd.hpp"
 #include "hv/checkpointable.hpp"
 
 namespace understudy::test {
@@ -24,6 +26,33 @@ struct FakeVmConfig {
     unsigned writes_per_burst = 16;       // page writes between two looks at the pause flag
     std::chrono::microseconds pause_between_bursts{100};
     bool random_pages = true;             // else a cursor that sweeps the slice
+    // Disk files (made, or grown to disk_bytes, sparse): each burst of each vCPU also
+    // writes this many runs of 512-byte sectors, stamped, into its slice of every disk.
+    std::vector<std::string> disk_paths;
+    uint64_t disk_bytes = 4 * hv::kMiB;
+    unsigned disk_writes_per_burst = 2;
+};
+
+// A disk file that tracks the blocks written to it as hv::virtio::VirtioBlk does.
+class FakeDisk final : public hv::ReplicatedDisk {
+public:
+    static Result<std::unique_ptr<FakeDisk>> open(const std::string& path, uint64_t bytes);
+    const std::string& path() const override { return path_; }
+    uint64_t size_bytes() const override { return size_; }
+    bool readonly() const override { return false; }
+    void harvest_written(Bitmap& out) override { written_.drain_into(out); }
+    Result<void> read_at(uint64_t offset, std::span<uint8_t> out) const override;
+    Result<std::vector<std::pair<uint64_t, uint64_t>>> data_extents() const override;
+    // Writes, then records the blocks (as a completed request would be).
+    Result<void> write(uint64_t offset, std::span<const uint8_t> data);
+
+private:
+    FakeDisk(std::string path, UniqueFd fd, uint64_t size)
+        : path_(std::move(path)), fd_(std::move(fd)), size_(size), written_(hv::disk_blocks(size)) {}
+    std::string path_;
+    UniqueFd fd_;
+    uint64_t size_;
+    AtomicBitmap written_;
 };
 
 class FakeVm final : public hv::Checkpointable {
@@ -37,6 +66,7 @@ public:
     void pause_all() override;
     void resume_all() override;
     bool tracks_dirty() const override { return true; }
+    std::vector<hv::ReplicatedDisk*> disks() override;
     Result<void> harvest_dirty(Bitmap& out) override;
     Result<hv::VmState> save_state() override;
     std::optional<hv::VmStop> stop_reason() const override;
@@ -50,11 +80,12 @@ public:
     bool vmm_write(uint64_t page, uint8_t value);
 
 private:
-    FakeVm(FakeVmConfig cfg, hv::GuestMemory mem);
+    FakeVm(FakeVmConfig cfg, hv::GuestMemory mem, std::vector<std::unique_ptr<FakeDisk>> disks);
     void vcpu_main(unsigned index);
 
     FakeVmConfig cfg_;
     hv::GuestMemory memory_;
+    std::vector<std::unique_ptr<FakeDisk>> disks_;
     std::vector<std::thread> threads_;
     // Each vCPU's progress: the number of writes it made, its "rip" in the saved state.
     std::vector<std::atomic<uint64_t>> progress_;

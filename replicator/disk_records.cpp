@@ -1,0 +1,172 @@
+#include "replicator/disk_records.hpp"
+
+#include <lz4.h>
+#define XXH_STATIC_LINKING_ONLY // XXH3_state_t on the stack
+#include <xxhash.h>
+
+#include <cstring>
+#include <string>
+
+#include "common/codec.hpp"
+
+namespace understudy::replicator {
+
+namespace {
+
+constexpr uint32_t kDiskReadonly = 1;
+constexpr uint32_t kEncodingRaw = 0, kEncodingLz4 = 1;
+constexpr uint64_t kBlock = hv::kDiskBlockBytes;
+
+Error bad(const std::string& what, const std::string& why) { return make_error(Errc::invalid_input, what + ": " + why); }
+
+// XXH3-64, seeded with the session id, over the disk index, the count, the indices and
+// the raw data: a block cannot be moved to another place, disk or session unnoticed.
+uint64_t blocks_check(uint32_t disk, std::span<const uint64_t> blocks, std::span<const uint8_t> data, uint64_t seed) {
+    XXH3_state_t st;
+    XXH3_64bits_reset_withSeed(&st, seed);
+    const uint32_t head[2] = {disk, uint32_t(blocks.size())};
+    XXH3_64bits_update(&st, head, sizeof head);
+    XXH3_64bits_update(&st, blocks.data(), blocks.size_bytes());
+    XXH3_64bits_update(&st, data.data(), data.size());
+    return XXH3_64bits_digest(&st);
+}
+
+Result<const DiskInfo*> disk_of(uint32_t disk, std::span<const DiskInfo> disks, const std::string& what) {
+    if (disk >= disks.size())
+        return bad(what, "disk " + std::to_string(disk) + ", but the stream has " + std::to_string(disks.size()));
+    return &disks[disk];
+}
+
+} // namespace
+
+std::vector<uint8_t> encode_disks(std::span<const DiskInfo> disks) {
+    std::vector<uint8_t> out;
+    Encoder e(out);
+    for (const DiskInfo& d : disks) {
+        e.u64(d.size_bytes);
+        e.u32(d.readonly ? kDiskReadonly : 0);
+        e.u32(0);
+    }
+    return out;
+}
+
+Result<std::vector<DiskInfo>> decode_disks(std::span<const uint8_t> body, uint32_t expected) {
+    const std::string what = "DISKS record";
+    if (body.size() != uint64_t(expected) * 16)
+        return bad(what, std::to_string(body.size()) + " bytes for " + std::to_string(expected) + " disks (16 bytes each)");
+    Decoder d(body, what);
+    std::vector<DiskInfo> out;
+    for (uint32_t i = 0; i < expected; ++i) {
+        DiskInfo info;
+        info.size_bytes = US_TRY(d.u64());
+        const uint32_t flags = US_TRY(d.u32());
+        if (US_TRY(d.u32()) != 0) return bad(what, "disk " + std::to_string(i) + ": the reserved word is not zero");
+        if (flags & ~kDiskReadonly) return bad(what, "disk " + std::to_string(i) + ": unknown flags");
+        if (info.size_bytes == 0 || info.size_bytes % 512)
+            return bad(what, "disk " + std::to_string(i) + " has " + std::to_string(info.size_bytes) +
+                                 " bytes, not a positive multiple of 512");
+        info.readonly = flags & kDiskReadonly;
+        out.push_back(info);
+    }
+    return out;
+}
+
+void encode_disk_blocks(uint32_t disk, std::span<const uint64_t> blocks, std::span<const uint8_t> data, uint64_t seed,
+                        std::vector<uint8_t>& lz4_state, std::vector<uint8_t>& out) {
+    if (lz4_state.size() < size_t(LZ4_sizeofState())) lz4_state.resize(size_t(LZ4_sizeofState()));
+    Encoder e(out);
+    e.u32(disk);
+    e.u32(uint32_t(blocks.size()));
+    const size_t head = out.size();
+    e.u32(kEncodingLz4);
+    e.u32(0); // encoded bytes, below
+    e.u64(blocks_check(disk, blocks, data, seed));
+    e.bytes({reinterpret_cast<const uint8_t*>(blocks.data()), blocks.size_bytes()});
+    const size_t at = out.size();
+    const int bound = LZ4_compressBound(int(data.size()));
+    out.resize(at + size_t(bound));
+    int n = LZ4_compress_fast_extState(lz4_state.data(), reinterpret_cast<const char*>(data.data()),
+                                       reinterpret_cast<char*>(out.data() + at), int(data.size()), bound, 1);
+    uint32_t encoding = kEncodingLz4;
+    if (n <= 0 || size_t(n) >= data.size()) { // incompressible: raw
+        encoding = kEncodingRaw;
+        n = int(data.size());
+        std::memcpy(out.data() + at, data.data(), data.size());
+    }
+    out.resize(at + size_t(n));
+    std::memcpy(out.data() + head, &encoding, 4);
+    const uint32_t encoded = uint32_t(n);
+    std::memcpy(out.data() + head + 4, &encoded, 4);
+}
+
+Result<void> decode_disk_blocks(std::span<const uint8_t> body, uint64_t seed, std::span<const DiskInfo> disks, DiskBlocks& out) {
+    const std::string what = "DISK_BLOCKS record";
+    Decoder d(body, what);
+    out.disk = US_TRY(d.u32());
+    const DiskInfo* info = US_TRY(disk_of(out.disk, disks, what));
+    const uint32_t count = US_TRY(d.u32());
+    const uint32_t encoding = US_TRY(d.u32());
+    const uint32_t encoded = US_TRY(d.u32());
+    const uint64_t check = US_TRY(d.u64());
+    if (count == 0 || count > kMaxDiskBlocksPerRecord)
+        return bad(what, std::to_string(count) + " blocks (1 to " + std::to_string(kMaxDiskBlocksPerRecord) + " allowed)");
+    auto idx = US_TRY(d.bytes(size_t(count) * 8));
+    out.blocks.resize(count);
+    std::memcpy(out.blocks.data(), idx.data(), idx.size());
+    const uint64_t limit = hv::disk_blocks(info->size_bytes);
+    for (uint32_t i = 0; i < count; ++i) {
+        if (out.blocks[i] >= limit)
+            return bad(what, "block " + std::to_string(out.blocks[i]) + " is outside disk " + std::to_string(out.disk) + " (" +
+                                 std::to_string(limit) + " blocks)");
+        if (i > 0 && out.blocks[i] <= out.blocks[i - 1]) return bad(what, "block indices are not strictly increasing");
+    }
+    if (encoded != d.remaining())
+        return bad(what, "announces " + std::to_string(encoded) + " bytes of data, carries " + std::to_string(d.remaining()));
+    auto payload = US_TRY(d.bytes(encoded));
+    const size_t raw = size_t(count) * kBlock;
+    out.data.resize(raw);
+    if (encoding == kEncodingRaw) {
+        if (encoded != raw) return bad(what, "raw data of " + std::to_string(encoded) + " bytes for " + std::to_string(count) + " blocks");
+        std::memcpy(out.data.data(), payload.data(), raw);
+    } else if (encoding == kEncodingLz4) {
+        // Chosen only when smaller: bounds what a peer can make this side decompress.
+        if (encoded == 0 || encoded >= raw)
+            return bad(what, "LZ4 data of " + std::to_string(encoded) + " bytes for " + std::to_string(count) +
+                                 " blocks (it is used only when smaller than the raw " + std::to_string(raw) + ")");
+        const int n = LZ4_decompress_safe(reinterpret_cast<const char*>(payload.data()), reinterpret_cast<char*>(out.data.data()),
+                                          int(encoded), int(raw));
+        if (n != int(raw)) return bad(what, "its LZ4 data does not decode to " + std::to_string(count) + " blocks");
+    } else {
+        return bad(what, "unknown encoding " + std::to_string(encoding));
+    }
+    if (blocks_check(out.disk, out.blocks, out.data, seed) != check) return bad(what, "the blocks fail their check");
+    out.encoded_bytes = encoded;
+    return {};
+}
+
+void encode_disk_zero(const DiskZero& z, std::vector<uint8_t>& out) {
+    Encoder e(out);
+    e.u32(z.disk);
+    e.u32(0);
+    e.u64(z.first_block);
+    e.u64(z.blocks);
+}
+
+Result<DiskZero> decode_disk_zero(std::span<const uint8_t> body, std::span<const DiskInfo> disks) {
+    const std::string what = "DISK_ZERO record";
+    Decoder d(body, what);
+    DiskZero z;
+    z.disk = US_TRY(d.u32());
+    const DiskInfo* info = US_TRY(disk_of(z.disk, disks, what));
+    if (US_TRY(d.u32()) != 0) return bad(what, "the reserved word is not zero");
+    z.first_block = US_TRY(d.u64());
+    z.blocks = US_TRY(d.u64());
+    if (!d.done()) return bad(what, std::to_string(body.size()) + " bytes, expected 24");
+    const uint64_t limit = hv::disk_blocks(info->size_bytes);
+    if (z.blocks == 0 || z.first_block >= limit || z.blocks > limit - z.first_block)
+        return bad(what, "blocks " + std::to_string(z.first_block) + "+" + std::to_string(z.blocks) + " are not inside disk " +
+                             std::to_string(z.disk) + " (" + std::to_string(limit) + " blocks)");
+    return z;
+}
+
+} // namespace understudy::replicator
