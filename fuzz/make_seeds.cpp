@@ -92,6 +92,12 @@ struct StreamBuilder {
         if (!enc.encode(idx, data, b)) die("encoding pages");
         record(kPages, b);
     }
+    void disk_digests(uint64_t epoch, const DiskDigests& d) {
+        std::vector<uint8_t> b;
+        Encoder(b).u64(epoch);
+        encode_disk_digests(d, b);
+        record(kDiskDigests, b);
+    }
     void disk_zero(uint64_t epoch, const DiskZero& z) {
         std::vector<uint8_t> b;
         Encoder(b).u64(epoch);
@@ -130,8 +136,10 @@ struct StreamBuilder {
 };
 
 // A stream of `checkpoints` checkpoints for a 16 MiB guest, each dirtying a few pages;
-// with `disks`, the disks of the wire target (fuzz::kWireDiskBytes): the initial
-// checkpoint carries zero ranges and blocks, the later ones a few blocks each.
+// with `disks`, the disks of the wire target (fuzz::kWireDiskBytes), disk 0 with a
+// consistent identity and disk 1 read-only with none: the initial checkpoint carries the
+// digests of every chunk, then zero ranges and blocks (as the primary sends them for
+// chunks that differ, and then a pre-copy round), the later ones a few blocks each.
 std::vector<uint8_t> make_stream(uint32_t vcpus, int checkpoints, bool extras, uint64_t session, bool disks = false) {
     auto mem = hv::GuestMemory::create(hv::kMinMemory);
     if (!mem) die("guest memory");
@@ -139,6 +147,13 @@ std::vector<uint8_t> make_stream(uint32_t vcpus, int checkpoints, bool extras, u
     std::vector<DiskInfo> info;
     if (disks)
         for (uint64_t bytes : fuzz::kWireDiskBytes) info.push_back({bytes, info.size() == 1});
+    if (disks) {
+        hv::DiskIdentity& id = info[0].identity;
+        for (size_t i = 0; i < id.disk_id.size(); ++i) id.disk_id[i] = uint8_t(0xd0 + i);
+        id.generation = session ^ 0x6e6e6e6e;
+        id.history = {session ^ 0x5e5e5e5e, session ^ 0x4e4e4e4e};
+        id.consistent = true;
+    }
     StreamHeader h = make_stream_header(mem->size(), vcpus, hv::memory_layout_digest(*mem), 0xC0FFEEull, session, 0,
                                         static_cast<uint32_t>(info.size()));
     StreamBuilder sb;
@@ -167,10 +182,16 @@ std::vector<uint8_t> make_stream(uint32_t vcpus, int checkpoints, bool extras, u
         if (disks) {
             for (size_t i = 0; i < blocks.size(); ++i) // compressible, then a random block
                 blocks[i] = i < 3 * 4096 ? uint8_t(i / 512 + cp) : uint8_t(rng());
-            if (cp == 0) { // disk 0: blocks 0-7 are a hole; disk 1: block 0
+            if (cp == 0) { // each disk is one chunk; disk 0: blocks 0-7 and 11-14 are holes; disk 1: block 0
+                for (uint32_t disk = 0; disk < info.size(); ++disk) {
+                    std::vector<uint8_t> chunk(kDiskChunkBytes, 0);
+                    if (disk == 0) std::memcpy(&chunk[8 * 4096], blocks.data(), blocks.size());
+                    sb.disk_digests(epoch, {disk, 0, {chunk_digest(chunk, session)}});
+                }
                 sb.disk_zero(epoch, {0, 0, 8});
                 sb.disk_zero(epoch, {1, 0, 1});
                 sb.disk_blocks(epoch, session, 0, {8, 9, 10, 15}, blocks);
+                sb.disk_zero(epoch, {0, 11, 4}); // after blocks of its disk
                 sb.disk_blocks(epoch, session, 1, {1, 2}, {blocks.data() + 2 * 4096, 2 * 4096});
                 sb.disk_blocks(epoch, session, 0, {9}, {blocks.data(), 4096}); // a pre-copy round sends it again
             } else {
@@ -230,18 +251,27 @@ void check_stream(const std::vector<uint8_t>& s, int want_commits) {
     auto replica = BackupReplica::create(h.memory_bytes, h.vcpus, std::move(files));
     if (!replica || !(*replica)->begin_session(h, disks)) die("replica session");
     int commits = 0;
+    uint64_t answers = 0;
     for (; at < s.size();) {
         RecordHeader rh;
         std::memcpy(&rh, &s[at], sizeof rh);
         Record r{rh.type, std::vector<uint8_t>(s.begin() + at + 16, s.begin() + at + 16 + rh.length)};
         auto fed = (*replica)->feed(r);
         if (!fed) die("replica: " + fed.error().message);
+        // The backup answers each DISK_DIGESTS with a DISK_WANT (BackupServer sends it).
+        if (auto reply = (*replica)->take_reply()) {
+            if (r.type != kDiskDigests || reply->type != kDiskWant || !decode_disk_want(reply->body))
+                die("the replica answered a record other than DISK_DIGESTS, or not with a DISK_WANT");
+            ++answers;
+        }
         commits += fed->has_value();
         at += 16 + rh.length + (8 - rh.length % 8) % 8;
     }
     if (commits != want_commits) die("replica committed " + std::to_string(commits) + " checkpoints");
-    if (h.disks > 0 && (rep.disk_blocks == 0 || rep.disk_zero_ranges == 0 || (*replica)->disk_stats().blocks_applied == 0))
+    if (h.disks > 0 && (rep.disk_blocks == 0 || rep.disk_zero_ranges == 0 || rep.disk_digest_records == 0 ||
+                        (*replica)->disk_stats().blocks_applied == 0))
         die("the stream's disk records did not arrive");
+    if (answers != rep.disk_digest_records) die("the replica answered " + std::to_string(answers) + " of the DISK_DIGESTS records");
     replica->reset(); // closes the disk files
     if (!dir.empty()) fs::remove_all(dir);
 }
@@ -256,7 +286,8 @@ void wire_seeds() {
     // Torn inside the second checkpoint: the first commits, the rest is discarded.
     std::vector<uint8_t> torn(a.begin(), a.begin() + static_cast<long>(a.size() - 100));
     write_seed("wire", "torn-second-checkpoint", with_flags(7, torn));
-    // Two disks (DISKS, DISK_ZERO, DISK_BLOCKS raw and LZ4), as the target's replicas have.
+    // Two disks (DISKS with identities, DISK_DIGESTS, DISK_ZERO, DISK_BLOCKS raw and LZ4), as
+    // the target's replicas have.
     auto d = make_stream(1, 3, false, 0x3333, true);
     check_stream(d, 3);
     write_seed("wire", "disks-three-checkpoints", with_flags(7, d)); // fix-ups on: a mutated record stays honest

@@ -12,6 +12,7 @@
 
 #include "common/bitmap.hpp"
 #include "common/error.hpp"
+#include "hv/disk_identity.hpp"
 
 namespace understudy::hv {
 
@@ -25,6 +26,8 @@ public:
     virtual const std::string& path() const = 0;
     virtual uint64_t size_bytes() const = 0;
     virtual bool readonly() const = 0;
+    // Which disk and generation the file holds (unknown where it could not be recorded).
+    virtual const DiskIdentity& identity() const = 0;
     // Every block written since the previous harvest, ORed into out (disk_blocks() bits).
     // A write counts once it completed, so a block harvested while a write to it was in
     // flight is found again by the next harvest.

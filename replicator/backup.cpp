@@ -245,6 +245,9 @@ Result<void> BackupServer::run_session(Connection& conn, const StreamHeader& h, 
             continue;
         }
         auto committed = replica_->feed(*rec);
+        if (auto reply = replica_->take_reply(); reply && committed)
+            if (auto sent = conn.send_record(reply->type, reply->body); !sent)
+                return std::move(sent.error()).wrap("answering the primary's disk digests");
         if (!committed) {
             std::string why = committed.error().message;
             if (conn.send_record(kReject, {reinterpret_cast<const uint8_t*>(why.data()), why.size()}))

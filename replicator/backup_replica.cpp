@@ -131,7 +131,9 @@ Result<std::optional<uint64_t>> BackupReplica::feed(const Record& r) {
                 return stream_error("checkpoint " + std::to_string(epoch) + " out of order (committed: " +
                                     (has_committed_ ? std::to_string(committed_epoch_) : std::string("none")) + ")");
             abort_open_checkpoint();
-            if (disks_) disks_->begin_checkpoint();
+            // A fresh copy is written as the first checkpoint arrives: from here until that
+            // checkpoint commits, the copy is no whole disk.
+            if (disks_ && initial && !has_committed_) US_TRYV(disks_->begin_sync());
             open_ = true;
             open_epoch_ = epoch;
             open_flags_ = flags;
@@ -154,7 +156,7 @@ Result<std::optional<uint64_t>> BackupReplica::feed(const Record& r) {
 Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
     if (r.type & kRecordOptional) return {};
     if (r.type != kPages && r.type != kVcpuState && r.type != kVmState && r.type != kDeviceState && r.type != kDiskBlocks &&
-        r.type != kDiskZero)
+        r.type != kDiskZero && r.type != kDiskDigests)
         return stream_error("unknown mandatory record type " + std::to_string(r.type));
     uint64_t epoch = US_TRY(d.u64());
     if (epoch != open_epoch_)
@@ -190,7 +192,8 @@ Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
         staged_vm_ = true;
         return {};
     case kDiskBlocks:
-    case kDiskZero: return feed_disk(r, rest);
+    case kDiskZero:
+    case kDiskDigests: return feed_disk(r, rest);
     case kDeviceState:
         if (auto added = hv::add_device_state(staged_state_.devices, US_TRY(hv::decode_device_state(rest))); !added)
             return stream_error(added.error().message + " in one checkpoint");
@@ -203,6 +206,12 @@ Result<void> BackupReplica::feed_open(const Record& r, Decoder& d) {
 // Like pages, a replica that holds no checkpoint takes the first one's blocks straight onto
 // its disks; later checkpoints are staged until their END.
 Result<void> BackupReplica::feed_disk(const Record& r, std::span<const uint8_t> body) {
+    if (r.type == kDiskDigests) {
+        if (!(open_flags_ & kCheckpointInitial)) return stream_error("DISK_DIGESTS outside the initial checkpoint");
+        const DiskDigests digests = US_TRY(decode_disk_digests(body, session_disks_));
+        reply_ = Record{kDiskWant, encode_disk_want(US_TRY(disks_->compare(digests, session_id_)))};
+        return {};
+    }
     if (r.type == kDiskZero) {
         if (!(open_flags_ & kCheckpointInitial)) return stream_error("DISK_ZERO outside the initial checkpoint");
         const DiskZero z = US_TRY(decode_disk_zero(body, session_disks_));
@@ -229,7 +238,15 @@ Result<uint64_t> BackupReplica::commit(Decoder& d) {
     // Everything is verified: apply, disks first. Only their writes can fail, and then the
     // replica is neither checkpoint: it says so, and never promotes.
     if (disks_) {
-        if (auto w = has_committed_ ? disks_->apply_staged() : disks_->sync_if_asked(); !w) {
+        const bool initial = open_flags_ & kCheckpointInitial;
+        auto w = [&]() -> Result<void> {
+            if (has_committed_) {
+                if (initial) US_TRYV(disks_->begin_sync());
+                US_TRYV(disks_->apply_staged());
+            }
+            return initial ? disks_->synced(session_disks_) : disks_->sync_if_asked();
+        }();
+        if (!w) {
             disk_failure_ = "writing checkpoint " + std::to_string(epoch) + " to the backup's disks failed (" +
                             w.error().describe() + "): the disks hold part of it";
             return make_error(Errc::system, *disk_failure_);

@@ -58,6 +58,9 @@ public:
     // never runs on it (DESIGN.md invariant 7).
     std::optional<std::string> known_difference() const;
 
+    // An answer the last record asks for (DISK_WANT to a DISK_DIGESTS), once.
+    std::optional<Record> take_reply() { return std::exchange(reply_, std::nullopt); }
+
     // Drops a checkpoint that was being received (the connection broke).
     void abort_open_checkpoint();
 
@@ -103,6 +106,7 @@ private:
     std::unique_ptr<DiskReplica> disks_;
     std::vector<DiskInfo> session_disks_, committed_disks_;
     DiskBlocks disk_blocks_;              // scratch for one DISK_BLOCKS record
+    std::optional<Record> reply_;
     std::optional<std::string> disk_failure_; // a commit's disk writes failed: the replica is torn
 
     bool has_committed_ = false;

@@ -106,6 +106,13 @@ Result<void> CheckpointWriter::disk_zero(const DiskZero& z) {
     return record(kDiskZero, body_);
 }
 
+Result<void> CheckpointWriter::disk_digests(const DiskDigests& d) {
+    body_.clear();
+    Encoder(body_).u64(epoch_);
+    encode_disk_digests(d, body_);
+    return record(kDiskDigests, body_);
+}
+
 Result<void> CheckpointWriter::state(const hv::VmState& s) {
     for (uint32_t i = 0; i < s.vcpus.size(); ++i) {
         body_.clear();

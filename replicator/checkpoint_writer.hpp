@@ -53,13 +53,15 @@ public:
     Result<void> disk_blocks(uint32_t disk, std::span<const uint64_t> blocks, std::span<const uint8_t> data);
     Result<void> disk_blocks(uint32_t disk, const DiskBlockSet& set);
     Result<void> disk_zero(const DiskZero& z);
+    Result<void> disk_digests(const DiskDigests& d);
+    // Sends what is gathered now (records are otherwise gathered into large sends).
+    Result<void> flush();
     Result<void> state(const hv::VmState& s);
     // Writes END and flushes everything; returns this checkpoint's figures.
     Result<WriterStats> end();
 
 private:
     Result<void> record(uint32_t type, std::span<const uint8_t> body);
-    Result<void> flush();
 
     Connection& conn_;
     PageEncoder& encoder_;

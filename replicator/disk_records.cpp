@@ -13,7 +13,8 @@ namespace understudy::replicator {
 
 namespace {
 
-constexpr uint32_t kDiskReadonly = 1;
+constexpr uint32_t kDiskReadonly = 1, kDiskConsistent = 2;
+constexpr uint64_t kDiskEntryBytes = 16 + 16 + 8 + 8 * hv::kDiskHistory; // 104
 constexpr uint32_t kEncodingRaw = 0, kEncodingLz4 = 1;
 constexpr uint64_t kBlock = hv::kDiskBlockBytes;
 
@@ -44,16 +45,20 @@ std::vector<uint8_t> encode_disks(std::span<const DiskInfo> disks) {
     Encoder e(out);
     for (const DiskInfo& d : disks) {
         e.u64(d.size_bytes);
-        e.u32(d.readonly ? kDiskReadonly : 0);
+        e.u32((d.readonly ? kDiskReadonly : 0) | (d.identity.consistent ? kDiskConsistent : 0));
         e.u32(0);
+        e.raw(d.identity.disk_id.data(), 16);
+        e.u64(d.identity.generation);
+        for (uint64_t h : d.identity.history) e.u64(h);
     }
     return out;
 }
 
 Result<std::vector<DiskInfo>> decode_disks(std::span<const uint8_t> body, uint32_t expected) {
     const std::string what = "DISKS record";
-    if (body.size() != uint64_t(expected) * 16)
-        return bad(what, std::to_string(body.size()) + " bytes for " + std::to_string(expected) + " disks (16 bytes each)");
+    if (body.size() != uint64_t(expected) * kDiskEntryBytes)
+        return bad(what, std::to_string(body.size()) + " bytes for " + std::to_string(expected) + " disks (" +
+                             std::to_string(kDiskEntryBytes) + " bytes each)");
     Decoder d(body, what);
     std::vector<DiskInfo> out;
     for (uint32_t i = 0; i < expected; ++i) {
@@ -61,14 +66,86 @@ Result<std::vector<DiskInfo>> decode_disks(std::span<const uint8_t> body, uint32
         info.size_bytes = US_TRY(d.u64());
         const uint32_t flags = US_TRY(d.u32());
         if (US_TRY(d.u32()) != 0) return bad(what, "disk " + std::to_string(i) + ": the reserved word is not zero");
-        if (flags & ~kDiskReadonly) return bad(what, "disk " + std::to_string(i) + ": unknown flags");
+        if (flags & ~(kDiskReadonly | kDiskConsistent)) return bad(what, "disk " + std::to_string(i) + ": unknown flags");
         if (info.size_bytes == 0 || info.size_bytes % 512)
             return bad(what, "disk " + std::to_string(i) + " has " + std::to_string(info.size_bytes) +
                                  " bytes, not a positive multiple of 512");
         info.readonly = flags & kDiskReadonly;
+        info.identity.consistent = flags & kDiskConsistent;
+        std::memcpy(info.identity.disk_id.data(), US_TRY(d.bytes(16)).data(), 16);
+        info.identity.generation = US_TRY(d.u64());
+        for (auto& h : info.identity.history) h = US_TRY(d.u64());
         out.push_back(info);
     }
     return out;
+}
+
+ChunkDigest chunk_digest(std::span<const uint8_t> chunk, uint64_t seed) {
+    const XXH128_hash_t h = XXH3_128bits_withSeed(chunk.data(), chunk.size(), seed);
+    return {h.low64, h.high64};
+}
+
+void encode_disk_digests(const DiskDigests& d, std::vector<uint8_t>& out) {
+    Encoder e(out);
+    e.u32(d.disk);
+    e.u32(uint32_t(d.digests.size()));
+    e.u64(d.first_chunk);
+    for (const ChunkDigest& c : d.digests) {
+        e.u64(c.lo);
+        e.u64(c.hi);
+    }
+}
+
+Result<DiskDigests> decode_disk_digests(std::span<const uint8_t> body, std::span<const DiskInfo> disks) {
+    const std::string what = "DISK_DIGESTS record";
+    Decoder d(body, what);
+    DiskDigests out;
+    out.disk = US_TRY(d.u32());
+    const DiskInfo* info = US_TRY(disk_of(out.disk, disks, what));
+    const uint32_t count = US_TRY(d.u32());
+    out.first_chunk = US_TRY(d.u64());
+    const uint64_t chunks = disk_chunks(info->size_bytes);
+    if (count == 0 || count > kMaxDigestsPerRecord || out.first_chunk >= chunks || count > chunks - out.first_chunk)
+        return bad(what, "chunks " + std::to_string(out.first_chunk) + "+" + std::to_string(count) + " are not inside disk " +
+                             std::to_string(out.disk) + " (" + std::to_string(chunks) + " chunks, at most " +
+                             std::to_string(kMaxDigestsPerRecord) + " a record)");
+    if (d.remaining() != uint64_t(count) * 16)
+        return bad(what, std::to_string(d.remaining()) + " bytes of digests for " + std::to_string(count) + " chunks");
+    out.digests.resize(count);
+    for (auto& c : out.digests) {
+        c.lo = US_TRY(d.u64());
+        c.hi = US_TRY(d.u64());
+    }
+    return out;
+}
+
+std::vector<uint8_t> encode_disk_want(const DiskWant& w) {
+    std::vector<uint8_t> out;
+    Encoder e(out);
+    e.u32(w.disk);
+    e.u32(uint32_t(w.differs.size()));
+    e.u64(w.first_chunk);
+    std::vector<uint8_t> bits((w.differs.size() + 7) / 8, 0);
+    for (size_t i = 0; i < w.differs.size(); ++i)
+        if (w.differs[i]) bits[i / 8] |= uint8_t(1u << (i % 8));
+    e.bytes(bits);
+    return out;
+}
+
+Result<DiskWant> decode_disk_want(std::span<const uint8_t> body) {
+    const std::string what = "DISK_WANT record";
+    Decoder d(body, what);
+    DiskWant w;
+    w.disk = US_TRY(d.u32());
+    const uint32_t count = US_TRY(d.u32());
+    w.first_chunk = US_TRY(d.u64());
+    if (count == 0 || count > kMaxDigestsPerRecord) return bad(what, std::to_string(count) + " chunks");
+    auto bits = US_TRY(d.bytes((count + 7) / 8));
+    if (!d.done()) return bad(what, "trailing bytes");
+    if (count % 8 && (bits.back() >> (count % 8)) != 0) return bad(what, "bits past the last chunk are set");
+    w.differs.resize(count);
+    for (uint32_t i = 0; i < count; ++i) w.differs[i] = (bits[i / 8] >> (i % 8)) & 1;
+    return w;
 }
 
 void encode_disk_blocks(uint32_t disk, std::span<const uint64_t> blocks, std::span<const uint8_t> data, uint64_t seed,

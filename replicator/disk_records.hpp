@@ -17,6 +17,7 @@ namespace understudy::replicator {
 struct DiskInfo {
     uint64_t size_bytes = 0; // a positive multiple of 512
     bool readonly = false;
+    hv::DiskIdentity identity; // the primary's disk (unknown: all zero)
     bool operator==(const DiskInfo&) const = default;
 };
 std::vector<uint8_t> encode_disks(std::span<const DiskInfo> disks);
@@ -40,6 +41,36 @@ void encode_disk_blocks(uint32_t disk, std::span<const uint64_t> blocks, std::sp
 // Checks everything against `disks` (the index, the block range, the order, the sizes,
 // the check over indices and data) and fills `out`.
 Result<void> decode_disk_blocks(std::span<const uint8_t> body, uint64_t seed, std::span<const DiskInfo> disks, DiskBlocks& out);
+
+// The initial synchronization compares each disk in chunks of this many blocks (256 KiB):
+// the primary sends each chunk's digest, the backup answers which of its chunks differ.
+inline constexpr uint64_t kDiskChunkBlocks = 64;
+inline constexpr uint64_t kDiskChunkBytes = kDiskChunkBlocks * hv::kDiskBlockBytes;
+inline constexpr uint32_t kMaxDigestsPerRecord = 65536;
+inline uint64_t disk_chunks(uint64_t size_bytes) { return (size_bytes + kDiskChunkBytes - 1) / kDiskChunkBytes; }
+// XXH3-128 of one chunk (zero-padded past the disk's end), seeded with the session id.
+struct ChunkDigest {
+    uint64_t lo = 0, hi = 0;
+    bool operator==(const ChunkDigest&) const = default;
+};
+ChunkDigest chunk_digest(std::span<const uint8_t> chunk, uint64_t seed);
+
+struct DiskDigests {
+    uint32_t disk = 0;
+    uint64_t first_chunk = 0;
+    std::vector<ChunkDigest> digests;
+};
+void encode_disk_digests(const DiskDigests& d, std::vector<uint8_t>& out);
+Result<DiskDigests> decode_disk_digests(std::span<const uint8_t> body, std::span<const DiskInfo> disks);
+
+// The backup's answer to one DISK_DIGESTS: which of those chunks differ from its copy.
+struct DiskWant {
+    uint32_t disk = 0;
+    uint64_t first_chunk = 0;
+    std::vector<bool> differs; // one per digest
+};
+std::vector<uint8_t> encode_disk_want(const DiskWant& w);
+Result<DiskWant> decode_disk_want(std::span<const uint8_t> body);
 
 struct DiskZero {
     uint32_t disk = 0;

@@ -28,7 +28,7 @@ Result<std::unique_ptr<DiskReplica>> DiskReplica::open(DiskReplicaConfig cfg) {
         r->files_.push_back(std::move(*f));
     }
     r->dirty_.assign(r->files_.size(), false);
-    r->has_blocks_.assign(r->files_.size(), false);
+    for (const auto& path : r->cfg_.paths) r->identity_.push_back(US_TRY(hv::read_identity(path)));
     return r;
 }
 
@@ -41,12 +41,45 @@ Result<void> DiskReplica::check(std::span<const DiskInfo> primary) const {
             return make_error(Errc::invalid_input, "the primary's disk " + std::to_string(i) + " has " +
                                                        std::to_string(primary[i].size_bytes) + " bytes, this backup's " +
                                                        files_[i]->path() + " " + std::to_string(files_[i]->size_bytes()));
+    for (size_t i = 0; i < files_.size(); ++i)
+        if (auto why = hv::sync_refusal(primary[i].identity, identity_[i], files_[i]->path()))
+            return make_error(Errc::invalid_input, "disk " + std::to_string(i) + ": " + *why);
     return {};
 }
 
-void DiskReplica::begin_checkpoint() {
-    discard_staged();
-    has_blocks_.assign(files_.size(), false);
+Result<DiskWant> DiskReplica::compare(const DiskDigests& d, uint64_t seed) {
+    const auto& f = *files_[d.disk];
+    DiskWant w{d.disk, d.first_chunk, std::vector<bool>(d.digests.size())};
+    std::vector<uint8_t> chunk(kDiskChunkBytes);
+    for (size_t i = 0; i < d.digests.size(); ++i) {
+        if (auto r = pread_full(f.fd(), (d.first_chunk + i) * kDiskChunkBytes, chunk); !r)
+            return std::move(r.error()).wrap("the disk " + f.path());
+        w.differs[i] = chunk_digest(chunk, seed) != d.digests[i];
+    }
+    return w;
+}
+
+Result<void> DiskReplica::begin_sync() {
+    for (size_t i = 0; i < files_.size(); ++i) {
+        if (identity_[i] && !identity_[i]->consistent) continue;
+        hv::DiskIdentity id = identity_[i].value_or(hv::DiskIdentity{});
+        id.consistent = false;
+        US_TRYV(hv::write_identity(files_[i]->path(), id));
+        identity_[i] = id;
+    }
+    return {};
+}
+
+Result<void> DiskReplica::synced(std::span<const DiskInfo> primary) {
+    for (size_t i = 0; i < files_.size(); ++i) {
+        // Durable before the identity says so: a whole disk of that generation.
+        if (::fdatasync(files_[i]->fd()) < 0) return sys_error("fdatasync of the disk " + files_[i]->path());
+        hv::DiskIdentity id = primary[i].identity;
+        id.consistent = true;
+        US_TRYV(hv::write_identity(files_[i]->path(), id));
+        identity_[i] = id;
+    }
+    return {};
 }
 
 void DiskReplica::discard_staged() {
@@ -87,7 +120,6 @@ Result<uint8_t*> DiskReplica::staged_slot(uint32_t disk, uint64_t block, bool re
 }
 
 Result<void> DiskReplica::stage(const DiskBlocks& b, bool repeats) {
-    has_blocks_[b.disk] = true;
     const uint64_t memory_slots = cfg_.staging_memory / kBlock;
     for (size_t i = 0; i < b.blocks.size(); ++i) {
         bool spilled = false;
@@ -105,15 +137,8 @@ Result<void> DiskReplica::stage(const DiskBlocks& b, bool repeats) {
     return {};
 }
 
-Result<void> DiskReplica::check_zero_order(const DiskZero& z) const {
-    if (has_blocks_[z.disk])
-        return make_error(Errc::invalid_input, "replication stream: DISK_ZERO for disk " + std::to_string(z.disk) +
-                                                   " after blocks of that disk in the same checkpoint");
-    return {};
-}
-
 Result<void> DiskReplica::stage(const DiskZero& z) {
-    US_TRYV(check_zero_order(z));
+    slot_.erase(slot_.lower_bound({z.disk, z.first_block}), slot_.lower_bound({z.disk, z.first_block + z.blocks}));
     zeros_.push_back(z);
     return {};
 }
@@ -130,13 +155,11 @@ Result<void> DiskReplica::write_block(uint32_t disk, uint64_t block, const uint8
 }
 
 Result<void> DiskReplica::write(const DiskBlocks& b) {
-    has_blocks_[b.disk] = true;
     for (size_t i = 0; i < b.blocks.size(); ++i) US_TRYV(write_block(b.disk, b.blocks[i], b.data.data() + i * kBlock));
     return {};
 }
 
 Result<void> DiskReplica::write(const DiskZero& z) {
-    US_TRYV(check_zero_order(z));
     const auto& f = *files_[z.disk];
     const uint64_t off = z.first_block * kBlock;
     const uint64_t len = std::min<uint64_t>(z.blocks * kBlock, f.size_bytes() - off);

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,12 +42,21 @@ public:
     static Result<std::unique_ptr<DiskReplica>> open(DiskReplicaConfig cfg);
 
     size_t count() const { return files_.size(); }
-    // Refuses a primary whose disks differ in number or size from these files.
+    // Refuses a primary whose disks differ in number or size from these files, or whose
+    // identity forbids a sync onto them (hv::sync_refusal: another disk, a newer copy).
     Result<void> check(std::span<const DiskInfo> primary) const;
+    // The initial synchronization: which chunks of this copy differ from the primary's
+    // digests (the copy as it is on disk, before this checkpoint's writes).
+    Result<DiskWant> compare(const DiskDigests& d, uint64_t seed);
+    // Before an initial checkpoint writes a copy: marked inconsistent, durably, so that a
+    // copy left half synchronized is never taken for a whole one.
+    Result<void> begin_sync();
+    // Once an initial checkpoint committed: each copy holds the primary's disk.
+    Result<void> synced(std::span<const DiskInfo> primary);
 
-    // Into staging. Only an initial checkpoint (`repeats`) may send a block again, its
-    // later copy replacing the earlier; DISK_ZERO ranges must come before any block of
-    // their disk in the checkpoint.
+    // Into staging, in record order: only an initial checkpoint (`repeats`) may send a
+    // block again, its later copy replacing the earlier; a zero range drops the blocks it
+    // covers that were staged before it.
     Result<void> stage(const DiskBlocks& b, bool repeats);
     Result<void> stage(const DiskZero& z);
     // Straight to the files (the first checkpoint of a replica that holds none).
@@ -56,8 +66,6 @@ public:
     // when asked to, and empties the staging. An error leaves the disks partly written.
     Result<void> apply_staged();
     void discard_staged();
-    // Starts a checkpoint: nothing staged, no block seen.
-    void begin_checkpoint();
     // fdatasync of every disk written since the last sync (when sync_before_ack).
     Result<void> sync_if_asked();
 
@@ -67,14 +75,13 @@ public:
 
 private:
     explicit DiskReplica(DiskReplicaConfig cfg) : cfg_(std::move(cfg)) {}
-    Result<void> check_zero_order(const DiskZero& z) const;
     Result<void> write_block(uint32_t disk, uint64_t block, const uint8_t* data);
     Result<uint8_t*> staged_slot(uint32_t disk, uint64_t block, bool repeats, bool& spilled, uint64_t& slot);
 
     DiskReplicaConfig cfg_;
     std::vector<std::unique_ptr<hv::virtio::DiskFile>> files_;
     std::vector<bool> dirty_;      // written since the last sync
-    std::vector<bool> has_blocks_; // this checkpoint sent blocks of the disk
+    std::vector<std::optional<hv::DiskIdentity>> identity_; // each copy's, as recorded next to it
     std::map<std::pair<uint32_t, uint64_t>, uint64_t> slot_; // (disk, block) -> staging slot
     std::vector<uint8_t> memory_;  // slots [0, memory slots)
     UniqueFd spill_;               // slots beyond, at (slot - memory slots) * 4096

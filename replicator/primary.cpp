@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <random>
+#include <tuple>
 
 #include "common/codec.hpp"
 #include "common/clock.hpp"
@@ -213,7 +214,7 @@ Result<void> Primary::handshake_steps() {
     US_TRYV(conn_->send({&hb, 1}));
     if (!disks_.empty()) {
         std::vector<DiskInfo> info;
-        for (auto* d : disks_) info.push_back({d->size_bytes(), d->readonly()});
+        for (auto* d : disks_) info.push_back({d->size_bytes(), d->readonly(), d->identity()});
         US_TRYV(conn_->send_record(kDisks, encode_disks(info)));
     }
     auto r = US_TRY(conn_->recv_record());
@@ -401,44 +402,12 @@ Result<void> Primary::initial_sync() {
     dirty_.clear_all();
     US_TRYV(vm_.harvest_dirty(dirty_));
     US_TRYV(copy_disk_blocks(nullptr));
-    // Each disk's data, block-aligned; the rest is holes, sent as DISK_ZERO ranges first.
-    std::vector<std::vector<std::pair<uint64_t, uint64_t>>> disk_data(disks_.size());
-    for (size_t i = 0; i < disks_.size(); ++i) {
-        for (auto [b, e] : US_TRY(disks_[i]->data_extents())) {
-            const uint64_t first = b / hv::kDiskBlockBytes, end = hv::disk_blocks(e);
-            auto& runs = disk_data[i];
-            if (!runs.empty() && first <= runs.back().second) runs.back().second = std::max(runs.back().second, end);
-            else runs.emplace_back(first, end);
-            prog.bytes_total += (end - first) * hv::kDiskBlockBytes;
-        }
-    }
+    for (auto* d : disks_) prog.bytes_total += d->size_bytes(); // compared, then sent where it differs
     prog.pages_this_round = n;
     US_TRYV(send_pages([&](auto&& f) {
         for (uint64_t p = 0; p < n; ++p) f(p);
     }));
-    for (size_t i = 0; i < disks_.size(); ++i) {
-        uint64_t at = 0;
-        const uint64_t blocks = hv::disk_blocks(disks_[i]->size_bytes());
-        for (auto [first, end] : disk_data[i]) {
-            if (first > at) US_TRYV(w.disk_zero({uint32_t(i), at, first - at}));
-            at = end;
-        }
-        if (at < blocks) US_TRYV(w.disk_zero({uint32_t(i), at, blocks - at}));
-        for (auto [first, end] : disk_data[i]) {
-            for (uint64_t b = first; b < end; b += kMaxDiskBlocksPerRecord) {
-                const uint64_t count = std::min<uint64_t>(kMaxDiskBlocksPerRecord, end - b);
-                idx.resize(count);
-                for (uint64_t k = 0; k < count; ++k) idx[k] = b + k;
-                buf.resize(count * hv::kDiskBlockBytes);
-                US_TRYV(disks_[i]->read_at(b * hv::kDiskBlockBytes, buf));
-                US_TRYV(w.disk_blocks(uint32_t(i), idx, buf));
-                sent(count); // a block is a page's size
-
-            }
-        }
-    }
-    idx.clear();
-    buf.clear();
+    US_TRYV(sync_disks(w, [&](uint64_t bytes) { sent(bytes / hv::kPageSize); }));
     uint64_t previous = n;
     for (unsigned round = 1; round <= cfg_.max_sync_rounds && !stopping_; ++round) {
         dirty_.clear_all();
@@ -476,6 +445,90 @@ Result<void> Primary::initial_sync() {
     auto ws = US_TRY(w.end());
     record_sent(1, ws);
     return {};
+}
+
+namespace {
+// Whether [begin, end) holds any of the data extents (sorted, disjoint).
+bool has_data(const std::vector<std::pair<uint64_t, uint64_t>>& extents, uint64_t begin, uint64_t end) {
+    auto it = std::upper_bound(extents.begin(), extents.end(), begin, [](uint64_t b, const auto& e) { return b < e.second; });
+    return it != extents.end() && it->first < end;
+}
+} // namespace
+
+// Each disk is compared with the backup's copy chunk by chunk: the primary sends every
+// chunk's digest, the backup answers which of its chunks differ, and only those are sent
+// (a chunk that is a hole here as DISK_ZERO). Digests are taken while the guest runs,
+// after tracking restarted: a chunk written since is sent again by the rounds or the pause.
+Result<void> Primary::sync_disks(CheckpointWriter& w, const std::function<void(uint64_t)>& progress) {
+    std::vector<std::vector<std::pair<uint64_t, uint64_t>>> extents;
+    std::vector<uint8_t> chunk(kDiskChunkBytes, 0);
+    const ChunkDigest zero = chunk_digest(chunk, session_id_);
+    std::deque<std::tuple<uint32_t, uint64_t, size_t>> asked; // (disk, first chunk, count), in order
+    {
+        std::lock_guard lock(mu_);
+        disk_sync_.assign(disks_.size(), {});
+    }
+    for (uint32_t i = 0; i < disks_.size(); ++i) {
+        extents.push_back(US_TRY(disks_[i]->data_extents()));
+        const uint64_t chunks = disk_chunks(disks_[i]->size_bytes());
+        for (uint64_t first = 0; first < chunks; first += kMaxDigestsPerRecord) {
+            DiskDigests d{i, first, std::vector<ChunkDigest>(std::min<uint64_t>(kMaxDigestsPerRecord, chunks - first))};
+            for (size_t k = 0; k < d.digests.size(); ++k) {
+                const uint64_t at = (first + k) * kDiskChunkBytes;
+                if (!has_data(extents[i], at, at + kDiskChunkBytes)) {
+                    d.digests[k] = zero;
+                    continue;
+                }
+                US_TRYV(disks_[i]->read_at(at, chunk));
+                d.digests[k] = chunk_digest(chunk, session_id_);
+            }
+            US_TRYV(w.disk_digests(d));
+            US_TRYV(w.flush()); // the backup compares while this side goes on
+            asked.emplace_back(i, first, d.digests.size());
+            progress(d.digests.size() * kDiskChunkBytes);
+        }
+    }
+    for (; !asked.empty(); asked.pop_front()) {
+        DiskWant want;
+        {
+            std::unique_lock lock(mu_);
+            cv_.wait(lock, [&] { return stopping_ || !disk_wants_.empty(); });
+            if (stopping_) return make_error(Errc::state, "replication stopped during the disks' initial synchronization");
+            want = std::move(disk_wants_.front());
+            disk_wants_.pop_front();
+        }
+        if (std::make_tuple(want.disk, want.first_chunk, want.differs.size()) != asked.front())
+            return make_error(Errc::invalid_input, "the backup's DISK_WANT does not answer the DISK_DIGESTS it follows");
+        auto& ex = extents[want.disk];
+        auto& fig = disk_sync_[want.disk];
+        const uint64_t blocks = hv::disk_blocks(disks_[want.disk]->size_bytes());
+        for (size_t k = 0; k < want.differs.size(); ++k) {
+            ++fig.chunks;
+            if (!want.differs[k]) continue;
+            ++fig.chunks_differing;
+            const uint64_t first_block = (want.first_chunk + k) * kDiskChunkBlocks;
+            const uint64_t count = std::min(kDiskChunkBlocks, blocks - first_block);
+            const uint64_t at = first_block * hv::kDiskBlockBytes;
+            if (!has_data(ex, at, at + kDiskChunkBytes)) {
+                US_TRYV(w.disk_zero({want.disk, first_block, count}));
+                continue;
+            }
+            std::vector<uint64_t> idx(count);
+            for (uint64_t b = 0; b < count; ++b) idx[b] = first_block + b;
+            US_TRYV(disks_[want.disk]->read_at(at, std::span(chunk).first(count * hv::kDiskBlockBytes)));
+            US_TRYV(w.disk_blocks(want.disk, idx, std::span<const uint8_t>(chunk).first(count * hv::kDiskBlockBytes)));
+            fig.bytes_sent += count * hv::kDiskBlockBytes;
+        }
+    }
+    for (uint32_t i = 0; i < disks_.size(); ++i)
+        log::info("replication: disk {}: {} of {} chunks of 256 KiB differed from the backup's copy; {} KiB of blocks sent", i,
+                  disk_sync_[i].chunks_differing, disk_sync_[i].chunks, disk_sync_[i].bytes_sent >> 10);
+    return {};
+}
+
+std::vector<DiskSyncFigures> Primary::disk_sync() const {
+    std::lock_guard lock(mu_);
+    return disk_sync_;
 }
 
 Result<void> Primary::copy_while_running(bool everything) {
@@ -842,6 +895,19 @@ void Primary::receiver_main() {
                 fail(std::move(taken.error()));
                 return;
             }
+            continue;
+        }
+        if (r->type == kDiskWant) {
+            auto want = decode_disk_want(r->body);
+            if (!want) {
+                fail(std::move(want.error()));
+                return;
+            }
+            {
+                std::lock_guard lock(mu_);
+                disk_wants_.push_back(std::move(*want));
+            }
+            cv_.notify_all();
             continue;
         }
         if (r->type == kReject) {

@@ -18,6 +18,7 @@
 #include "replicator/failure_detector.hpp"
 #include "hv/checkpointable.hpp"
 #include "replicator/control_link.hpp"
+#include "replicator/disk_records.hpp"
 #include "replicator/handover_state.hpp"
 #include "replicator/link_security.hpp"
 #include "replicator/page_codec.hpp"
@@ -27,6 +28,7 @@
 namespace understudy::replicator {
 
 struct WriterStats;
+class CheckpointWriter;
 
 struct PrimaryConfig {
     std::chrono::microseconds epoch{25000}; // 1 ms .. 10 s
@@ -79,6 +81,13 @@ struct EpochFigures {
     uint64_t transmit_ns = 0;
     uint64_t ack_ns = 0; // from resume to ACK
     CodecStats codec;
+};
+
+// What the initial synchronization sent of one disk (Primary::disk_sync()).
+struct DiskSyncFigures {
+    uint64_t chunks = 0;           // of 256 KiB, compared with the backup's copy
+    uint64_t chunks_differing = 0; // sent (as blocks, or as a zero range for a hole)
+    uint64_t bytes_sent = 0;       // block bytes sent for them
 };
 
 struct SyncProgress {
@@ -171,6 +180,8 @@ public:
     // This session's id (the stream header's), which the backup's replica records.
     uint64_t session_id() const { return session_id_; }
     std::vector<EpochFigures> recent_epochs() const;
+    // Per disk, once the initial synchronization compared it.
+    std::vector<DiskSyncFigures> disk_sync() const;
     // Heartbeats on the control connection (all zero without one).
     HeartbeatStats heartbeats() const;
 
@@ -216,6 +227,8 @@ private:
     // Harvests each disk's written blocks and reads them into cp (or, without cp, only
     // restarts the tracking).
     Result<void> copy_disk_blocks(Checkpoint* cp);
+    // The initial synchronization's comparison of the disks with the backup's copies.
+    Result<void> sync_disks(CheckpointWriter& w, const std::function<void(uint64_t bytes)>& progress);
     void fail(Error e);
     // After an unanswered HANDOVER, a failure may be the backup taking over late (it shuts
     // the stream first, then answers): waits for the control connection's verdict. True
@@ -294,6 +307,8 @@ private:
     std::vector<hv::ReplicatedDisk*> disks_; // the VM's, fixed for the session
     std::vector<Bitmap> disk_written_;       // per disk: scratch for a harvest
     std::vector<uint8_t> disk_read_;         // scratch for a run of blocks
+    std::deque<DiskWant> disk_wants_;        // from the receiver; guarded by mu_
+    std::vector<DiskSyncFigures> disk_sync_; // guarded by mu_
     std::vector<int32_t> slot_of_page_; // page index -> slot in the checkpoint being built
     std::unique_ptr<Checkpoint> building_;
     std::vector<std::unique_ptr<Checkpoint>> spare_; // guarded by mu_

@@ -50,13 +50,21 @@ enum : uint32_t {
     tDisks = 16,
     tDiskBlocks = 17,
     tDiskZero = 18,
+    tDiskDigests = 19,
+    tDiskWant = 20,
 };
 
 // docs/wire-format.md, "Disks".
 constexpr uint32_t kMaxDisks = 16;
 constexpr uint64_t kDiskBlock = 4096;
 constexpr uint32_t kMaxDiskBlocks = 1024; // per DISK_BLOCKS record
-constexpr size_t kDiskEntry = 16, kDiskBlocksHead = 32, kDiskZeroBody = 32;
+constexpr uint64_t kDiskChunk = 64 * kDiskBlock; // DISK_DIGESTS compares chunks of 256 KiB
+constexpr uint32_t kMaxDigests = 65536;          // per DISK_DIGESTS record
+constexpr uint32_t kDiskReadonly = 1, kDiskConsistent = 2;
+// DISKS entry: size, flags, reserved, disk_id (16), generation, history (8 x u64).
+constexpr size_t kDiskEntry = 8 + 4 + 4 + 16 + 8 + 8 * 8, kDiskBlocksHead = 32, kDiskZeroBody = 32, kDiskDigestsHead = 24,
+                 kDigestBytes = 16;
+static_assert(kDiskEntry == 104);
 
 constexpr uint32_t kMaxBatchPages = 8192;
 constexpr size_t kBatchHeader = 8, kPageHeader = 24;
@@ -82,6 +90,8 @@ std::string type_name(uint32_t t) {
     case tDisks: return "DISKS";
     case tDiskBlocks: return "DISK_BLOCKS";
     case tDiskZero: return "DISK_ZERO";
+    case tDiskDigests: return "DISK_DIGESTS";
+    case tDiskWant: return "DISK_WANT";
     }
     return fmt::format("type {:#x}", t);
 }
@@ -225,6 +235,7 @@ private:
     bool disks(std::span<const uint8_t> body);
     bool disk_blocks(std::span<const uint8_t> body);
     bool disk_zero(std::span<const uint8_t> body);
+    bool disk_digests(std::span<const uint8_t> body);
     // Walks the tagged fields in body[from..]: {u32 tag; u32 length; bytes; zero padding to
     // 8}. on_field(tag, bytes, offset of the field header within body) returns false on a
     // violation.
@@ -243,6 +254,7 @@ private:
     uint64_t committed_ = 0;
     bool disks_read_ = false;              // the DISKS record (when the header announces disks)
     std::vector<uint64_t> disk_limit_;     // blocks of each disk: ceil(size / 4096)
+    std::vector<uint64_t> disk_chunks_;    // chunks of each disk: ceil(size / 256 KiB)
 
     // The open checkpoint.
     bool open_ = false;
@@ -257,7 +269,6 @@ private:
     bool vm_seen_ = false;
     std::vector<uint64_t> page_seen_; // bitmap over guest pages, this checkpoint
     std::vector<uint64_t> touched_;   // words of page_seen_ to clear at the next BEGIN
-    std::vector<bool> disk_has_blocks_;        // a DISK_BLOCKS of the disk came in this checkpoint
     std::unordered_set<uint64_t> block_seen_;  // (disk << 52 | block), later checkpoints only
 
     // Online verification: the slices of a pass cover guest memory in order, one after
@@ -398,6 +409,7 @@ bool Verifier::record(uint32_t type, std::span<const uint8_t> body) {
     case tAck:
     case tAccept:
     case tReject:
+    case tDiskWant:
         return fail(rec_off_, fmt::format("{} record at offset {}: the backup sends it, the primary's stream must not contain it",
                                           type_name(type), rec_off_));
     case tPages:
@@ -405,7 +417,8 @@ bool Verifier::record(uint32_t type, std::span<const uint8_t> body) {
     case tVm:
     case tDevice:
     case tDiskBlocks:
-    case tDiskZero: break;
+    case tDiskZero:
+    case tDiskDigests: break;
     default:
         return fail(rec_off_, fmt::format("unknown mandatory record type {} ({:#x}) at offset {}", type, type, rec_off_));
     }
@@ -420,9 +433,15 @@ bool Verifier::record(uint32_t type, std::span<const uint8_t> body) {
     case tPages:
     case tDiskBlocks:
     case tDiskZero:
+    case tDiskDigests:
         if (phase_ > 0)
             return fail(rec_off_, fmt::format("{} record after the state records of checkpoint {}{}", name, epoch_, order));
-        return type == tPages ? pages(body) : type == tDiskBlocks ? disk_blocks(body) : disk_zero(body);
+        switch (type) {
+        case tPages: return pages(body);
+        case tDiskBlocks: return disk_blocks(body);
+        case tDiskZero: return disk_zero(body);
+        default: return disk_digests(body);
+        }
     case tVcpu:
         if (phase_ > 1) return fail(rec_off_, fmt::format("VCPU_STATE record after the VM_STATE of checkpoint {}{}", epoch_, order));
         phase_ = 1;
@@ -472,7 +491,6 @@ bool Verifier::begin(std::span<const uint8_t> body) {
     vm_seen_ = false;
     for (uint64_t w : touched_) page_seen_[w] = 0;
     touched_.clear();
-    disk_has_blocks_.assign(disk_limit_.size(), false);
     block_seen_.clear();
     return true;
 }
@@ -618,10 +636,15 @@ bool Verifier::disks(std::span<const uint8_t> body) {
         const uint32_t flags = load<uint32_t>(body.data() + e + 8), zero = load<uint32_t>(body.data() + e + 12);
         if (size == 0 || size % 512 != 0)
             return fail(at(e), fmt::format("DISKS: disk {} has {} bytes, not a positive multiple of 512", i, size));
-        if (flags & ~1u) return fail(at(e + 8), fmt::format("DISKS: disk {} has unknown flags {:#x} (only bit 0, read-only)", i, flags & ~1u));
+        if (flags & ~(kDiskReadonly | kDiskConsistent))
+            return fail(at(e + 8), fmt::format("DISKS: disk {} has unknown flags {:#x} (only bit 0, read-only, and bit 1, "
+                                               "identity consistent)",
+                                               i, flags & ~(kDiskReadonly | kDiskConsistent)));
         if (zero != 0) return fail(at(e + 12), fmt::format("DISKS: disk {}'s reserved u32 is {:#x}, not 0", i, zero));
+        // 16..103: the disk's identity (disk_id, generation, history); any value.
         r_.disk_sizes.push_back(size);
         disk_limit_.push_back(size / kDiskBlock + (size % kDiskBlock != 0));
+        disk_chunks_.push_back(size / kDiskChunk + (size % kDiskChunk != 0));
     }
     return true;
 }
@@ -668,7 +691,6 @@ bool Verifier::disk_blocks(std::span<const uint8_t> body) {
         if (!initial_ && !block_seen_.insert(uint64_t{disk} << 52 | block).second)
             return fail(at(off), ctx + fmt::format(": block {} of disk {} appears twice in checkpoint {}", block, disk, epoch_));
     }
-    disk_has_blocks_[disk] = true;
     ++r_.disk_block_records;
     ++r_.disk_records_by_encoding[encoding];
     r_.disk_blocks += count;
@@ -677,7 +699,8 @@ bool Verifier::disk_blocks(std::span<const uint8_t> body) {
 }
 
 // DISK_ZERO: u64 epoch, u32 disk, u32 0, u64 first_block, u64 blocks; the initial
-// checkpoint only, before any DISK_BLOCKS of its disk in it.
+// checkpoint only, anywhere among its disk records (it drops what earlier records of the
+// checkpoint staged in its range).
 bool Verifier::disk_zero(std::span<const uint8_t> body) {
     const std::string ctx = fmt::format("DISK_ZERO record at offset {} (checkpoint {})", rec_off_, epoch_);
     if (body.size() != kDiskZeroBody)
@@ -694,10 +717,38 @@ bool Verifier::disk_zero(std::span<const uint8_t> body) {
     const uint64_t limit = disk_limit_[disk];
     if (first >= limit || blocks > limit - first)
         return fail(at(16), ctx + fmt::format(": blocks {} + {} are not inside disk {} ({} blocks)", first, blocks, disk, limit));
-    if (disk_has_blocks_[disk])
-        return fail(rec_off_, ctx + fmt::format(": after a DISK_BLOCKS of disk {} in the same checkpoint (zero ranges come first)", disk));
     ++r_.disk_zero_ranges;
     r_.disk_zero_blocks += blocks;
+    return true;
+}
+
+// DISK_DIGESTS: u64 epoch, u32 disk, u32 count, u64 first_chunk, then count 16-byte
+// XXH3-128 digests of 256 KiB chunks; the initial checkpoint only. The digests are not
+// checked (they cover disk content the verifier does not have); the backup answers each
+// record with a DISK_WANT, which travels the other way and is not in a capture.
+bool Verifier::disk_digests(std::span<const uint8_t> body) {
+    const std::string ctx = fmt::format("DISK_DIGESTS record at offset {} (checkpoint {})", rec_off_, epoch_);
+    if (body.size() < kDiskDigestsHead)
+        return fail(rec_off_, ctx + fmt::format(": a body of {} bytes, shorter than its {}-byte head", body.size(), kDiskDigestsHead));
+    if (!initial_)
+        return fail(rec_off_,
+                    ctx + ": DISK_DIGESTS belongs to the initial synchronization only, and this checkpoint is not flagged initial");
+    const uint8_t* p = body.data();
+    const uint32_t disk = load<uint32_t>(p + 8), count = load<uint32_t>(p + 12);
+    const uint64_t first = load<uint64_t>(p + 16);
+    if (disk >= disk_chunks_.size())
+        return fail(at(8), ctx + fmt::format(": disk {}, but the stream has {} disks", disk, disk_chunks_.size()));
+    if (count < 1 || count > kMaxDigests) return fail(at(12), ctx + fmt::format(": {} chunks (1 to {})", count, kMaxDigests));
+    const uint64_t chunks = disk_chunks_[disk];
+    if (first >= chunks || count > chunks - first)
+        return fail(at(16), ctx + fmt::format(": chunks {} + {} are not inside disk {} ({} chunks of 256 KiB)", first, count, disk,
+                                              chunks));
+    const uint64_t want = kDiskDigestsHead + uint64_t{count} * kDigestBytes;
+    if (body.size() != want)
+        return fail(rec_off_, ctx + fmt::format(": a body of {} bytes; {} digests need {} (16 bytes each after the {}-byte head)",
+                                                body.size(), count, want, kDiskDigestsHead));
+    ++r_.disk_digest_records;
+    r_.disk_digest_chunks += count;
     return true;
 }
 
@@ -847,12 +898,14 @@ std::string format_report(const StreamReport& r) {
     s += fmt::format("pages: {} in {} batches:", r.pages, r.page_records);
     for (size_t e = 0; e < r.pages_by_encoding.size(); ++e) s += fmt::format(" {} {}", kEncodingNames[e], r.pages_by_encoding[e]);
     s += fmt::format("; {} payload bytes\n", r.payload_bytes);
-    if (r.disks > 0 || r.disk_block_records > 0 || r.disk_zero_ranges > 0) {
+    if (r.disks > 0 || r.disk_block_records > 0 || r.disk_zero_ranges > 0 || r.disk_digest_records > 0) {
         s += "disks:";
         for (size_t i = 0; i < r.disk_sizes.size(); ++i) s += fmt::format("{} {} bytes", i ? "," : "", r.disk_sizes[i]);
-        s += fmt::format("{}{} blocks in {} batches (raw {}, LZ4 {}), {} data bytes; {} zero ranges of {} blocks\n",
+        s += fmt::format("{}{} blocks in {} batches (raw {}, LZ4 {}), {} data bytes; {} zero ranges of {} blocks; "
+                         "{} digest records comparing {} chunks of 256 KiB\n",
                          r.disk_sizes.empty() ? " " : "; ", r.disk_blocks, r.disk_block_records, r.disk_records_by_encoding[0],
-                         r.disk_records_by_encoding[1], r.disk_data_bytes, r.disk_zero_ranges, r.disk_zero_blocks);
+                         r.disk_records_by_encoding[1], r.disk_data_bytes, r.disk_zero_ranges, r.disk_zero_blocks,
+                         r.disk_digest_records, r.disk_digest_chunks);
     }
     s += fmt::format("other: {} device states, {} heartbeats, {} verification slices, {} unknown optional records skipped\n",
                      r.device_states, r.heartbeats, r.verify_slices, r.optional_records);
@@ -873,8 +926,8 @@ std::string format_report(const StreamReport& r) {
         s += fmt::format("result: INVALID at offset {} (record at offset {}): {}\n", r.violation->offset,
                          r.violation->record_offset, r.violation->message);
     else
-        s += "result: valid (structure only: LZ4 payloads, page and disk block checks are not verified, the verifier holds no "
-             "guest memory)\n";
+        s += "result: valid (structure only: LZ4 payloads, page and disk block checks and chunk digests are not verified, the "
+             "verifier holds no guest memory or disk)\n";
     return s;
 }
 

@@ -4,10 +4,10 @@
 // documents and shares no parsing code with the backup's reader (BackupReplica,
 // PageDecoder) or the primary's writer, so a bug in either shows up here as a violation.
 //
-// It checks structure only: it holds no guest memory, so it neither decompresses LZ4
-// payloads nor verifies page or disk block checks (SAME and XOR_LZ4 pages refer to
-// content it does not have). Input is read record by record; a capture of any size needs at most one
-// record (64 MiB) in memory.
+// It checks structure only: it holds no guest memory or disk, so it neither decompresses
+// LZ4 payloads nor verifies page or disk block checks (SAME and XOR_LZ4 pages refer to
+// content it does not have) or the chunk digests of DISK_DIGESTS. Input is read record by
+// record; a capture of any size needs at most one record (64 MiB) in memory.
 #pragma once
 
 #include <array>
@@ -52,6 +52,8 @@ struct StreamReport {
     uint64_t disk_data_bytes = 0;                // their data bytes, encoded
     uint64_t disk_zero_ranges = 0;               // DISK_ZERO records
     uint64_t disk_zero_blocks = 0;               // blocks they cover
+    uint64_t disk_digest_records = 0;            // DISK_DIGESTS records
+    uint64_t disk_digest_chunks = 0;             // 256 KiB chunks they compare
     uint64_t device_states = 0;
     uint64_t heartbeats = 0;
     uint64_t verify_slices = 0;    // VERIFY records (online verification)

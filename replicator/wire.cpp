@@ -59,6 +59,8 @@ const char* record_type_name(uint32_t type) {
     case kDisks: return "DISKS";
     case kDiskBlocks: return "DISK_BLOCKS";
     case kDiskZero: return "DISK_ZERO";
+    case kDiskDigests: return "DISK_DIGESTS";
+    case kDiskWant: return "DISK_WANT";
     }
     return "unknown";
 }

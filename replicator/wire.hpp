@@ -60,9 +60,11 @@ enum RecordType : uint32_t {
     kVerify = kRecordOptional | 14,       // primary: digests of the VM at the checkpoint just ended
     kVerifyResult = kRecordOptional | 15, // backup: the same digests over its replica, compared
     // Disks (replicator/disk_records.hpp).
-    kDisks = 16,      // primary, right after the stream header: each disk's size and flags
+    kDisks = 16,      // primary, right after the stream header: each disk's size, flags and identity
     kDiskBlocks = 17, // primary: u64 epoch, then one batch of a disk's 4 KiB blocks
     kDiskZero = 18,   // primary, initial checkpoint: u64 epoch, a range of a disk's blocks that reads as zeros
+    kDiskDigests = 19, // primary, initial checkpoint: u64 epoch, digests of a range of a disk's chunks
+    kDiskWant = 20,    // backup, answering each DISK_DIGESTS: which of those chunks differ from its copy
 };
 
 inline constexpr uint32_t kCheckpointInitial = 1; // CHECKPOINT_BEGIN flag: carries the initial synchronization

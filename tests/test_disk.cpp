@@ -288,8 +288,8 @@ TEST_CASE("protected: each committed checkpoint holds the primary's disk at its 
     std::filesystem::remove(backup_path);
 }
 
-TEST_CASE("CLI: a primary process killed during steady writes; the promoted backup's guest verifies every sector",
-          "[disk][kvm]") {
+TEST_CASE("CLI: a primary process killed during steady writes; the promoted backup's guest verifies every sector, "
+          "re-protected onto the old primary's disk", "[disk][kvm]") {
     const std::string primary_path = test::temp_path("cli-primary.img"), backup_path = test::temp_path("cli-backup.img");
     make_disk(primary_path);
     {
@@ -298,14 +298,20 @@ TEST_CASE("CLI: a primary process killed during steady writes; the promoted back
         REQUIRE(::ftruncate(fd, off_t(kSectors * 512)) == 0); // empty: the initial synchronization fills it
         ::close(fd);
     }
-    const std::string blog = test::temp_path("cli-backup.log"), plog = test::temp_path("cli-primary.log");
-    const uint16_t port = test::free_loopback_port();
+    const std::string blog = test::temp_path("cli-backup.log"), plog = test::temp_path("cli-primary.log"),
+                      rlog = test::temp_path("cli-reprotect.log");
+    const uint16_t port = test::free_loopback_port(), port2 = test::free_loopback_port();
     const std::string key = " --link-key " + test::write_link_key_file(test::temp_path("cli-link.key")) +
                             " --failure-timeout-ms " + std::to_string(test::scaled(milliseconds(200)).count());
     std::string out;
     REQUIRE(test::run_shell(test::cli_path() + " backup --listen 127.0.0.1:" + std::to_string(port) +
-                                " --sessions 1 --promote --disk " + backup_path + key + " > " + blog + " 2>&1 & echo $! > " +
-                                blog + ".pid",
+                                " --sessions 1 --promote --disk " + backup_path + " --reprotect-to 127.0.0.1:" +
+                                std::to_string(port2) + key + " > " + blog + " 2>&1 & echo $! > " + blog + ".pid",
+                            &out) == 0);
+    // Where the promoted VM is protected next: the old primary's host, on its disk (opened
+    // only when that session starts, after the primary is gone).
+    REQUIRE(test::run_shell(test::cli_path() + " backup --listen 127.0.0.1:" + std::to_string(port2) + " --sessions 1 --disk " +
+                                primary_path + key + " > " + rlog + " 2>&1 & echo $! > " + rlog + ".pid",
                             &out) == 0);
     REQUIRE(test::run_shell(test::cli_path() + " run " + test::guest_image("disk") + " -m 64M --disk " + primary_path +
                                 " -c 'disk.sectors=" + std::to_string(kSectors) + " disk.log=1' --epoch-ms 10 --backup 127.0.0.1:" +
@@ -321,7 +327,9 @@ TEST_CASE("CLI: a primary process killed during steady writes; the promoted back
         for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
         return n;
     };
-    auto cleanup = [&] { test::run_shell("kill -9 $(cat " + plog + ".pid) $(cat " + blog + ".pid) 2>/dev/null", nullptr); };
+    auto cleanup = [&] {
+        test::run_shell("kill -9 $(cat " + plog + ".pid) $(cat " + blog + ".pid) $(cat " + rlog + ".pid) 2>/dev/null", nullptr);
+    };
     // Protected, and writing: a few passes verified since.
     bool protected_ = test::wait_until([&] { return file(plog).find("checkpoints:") != std::string::npos; }, seconds(60));
     size_t passes_then = count(file(plog), "verified");
@@ -344,16 +352,41 @@ TEST_CASE("CLI: a primary process killed during steady writes; the promoted back
         return at == std::string::npos ? 0 : count(b.substr(at), "verified");
     };
     bool carried_on = promoted && test::wait_until([&] { return after_promotion() >= 2; }, seconds(60));
-    test::run_shell("kill -STOP $(cat " + blog + ".pid)", nullptr); // holds the disk still for the check
+    // Re-protected: the old primary's disk compared and brought up to date, then a few
+    // more passes under protection.
+    bool reprotected = carried_on && test::wait_until([&] { return file(blog).find("differed from the backup's copy") !=
+                                                                  std::string::npos; }, seconds(60));
+    auto protected_since_promotion = [&] {
+        std::string b = file(blog);
+        size_t at = b.find("differed from the backup's copy");
+        return at != std::string::npos && b.find("checkpoints:", at) != std::string::npos;
+    };
+    bool protected_again = reprotected && test::wait_until(protected_since_promotion, seconds(60));
+    const size_t verified_then = after_promotion();
+    protected_again = protected_again && test::wait_until([&] { return after_promotion() >= verified_then + 2; }, seconds(60));
+    // The promoted guest's disk, held still (what io_uring had taken lands meanwhile).
+    test::run_shell("kill -STOP $(cat " + blog + ".pid); sleep 0.2", nullptr);
+    uint64_t cut = 0, newer = 0, cut2 = 0, newer2 = 0;
+    const std::string err = check_cut(read_disk(backup_path), &cut, &newer);
+    // The new backup's copy once its session ended with the promoted VM's host: its last
+    // committed checkpoint, whatever was arriving discarded.
+    test::run_shell("kill -9 $(cat " + blog + ".pid)", nullptr);
+    const bool ended = test::wait_until([&] { return test::run_shell("kill -0 $(cat " + rlog + ".pid) 2>/dev/null", nullptr) != 0; },
+                                        seconds(30));
+    const std::string err2 = check_cut(read_disk(primary_path), &cut2, &newer2);
     std::string b = file(blog);
     INFO("backup log at the check:\n" << b);
-    uint64_t cut = 0, newer = 0;
-    const std::string err = check_cut(read_disk(backup_path), &cut, &newer);
+    INFO("re-protection backup log:\n" << file(rlog));
     cleanup();
+    CHECK(ended);
     REQUIRE(promoted);
     REQUIRE(carried_on);
+    REQUIRE(reprotected);
+    REQUIRE(protected_again);
     CHECK(b.find("panic") == std::string::npos);
     CHECK(err == "");
+    CHECK(err2 == "");
+    CHECK(newer2 <= newer); // the copy holds a checkpoint: never ahead of the guest
     std::filesystem::remove(primary_path);
     std::filesystem::remove(backup_path);
 }

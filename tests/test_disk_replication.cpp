@@ -17,6 +17,7 @@
 
 #include "common/codec.hpp"
 #include "common/file_io.hpp"
+#include "hv/disk_identity.hpp"
 #include "replicator/backup_replica.hpp"
 #include "replicator/disk_records.hpp"
 #include "replicator/primary.hpp"
@@ -361,6 +362,124 @@ TEST_CASE("every committed checkpoint's disks equal the primary's at its pause, 
         REQUIRE(it != primary.end());
         CHECK(it->second == d);
     }
+    vm.reset();
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("disk identities: generations chain, and a sync onto an unrelated or newer copy is refused", "[disk_replication]") {
+    const std::string dir = temp_dir();
+    const std::string disk = dir + "/d.img", copy = dir + "/copy.img";
+    write_file(disk, std::vector<uint8_t>(8 * kBlock, 1));
+    REQUIRE(!hv::read_identity(disk).value()); // none yet
+    auto g1 = hv::begin_generation(disk);
+    REQUIRE(g1);
+    auto g2 = hv::begin_generation(disk); // the next run
+    REQUIRE(g2);
+    CHECK(g2->disk_id == g1->disk_id);
+    CHECK(g2->generation != g1->generation);
+    CHECK(g2->history[0] == g1->generation);
+    CHECK(hv::read_identity(disk).value() == *g2);
+
+    // Onto a copy: unknown or inconsistent copies are overwritten; the same generation or
+    // an ancestor's are synchronized; another disk, a newer copy, a diverged one refused.
+    CHECK(!hv::sync_refusal(*g2, std::nullopt, copy));
+    hv::DiskIdentity partial = *g2;
+    partial.consistent = false;
+    CHECK(!hv::sync_refusal(*g2, partial, copy));
+    CHECK(!hv::sync_refusal(*g2, *g2, copy));
+    CHECK(!hv::sync_refusal(*g2, *g1, copy));
+    hv::DiskIdentity other = *g1;
+    other.disk_id[0] ^= 1;
+    CHECK(hv::sync_refusal(*g2, other, copy).value().find("holds another disk") != std::string::npos);
+    hv::DiskIdentity newer = *g2; // promoted from g2 and written since
+    newer.generation = 77;
+    newer.history = {g2->generation};
+    CHECK(hv::sync_refusal(*g2, newer, copy).value().find("is newer than the primary's disk") != std::string::npos);
+    hv::DiskIdentity diverged = *g1;
+    diverged.generation = 78;
+    diverged.history = {1234};
+    CHECK(hv::sync_refusal(*g2, diverged, copy).value().find("diverged") != std::string::npos);
+
+    // A damaged identity file is an error, not an unknown disk.
+    write_file(hv::identity_path(disk), std::vector<uint8_t>(128, 7));
+    auto bad = hv::read_identity(disk);
+    REQUIRE(!bad);
+    CHECK(bad.error().message.find("bad magic") != std::string::npos);
+
+    // The backup refuses a session whose primary disk its copy must not take.
+    write_file(copy, std::vector<uint8_t>(8 * kBlock, 2));
+    REQUIRE(hv::write_identity(copy, newer));
+    auto files = DiskReplica::open({.paths = {copy}, .spill_dir = dir});
+    REQUIRE(files);
+    auto replica = BackupReplica::create(kMem, 1, std::move(*files));
+    REQUIRE(replica);
+    StreamBuilder b;
+    auto h = b.header();
+    h.disks = 1;
+    const DiskInfo info{8 * kBlock, false, *g2};
+    auto r = (*replica)->begin_session(h, {&info, 1});
+    REQUIRE(!r);
+    CHECK(r.error().message.find("disk 0: the backup's copy " + copy + " is newer") != std::string::npos);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("the initial synchronization sends only the chunks where the backup's copy differs, and records the identity",
+          "[disk_replication][epoch]") {
+    const std::string dir = temp_dir();
+    const uint64_t size = 8 * hv::kMiB; // 32 chunks of 256 KiB
+    const std::string disk = dir + "/d.img", copy = dir + "/copy.img";
+    auto content = pattern(size, 9);
+    write_file(disk, content);
+    // The copy: the same disk except three chunks (the writes an old primary made in epochs
+    // that never committed, say), and one chunk that is a hole on the primary.
+    auto stale = content;
+    for (uint64_t c : {2, 17, 31}) std::memset(stale.data() + c * kDiskChunkBytes + 100, 0xee, 5000);
+    write_file(copy, stale);
+    {
+        int fd = ::open(disk.c_str(), O_RDWR | O_CLOEXEC);
+        REQUIRE(fd >= 0);
+        REQUIRE(zero_range(fd, 9 * kDiskChunkBytes, kDiskChunkBytes)); // a hole here, data on the copy
+        ::close(fd);
+    }
+    std::memset(content.data() + 9 * kDiskChunkBytes, 0, kDiskChunkBytes);
+
+    FakeVmConfig fc;
+    fc.vcpus = 1;
+    fc.pages = 64;
+    fc.disk_bytes = size;
+    fc.disk_paths = {disk};
+    fc.disk_writes_per_burst = 0; // the guest leaves the disk alone: the counts are exact
+    auto vm = FakeVm::create(fc);
+    REQUIRE(vm);
+    const hv::DiskIdentity id = vm->disks()[0]->identity();
+    vm->start();
+    vm->resume_all();
+    BackupThread bt({}, false, {.paths = {copy}, .spill_dir = dir});
+    PrimaryConfig pc;
+    pc.security = link_security();
+    pc.epoch = milliseconds(10);
+    pc.heartbeat = {milliseconds(10), scaled(milliseconds(2000))};
+    auto data = connect_to(*bt.server);
+    auto p = Primary::start(*vm, std::move(data), pc, {}, connect_to(*bt.server));
+    REQUIRE(p);
+    const bool ok = wait_until([&] { return (*p)->acked_epoch() >= 5 || (*p)->failure(); }, seconds(60));
+    INFO(((*p)->failure() ? (*p)->failure()->describe() : std::string("no failure")));
+    REQUIRE(ok);
+    REQUIRE(!(*p)->failure());
+    const auto figures = (*p)->disk_sync();
+    (*p)->stop();
+    CHECK((*p)->wait());
+    bt.wait_sessions(1);
+    REQUIRE(figures.size() == 1);
+    CHECK(figures[0].chunks == 32);
+    CHECK(figures[0].chunks_differing == 4);            // 2, 9 (a zero range), 17, 31
+    CHECK(figures[0].bytes_sent == 3 * kDiskChunkBytes); // the hole went as DISK_ZERO
+    CHECK(read_file(copy) == content);
+    // The copy now records the primary's identity, whole.
+    auto recorded = hv::read_identity(copy);
+    REQUIRE(recorded);
+    REQUIRE(*recorded);
+    CHECK(**recorded == id);
     vm.reset();
     std::filesystem::remove_all(dir);
 }

@@ -654,18 +654,27 @@ TEST_CASE("a file is read in chunks, record by record", "[verifier]") {
 }
 
 namespace {
-// Two disks: 64 KiB (16 blocks) and 10752 bytes (3 blocks, the last one partial).
-constexpr uint64_t kDisk0 = 64 * 1024, kDisk1 = 10752;
+// Two disks: 576 KiB (144 blocks; 3 chunks of 256 KiB, the last one partial) and 10752
+// bytes (3 blocks, the last one partial; 1 chunk).
+constexpr uint64_t kDisk0 = 576 * 1024, kDisk1 = 10752;
 constexpr uint32_t kDiskCount = 2;
+constexpr size_t kDiskEntry = 104; // bytes per disk in the DISKS body
 
+// DISKS byte by byte from docs/wire-format.md ("Disks"): disk 0 with a consistent
+// identity, disk 1 read-only with an unknown one.
 std::vector<uint8_t> disks_body(const std::vector<uint64_t>& sizes) {
     std::vector<uint8_t> b;
     Encoder e(b);
     for (size_t i = 0; i < sizes.size(); ++i) {
         e.u64(sizes[i]);
-        e.u32(i == 1 ? 1 : 0); // disk 1 is read-only
+        e.u32(i == 1 ? 1 : 2); // bit 0 read-only, bit 1 identity consistent
         e.u32(0);
+        std::vector<uint8_t> id(16, i == 1 ? 0 : uint8_t(0xd0 + i));
+        e.raw(id.data(), id.size()); // disk_id
+        e.u64(i == 1 ? 0 : 0x6e6e + i); // generation
+        for (uint64_t h = 0; h < 8; ++h) e.u64(i == 1 || h > 1 ? 0 : 0x1000 + h); // history
     }
+    REQUIRE(b.size() == sizes.size() * kDiskEntry);
     return b;
 }
 Rec disks_rec() { return {kDisks, disks_body({kDisk0, kDisk1})}; }
@@ -688,6 +697,22 @@ std::vector<uint8_t> blocks_body(uint64_t epoch, uint32_t disk, const std::vecto
     return b;
 }
 
+// u64 epoch, then DISK_DIGESTS byte by byte: `count` 16-byte digests from first_chunk
+// (`digests` overrides how many follow the head).
+std::vector<uint8_t> digests_body(uint64_t epoch, uint32_t disk, uint64_t first_chunk, uint32_t count, int digests = -1) {
+    std::vector<uint8_t> b;
+    Encoder e(b);
+    e.u64(epoch);
+    e.u32(disk);
+    e.u32(count);
+    e.u64(first_chunk);
+    for (int i = 0; i < (digests < 0 ? int(count) : digests); ++i) {
+        e.u64(0x1111 * (first_chunk + i)); // low 64 bits: not verified (needs the disk)
+        e.u64(0x2222 * (first_chunk + i)); // high
+    }
+    return b;
+}
+
 std::vector<uint8_t> zero_body(uint64_t epoch, uint32_t disk, uint64_t first, uint64_t blocks) {
     std::vector<uint8_t> b;
     Encoder e(b);
@@ -705,18 +730,25 @@ void insert(Checkpoint& cp, size_t at, std::vector<Rec> recs) {
     reseal(cp);
 }
 
-// The valid checkpoints with disk records: the initial one carries zero ranges and blocks
-// interleaved with pages (a pre-copy round resends a block), the second blocks of both disks.
+// The valid checkpoints with disk records: the initial one carries the digests of every
+// chunk (disk 0 in two records), then zero ranges and blocks interleaved with pages (a
+// pre-copy round resends a block; a zero range follows blocks of its disk), the second
+// blocks of both disks.
+constexpr size_t kDigestsAt = kPagesAt + 1; // the first DISK_DIGESTS in checkpoint 1
 std::vector<Checkpoint> disk_checkpoints() {
     auto cps = valid_checkpoints();
-    insert(cps[0], kPagesAt + 1,
-           {{kDiskZero, zero_body(1, 0, 0, 4)},
+    insert(cps[0], kDigestsAt,
+           {{kDiskDigests, digests_body(1, 0, 0, 2)},
+            {kDiskDigests, digests_body(1, 1, 0, 1)},
+            {kDiskDigests, digests_body(1, 0, 2, 1)},
+            {kDiskZero, zero_body(1, 0, 0, 4)},
             {kDiskZero, zero_body(1, 0, 6, 9)},
-            {kDiskBlocks, blocks_body(1, 0, {4, 5, 15})},
+            {kDiskBlocks, blocks_body(1, 0, {4, 5, 15, 143})},
             {kDiskZero, zero_body(1, 1, 0, 1)},
             {kDiskBlocks, blocks_body(1, 1, {1, 2}, 1)},
             {kPages, pages_body(1, {{3, 0, 0}})},
-            {kDiskBlocks, blocks_body(1, 0, {4})}});
+            {kDiskBlocks, blocks_body(1, 0, {4})},
+            {kDiskZero, zero_body(1, 0, 128, 16)}});
     insert(cps[1], kPagesAt + 1, {{kDiskBlocks, blocks_body(2, 1, {0, 2})}, {kDiskBlocks, blocks_body(2, 0, {3}, 1)}});
     return cps;
 }
@@ -734,15 +766,18 @@ TEST_CASE("a valid stream with disks passes, with its figures", "[verifier][disk
     CHECK(r.disk_sizes == std::vector<uint64_t>{kDisk0, kDisk1});
     CHECK(r.disk_block_records == 5);
     CHECK(r.disk_records_by_encoding == std::array<uint64_t, 2>{3, 2});
-    CHECK(r.disk_blocks == 3 + 2 + 1 + 2 + 1);
-    CHECK(r.disk_data_bytes == 6 * 4096 + 2 * 100);
-    CHECK(r.disk_zero_ranges == 3);
-    CHECK(r.disk_zero_blocks == 4 + 9 + 1);
+    CHECK(r.disk_blocks == 4 + 2 + 1 + 2 + 1);
+    CHECK(r.disk_data_bytes == 7 * 4096 + 2 * 100);
+    CHECK(r.disk_zero_ranges == 4);
+    CHECK(r.disk_zero_blocks == 4 + 9 + 1 + 16);
+    CHECK(r.disk_digest_records == 3);
+    CHECK(r.disk_digest_chunks == 4);
     CHECK(r.pages == 10);
     CHECK(r.bytes == s.bytes.size());
     auto text = format_report(r);
     CHECK_THAT(text, Catch::Contains("2 disks"));
-    CHECK_THAT(text, Catch::Contains("disks: 65536 bytes, 10752 bytes; 9 blocks in 5 batches (raw 3, LZ4 2)"));
+    CHECK_THAT(text, Catch::Contains("disks: 589824 bytes, 10752 bytes; 10 blocks in 5 batches (raw 3, LZ4 2)"));
+    CHECK_THAT(text, Catch::Contains("; 4 zero ranges of 30 blocks; 3 digest records comparing 4 chunks of 256 KiB"));
 
     SECTION("a capture that ends after the header is torn before its DISKS record") {
         s.bytes.resize(64);
@@ -760,24 +795,34 @@ TEST_CASE("the writer's own disk records pass", "[verifier][disks]") {
     // Records from the real encoders (LZ4 when it pays, raw otherwise) must agree with
     // the verifier's reading of docs/wire-format.md.
     std::vector<DiskInfo> info{{kDisk0, false}, {kDisk1, true}};
+    info[0].identity.disk_id.fill(0xab);
+    info[0].identity.generation = 0x1234;
+    info[0].identity.history = {0x1233, 0x1232};
+    info[0].identity.consistent = true;
     auto cps = valid_checkpoints();
     std::vector<uint8_t> lz4_state, data(3 * 4096);
     std::mt19937 noise(3);
     for (auto& c : data) c = static_cast<uint8_t>(noise());
-    std::vector<uint8_t> zero, incompressible, compressible;
+    std::vector<uint8_t> digests, zero, incompressible, compressible;
+    Encoder(digests).u64(1);
+    DiskDigests dd{0, 1, {}};
+    for (uint64_t c = 1; c < 3; ++c)
+        dd.digests.push_back(chunk_digest(std::vector<uint8_t>(kDiskChunkBytes, uint8_t(c)), 7));
+    encode_disk_digests(dd, digests);
     Encoder(zero).u64(1);
     encode_disk_zero({0, 0, 8}, zero);
     Encoder(incompressible).u64(1);
     encode_disk_blocks(0, std::vector<uint64_t>{8, 9, 12}, data, 7, lz4_state, incompressible);
     Encoder(compressible).u64(2);
     encode_disk_blocks(1, std::vector<uint64_t>{0, 1, 2}, std::vector<uint8_t>(3 * 4096, 0x11), 7, lz4_state, compressible);
-    insert(cps[0], kPagesAt + 1, {{kDiskZero, zero}, {kDiskBlocks, incompressible}});
+    insert(cps[0], kPagesAt + 1, {{kDiskDigests, digests}, {kDiskBlocks, incompressible}, {kDiskZero, zero}});
     insert(cps[1], kPagesAt + 1, {{kDiskBlocks, compressible}});
     auto r = verify_stream(serialize(header(7, kDiskCount), cps, {{kDisks, encode_disks(info)}}).bytes);
     INFO(format_report(r));
     CHECK(r.valid());
     CHECK(r.disk_records_by_encoding == std::array<uint64_t, 2>{1, 1});
     CHECK(r.disk_zero_blocks == 8);
+    CHECK(r.disk_digest_chunks == 2);
 }
 
 TEST_CASE("the DISKS record comes right after the header, when the header announces disks", "[verifier][disks]") {
@@ -801,17 +846,42 @@ TEST_CASE("the DISKS record comes right after the header, when the header announ
     }
     SECTION("a body for another number of disks") {
         auto s = serialize(header(7, 3), disk_checkpoints(), {disks_rec()});
-        expect_violation(verify_stream(s.bytes), 64, "DISKS body has 32 bytes; 3 disks need 48");
+        expect_violation(verify_stream(s.bytes), 64, "DISKS body has 208 bytes; 3 disks need 312 (104 each)");
+    }
+    SECTION("entries of the old 16 bytes") {
+        std::vector<uint8_t> b;
+        Encoder e(b);
+        for (uint64_t size : {kDisk0, kDisk1}) {
+            e.u64(size);
+            e.u32(0);
+            e.u32(0);
+        }
+        auto s = serialize(header(7, kDiskCount), disk_checkpoints(), {{kDisks, b}});
+        expect_violation(verify_stream(s.bytes), 64, "DISKS body has 32 bytes; 2 disks need 208 (104 each)");
     }
     SECTION("a size that is not a multiple of 512") {
         auto s = serialize(header(7, kDiskCount), disk_checkpoints(), {{kDisks, disks_body({kDisk0, 1000})}});
-        expect_violation(verify_stream(s.bytes), 64 + 16 + 16, "disk 1 has 1000 bytes, not a positive multiple of 512");
+        expect_violation(verify_stream(s.bytes), 64 + 16 + kDiskEntry, "disk 1 has 1000 bytes, not a positive multiple of 512");
     }
     SECTION("unknown flags") {
         auto b = disks_body({kDisk0, kDisk1});
-        put<uint32_t>(b, 8, 2);
+        put<uint32_t>(b, kDiskEntry + 8, 7); // read-only, consistent, and bit 2
         auto s = serialize(header(7, kDiskCount), disk_checkpoints(), {{kDisks, b}});
-        expect_violation(verify_stream(s.bytes), 64 + 16 + 8, "disk 0 has unknown flags 0x2");
+        expect_violation(verify_stream(s.bytes), 64 + 16 + kDiskEntry + 8, "disk 1 has unknown flags 0x4");
+    }
+    SECTION("a reserved word that is not zero") {
+        auto b = disks_body({kDisk0, kDisk1});
+        put<uint32_t>(b, kDiskEntry + 12, 1);
+        auto s = serialize(header(7, kDiskCount), disk_checkpoints(), {{kDisks, b}});
+        expect_violation(verify_stream(s.bytes), 64 + 16 + kDiskEntry + 12, "disk 1's reserved u32 is 0x1");
+    }
+    SECTION("the identity fields take any value") {
+        auto b = disks_body({kDisk0, kDisk1});
+        for (size_t i = 16; i < kDiskEntry; ++i) b[kDiskEntry + i] = uint8_t(0xff - i);
+        put<uint32_t>(b, kDiskEntry + 8, 3);
+        auto r = verify_stream(serialize(header(7, kDiskCount), disk_checkpoints(), {{kDisks, b}}).bytes);
+        INFO(format_report(r));
+        CHECK(r.valid());
     }
 }
 
@@ -889,10 +959,13 @@ TEST_CASE("disk blocks and zero ranges", "[verifier][disks]") {
         auto s = in_second({kDiskZero, zero_body(2, 0, 0, 1)});
         expect_violation(verify_stream(s.bytes), rec_at(s), "this checkpoint is not flagged initial");
     }
-    SECTION("DISK_ZERO after blocks of its disk") {
-        insert(cps[0], kPagesAt + 4, {{kDiskZero, zero_body(1, 0, 15, 1)}}); // after DISK_BLOCKS(disk 0)
-        auto s = disk_stream(cps);
-        expect_violation(verify_stream(s.bytes), s.offsets[0][kPagesAt + 4], "after a DISK_BLOCKS of disk 0 in the same checkpoint");
+    SECTION("DISK_ZERO after blocks of its disk is allowed (it drops what they staged)") {
+        insert(cps[0], kDigestsAt + 6, {{kDiskZero, zero_body(1, 0, 15, 1)}}); // right after DISK_BLOCKS(disk 0, {4, 5, 15, 143})
+        REQUIRE(cps[0][kDigestsAt + 5].type == kDiskBlocks);
+        auto r = verify_stream(disk_stream(cps).bytes);
+        INFO(format_report(r));
+        CHECK(r.valid());
+        CHECK(r.disk_zero_ranges == 5);
     }
     SECTION("DISK_ZERO beyond its disk, empty, or with a reserved word") {
         insert(cps[0], kPagesAt + 1, {{kDiskZero, zero_body(1, 1, 2, 2)}});
@@ -917,5 +990,93 @@ TEST_CASE("disk blocks and zero ranges", "[verifier][disks]") {
         put<uint64_t>(end, 8, cps[1].size() - 2 - 2); // without the two DISK_BLOCKS
         auto s = disk_stream(cps);
         expect_violation(verify_stream(s.bytes), s.offsets[1].back() + 16 + 8, "CHECKPOINT_END announces");
+    }
+}
+
+TEST_CASE("disk digests of the initial synchronization", "[verifier][disks]") {
+    auto cps = disk_checkpoints();
+    const auto digests_at = [](const Stream& s) { return s.offsets[0][kDigestsAt]; };
+    auto first_replaced = [&](std::vector<uint8_t> body) {
+        cps[0][kDigestsAt].body = std::move(body);
+        reseal(cps[0]);
+        return disk_stream(cps);
+    };
+    SECTION("outside an initial checkpoint") {
+        insert(cps[1], kPagesAt + 1, {{kDiskDigests, digests_body(2, 0, 0, 3)}});
+        auto s = disk_stream(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[1][kPagesAt + 1],
+                         "DISK_DIGESTS belongs to the initial synchronization only, and this checkpoint is not flagged initial");
+    }
+    SECTION("between checkpoints") {
+        cps[0].push_back({kDiskDigests, digests_body(1, 0, 0, 1)});
+        auto s = disk_stream(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[0].back(), "DISK_DIGESTS record at offset");
+        expect_violation(verify_stream(s.bytes), s.offsets[0].back(), "outside a checkpoint");
+    }
+    SECTION("a range past the end of the disk") {
+        auto s = first_replaced(digests_body(1, 0, 2, 2)); // disk 0 has chunks 0 .. 2
+        expect_violation(verify_stream(s.bytes), digests_at(s) + 16 + 16, "chunks 2 + 2 are not inside disk 0 (3 chunks of 256 KiB)");
+    }
+    SECTION("a range that starts past the end of the disk") {
+        auto s = first_replaced(digests_body(1, 1, 1, 1)); // disk 1 has chunk 0 only
+        expect_violation(verify_stream(s.bytes), digests_at(s) + 16 + 16, "chunks 1 + 1 are not inside disk 1 (1 chunks");
+    }
+    SECTION("a first chunk so large that first + count wraps") {
+        auto s = first_replaced(digests_body(1, 0, ~uint64_t{0}, 2));
+        expect_violation(verify_stream(s.bytes), digests_at(s) + 16 + 16, "are not inside disk 0");
+    }
+    SECTION("a count of 0 or over 65536") {
+        auto s = first_replaced(digests_body(1, 0, 0, 0));
+        expect_violation(verify_stream(s.bytes), digests_at(s) + 16 + 12, ": 0 chunks (1 to 65536)");
+        auto b = digests_body(1, 0, 0, 1);
+        put<uint32_t>(b, 12, 65537);
+        s = first_replaced(b);
+        expect_violation(verify_stream(s.bytes), digests_at(s) + 16 + 12, ": 65537 chunks (1 to 65536)");
+    }
+    SECTION("a disk index beyond DISKS") {
+        auto s = first_replaced(digests_body(1, 2, 0, 1));
+        expect_violation(verify_stream(s.bytes), digests_at(s) + 16 + 8, "disk 2, but the stream has 2 disks");
+    }
+    SECTION("a body whose length does not fit its count") {
+        auto s = first_replaced(digests_body(1, 0, 0, 2, 1)); // a digest missing
+        expect_violation(verify_stream(s.bytes), digests_at(s), "a body of 40 bytes; 2 digests need 56");
+        s = first_replaced(digests_body(1, 0, 0, 2, 3)); // one too many
+        expect_violation(verify_stream(s.bytes), digests_at(s), "a body of 72 bytes; 2 digests need 56");
+        auto b = digests_body(1, 0, 0, 2);
+        b.push_back(0); // not a whole digest
+        s = first_replaced(b);
+        expect_violation(verify_stream(s.bytes), digests_at(s), "a body of 57 bytes; 2 digests need 56");
+        b = digests_body(1, 0, 0, 1);
+        b.resize(20); // not even the head
+        s = first_replaced(b);
+        expect_violation(verify_stream(s.bytes), digests_at(s), "a body of 20 bytes, shorter than its 24-byte head");
+    }
+    SECTION("after the state records") {
+        insert(cps[0], cps[0].size() - 1, {{kDiskDigests, digests_body(1, 0, 0, 1)}}); // before END, after DEVICE_STATE
+        auto s = disk_stream(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[0][cps[0].size() - 2], "DISK_DIGESTS record after the state records of checkpoint 1");
+    }
+    SECTION("the backup's DISK_WANT answer in a capture") {
+        std::vector<uint8_t> want;
+        Encoder e(want);
+        e.u32(0);
+        e.u32(2);
+        e.u64(0);
+        want.push_back(0x1); // chunk 0 differs
+        insert(cps[0], kDigestsAt + 1, {{kDiskWant, want}}); // where the backup would answer the first digests
+        auto s = disk_stream(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[0][kDigestsAt + 1],
+                         "DISK_WANT record at offset " + std::to_string(s.offsets[0][kDigestsAt + 1]) +
+                             ": the backup sends it, the primary's stream must not contain it");
+        // Between checkpoints as well.
+        cps = disk_checkpoints();
+        cps[0].push_back({kDiskWant, want});
+        s = disk_stream(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[0].back(), "DISK_WANT record");
+    }
+    SECTION("an END that does not count the digest records") {
+        put<uint64_t>(cps[0].back().body, 8, cps[0].size() - 2 - 3); // without the three DISK_DIGESTS
+        auto s = disk_stream(cps);
+        expect_violation(verify_stream(s.bytes), s.offsets[0].back() + 16 + 8, "CHECKPOINT_END announces");
     }
 }

@@ -5,8 +5,12 @@
 //    begin_session, then every record that passes the framing rules of
 //    Connection::recv_record (length bound, zero padding, checksum) goes to
 //    BackupReplica::feed, exactly as BackupServer::run_session does, until the first
-//    error ends the session. A replica for a stream with disks holds two small disk files
-//    (fuzz::kWireDiskBytes) in a temporary directory made once per process;
+//    error ends the session, taking the reply a record asks for after each (the DISK_WANT
+//    answering a DISK_DIGESTS, which the backup sends to the primary; here it is dropped).
+//    A replica for a stream with disks holds two small disk files (fuzz::kWireDiskBytes)
+//    in a temporary directory made once per process, emptied and stripped of their
+//    identity (docs/disks.md, "Identity") whenever a replica is rebuilt after a commit, so
+//    that the identity an earlier input committed never makes the backup refuse a later one;
 //  - the independent stream verifier (verify_stream), as `understudy verify-stream`.
 // And one cross-check between them: the backup never commits a checkpoint that the
 // verifier, which implements the written spec separately, finds a violation in.
@@ -26,6 +30,7 @@
 
 #include "fuzz/fuzz_support.hpp"
 #include "fuzz/page_fixup.hpp"
+#include "hv/disk_identity.hpp"
 #include "replicator/backup_replica.hpp"
 #include "replicator/disk_records.hpp"
 #include "replicator/stream_verifier.hpp"
@@ -65,7 +70,11 @@ std::unique_ptr<DiskReplica> disks_for(uint32_t vcpus) {
     cfg.staging_memory = 8 * 4096; // beyond 8 staged blocks, the spill file
     for (size_t i = 0; i < std::size(fuzz::kWireDiskBytes); ++i) {
         std::string path = g_disk_dir + "/vcpus" + std::to_string(vcpus) + "-disk" + std::to_string(i);
-        int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        // A committed checkpoint left its data and the primary's identity here; a fresh
+        // replica starts from an empty copy of unknown identity instead.
+        std::error_code ec;
+        std::filesystem::remove(hv::identity_path(path), ec);
+        int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (fd < 0) return nullptr;
         const bool sized = ::ftruncate(fd, static_cast<off_t>(fuzz::kWireDiskBytes[i])) == 0;
         ::close(fd);
@@ -152,6 +161,12 @@ size_t run_backup(std::vector<uint8_t>& buf, uint8_t flags) {
         auto [type, body] = *rec;
         bool was_open = replica->receiving();
         auto fed = replica->feed(Record{type, std::vector<uint8_t>(body.begin(), body.end())});
+        // BackupServer::run_session sends this answer to the primary; here it is dropped,
+        // once checked to be a DISK_WANT for a DISK_DIGESTS the replica took.
+        if (auto reply = replica->take_reply();
+            reply && (!fed || type != kDiskDigests || reply->type != kDiskWant || !decode_disk_want(reply->body)))
+            fuzz::fail("wire: the replica answered a record of type " + std::to_string(type) + " with a record of type " +
+                       std::to_string(reply->type) + (fed ? "" : " and refused it"));
         if (!fed) break; // the backup REJECTs and ends the session
         if (*fed) committed_end = at;
         if (!was_open && replica->receiving()) digest.clear(); // a CHECKPOINT_BEGIN opened one

@@ -73,13 +73,30 @@ Result<std::unique_ptr<VirtioBlk>> VirtioBlk::create(const BlkConfig& cfg) {
         return make_error(Errc::invalid_input,
                           fmt::format("the disk serial '{}' is longer than {} bytes", cfg.serial, kBlkIdBytes));
     auto file = US_TRY(DiskFile::open(cfg.path, cfg.readonly, cfg.queue_max));
-    return std::unique_ptr<VirtioBlk>(new VirtioBlk(cfg, std::move(file)));
+    // Writing starts a new generation of the disk (docs/disks.md, "Identity"). Without one
+    // the disk still works; a backup then treats it as unknown and checks every chunk.
+    DiskIdentity id;
+    std::optional<Error> failed;
+    if (cfg.readonly) {
+        auto read = read_identity(cfg.path);
+        if (read && *read) id = **read;
+        else if (!read) failed = read.error();
+    } else if (auto begun = begin_generation(cfg.path)) {
+        id = *begun;
+    } else {
+        failed = begun.error();
+    }
+    if (failed)
+        log::warn("disk {}: its identity could not be {} ({}); a backup cannot refuse an unrelated or newer copy of it",
+                  cfg.path, cfg.readonly ? "read" : "recorded", failed->describe());
+    return std::unique_ptr<VirtioBlk>(new VirtioBlk(cfg, std::move(file), id));
 }
 
-VirtioBlk::VirtioBlk(const BlkConfig& cfg, std::unique_ptr<DiskFile> file)
+VirtioBlk::VirtioBlk(const BlkConfig& cfg, std::unique_ptr<DiskFile> file, DiskIdentity identity)
     : MmioDevice("virtio-blk" + std::to_string(cfg.disk), cfg.index, {QueueSpec{cfg.queue_max, kMaxChainBytes}}),
       queue_max_(cfg.queue_max),
       serial_(cfg.serial.empty() ? "understudy-disk" + std::to_string(cfg.disk) : cfg.serial), file_(std::move(file)),
+      identity_(identity),
       written_(disk_blocks(file_->size_bytes())) {}
 
 VirtioBlk::~VirtioBlk() = default;

@@ -86,6 +86,7 @@ public:
     const std::string& path() const override { return file_->path(); }
     uint64_t size_bytes() const override { return file_->size_bytes(); }
     bool readonly() const override { return file_->readonly(); }
+    const DiskIdentity& identity() const override { return identity_; }
     void harvest_written(Bitmap& out) override;
     Result<void> read_at(uint64_t offset, std::span<uint8_t> out) const override;
     Result<std::vector<std::pair<uint64_t, uint64_t>>> data_extents() const override;
@@ -95,7 +96,7 @@ public:
     BlkStats stats() const;
 
 private:
-    VirtioBlk(const BlkConfig& cfg, std::unique_ptr<DiskFile> file);
+    VirtioBlk(const BlkConfig& cfg, std::unique_ptr<DiskFile> file, DiskIdentity identity);
 
     // VirtioModel (called by the transport, lock held)
     uint32_t device_id() const override { return kBlkDeviceId; }
@@ -115,6 +116,7 @@ private:
     const uint16_t queue_max_;
     const std::string serial_;
     const std::unique_ptr<DiskFile> file_;
+    const DiskIdentity identity_;
 
     bool rescan_ = false; // restored: look at the queue and interrupt the guest on resume
     bool suspended_ = false;

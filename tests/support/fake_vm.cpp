@@ -13,7 +13,8 @@ Result<std::unique_ptr<FakeDisk>> FakeDisk::open(const std::string& path, uint64
     UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
     if (!fd.valid()) return sys_error("opening " + path);
     if (::ftruncate(fd.get(), off_t(bytes)) < 0) return sys_error("sizing " + path);
-    return std::unique_ptr<FakeDisk>(new FakeDisk(path, std::move(fd), bytes));
+    auto id = US_TRY(hv::begin_generation(path)); // as a VM that writes a disk does
+    return std::unique_ptr<FakeDisk>(new FakeDisk(path, std::move(fd), bytes, id));
 }
 
 Result<void> FakeDisk::read_at(uint64_t offset, std::span<uint8_t> out) const { return pread_full(fd_.get(), offset, out); }

@@ -40,6 +40,7 @@ public:
     const std::string& path() const override { return path_; }
     uint64_t size_bytes() const override { return size_; }
     bool readonly() const override { return false; }
+    const hv::DiskIdentity& identity() const override { return identity_; }
     void harvest_written(Bitmap& out) override { written_.drain_into(out); }
     Result<void> read_at(uint64_t offset, std::span<uint8_t> out) const override;
     Result<std::vector<std::pair<uint64_t, uint64_t>>> data_extents() const override;
@@ -47,11 +48,12 @@ public:
     Result<void> write(uint64_t offset, std::span<const uint8_t> data);
 
 private:
-    FakeDisk(std::string path, UniqueFd fd, uint64_t size)
-        : path_(std::move(path)), fd_(std::move(fd)), size_(size), written_(hv::disk_blocks(size)) {}
+    FakeDisk(std::string path, UniqueFd fd, uint64_t size, hv::DiskIdentity id)
+        : path_(std::move(path)), fd_(std::move(fd)), size_(size), identity_(id), written_(hv::disk_blocks(size)) {}
     std::string path_;
     UniqueFd fd_;
     uint64_t size_;
+    hv::DiskIdentity identity_;
     AtomicBitmap written_;
 };
 
