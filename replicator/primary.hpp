@@ -92,8 +92,8 @@ struct DiskSyncFigures {
 
 struct SyncProgress {
     unsigned round = 0;
-    uint64_t bytes_sent = 0;  // raw page bytes sent so far
-    uint64_t bytes_total = 0; // guest memory
+    uint64_t bytes_sent = 0;  // raw page bytes sent so far, and disk bytes compared with the backup's copies
+    uint64_t bytes_total = 0; // guest memory plus the disks' sizes
     uint64_t pages_this_round = 0;
     double rate_bytes_per_s = 0;
 };

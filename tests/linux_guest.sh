@@ -6,13 +6,16 @@
 #   2. a snapshot taken at a random moment while the guest runs its own check (us-check:
 #      clocks only forward, memory intact, no stall in the kernel log), restored, and the
 #      check completed by the restored VM;
-#   3. protected (checkpoint every 100 ms to a backup on loopback), the primary killed in
-#      the middle of the check: the backup promotes and the check completes there;
+#   3. protected with an ext4 disk (checkpoint every 100 ms to a backup on loopback, whose
+#      copy of the disk starts empty), the primary killed in the middle of the check and
+#      of a loop that appends a numbered line to a file and syncs: the backup promotes,
+#      the check completes there, and the copy holds lines 1..N, N as the promoted guest
+#      counted them, with a clean file system (e2fsck -fn);
 #   4. two disks (docs/disks.md): ext4 written through Linux's own virtio_blk, then
 #      checked from the host (debugfs, e2fsck -fn); a read-only disk read, never written;
 #   5. bad input refused with a clear message and no VM: not a bzImage, a command line
-#      longer than the kernel takes, guest memory too small for the kernel, a disk
-#      with a backup.
+#      longer than the kernel takes, guest memory too small for the kernel, a snapshot
+#      of a VM with a disk.
 # With `network` (ctest linux_guest_net), instead: in the namespace topology
 # (scripts/topology.sh), redis-server in the guest, protected with output commit, and
 # `understudy drill` kill-primary, hang-primary and partition from the client's namespace,
@@ -201,16 +204,25 @@ expect "$work/restore.log" "us-check: ok" "the restored guest's check did not pa
 expect "$work/restore.log" "VM stopped: exited (status 0)" "the restored guest did not reboot"
 echo "   snapshot after '$at'; the restored guest's check passed: $(grep -c 'us-check: tick' "$work/restore.log") ticks after restore"
 
-echo "== 3. protected, the primary killed during the guest's check"
+echo "== 3. protected with a disk, the primary killed during the guest's check and its fsync loop"
 port=$((20000 + $$ % 20000))
 "$cli" keygen "$work/link.key" >/dev/null
 link=(--link-key "$work/link.key" --failure-timeout-ms "$(scaled 1000)" --heartbeat-ms 100)
-"$cli" backup --listen "127.0.0.1:$port" --promote --sessions 1 "${link[@]}" </dev/null >"$work/backup.log" 2>&1 &
+# The primary's disk: a fresh ext4; the backup's copy: an empty file of its size, which the
+# initial synchronization fills. The guest appends a numbered line to a file and syncs,
+# over and over, until its check ends; then it prints how many lines it appended.
+truncate -s 64M "$work/protected.img" "$work/copy.img"
+mkfs.ext4 -q -F "$work/protected.img"
+"$cli" backup --listen "127.0.0.1:$port" --promote --sessions 1 --disk "$work/copy.img" "${link[@]}" </dev/null \
+  >"$work/backup.log" 2>&1 &
 backup=$!
 pids+=("$backup")
 wait_for "$work/backup.log" "listening on" 10
+cmd='mkdir -p /mnt && mount -t ext4 /dev/vda /mnt &&
+ ( i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo line-$i >>/mnt/log; sync; done; echo appended:$i ) &
+ us-check 20; touch /tmp/stop; wait; umount /mnt'
 "$cli" run "${kernel[@]}" --vcpus 2 --backup "127.0.0.1:$port" --epoch-ms 100 "${link[@]}" --timeout "$(scaled 300)" \
-  --append "$base uscmd=\"us-check 20\"" </dev/null >"$work/primary.log" 2>&1 &
+  --disk "$work/protected.img" --append "$base uscmd=\"$(echo "$cmd" | tr '\n' ' ')\"" </dev/null >"$work/primary.log" 2>&1 &
 primary=$!
 pids+=("$primary")
 wait_for "$work/primary.log" "us-check: tick 40" 180
@@ -219,8 +231,18 @@ kill -KILL "$primary"
 wait "$backup" || fail "the promoted backup did not end with status 0"
 expect "$work/backup.log" "PROMOTED: running checkpoint" "the backup did not promote"
 expect "$work/backup.log" "us-check: ok" "the promoted guest's check did not pass"
+expect "$work/backup.log" "command exited with status 0" "the promoted guest's commands failed"
 expect "$work/backup.log" "VM stopped: exited (status 0)" "the promoted guest did not reboot"
-echo "   promoted: $(grep -o 'PROMOTED: running checkpoint [0-9]*' "$work/backup.log"); the check passed on the backup"
+# The copy holds exactly what the guest believes it wrote: lines 1..N, each once, in order,
+# N as the promoted guest counted; and a clean file system.
+appended=$(grep -o 'appended:[0-9]*' "$work/backup.log" | tail -1 | cut -d: -f2)
+debugfs -R "cat /log" "$work/copy.img" 2>/dev/null >"$work/log.txt"
+[ -n "$appended" ] && [ "$appended" -gt 0 ] || fail "the promoted guest did not report its appends"
+seq 1 "$appended" | sed 's/^/line-/' | cmp -s - "$work/log.txt" ||
+  fail "the file on the promoted disk is not lines 1..$appended (it has $(wc -l <"$work/log.txt") lines)"
+e2fsck -fn "$work/copy.img" >"$work/fsck.log" 2>&1 || { cat "$work/fsck.log"; fail "e2fsck found the promoted disk damaged"; }
+echo "   promoted: $(grep -o 'PROMOTED: running checkpoint [0-9]*' "$work/backup.log"); the check passed on the backup;"
+echo "   $appended lines appended and synced, all on the copy in order; the file system clean"
 
 echo "== 4. disks: ext4 through Linux's virtio_blk, checked from the host; a read-only disk"
 truncate -s 64M "$work/disk.img"
@@ -260,7 +282,7 @@ refused() { # WHAT PATTERN ARGS...
 refused "an initrd given as the kernel" "not a bzImage" --kernel "$guest/initrd.img"
 refused "a command line of 3000 bytes" "takes at most" --kernel "$guest/vmlinuz" --append "$(head -c 3000 /dev/zero | tr '\0' x)"
 refused "32 MiB of guest memory" "to decompress; the guest has 32 MiB" --kernel "$guest/vmlinuz" --memory 32M
-refused "a protected VM with a disk" "checkpoints and snapshots do not carry disks yet" --kernel "$guest/vmlinuz" \
-  --disk "$work/disk.img" --backup 127.0.0.1:1 --link-key "$work/link.key"
+refused "a snapshot of a VM with a disk" "snapshots do not carry disks" --kernel "$guest/vmlinuz" \
+  --disk "$work/disk.img" --snapshot-after 1 --snapshot-to "$work/never.snap"
 refused "a disk of 19 bytes" "multiple of 512 bytes" --kernel "$guest/vmlinuz" --disk "$work/seed/seed"
 echo "linux_guest: all cases passed"
