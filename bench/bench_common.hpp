@@ -92,6 +92,19 @@ inline std::string utc_timestamp() {
     return buf;
 }
 
+// The source tree's commit (with "-dirty" when it has changes), for the figures' record;
+// "unknown" outside a git checkout.
+inline std::string source_commit() {
+    std::string out;
+    if (FILE* p = ::popen("git -C '" US_SOURCE_DIR "' describe --always --dirty --abbrev=12 2>/dev/null", "r")) {
+        char buf[128];
+        while (std::fgets(buf, sizeof buf, p)) out += buf;
+        ::pclose(p);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out.empty() ? "unknown" : out;
+}
+
 // Percentile by nearest rank over a sorted copy: p in [0, 100].
 struct Summary {
     double p50 = 0, p99 = 0, max = 0, min = 0, mean = 0;
