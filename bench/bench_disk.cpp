@@ -23,6 +23,8 @@
 #include <mutex>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "bench/bench_common.hpp"
 #include "common/log.hpp"
 #include "guest/abi/understudy_abi.h"
@@ -49,7 +51,7 @@ struct Row {
     Mode mode;
     double passes_per_s = 0, write_mbps = 0, pass_ms = 0;
     double ratio = 0; // write throughput over the unprotected row's
-    Summary pause_us;
+    Summary pause_us, stop_us, copy_us; // the pause, and its parts: stopping the vCPUs, copying pages and blocks
     double blocks_per_ckpt = 0, wire_per_written = 0, ckpt_per_s = 0;
     uint64_t checkpoints = 0;
 };
@@ -123,16 +125,20 @@ Row run(Mode mode, const std::string& dir, uint64_t sectors, milliseconds length
     row.pass_ms = p1 > p0 ? 1000.0 * secs / double(p1 - p0) : 0;
     if (primary) {
         const uint64_t acked1 = primary->acked_epoch();
-        std::vector<double> pauses;
+        std::vector<double> pauses, stops, copies;
         uint64_t blocks = 0, wire = 0;
         for (const auto& f : primary->recent_epochs()) {
             if (f.epoch <= acked0 || f.epoch > acked1) continue;
             pauses.push_back(double(f.pause_ns) / 1e3);
+            stops.push_back(double(f.stop_ns) / 1e3);
+            copies.push_back(double(f.copy_ns) / 1e3);
             blocks += f.disk_blocks;
             wire += f.wire_bytes;
         }
         row.checkpoints = pauses.size();
         row.pause_us = summarize(pauses);
+        row.stop_us = summarize(stops);
+        row.copy_us = summarize(copies);
         row.ckpt_per_s = double(row.checkpoints) / secs;
         row.blocks_per_ckpt = row.checkpoints ? double(blocks) / double(row.checkpoints) : 0;
         const double written = double(p1 - p0) * double(sectors * 512);
@@ -172,11 +178,14 @@ int main(int argc, char** argv) {
 
     std::printf("bench_disk: the disk image writing %llu MiB a pass, %lld ms epochs, %.0f s a row\n",
                 (unsigned long long)(sectors * 512 >> 20), (long long)epoch.count(), duration<double>(length).count());
-    std::printf("%-24s %9s %10s %8s %9s %9s %9s %10s %12s\n", "row", "passes/s", "write MB/s", "vs unpr", "pass ms",
-                "pause p50", "pause p99", "blocks/ckpt", "wire/written");
+    std::printf("%-24s %9s %10s %8s %8s %10s %10s %10s %11s %12s\n", "row", "passes/s", "write MB/s", "vs unpr", "pass ms",
+                "pause us", "stop us", "copy us", "blocks/ckpt", "wire/written");
+    std::printf("%-24s %9s %10s %8s %8s %10s %10s %10s %11s %12s\n", "", "", "", "", "", "p50/p99", "p50/p99", "p50/p99", "", "");
+    auto pair = [](const Summary& x) { return fmt::format("{:.0f}/{:.0f}", x.p50, x.p99); };
     for (const auto& r : rows)
-        std::printf("%-24s %9.1f %10.1f %8.2f %9.2f %9.0f %9.0f %10.0f %12.3f\n", mode_name(r.mode), r.passes_per_s,
-                    r.write_mbps, r.ratio, r.pass_ms, r.pause_us.p50, r.pause_us.p99, r.blocks_per_ckpt, r.wire_per_written);
+        std::printf("%-24s %9.1f %10.1f %8.2f %8.1f %10s %10s %10s %11.0f %12.3f\n", mode_name(r.mode), r.passes_per_s,
+                    r.write_mbps, r.ratio, r.pass_ms, pair(r.pause_us).c_str(), pair(r.stop_us).c_str(),
+                    pair(r.copy_us).c_str(), r.blocks_per_ckpt, r.wire_per_written);
 
     struct utsname u{};
     ::uname(&u);
@@ -195,7 +204,8 @@ int main(int argc, char** argv) {
             .num("pass_ms", r.pass_ms);
         if (r.mode != Mode::unprotected)
             x.integer("checkpoints", r.checkpoints).num("ckpt_per_s", r.ckpt_per_s).num("pause_p50_us", r.pause_us.p50)
-                .num("pause_p99_us", r.pause_us.p99).num("disk_blocks_per_ckpt", r.blocks_per_ckpt)
+                .num("pause_p99_us", r.pause_us.p99).num("stop_p50_us", r.stop_us.p50).num("stop_p99_us", r.stop_us.p99)
+                .num("copy_p50_us", r.copy_us.p50).num("copy_p99_us", r.copy_us.p99).num("disk_blocks_per_ckpt", r.blocks_per_ckpt)
                 .num("wire_per_written", r.wire_per_written);
         rj.push_back(x);
     }
