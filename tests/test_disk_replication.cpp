@@ -317,7 +317,8 @@ TEST_CASE("every committed checkpoint's disks equal the primary's at its pause, 
         backup[epoch] = d;
     };
     // 64 KiB of staging memory: bursts spill.
-    BackupThread bt(bh, false, {.paths = copies, .staging_memory = 64 * 1024, .spill_dir = dir});
+    // --disk-ack synced: each checkpoint with writes is fdatasynced before its ACK.
+    BackupThread bt(bh, false, {.paths = copies, .staging_memory = 64 * 1024, .spill_dir = dir, .sync_before_ack = true});
     auto vm = FakeVm::create(fc);
     REQUIRE(vm);
     vm->start();
@@ -353,6 +354,7 @@ TEST_CASE("every committed checkpoint's disks equal the primary's at its pause, 
     const auto stats = bt.server->replica()->disk_stats();
     CHECK(stats.spilled_blocks > 0);
     CHECK(stats.zero_ranges >= 1); // disk a's holes (and all of b)
+    CHECK(stats.syncs >= 100);     // every checkpoint had writes to sync
 
     std::lock_guard lock(mu);
     REQUIRE(backup.size() >= 120);
@@ -480,6 +482,95 @@ TEST_CASE("the initial synchronization sends only the chunks where the backup's 
     REQUIRE(recorded);
     REQUIRE(*recorded);
     CHECK(**recorded == id);
+    vm.reset();
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a primary cut off during the disks' initial synchronization leaves no checkpoint and a copy marked "
+          "inconsistent; the next session finishes the copy",
+          "[disk_replication][epoch]") {
+    const std::string dir = temp_dir();
+    const uint64_t size = 16 * hv::kMiB; // 64 chunks, all different on the empty copy
+    const std::string disk = dir + "/d.img", copy = dir + "/copy.img";
+    const auto content = pattern(size, 12);
+    write_file(disk, content);
+    write_file(copy, std::vector<uint8_t>(size, 0));
+    FakeVmConfig fc;
+    fc.vcpus = 1;
+    fc.pages = 64;
+    fc.disk_bytes = size;
+    fc.disk_paths = {disk};
+    fc.disk_writes_per_burst = 0;
+    auto vm = FakeVm::create(fc);
+    REQUIRE(vm);
+    vm->start();
+    vm->resume_all();
+
+    // The backup cuts the first primary off once three chunks' blocks have arrived: the
+    // primary stops (its connections close), the checkpoint stays open.
+    std::mutex mu;
+    Primary* first = nullptr;
+    int blocks_seen = 0;
+    bool cut = false;
+    BackupHooks bh;
+    bh.on_receive = [&](std::span<const uint8_t> bytes, bool start) {
+        if (start || bytes.size() < 16) return;
+        uint32_t type;
+        std::memcpy(&type, bytes.data(), 4);
+        std::lock_guard lock(mu);
+        if (type == kDiskBlocks && ++blocks_seen == 3 && first) {
+            cut = true;
+            std::thread([p = first] { p->stop(); }).detach(); // not on the backup's own thread
+        }
+    };
+    BackupThread bt(bh, false, {.paths = {copy}, .spill_dir = dir});
+    PrimaryConfig pc;
+    pc.security = link_security();
+    pc.epoch = milliseconds(10);
+    pc.heartbeat = {milliseconds(10), scaled(milliseconds(2000))};
+    {
+        auto data = connect_to(*bt.server);
+        auto p = Primary::start(*vm, std::move(data), pc, {}, connect_to(*bt.server));
+        REQUIRE(p);
+        {
+            std::lock_guard lock(mu);
+            first = p->get();
+        }
+        (void)(*p)->wait();
+        bt.wait_sessions(1);
+        std::lock_guard lock(mu);
+        first = nullptr;
+        REQUIRE(cut);
+        CHECK(!(*p)->is_protected());
+    }
+    REQUIRE(bt.server->replica());
+    CHECK(!bt.server->replica()->has_committed());
+    auto marked = hv::read_identity(copy);
+    REQUIRE(marked);
+    REQUIRE(*marked);
+    CHECK(!(*marked)->consistent); // half written: never taken for a whole disk
+    CHECK(read_file(copy) != content);
+
+    // The next session compares again and sends what is still missing.
+    auto data = connect_to(*bt.server);
+    auto p = Primary::start(*vm, std::move(data), pc, {}, connect_to(*bt.server));
+    REQUIRE(p);
+    const bool ok = wait_until([&] { return (*p)->acked_epoch() >= 3 || (*p)->failure(); }, seconds(60));
+    INFO(((*p)->failure() ? (*p)->failure()->describe() : std::string("no failure")));
+    REQUIRE(ok);
+    const auto figures = (*p)->disk_sync();
+    (*p)->stop();
+    CHECK((*p)->wait());
+    bt.wait_sessions(2);
+    REQUIRE(figures.size() == 1);
+    CHECK(figures[0].chunks == 64);
+    CHECK(figures[0].chunks_differing >= 1);
+    CHECK(figures[0].chunks_differing <= 64 - 3); // the chunks written before the cut stay
+    CHECK(read_file(copy) == content);
+    auto whole = hv::read_identity(copy);
+    REQUIRE(whole);
+    REQUIRE(*whole);
+    CHECK((*whole)->consistent);
     vm.reset();
     std::filesystem::remove_all(dir);
 }
