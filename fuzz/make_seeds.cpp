@@ -381,6 +381,103 @@ void virtqueue_seeds() {
     write_seed("virtqueue", "two-chains-then-guest-update", in);
 }
 
+// The virtio_blk target's steps (fuzz/targets/virtio_blk.cpp): a config byte, then
+// requests built by the target's driver, publish-and-notify, raw ring writes.
+struct BlkSeed {
+    std::vector<uint8_t> b;
+    explicit BlkSeed(uint8_t config) : b{config} {}
+    BlkSeed& u8(uint8_t v) { b.push_back(v); return *this; }
+    BlkSeed& u16(uint16_t v) { return raw(&v, 2); }
+    BlkSeed& u32(uint32_t v) { return raw(&v, 4); }
+    BlkSeed& u64(uint64_t v) { return raw(&v, 8); }
+    BlkSeed& raw(const void* p, size_t n) {
+        b.insert(b.end(), static_cast<const uint8_t*>(p), static_cast<const uint8_t*>(p) + n);
+        return *this;
+    }
+    // op 0: type selector (0 IN, 1 OUT, 2 FLUSH, 3 GET_ID), sector (< 0x8000), shape
+    // (bits 0-2 segments, 8 status, 0x10 split header, 0x20 short header, 0x40 wrong
+    // direction, 0x80 trailing empty writable), segment lengths after the previous buffer.
+    BlkSeed& request(uint8_t type, uint16_t sector, uint8_t shape, std::initializer_list<uint16_t> lens) {
+        u8(0).u8(type).u16(sector).u8(shape);
+        for (uint16_t l : lens) u16(l);
+        return *this;
+    }
+    BlkSeed& notify() { return u8(1); }
+};
+
+void virtio_blk_seeds() {
+    constexpr uint8_t kFlush = 2, kReadOnly = 1, kQueue8 = 4;
+    constexpr uint8_t kStatus = 8;
+    write_seed("virtio_blk", "read", BlkSeed(kFlush).request(0, 5, kStatus | 2, {512, 1024}).notify().b);
+    write_seed("virtio_blk", "write-write-through",
+               BlkSeed(0).request(1, 8, kStatus | 2, {512, 4096}).notify().request(0, 8, kStatus | 1, {4608}).notify().b);
+    write_seed("virtio_blk", "flush-then-write",
+               BlkSeed(kFlush | kQueue8).request(2, 0, kStatus, {}).request(1, 127, kStatus | 1, {512}).notify().b);
+    write_seed("virtio_blk", "get-id",
+               BlkSeed(kFlush).request(3, 0, kStatus | 1, {20}).request(3, 0, kStatus | 2, {4, 8}).notify().b);
+    {
+        BlkSeed s(kFlush);
+        s.u8(0).u8(4).u32(11).u16(0).u8(kStatus);   // DISCARD, as a raw u32 type
+        s.u8(0).u8(107).u16(0).u8(kStatus);         // selector 107: type 107 >> 3 = 13, WRITE_ZEROES
+        s.u8(0).u8(4).u32(0xffffffff).u16(0).u8(kStatus | 1).u16(512);
+        write_seed("virtio_blk", "unsupported-types", s.notify().b);
+    }
+    {
+        BlkSeed s(kFlush);
+        s.request(1, 127, kStatus | 1, {1024});          // runs past the end (128 sectors)
+        s.request(0, 128, kStatus | 1, {512});           // starts at the end
+        s.u8(0).u8(1).u16(0x8000).u64(~0ull - 1).u8(kStatus | 1).u16(1024); // sector overflow
+        s.request(1, 0, kStatus | 1, {700});             // not whole sectors
+        write_seed("virtio_blk", "past-the-end", s.notify().b);
+    }
+    write_seed("virtio_blk", "no-status-byte",
+               BlkSeed(kFlush).request(0, 0, 1, {512}).request(1, 0, 0x20 | kStatus | 1, {512}).notify().b);
+    write_seed("virtio_blk", "read-only-disk",
+               BlkSeed(kReadOnly | kFlush)
+                   .request(1, 0, kStatus | 1, {512})
+                   .request(2, 0, kStatus, {})
+                   .request(0, 0, kStatus | 1, {512})
+                   .notify()
+                   .b);
+    // Shapes: a split header, a trailing empty writable descriptor, data in the wrong
+    // direction, a buffer reused, a segment at a raw address in other RAM; then two chains
+    // made available without a notify, served by the resume after a restore.
+    {
+        BlkSeed s(kFlush);
+        s.request(1, 2, 0x10 | kStatus | 1, {512});
+        s.request(0, 2, 0x80 | kStatus | 1, {512});
+        s.request(0, 2, 0x40 | kStatus | 1, {512});
+        s.request(0, 4, kStatus | 2, {512, 0x4000 | 512}); // 15 descriptors of 16 so far
+        s.notify();
+        s.u8(0).u8(0).u16(6).u8(kStatus | 1).u16(0xc000 | 1024).u64(0x200000);
+        s.request(1, 9, kStatus | 1, {512}).request(0, 9, kStatus | 1, {512});
+        s.u8(1).notify(); // op 1 twice: the second finds nothing new
+        s.request(2, 0, kStatus, {}).request(0, 1, kStatus | 1, {512});
+        s.u8(4).u16(8); // a raw avail idx: 8 of the 9 chains offered
+        s.request(0, 3, kStatus | 1, {512});
+        s.u8(5).u16(0x800 + 2).u64(10);   // the guest publishes avail idx 10 itself
+        s.u8(6).u8(1);                    // a checkpoint and restore: resume serves it
+        write_seed("virtio_blk", "shapes-and-restore", s.b);
+    }
+    // A hostile ring: a descriptor loop, an avail idx far ahead, a reset, a head beyond the
+    // queue, a queue moved by register writes.
+    {
+        BlkSeed s(kFlush | kQueue8);
+        s.u8(2).u8(0).u64(0x2000).u32(16).u16(1).u16(0); // descriptor 0 chains to itself
+        s.u8(3).u16(0).notify();
+        s.u8(6).u8(0);
+        s.request(0, 0, kStatus | 1, {512}).u8(4).u16(100);
+        s.u8(6).u8(0);
+        s.u8(3).u16(9).notify();
+        s.u8(6).u8(0);
+        s.u8(7).u8(0x44 / 4).u32(0);      // QueueReady 0
+        s.u8(7).u8(0xa0 / 4).u32(0x3000); // the used ring moves
+        s.u8(7).u8(0x44 / 4).u32(1);
+        s.request(0, 1, kStatus | 1, {512}).notify();
+        write_seed("virtio_blk", "hostile-ring", s.b);
+    }
+}
+
 void snapshot_seeds() {
     auto mem = hv::GuestMemory::create(hv::kMinMemory);
     if (!mem) die("guest memory");
@@ -407,5 +504,6 @@ int main(int argc, char** argv) {
     control_link_seeds();
     virtqueue_seeds();
     snapshot_seeds();
+    virtio_blk_seeds();
     return 0;
 }

@@ -25,7 +25,7 @@ for a in "$@"; do
     *) seconds=$a ;;
   esac
 done
-all=(wire page_codec control_link virtqueue snapshot_records pvh_loader etcd_json config)
+all=(wire page_codec control_link virtqueue snapshot_records pvh_loader etcd_json config virtio_blk)
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
 build=${FUZZ_BUILD_DIR:-build-fuzz}
