@@ -110,6 +110,14 @@ Result<SessionEnd> BackupServer::serve_one(std::chrono::milliseconds accept_time
                        "the primary asked to hand over at checkpoint " + std::to_string(*handover) + ", but " + here);
         link->goodbye(); // an explicit no: the primary runs on instead of wondering whether this backup took over
     }
+    // A primary that stops on purpose may cut short the checkpoint it was sending; its
+    // GOODBYE still makes the end orderly (that checkpoint is discarded, as at any end).
+    if (!r && r.error().code == Errc::system && link && !handover &&
+        link->wait_end(cfg_.heartbeat.timeout) == LinkEnd::goodbye) {
+        log::info("backup: the primary stopped replicating while a checkpoint arrived ({}); that checkpoint is discarded",
+                  r.error().describe());
+        r = {};
+    }
     // With a control connection, only a GOODBYE makes a closed stream an orderly end: a
     // primary that dies also closes its sockets. The GOODBYE travels on the other
     // connection, so it may still be on its way.

@@ -1,10 +1,11 @@
 #include "replicator/disk_records.hpp"
 
 #include <lz4.h>
-#define XXH_STATIC_LINKING_ONLY // XXH3_state_t on the stack
 #include <xxhash.h>
 
 #include <cstring>
+#include <memory>
+#include <new>
 #include <string>
 
 #include "common/codec.hpp"
@@ -23,13 +24,17 @@ Error bad(const std::string& what, const std::string& why) { return make_error(E
 // XXH3-64, seeded with the session id, over the disk index, the count, the indices and
 // the raw data: a block cannot be moved to another place, disk or session unnoticed.
 uint64_t blocks_check(uint32_t disk, std::span<const uint64_t> blocks, std::span<const uint8_t> data, uint64_t seed) {
-    XXH3_state_t st;
-    XXH3_64bits_reset_withSeed(&st, seed);
+    // The library allocates its state: a caller's XXH3_state_t may be laid out otherwise
+    // than the library's (its alignment attributes depend on the compiler), and one on the
+    // stack was overrun in the clang build.
+    std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> st(XXH3_createState(), &XXH3_freeState);
+    if (!st) throw std::bad_alloc();
+    XXH3_64bits_reset_withSeed(st.get(), seed);
     const uint32_t head[2] = {disk, uint32_t(blocks.size())};
-    XXH3_64bits_update(&st, head, sizeof head);
-    XXH3_64bits_update(&st, blocks.data(), blocks.size_bytes());
-    XXH3_64bits_update(&st, data.data(), data.size());
-    return XXH3_64bits_digest(&st);
+    XXH3_64bits_update(st.get(), head, sizeof head);
+    XXH3_64bits_update(st.get(), blocks.data(), blocks.size_bytes());
+    XXH3_64bits_update(st.get(), data.data(), data.size());
+    return XXH3_64bits_digest(st.get());
 }
 
 Result<const DiskInfo*> disk_of(uint32_t disk, std::span<const DiskInfo> disks, const std::string& what) {

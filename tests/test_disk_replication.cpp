@@ -346,6 +346,7 @@ TEST_CASE("every committed checkpoint's disks equal the primary's at its pause, 
     bt.wait_sessions(1);
     {
         std::lock_guard lock(bt.mu);
+        INFO((bt.session_errors.empty() ? std::string() : bt.session_errors.front()));
         CHECK(bt.session_errors.empty());
     }
     uint64_t blocks = 0;

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "common/clock.hpp"
 #include "common/codec.hpp"
 #include "common/file_io.hpp"
 #include "common/log.hpp"
@@ -148,9 +149,17 @@ void VirtioBlk::process_queue() {
         }
         if (batch_.empty()) break;
         if (!ops_.empty()) {
+            const bool flush = std::any_of(ops_.begin(), ops_.end(), [](const DiskOp& o) { return o.kind == DiskOp::Kind::flush; });
+            const uint64_t t0 = flush ? now_ns() : 0;
             // A failure of io_uring itself leaves its ops' errors in them: answered IOERR.
             if (auto rc = file_->run(ops_); !rc && log_worthy(stats_.io_errors))
                 log::warn("{}: {}", name_, rc.error().describe());
+            if (flush) {
+                const uint64_t took = now_ns() - t0;
+                ++stats_.flush_batches;
+                stats_.flush_batch_ns += took;
+                stats_.flush_batch_max_ns = std::max(stats_.flush_batch_max_ns, took);
+            }
         }
         for (Request& r : batch_) complete(r);
         completed = true;

@@ -62,6 +62,9 @@ struct BlkStats {
     uint64_t reads = 0, read_bytes = 0;
     uint64_t writes = 0, write_bytes = 0;
     uint64_t flushes = 0, get_ids = 0;
+    // Batches that held a FLUSH, and their time from submission to completion (the host's
+    // fdatasync, after the batch's earlier requests): what a guest's flush waits for.
+    uint64_t flush_batches = 0, flush_batch_ns = 0, flush_batch_max_ns = 0;
     uint64_t unsupported = 0;  // requests of another type, answered UNSUPP
     uint64_t bad_requests = 0; // malformed or outside the disk, answered IOERR (or with no status)
     uint64_t io_errors = 0;    // the host's I/O failed, answered IOERR
