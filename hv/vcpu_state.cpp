@@ -135,7 +135,7 @@ void encode_vm_clock(const VmState& s, std::vector<uint8_t>& out) {
 Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s) {
     const std::string what = "VM state";
     Decoder d(in, what);
-    bool have_time = false;
+    bool have_time = false, have_clock = false;
     uint32_t version = 0;
     uint32_t platform_parts = 0; // bit per tag seen
     PlatformState p;
@@ -170,11 +170,16 @@ Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s) {
             s.guest_time_ns = US_TRY(Decoder::as_pod<uint64_t>(f, what));
             have_time = true;
             break;
-        case kTagKvmClock: s.kvmclock = US_TRY(Decoder::as_pod<kvm_clock_data>(f, what)); break;
+        case kTagKvmClock:
+            s.kvmclock = US_TRY(Decoder::as_pod<kvm_clock_data>(f, what));
+            have_clock = true;
+            break;
         default: break;
         }
     }
     if (!have_time) return d.error("guest time is missing");
+    // Restored, a zeroed clock would throw the guest's time back to 0.
+    if (!have_clock) return d.error("field 3 is missing (the KVM clock)");
     if (version == kVmStateVersionPc) {
         const uint32_t all = (1u << kTagPicMaster) | (1u << kTagPicSlave) | (1u << kTagIoapic) | (1u << kTagPit);
         if (platform_parts != all) return d.error("version 2 needs the two PICs, the IOAPIC and the PIT, once each");
