@@ -170,14 +170,7 @@ Result<void> DiskReplica::write(const DiskZero& z) {
 }
 
 Result<void> DiskReplica::apply_staged() {
-    for (const DiskZero& z : zeros_) {
-        const auto& f = *files_[z.disk];
-        const uint64_t off = z.first_block * kBlock;
-        if (auto w = zero_range(f.fd(), off, std::min<uint64_t>(z.blocks * kBlock, f.size_bytes() - off)); !w)
-            return std::move(w.error()).wrap("the disk " + f.path());
-        dirty_[z.disk] = true;
-        ++stats_.zero_ranges;
-    }
+    for (const DiskZero& z : zeros_) US_TRYV(write(z));
     const uint64_t memory_slots = cfg_.staging_memory / kBlock;
     std::vector<uint8_t> spilled(kBlock);
     for (const auto& [key, slot] : slot_) { // in disk and block order: sequential writes
