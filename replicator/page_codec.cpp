@@ -52,17 +52,28 @@ void xor_page(uint8_t* dst, const uint8_t* a, const uint8_t* b) {
     }
 }
 
-// delta = cached ^ page and cached = page, in one pass over the three pages.
-void xor_and_replace(uint8_t* delta, uint8_t* cached, const uint8_t* page) {
+// delta = cached ^ page and cached = page, in one pass over the three pages. Returns the
+// number of 8-byte words of the delta that are zero.
+size_t xor_and_replace(uint8_t* delta, uint8_t* cached, const uint8_t* page) {
+    size_t zero_words = 0;
     for (size_t i = 0; i < kPageSize; i += 8) {
         uint64_t x, y;
         std::memcpy(&x, cached + i, 8);
         std::memcpy(&y, page + i, 8);
         std::memcpy(cached + i, &y, 8);
         x ^= y;
+        zero_words += (x == 0);
         std::memcpy(delta + i, &x, 8);
     }
+    return zero_words;
 }
+
+// A delta with fewer zero words than this is dense: the page changed throughout, and
+// LZ4 of the page itself does at least as well as LZ4 of the delta.
+constexpr size_t kSparseDeltaZeroWords = kPageSize / 8 / 4;
+// The incompressibility probe: LZ4 of kProbeChunks chunks of kProbeChunkBytes spread over
+// the page (an eighth of it) that does not save 1/16 of the sample.
+constexpr size_t kProbeChunks = 8, kProbeChunkBytes = 64, kProbeBytes = kProbeChunks * kProbeChunkBytes;
 
 size_t pad8(size_t n) { return (8 - n % 8) % 8; }
 
@@ -155,6 +166,17 @@ struct PageEncoder::State {
     std::vector<uint32_t> page_slot;
     size_t hand = 0;
     std::vector<char> lz4_state;
+    // True when a sample of the page does not compress: LZ4 of the whole page would not
+    // either (random or encrypted data), and costs 10 to 20 times more than the probe.
+    bool looks_incompressible(const uint8_t* src, int accel) {
+        for (size_t c = 0; c < kProbeChunks; ++c)
+            std::memcpy(probe + c * kProbeChunkBytes, src + c * (kPageSize / kProbeChunks), kProbeChunkBytes);
+        return LZ4_compress_fast_extState(lz4_state.data(), reinterpret_cast<const char*>(probe), probe_out,
+                                          int(kProbeBytes), int(kProbeBytes - kProbeBytes / 16), accel) == 0;
+    }
+
+    alignas(64) uint8_t probe[kProbeBytes];
+    alignas(64) char probe_out[kProbeBytes];
     alignas(64) uint8_t delta[kPageSize];
     alignas(64) uint8_t xor_out[kPageSize];
     alignas(64) uint8_t lz4_out[kPageSize];
@@ -220,13 +242,16 @@ PageEncoding PageEncoder::encode_page(uint64_t index, const uint8_t* page, std::
     const uint8_t* payload = page;
     int len = kPageSize;
     if (prev) {
-        xor_and_replace(st.delta, prev, page);
+        const size_t zero_words = xor_and_replace(st.delta, prev, page);
         st.touch(index);
-        if (int n = st.compress(st.delta, st.xor_out, cfg_.lz4_max_bytes, cfg_.lz4_acceleration); n > 0)
-            e = PageEncoding::xor_lz4, payload = st.xor_out, len = n;
+        if (zero_words >= kSparseDeltaZeroWords)
+            if (int n = st.compress(st.delta, st.xor_out, cfg_.lz4_max_bytes, cfg_.lz4_acceleration); n > 0)
+                e = PageEncoding::xor_lz4, payload = st.xor_out, len = n;
     }
-    // Plain LZ4 is slow on incompressible pages: skip it when the delta is already small.
-    if (e == PageEncoding::raw || len > static_cast<int>(cfg_.xor_accept_bytes)) {
+    // Plain LZ4 is slow, most of all on incompressible pages: skip it when the delta is
+    // already small, or when a sample of the page does not compress.
+    if ((e == PageEncoding::raw || len > static_cast<int>(cfg_.xor_accept_bytes)) &&
+        !st.looks_incompressible(page, cfg_.lz4_acceleration)) {
         int n = st.compress(page, st.lz4_out, cfg_.lz4_max_bytes, cfg_.lz4_acceleration);
         if (n > 0 && n < len) e = PageEncoding::lz4, payload = st.lz4_out, len = n;
     }

@@ -106,6 +106,44 @@ TEST_CASE("each encoding is chosen on suitable content and round-trips", "[page_
     CHECK(step(1) == PageEncoding::raw);
 }
 
+TEST_CASE("the shortcuts (a dense delta skips the XOR, an incompressible sample skips LZ4) choose as before and round-trip", "[page_codec]") {
+    Pair p(4);
+    std::mt19937_64 rng(5);
+    auto step = [&](uint64_t i) {
+        CodecStats s;
+        REQUIRE(p.apply(p.encode({i}, &s)));
+        CHECK(p.in_sync());
+        return std::pair{only_encoding(s), s.encoded_bytes};
+    };
+    // Text rewritten throughout (a cached copy exists, but the delta is dense): plain LZ4,
+    // as small as LZ4 of the page alone.
+    fill_compressible(p.page(0), 0);
+    CHECK(step(0).first == PageEncoding::lz4);
+    fill_compressible(p.page(0), 3);
+    std::vector<char> alone(LZ4_compressBound(kPageSize));
+    const int alone_bytes = LZ4_compress_default(reinterpret_cast<const char*>(p.page(0)), alone.data(), kPageSize,
+                                                 int(alone.size()));
+    auto [e, bytes] = step(0);
+    CHECK(e == PageEncoding::lz4);
+    CHECK(bytes <= sizeof(PageBatchHeader) + sizeof(PageRecordHeader) + size_t(alone_bytes) + 8);
+    // Random content rewritten: raw, the probe having refused both LZ4 passes.
+    fill_random(p.page(1), rng);
+    CHECK(step(1).first == PageEncoding::raw);
+    fill_random(p.page(1), rng);
+    CHECK(step(1).first == PageEncoding::raw);
+    // A few bytes changed in a random page go as an XOR: the probe is not asked when the
+    // delta is sparse and small.
+    p.page(1)[2000] ^= 0x11;
+    CHECK(step(1).first == PageEncoding::xor_lz4);
+    // Random first half, zeros after: the probe's sample covers both, so LZ4 is tried.
+    std::memset(p.page(2), 0, kPageSize);
+    for (size_t i = 0; i < kPageSize / 2; i += 8) {
+        uint64_t v = rng();
+        std::memcpy(p.page(2) + i, &v, 8);
+    }
+    CHECK(step(2).first == PageEncoding::lz4);
+}
+
 TEST_CASE("small deltas are far smaller than the page; same pages cost only a header", "[page_codec]") {
     Pair p(64);
     std::mt19937_64 rng(2);
