@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "bench/bench_common.hpp"
+#include "bench/bench_link.hpp"
 #include "common/log.hpp"
 #include "guest/abi/understudy_abi.h"
 #include "hv/kvm.hpp"
@@ -50,17 +51,6 @@ bool g_verbose = false; // --verbose=1: every measured epoch on stderr
 unsigned g_vcpus = 1;
 std::string g_image;
 bool g_custom = false;
-
-// One key for the whole run, as both hosts would load it from the same file.
-LinkSecurity link_security(bool secure) {
-    if (!secure) return {LinkSecurityMode::disabled, nullptr};
-    static auto key = [] {
-        auto k = LinkKey::random();
-        if (!k) die(k.error().describe());
-        return std::make_shared<const LinkKey>(std::move(*k));
-    }();
-    return {LinkSecurityMode::required, key};
-}
 
 // boot() for an image given by path (the custom row's --image).
 std::unique_ptr<Vm> boot_path(const std::string& path, const std::string& cmdline, VmConfig cfg,
@@ -311,50 +301,6 @@ RowResult run_row(const Row& row, uint64_t memory_bytes, bool quick) {
     vm->stop();
     if (!vm->wait_for(seconds(10))) die("the VM did not stop");
     return res;
-}
-
-// Loopback bandwidth through the transport itself: `total` bytes in 4 MiB sends, sealed
-// (after the link handshake) or in clear.
-double loopback_mbps(size_t total, bool secure) {
-    auto ep = Endpoint::parse("127.0.0.1:0");
-    auto l = Listener::listen(*ep);
-    if (!l) die("listen: " + l.error().describe());
-    const size_t chunk = 4u << 20;
-    std::atomic<uint64_t> done_ns{0};
-    std::string err;
-    std::thread rx([&] {
-        auto c = l->accept(seconds(10));
-        if (!c) {
-            err = c.error().describe();
-            return;
-        }
-        if (secure)
-            if (auto h = secure_server(**c, *link_security(true).key); !h) {
-                err = h.error().describe();
-                return;
-            }
-        std::vector<uint8_t> in(chunk);
-        for (size_t got = 0; got < total; got += chunk)
-            if (auto r = (*c)->recv_exact(in); !r) {
-                err = r.error().describe();
-                return;
-            }
-        done_ns = now_ns();
-    });
-    auto c = Connection::connect(l->local(), seconds(5));
-    if (!c) die("connect: " + c.error().describe());
-    if (secure)
-        if (auto h = secure_client(**c, *link_security(true).key, LinkChannel::stream); !h) die(h.error().describe());
-    std::vector<uint8_t> out(chunk);
-    for (size_t i = 0; i < chunk; ++i) out[i] = uint8_t(i * 131);
-    std::span<const uint8_t> s(out);
-    (void)(*c)->send({&s, 1}); // warm-up: one chunk, not timed
-    uint64_t t0 = now_ns();
-    for (size_t sent = chunk; sent < total; sent += chunk)
-        if (auto r = (*c)->send({&s, 1}); !r) die("send: " + r.error().describe());
-    rx.join();
-    if (!err.empty()) die("loopback receive: " + err);
-    return double(total - chunk) / (double(done_ns.load() - t0) / 1e9) / 1e6;
 }
 
 Summary us_of(const std::vector<EpochFigures>& v, uint64_t EpochFigures::*m) {

@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <sys/utsname.h>
+#include <unistd.h>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -183,6 +185,33 @@ private:
     }
     std::string body_;
 };
+
+// Where and how a figure was measured, for its JSON (docs: bench/README.md "Provenance"):
+// date, commit, command line, host name, kernel, CPU model and count, and which KVM
+// backend the kernel has loaded ("none" without one).
+inline void add_provenance(Json& j, int argc, char** argv) {
+    struct utsname u{};
+    ::uname(&u);
+    std::string cpu = "unknown";
+    if (FILE* f = std::fopen("/proc/cpuinfo", "r")) {
+        char line[512];
+        while (std::fgets(line, sizeof line, f))
+            if (std::strncmp(line, "model name", 10) == 0) {
+                if (const char* c = std::strchr(line, ':')) {
+                    cpu = c + 1 + (c[1] == ' ');
+                    while (!cpu.empty() && cpu.back() == '\n') cpu.pop_back();
+                }
+                break;
+            }
+        std::fclose(f);
+    }
+    auto loaded = [](const char* m) { return ::access((std::string("/sys/module/") + m).c_str(), F_OK) == 0; };
+    const char* kvm = loaded("kvm_pvm") ? "pvm" : loaded("kvm_intel") ? "intel" : loaded("kvm_amd") ? "amd" : "none";
+    std::string command;
+    for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
+    j.str("date", utc_timestamp()).str("commit", source_commit()).str("command", command).str("host", u.nodename)
+        .str("kernel", u.release).str("cpu", cpu).integer("cpus", uint64_t(::sysconf(_SC_NPROCESSORS_ONLN))).str("kvm", kvm);
+}
 
 // Prints "JSON: {...}" as the last line of stdout and writes the object to opts.json_file.
 inline bool emit_json(const Options& o, const Json& j) {

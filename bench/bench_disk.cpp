@@ -18,7 +18,6 @@
 // 256, at most 65536), --epoch-ms=N.
 
 #include <fcntl.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -28,6 +27,7 @@
 #include <fmt/format.h>
 
 #include "bench/bench_common.hpp"
+#include "bench/bench_link.hpp"
 #include "common/log.hpp"
 #include "guest/abi/understudy_abi.h"
 #include "hv/virtio/blk_device.hpp"
@@ -60,15 +60,6 @@ struct Row {
     uint64_t checkpoints = 0;
 };
 
-LinkSecurity security() {
-    static auto key = [] {
-        auto k = LinkKey::random();
-        if (!k) die(k.error().describe());
-        return std::make_shared<const LinkKey>(std::move(*k));
-    }();
-    return {LinkSecurityMode::required, key};
-}
-
 void make_file(const std::string& path, uint64_t bytes) {
     int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0 || ::ftruncate(fd, off_t(bytes)) < 0) die("creating " + path);
@@ -96,7 +87,7 @@ Row run(Mode mode, const std::string& dir, uint64_t sectors, milliseconds length
     std::unique_ptr<Primary> primary;
     if (mode != Mode::unprotected) {
         BackupConfig bc;
-        bc.security = security();
+        bc.security = link_security(true);
         bc.disks = {.paths = {copy}, .spill_dir = dir, .sync_before_ack = mode == Mode::synced};
         auto s = BackupServer::listen(*Endpoint::parse("127.0.0.1:0"), {}, bc);
         if (!s) die(s.error().describe());
@@ -107,7 +98,7 @@ Row run(Mode mode, const std::string& dir, uint64_t sectors, milliseconds length
         if (!conn || !control) die("connecting to the backup");
         PrimaryConfig pc;
         pc.epoch = epoch;
-        pc.security = security();
+        pc.security = link_security(true);
         auto p = Primary::start(*vm, std::move(*conn), pc, {}, std::move(*control));
         if (!p) die(p.error().describe());
         primary = std::move(*p);
@@ -201,15 +192,9 @@ int main(int argc, char** argv) {
                     r.ack_ms, pair(r.pause_us).c_str(), pair(r.stop_us).c_str(), pair(r.copy_us).c_str(), r.blocks_per_ckpt,
                     r.wire_per_written);
 
-    struct utsname u{};
-    ::uname(&u);
     Json j;
-    j.str("bench", "disk").str("date", utc_timestamp()).str("commit", source_commit()).str("kernel", u.release)
-        .str("machine", u.nodename);
-    j.str("kvm", std::filesystem::exists("/sys/module/kvm_pvm") ? "pvm"
-                 : std::filesystem::exists("/sys/module/kvm_intel") ? "intel"
-                 : std::filesystem::exists("/sys/module/kvm_amd")   ? "amd"
-                                                                    : "unknown");
+    j.str("bench", "disk");
+    add_provenance(j, argc, argv);
     j.integer("region_bytes", sectors * 512).integer("epoch_ms", uint64_t(epoch.count())).num("row_seconds", duration<double>(length).count());
     std::vector<Json> rj;
     for (const auto& r : rows) {

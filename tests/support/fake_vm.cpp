@@ -3,7 +3,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <random>
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <ctime>
 
 #include "common/file_io.hpp"
 
@@ -42,7 +46,13 @@ std::unique_ptr<FakeVm> FakeVm::create(FakeVmConfig cfg) {
 }
 
 FakeVm::FakeVm(FakeVmConfig cfg, hv::GuestMemory mem, std::vector<std::unique_ptr<FakeDisk>> disks)
-    : cfg_(cfg), memory_(std::move(mem)), disks_(std::move(disks)), progress_(cfg.vcpus) {}
+    : cfg_(cfg), memory_(std::move(mem)), disks_(std::move(disks)), progress_(cfg.vcpus), cpu_ns_(cfg.vcpus) {}
+
+uint64_t FakeVm::vcpu_cpu_ns() const {
+    uint64_t sum = 0;
+    for (const auto& c : cpu_ns_) sum += c.load();
+    return sum;
+}
 
 std::vector<hv::ReplicatedDisk*> FakeVm::disks() {
     std::vector<hv::ReplicatedDisk*> out;
@@ -66,6 +76,7 @@ void FakeVm::start() {
 void FakeVm::pause_all() {
     std::unique_lock lock(mu_);
     pause_ = true;
+    cv_.notify_all(); // a paced vCPU waiting for its turn parks at once
     cv_.wait(lock, [&] { return parked_ == cfg_.vcpus; });
 }
 
@@ -121,6 +132,8 @@ void FakeVm::vcpu_main(unsigned index) {
     const uint64_t slice = memory_.page_count() / cfg_.vcpus;
     const uint64_t first = index * slice, pages = std::min(cfg_.pages, slice);
     uint64_t seq = 0;
+    std::vector<uint8_t> scratch(hv::kPageSize);
+    auto next = std::chrono::steady_clock::now();
     for (;;) {
         {
             std::unique_lock lock(mu_);
@@ -136,12 +149,7 @@ void FakeVm::vcpu_main(unsigned index) {
         for (unsigned k = 0; k < cfg_.writes_per_burst; ++k) {
             uint64_t page = first + (cfg_.random_pages ? rng() % pages : seq % pages);
             ++seq;
-            // A stamp (vCPU, sequence) at a place that moves within the page, so that
-            // consecutive versions of a page differ in a few bytes (XOR deltas) or many.
-            uint64_t stamp[2] = {index, seq};
-            uint64_t offset = (seq % 64) * 64;
-            (void)memory_.write(hv::Gpa{memory_.page_gpa(page).value + offset},
-                                {reinterpret_cast<const uint8_t*>(stamp), sizeof stamp});
+            write_page(index, page, seq, rng, scratch);
             progress_[index].store(seq);
             writes_.fetch_add(1);
         }
@@ -158,8 +166,67 @@ void FakeVm::vcpu_main(unsigned index) {
                 progress_[index].store(seq);
             }
         }
-        if (cfg_.pause_between_bursts.count() > 0) std::this_thread::sleep_for(cfg_.pause_between_bursts);
+        timespec cpu{};
+        ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+        cpu_ns_[index].store(uint64_t(cpu.tv_sec) * 1000000000u + uint64_t(cpu.tv_nsec));
+        if (cfg_.pages_per_s > 0)
+            wait_for_turn(next);
+        else if (cfg_.pause_between_bursts.count() > 0)
+            std::this_thread::sleep_for(cfg_.pause_between_bursts);
     }
+}
+
+void FakeVm::wait_for_turn(std::chrono::steady_clock::time_point& next) {
+    using namespace std::chrono;
+    const auto burst = nanoseconds(uint64_t(1e9 * cfg_.writes_per_burst * cfg_.vcpus / double(cfg_.pages_per_s)));
+    const auto now = steady_clock::now();
+    next = (now - next > burst) ? now : next + burst; // behind by more than a burst: the debt is dropped
+    std::unique_lock lock(mu_);
+    cv_.wait_until(lock, next, [&] { return pause_ || stop_; });
+}
+
+void FakeVm::write_page(unsigned index, uint64_t page, uint64_t seq, std::mt19937_64& rng, std::vector<uint8_t>& scratch) {
+    const hv::Gpa gpa = memory_.page_gpa(page);
+    switch (cfg_.content) {
+    case FakeContent::stamp: {
+        // A stamp (vCPU, sequence) at a place that moves within the page, so that
+        // consecutive versions of a page differ in a few bytes (XOR deltas) or many.
+        uint64_t stamp[2] = {index, seq};
+        (void)memory_.write(hv::Gpa{gpa.value + (seq % 64) * 64}, {reinterpret_cast<const uint8_t*>(stamp), sizeof stamp});
+        return;
+    }
+    case FakeContent::text: {
+        // A window of a fixed text (compresses as text does: LZ4 about 2 to 1) at a place
+        // that moves, with the write's number in front: each version of a page differs.
+        static const std::string corpus = [] {
+            static constexpr const char* kWords[] = {"checkpoint ", "replica ", "the ", "epoch ", "of ", "backup ",
+                                                     "guest ", "page ", "and ", "memory ", "failover ", "a ",
+                                                     "request ", "to ", "log: ", "status=ok\n"};
+            std::mt19937_64 words(7);
+            std::string t;
+            while (t.size() < 64 * 1024) t += kWords[words() % std::size(kWords)];
+            return t;
+        }();
+        const size_t at = size_t(rng() % (corpus.size() - scratch.size()));
+        std::memcpy(scratch.data(), corpus.data() + at, scratch.size());
+        std::snprintf(reinterpret_cast<char*>(scratch.data()), 24, "%u:%llu", index, (unsigned long long)seq);
+        break;
+    }
+    case FakeContent::random: {
+        // xorshift64*: cheap enough that the writer is not the bottleneck, incompressible.
+        uint64_t x = rng() | 1;
+        for (size_t i = 0; i < scratch.size(); i += 8) {
+            x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
+            const uint64_t r = x * 0x2545F4914F6CDD1Dull;
+            std::memcpy(scratch.data() + i, &r, 8);
+        }
+        break;
+    }
+    case FakeContent::zero:
+        std::fill(scratch.begin(), scratch.end(), 0);
+        break;
+    }
+    (void)memory_.write(gpa, scratch);
 }
 
 } // namespace understudy::test

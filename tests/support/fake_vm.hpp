@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,6 +20,14 @@
 
 namespace understudy::test {
 
+// What a vCPU writes into a page (bench/bench_pipeline's content classes).
+enum class FakeContent {
+    stamp,  // a 16-byte stamp at a place that moves within the page (a churning guest)
+    text,   // the whole page: words, as a page cache of text or logs
+    random, // the whole page: incompressible bytes
+    zero,   // the whole page: zeros
+};
+
 struct FakeVmConfig {
     uint64_t memory_bytes = 16 * hv::kMiB;
     unsigned vcpus = 2;
@@ -26,6 +35,12 @@ struct FakeVmConfig {
     unsigned writes_per_burst = 16;       // page writes between two looks at the pause flag
     std::chrono::microseconds pause_between_bursts{100};
     bool random_pages = true;             // else a cursor that sweeps the slice
+    FakeContent content = FakeContent::stamp;
+    // Page writes per second, all vCPUs together (0: bursts as fast as writes_per_burst and
+    // pause_between_bursts allow). Paced on running time: a vCPU that falls more than a
+    // burst's worth behind (a pause, a busy host) drops the debt instead of catching up,
+    // as a guest loses the time it was stopped.
+    uint64_t pages_per_s = 0;
     // Disk files (made, or grown to disk_bytes, sparse): each burst of each vCPU also
     // writes this many runs of 512-byte sectors, stamped, into its slice of every disk.
     std::vector<std::string> disk_paths;
@@ -80,10 +95,17 @@ public:
     // Writes part of a page as a device would, outside any vCPU: false (nothing written)
     // while the VM is paused, as devices are suspended then (hv::Device::suspend).
     bool vmm_write(uint64_t page, uint8_t value);
+    // Page writes so far, all vCPUs, and the CPU time their threads used.
+    uint64_t page_writes() const { return writes_.load(); }
+    uint64_t vcpu_cpu_ns() const;
 
 private:
     FakeVm(FakeVmConfig cfg, hv::GuestMemory mem, std::vector<std::unique_ptr<FakeDisk>> disks);
     void vcpu_main(unsigned index);
+    // Writes page `page` of the vCPU's `seq`-th write, as cfg_.content says.
+    void write_page(unsigned index, uint64_t page, uint64_t seq, std::mt19937_64& rng, std::vector<uint8_t>& scratch);
+    // Paced mode: waits (woken by a pause) until the vCPU may write its next burst.
+    void wait_for_turn(std::chrono::steady_clock::time_point& next);
 
     FakeVmConfig cfg_;
     hv::GuestMemory memory_;
@@ -91,6 +113,7 @@ private:
     std::vector<std::thread> threads_;
     // Each vCPU's progress: the number of writes it made, its "rip" in the saved state.
     std::vector<std::atomic<uint64_t>> progress_;
+    std::vector<std::atomic<uint64_t>> cpu_ns_; // each vCPU thread's CPU time, after its last burst
     std::atomic<uint64_t> writes_{0};
 
     mutable std::mutex mu_;
