@@ -714,9 +714,9 @@ int main(int argc, char** argv) {
     std::printf("\ntargets: %s%s\n", all_ok ? "all met" : "some MISSED", any_error ? " (a row FAILED)" : "");
 
     Json out;
-    out.str("benchmark", "bench_checkpoint")
-        .str("date", date)
-        .boolean("quick", opt.quick)
+    out.str("benchmark", "bench_checkpoint");
+    add_provenance(out, argc, argv);
+    out        .boolean("quick", opt.quick)
         .integer("memory_mib", mib)
         .integer("vcpus", g_vcpus)
         .num("window_s", seconds_per_row)

@@ -346,9 +346,9 @@ int main(int argc, char** argv) {
                 exact ? "" : "   WARNING: some harvest missed a written page");
 
     Json out;
-    out.str("benchmark", "bench_dirty")
-        .str("date", date)
-        .boolean("quick", opt.quick)
+    out.str("benchmark", "bench_dirty");
+    add_provenance(out, argc, argv);
+    out        .boolean("quick", opt.quick)
         .integer("ring_entries", kRingEntries)
         .integer("warmup_rounds", warmup)
         .integer("measured_rounds", measured)

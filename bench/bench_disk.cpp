@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
                     r.wire_per_written);
 
     Json j;
-    j.str("bench", "disk");
+    j.str("benchmark", "bench_disk");
     add_provenance(j, argc, argv);
     j.integer("region_bytes", sectors * 512).integer("epoch_ms", uint64_t(epoch.count())).num("row_seconds", duration<double>(length).count());
     std::vector<Json> rj;

@@ -189,6 +189,8 @@ int main(int argc, char** argv) {
                                .str("failure", r.failure));
         }
     Json j;
-    j.str("bench", "heartbeat").str("when", utc_timestamp()).num("timeout_ms", 100).arr("rows", rows).boolean("any_failure", any_failure);
+    j.str("benchmark", "bench_heartbeat");
+    add_provenance(j, argc, argv);
+    j.num("timeout_ms", 100).arr("rows", rows).boolean("any_failure", any_failure);
     return emit_json(opts, j) ? 0 : 3;
 }

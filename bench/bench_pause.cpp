@@ -287,9 +287,9 @@ int main(int argc, char** argv) {
     std::printf("\ntarget (pause+resume p99 <= %.0f us): %s\n", kTargetP99Us, ok ? "met" : "MISSED");
 
     Json out;
-    out.str("benchmark", "bench_pause")
-        .str("date", date)
-        .boolean("quick", opt.quick)
+    out.str("benchmark", "bench_pause");
+    add_provenance(out, argc, argv);
+    out        .boolean("quick", opt.quick)
         .integer("cycles", cycles)
         .integer("gap_us", 200)
         .num("target_round_trip_p99_us", kTargetP99Us)

@@ -354,7 +354,7 @@ int main(int argc, char** argv) {
     Setup s;
     std::vector<FakeContent> contents = {FakeContent::stamp, FakeContent::text, FakeContent::random, FakeContent::zero};
     std::vector<uint64_t> epochs = {25, 5};
-    std::vector<uint64_t> rates = {25000, 50000, 100000, 150000, 200000, 300000, 400000, 600000};
+    std::vector<uint64_t> rates = {25000, 50000, 100000, 150000, 200000, 300000, 400000, 600000, 800000};
     bool clear_rows = true; // the churn sweep again with link security disabled: what sealing costs
     if (opt.quick) {
         contents = {FakeContent::stamp};
@@ -407,8 +407,11 @@ int main(int argc, char** argv) {
     std::vector<Sweep> sweeps;
     for (auto c : contents)
         for (auto e : epochs) sweeps.push_back({c, unsigned(e), true});
-    if (clear_rows && std::find(contents.begin(), contents.end(), FakeContent::stamp) != contents.end())
-        sweeps.push_back({FakeContent::stamp, unsigned(epochs.front()), false});
+    // What sealing costs: the churn and random sweeps again, in clear.
+    if (clear_rows)
+        for (auto c : {FakeContent::stamp, FakeContent::random})
+            if (std::find(contents.begin(), contents.end(), c) != contents.end())
+                sweeps.push_back({c, unsigned(epochs.front()), false});
 
     std::printf("%-7s %5s %5s %8s %9s %7s %9s %8s %7s %5s %13s %8s %8s %8s %8s %8s %8s %8s\n", "content", "epoch", "link",
                 "rate", "written/s", "ckpt/s", "pages/s", "raw MB/s", "wire/raw", "kept", "pause us", "ack ms", "copy",
@@ -472,11 +475,25 @@ int main(int argc, char** argv) {
             .boolean("churn_raw_met", c->max_raw_mbps >= kChurnRawMBpsMin);
         targets.num("churn_wire_over_raw", c->wire_over_raw).num("churn_wire_over_raw_max", kChurnWireOverRawMax)
             .boolean("churn_wire_met", c->wire_over_raw <= kChurnWireOverRawMax);
-        if (auto* clear = find(FakeContent::stamp, e0, false); clear && clear->max_raw_mbps > 0) {
-            double cost = 1 - c->max_raw_mbps / clear->max_raw_mbps;
-            targets.num("seal_cost", cost).num("seal_cost_max", kSealCostMax).boolean("seal_cost_met", cost <= kSealCostMax);
-        }
     }
+    // Sealing's cost, per content: the share of the CPU per page (both processes) that the
+    // clear rows saved at the same rates, median over those rates. On these CPU-bound
+    // 2 cores that is the share of throughput sealing costs; the rows' own throughput is
+    // too noisy to compare a few percent.
+    auto seal_cost = [&](FakeContent c) -> std::optional<double> {
+        std::vector<double> costs;
+        for (const auto& a : results)
+            for (const auto& b : results)
+                if (a.row.content == c && b.row.content == c && a.row.epoch_ms == e0 && b.row.epoch_ms == e0 &&
+                    a.row.secure && !b.row.secure && a.row.rate == b.row.rate && a.error.empty() && b.error.empty() &&
+                    a.primary_cpu_ns + a.backup_cpu_ns > 0)
+                    costs.push_back(1 - (b.primary_cpu_ns + b.backup_cpu_ns) / (a.primary_cpu_ns + a.backup_cpu_ns));
+        if (costs.empty()) return std::nullopt;
+        return summarize(costs).p50;
+    };
+    if (auto cost = seal_cost(FakeContent::stamp))
+        targets.num("seal_cost_churn", *cost).num("seal_cost_max", kSealCostMax).boolean("seal_cost_met", *cost <= kSealCostMax);
+    if (auto cost = seal_cost(FakeContent::random)) targets.num("seal_cost_random", *cost);
     if (auto* r = find(FakeContent::random, e0, true)) {
         double ratio = r->max_raw_mbps / lim.slowest(FakeContent::random, true);
         targets.num("random_over_slowest", ratio).num("random_over_slowest_min", kRandomOverSlowestMin)

@@ -113,7 +113,9 @@ int main(int argc, char** argv) {
     std::printf("%8s %7s | %17s | %17s | %9s | %17s | %12s\n", "dirty", "slice", "pause copy", "verify in pause",
                 "verify/copy", "backup compare", "pass CPU ms");
     Json out;
-    out.str("bench", "verify").str("when", utc_timestamp()).integer("memory_bytes", kMemory).integer("rounds", rounds);
+    out.str("benchmark", "bench_verify");
+    add_provenance(out, argc, argv);
+    out.integer("memory_bytes", kMemory).integer("rounds", rounds);
     std::vector<Json> jrows;
     for (const auto& r : rows) {
         const double slices_per_pass = std::ceil(double(pages) / double(r.slice));
