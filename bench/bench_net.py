@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+from provenance import provenance
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPO = os.path.join(REPO, "scripts", "topology.sh")
 GUEST, BACKUP = "10.77.0.2", "10.77.0.12"
@@ -373,6 +375,7 @@ def main():
                "target_added_p50_ms": TARGET_ADDED_P50_MS, "target_rps_fraction": TARGET_FRACTION,
                "targets_met": met and not errors, "errors": errors, "targets": targets, "results": results,
                "primary": primary}
+    summary.update(provenance())
     line = json.dumps(summary)
     if args.latency_samples:
         with open(args.latency_samples, "w") as f:

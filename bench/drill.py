@@ -24,6 +24,8 @@ import sys
 import threading
 import time
 
+from provenance import provenance
+
 KINDS = ["kill-primary", "hang-primary", "kill-backup", "partition", "corrupt-link"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPOLOGY = os.path.join(REPO, "scripts", "topology.sh")
@@ -1024,6 +1026,7 @@ def main():
                         "bulk_bytes": opts.bulk_bytes, "bulk_depth": opts.bulk_depth},
            "target_promotion_p99_ms": TARGET_PROMOTION_P99_MS, "target_outage_p99_ms": TARGET_OUTAGE_P99_MS,
            "target_lost_acked_writes": 0, "kinds": sums}
+    out.update(provenance())
     if opts.runs_json:
         with open(opts.runs_json, "w") as f:
             json.dump(all_runs, f, indent=1)

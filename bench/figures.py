@@ -160,8 +160,79 @@ def verify(d):
     return out
 
 
-SECTIONS = [("pipeline", pipeline), ("dirty", dirty), ("pause", pause), ("checkpoint", checkpoint), ("disk", disk),
-            ("verify", verify)]
+def net(d):
+    out = ["### The protected `kv` guest against stock `redis-benchmark` (`bench_net.py`)", "", provenance(d), ""]
+    rows = []
+    for t in d["targets"]:
+        rows.append([t["test"], fmt(t["added_p50_ms_1_client"], 2), "≤ {} ms".format(d["target_added_p50_ms"]),
+                     met(t["added_p50_met"]), fmt(t["rps_fraction_50_clients_output_triggered"], 2),
+                     "≥ {}".format(d["target_rps_fraction"]), met(t["rps_fraction_met"]),
+                     fmt(t["rps_fraction_50_clients_fixed_epoch"], 2)])
+    out += table(["test", "added p50, 1 client, output-triggered (ms)", "target", "", "protected / unprotected, "
+                  "50 clients, output-triggered", "target", "", "the same, fixed 25 ms epochs"], rows)
+    unprot = [r for r in d["results"] if r["config"] == "unprotected" and r["clients"] == 50]
+    if unprot:
+        out += ["", "Unprotected, 50 clients: " + ", ".join("{} {} req/s".format(r["test"], fmt(r["rps"])) for r in unprot) + "."]
+    return out
+
+
+def drill(d):
+    out = ["### Failover drills (`drill.py`)", "", provenance(d), ""]
+    rows = []
+    for k in d["kinds"]:
+        rows.append([k["kind"], k["runs"], "{} / {}".format(fmt(k["detection_ms"]["p50"]), fmt(k["detection_ms"]["p99"])),
+                     "{} / {}".format(fmt(k["promotion_ms"]["p50"], 1), fmt(k["promotion_ms"]["p99"], 1)),
+                     "{} / {}".format(fmt(k["outage_ms"]["p50"]), fmt(k["outage_ms"]["p99"])),
+                     "{} of {}".format(fmt(k["lost_acked_writes"]), fmt(k["acked_writes"])),
+                     "{} of {}".format(k["conns_survived"], k["conns"])])
+    out += table(["kind", "runs", "detection p50 / p99 ms", "promotion p50 / p99 ms (target ≤ {})".format(
+        fmt(d["target_promotion_p99_ms"])), "client outage p50 / p99 ms (target ≤ {})".format(fmt(d["target_outage_p99_ms"])),
+        "acknowledged writes lost", "connections kept"], rows)
+    return out
+
+
+def uffd(d):
+    out = ["### userfaultfd write protection, for a pause that does not copy (`bench_uffd`)", "", provenance(d), ""]
+    rows = []
+    for r in d["rows"]:
+        rows.append([fmt(r["pages"]), fmt(r["protect_us"]["p50"]), fmt(r["contiguous_protect_us"]["p50"]),
+                     fmt(r["memcpy_us"]["p50"])])
+    out += table(["pages", "protect them, one call per page, µs", "as one contiguous range, µs",
+                  "memcpy of them (today's pause), µs"], rows)
+    out += ["", "One write fault to a protected page, copied and released by a handler thread: p50 {} µs (handler "
+            "sleeping in poll), {} µs (handler spinning). Target for the whole pause at {} pages: ≤ {} µs p99.".format(
+                fmt(d["fault_sleeping_handler_us"]["p50"], 1), fmt(d["fault_spinning_handler_us"]["p50"], 1),
+                fmt(d["target_pages"]), fmt(d["target_pause_us"]))]
+    return out
+
+
+def vs_qemu(d):
+    out = ["### Side by side with QEMU live migration (`vs_qemu.py`)", "", provenance(d), ""]
+    rows = []
+    for r in d["rates"]:
+        q = r["qemu"]
+        u = r["understudy"]
+
+        def downtime(v):
+            v = q.get(v)
+            if not v or not v.get("converged"):
+                return "did not converge"
+            return "{} ms".format(fmt(v["downtime_ms"]["p50"]))
+
+        def pause(e):
+            v = u.get(e)
+            if not v or v.get("error"):
+                return "failed"
+            return "{} ms{}".format(fmt(v["pause_us"]["p99"] / 1000, 2), "" if v.get("kept_up") else " (not kept up)")
+        rows.append([fmt(r["rate_pages_per_s"]), downtime("default"), downtime("auto-converge"), pause("25"), pause("5")])
+    out += table(["dirty pages/s", "QEMU downtime p50, default", "auto-converge", "Understudy pause p99, 25 ms epochs",
+                  "5 ms epochs"], rows)
+    return out
+
+
+SECTIONS = [("pipeline", pipeline), ("dirty", dirty), ("pause", pause), ("checkpoint", checkpoint), ("net", net),
+            ("drill", drill), ("vs_qemu-quick", vs_qemu), ("vs_qemu", vs_qemu), ("disk", disk), ("verify", verify),
+            ("uffd", uffd)]
 
 
 def generate(results):

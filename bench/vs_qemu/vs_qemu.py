@@ -33,6 +33,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from provenance import provenance  # noqa: E402 (bench/provenance.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 PAGE = 4096
@@ -766,6 +769,7 @@ def main():
             "quick": q, "qemu": qver, "image_sha256": sha, "guest_mib": args.mib,
             "repeats": args.repeats, "migration_timeout_s": args.timeout, "understudy_window_s": args.seconds,
             "epochs_ms": epochs, "duration_s": round(time.monotonic() - t_start, 1)}
+    meta.update(provenance())
     base = os.path.join(args.out, "vs_qemu" + ("-quick" if q else ""))
     with open(base + "-raw.json", "w") as f:  # every run, with every pause
         json.dump({"meta": meta, "results": {str(k): v for k, v in results.items()}}, f)
