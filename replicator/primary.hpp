@@ -196,7 +196,8 @@ private:
     Result<void> initial_sync();
     Result<void> epoch_loop();
     // With `everything`, every page (a full resync), not only those harvested as dirty.
-    Result<void> copy_while_running(bool everything = false);
+    // Returns the number of pages copied.
+    Result<uint64_t> copy_while_running(bool everything = false);
     // Pauses the VM and captures; `paused` (a while_paused() request) runs while paused,
     // after the capture, and so do the digests of `verify` (a slice planned for it). With
     // `resume` false (a handover's last checkpoint) the VM stays paused unless the
