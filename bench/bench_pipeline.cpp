@@ -43,6 +43,8 @@ constexpr double kChurnRawMBpsMin = 1000;    // end to end, raw, churn-like cont
 constexpr double kRandomOverSlowestMin = 0.5; // random content, over the slowest single-stage limit
 constexpr double kChurnWireOverRawMax = 0.15;
 constexpr double kSealCostMax = 0.10; // encryption, of end-to-end throughput
+constexpr double kPauseNoStopP99MaxUs = 300; // the pause less the vCPUs' stop, at kPauseTargetPages
+constexpr double kPauseTargetPages = 10000;
 // A rate is kept protected when the writers achieved this share of it while they ran,
 // checkpoints came at this share of the epoch's rate, and replication did not fail.
 constexpr double kKeptWriteShare = 0.9;
@@ -165,7 +167,8 @@ struct RowResult {
     double pages_per_s = 0;       // distinct pages checkpointed per second
     double raw_mbps = 0, wire_over_raw = 0;
     bool kept = false;
-    Summary pause_us, ack_ms;
+    Summary pause_us, pause_no_stop_us, ack_ms; // pause_no_stop_us: the pause less the vCPUs' stop
+    double pages_per_ckpt = 0;
     // Per checkpointed page, ns: wall time of the primary's stages, and CPU time of the
     // processes (the primary's replicator threads: its CPU less the writers').
     double stop_ns = 0, harvest_ns = 0, copy_ns = 0, encode_ns = 0, transmit_ns = 0;
@@ -247,7 +250,7 @@ RowResult run_row(const Setup& s, const Row& row) {
     r.writes_per_s = double(writes) / window;
     r.ckpt_per_s = double(acked.size()) / window;
     uint64_t pages = 0, raw = 0, wire = 0, at_pause = 0;
-    std::vector<double> pause, ack;
+    std::vector<double> pause, pause_no_stop, ack;
     double stop = 0, harvest = 0, copy = 0, encode = 0, transmit = 0, paused = 0;
     for (const auto& f : acked) {
         pages += f.dirty_pages;
@@ -255,6 +258,7 @@ RowResult run_row(const Setup& s, const Row& row) {
         wire += f.wire_bytes;
         at_pause += f.copied_at_pause;
         pause.push_back(double(f.pause_ns) / 1e3);
+        pause_no_stop.push_back(double(f.pause_ns - std::min(f.stop_ns, f.pause_ns)) / 1e3);
         ack.push_back(double(f.ack_ns) / 1e6);
         stop += double(f.stop_ns);
         harvest += double(f.harvest_ns);
@@ -267,6 +271,8 @@ RowResult run_row(const Setup& s, const Row& row) {
     r.raw_mbps = double(raw) / window / 1e6;
     r.wire_over_raw = raw ? double(wire) / double(raw) : 0;
     r.pause_us = summarize(pause);
+    r.pause_no_stop_us = summarize(pause_no_stop);
+    r.pages_per_ckpt = acked.empty() ? 0 : double(pages) / double(acked.size());
     r.ack_ms = summarize(ack);
     const double per = pages ? 1.0 / double(pages) : 0;
     r.stop_ns = stop * per;
@@ -417,7 +423,7 @@ int main(int argc, char** argv) {
                 "rate", "written/s", "ckpt/s", "pages/s", "raw MB/s", "wire/raw", "kept", "pause us", "ack ms", "copy",
                 "encode", "send", "primary", "backup", "writers");
     std::printf("%-7s %5s %5s %8s %9s %7s %9s %8s %7s %5s %13s %8s %8s %8s %8s %8s %8s %8s\n", "", "ms", "", "pages/s", "",
-                "", "", "", "", "", "p50/p99", "p50", "ns/page", "ns/page", "ns/page", "cpu ns", "cpu ns", "cpu ns");
+                "", "", "", "", "", "-stop p50/99", "p50", "ns/page", "ns/page", "ns/page", "cpu ns", "cpu ns", "cpu ns");
     std::vector<RowResult> results;
     for (const auto& sw : sweeps) {
         unsigned misses = 0;
@@ -426,7 +432,7 @@ int main(int argc, char** argv) {
             std::printf("%-7s %5u %5s %8llu %9.0f %7.1f %9.0f %8.1f %7.4f %5s %6.0f/%-6.0f %8.1f %8.0f %8.0f %8.0f %8.0f %8.0f %8.0f%s%s\n",
                         content_name(sw.content), sw.epoch_ms, sw.secure ? "AES" : "clear", (unsigned long long)rate,
                         r.writes_per_s, r.ckpt_per_s, r.pages_per_s, r.raw_mbps, r.wire_over_raw, r.kept ? "yes" : "no",
-                        r.pause_us.p50, r.pause_us.p99, r.ack_ms.p50, r.copy_ns, r.encode_ns, r.transmit_ns, r.primary_cpu_ns,
+                        r.pause_no_stop_us.p50, r.pause_no_stop_us.p99, r.ack_ms.p50, r.copy_ns, r.encode_ns, r.transmit_ns, r.primary_cpu_ns,
                         r.backup_cpu_ns, r.writer_cpu_ns, r.error.empty() ? "" : "  error: ", r.error.c_str());
             std::fflush(stdout);
             results.push_back(r);
@@ -494,6 +500,17 @@ int main(int argc, char** argv) {
     if (auto cost = seal_cost(FakeContent::stamp))
         targets.num("seal_cost_churn", *cost).num("seal_cost_max", kSealCostMax).boolean("seal_cost_met", *cost <= kSealCostMax);
     if (auto cost = seal_cost(FakeContent::random)) targets.num("seal_cost_random", *cost);
+    // The pause target (issue 20, item 3): excluding the stop, p99 <= 300 us at 10,000
+    // dirty pages. Judged on the kept churn row with the most pages per checkpoint.
+    const RowResult* big = nullptr;
+    for (const auto& r : results)
+        if (r.row.content == FakeContent::stamp && r.row.secure && r.kept && (!big || r.pages_per_ckpt > big->pages_per_ckpt))
+            big = &r;
+    if (big)
+        targets.num("pause_pages_per_checkpoint", big->pages_per_ckpt).integer("pause_epoch_ms", big->row.epoch_ms)
+            .num("pause_excluding_stop_p99_us", big->pause_no_stop_us.p99).num("pause_excluding_stop_p99_max_us", kPauseNoStopP99MaxUs)
+            .integer("pause_target_pages", kPauseTargetPages)
+            .boolean("pause_met", big->pages_per_ckpt >= kPauseTargetPages && big->pause_no_stop_us.p99 <= kPauseNoStopP99MaxUs);
     if (auto* r = find(FakeContent::random, e0, true)) {
         double ratio = r->max_raw_mbps / lim.slowest(FakeContent::random, true);
         targets.num("random_over_slowest", ratio).num("random_over_slowest_min", kRandomOverSlowestMin)
@@ -517,7 +534,9 @@ int main(int argc, char** argv) {
         x.str("content", content_name(r.row.content)).integer("epoch_ms", r.row.epoch_ms).boolean("sealed", r.row.secure)
             .integer("rate", r.row.rate).num("writes_per_s", r.writes_per_s).num("ckpt_per_s", r.ckpt_per_s)
             .num("pages_per_s", r.pages_per_s).num("raw_mbps", r.raw_mbps).num("wire_over_raw", r.wire_over_raw)
-            .boolean("kept", r.kept).obj("pause_us", summary_json(r.pause_us)).obj("ack_ms", summary_json(r.ack_ms))
+            .boolean("kept", r.kept).obj("pause_us", summary_json(r.pause_us))
+            .obj("pause_excluding_stop_us", summary_json(r.pause_no_stop_us)).num("pages_per_checkpoint", r.pages_per_ckpt)
+            .obj("ack_ms", summary_json(r.ack_ms))
             .num("stop_ns_per_page", r.stop_ns).num("harvest_ns_per_page", r.harvest_ns).num("copy_ns_per_page", r.copy_ns)
             .num("encode_ns_per_page", r.encode_ns).num("transmit_ns_per_page", r.transmit_ns)
             .num("primary_cpu_ns_per_page", r.primary_cpu_ns).num("backup_cpu_ns_per_page", r.backup_cpu_ns)
