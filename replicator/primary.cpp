@@ -581,8 +581,9 @@ Result<void> Primary::epoch_loop() {
                 if (!first) {
                     const auto lead = converged ? 2 * last_round : std::min<steady_clock::duration>(cfg_.epoch / 4, 2 * first_round);
                     wait_until(end() - lead);
-                    if (stopping_ || steady_clock::now() >= end()) break;
                 }
+                // An epoch that output ended early goes straight to its pause.
+                if (stopping_ || steady_clock::now() >= end()) break;
                 lock.unlock();
                 const auto t0 = steady_clock::now();
                 const uint64_t pages = US_TRY(copy_while_running());
