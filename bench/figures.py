@@ -43,6 +43,9 @@ def met(flag):
 
 def provenance(d):
     kvm = {"pvm": "KVM PVM backend", "intel": "KVM on VT-x", "amd": "KVM on AMD-V", "none": "no KVM"}.get(d.get("kvm"), "KVM unknown")
+    if "QEMU TCG" in str(d.get("cpu", "")):
+        # Inside scripts/nested-kvm.sh: the VM's kvm_amd runs on an emulated CPU.
+        kvm += " emulated by QEMU (TCG): the emulator's times, not KVM figures"
     return "_{} at `{}` on {} ({}, {} CPUs, kernel {}, {}): `{}`; [JSON](bench/results/{}.json)_".format(
         d.get("date", "?"), d.get("commit", "?"), d.get("host", "?"), d.get("cpu", "?"), d.get("cpus", "?"),
         d.get("kernel", "?"), kvm, d.get("command", "?"), d["_name"])

@@ -8,8 +8,9 @@
 #
 # Exit status: 0 when every benchmark ran and wrote its JSON, 1 when one failed (the
 # others still run; summary.txt says which), 2 on bad usage or without /dev/kvm.
-# Inside scripts/nested-kvm.sh this is a smoke test of the script: the emulator's
-# times are not KVM figures, and the report says "kvm: none/unknown" accordingly.
+# Inside scripts/nested-kvm.sh this is a smoke test of the script only: most steps run
+# out of time there, and the report labels each run "emulated by QEMU (TCG)" (its CPU
+# is QEMU's), because the emulator's times are not KVM figures.
 set -u -o pipefail
 
 usage() { echo "usage: bench/kvm-host.sh OUT_DIR [BUILD_DIR]" >&2; exit 2; }
