@@ -177,6 +177,7 @@ Result<void> decode_vm_clock(std::span<const uint8_t> in, VmState& s) {
         default: break;
         }
     }
+    if (version == 0) return d.error("field 1 is missing (the version)");
     if (!have_time) return d.error("guest time is missing");
     // Restored, a zeroed clock would throw the guest's time back to 0.
     if (!have_clock) return d.error("field 3 is missing (the KVM clock)");
