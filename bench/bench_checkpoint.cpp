@@ -309,12 +309,6 @@ Summary us_of(const std::vector<EpochFigures>& v, uint64_t EpochFigures::*m) {
     return summarize(x);
 }
 
-Json summary_json(const Summary& s) {
-    Json j;
-    j.num("p50", s.p50).num("p99", s.p99).num("max", s.max).num("mean", s.mean).integer("n", s.n);
-    return j;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {

@@ -213,6 +213,11 @@ inline void add_provenance(Json& j, int argc, char** argv) {
         .str("kernel", u.release).str("cpu", cpu).integer("cpus", uint64_t(::sysconf(_SC_NPROCESSORS_ONLN))).str("kvm", kvm);
 }
 
+// A Summary as a JSON object: p50, p99, max, min, mean, n.
+inline Json summary_json(const Summary& s) {
+    return Json().num("p50", s.p50).num("p99", s.p99).num("max", s.max).num("min", s.min).num("mean", s.mean).integer("n", s.n);
+}
+
 // Prints "JSON: {...}" as the last line of stdout and writes the object to opts.json_file.
 inline bool emit_json(const Options& o, const Json& j) {
     std::string t = j.text();

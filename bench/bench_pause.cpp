@@ -202,12 +202,6 @@ double pause_spin_us(unsigned n) {
     return summarize(v).p50;
 }
 
-Json summary_json(const Summary& s) {
-    Json j;
-    j.num("p50", s.p50).num("p99", s.p99).num("max", s.max).num("mean", s.mean).num("min", s.min).integer("n", s.n);
-    return j;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {

@@ -350,8 +350,6 @@ struct Limits {
     }
 };
 
-Json summary_json(const Summary& s) { return Json().num("p50", s.p50).num("p99", s.p99).num("max", s.max).integer("n", s.n); }
-
 } // namespace
 
 int main(int argc, char** argv) {

@@ -142,8 +142,6 @@ Summary fault_round_trip(const Uffd& u, bool spinning, unsigned faults, std::mt1
     return summarize(us);
 }
 
-Json summary_json(const Summary& s) { return Json().num("p50", s.p50).num("p99", s.p99).num("max", s.max).integer("n", s.n); }
-
 } // namespace
 
 int main(int argc, char** argv) {
