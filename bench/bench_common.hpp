@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/clock.hpp"
+#include "hv/host_kvm.hpp"
 #include "hv/pvh_loader.hpp"
 #include "hv/vm.hpp"
 
@@ -192,25 +193,11 @@ private:
 inline void add_provenance(Json& j, int argc, char** argv) {
     struct utsname u{};
     ::uname(&u);
-    std::string cpu = "unknown";
-    if (FILE* f = std::fopen("/proc/cpuinfo", "r")) {
-        char line[512];
-        while (std::fgets(line, sizeof line, f))
-            if (std::strncmp(line, "model name", 10) == 0) {
-                if (const char* c = std::strchr(line, ':')) {
-                    cpu = c + 1 + (c[1] == ' ');
-                    while (!cpu.empty() && cpu.back() == '\n') cpu.pop_back();
-                }
-                break;
-            }
-        std::fclose(f);
-    }
-    auto loaded = [](const char* m) { return ::access((std::string("/sys/module/") + m).c_str(), F_OK) == 0; };
-    const char* kvm = loaded("kvm_pvm") ? "pvm" : loaded("kvm_intel") ? "intel" : loaded("kvm_amd") ? "amd" : "none";
+    const hv::HostKvm& host = hv::this_host_kvm();
     std::string command;
     for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
     j.str("date", utc_timestamp()).str("commit", source_commit()).str("command", command).str("host", u.nodename)
-        .str("kernel", u.release).str("cpu", cpu).integer("cpus", uint64_t(::sysconf(_SC_NPROCESSORS_ONLN))).str("kvm", kvm);
+        .str("kernel", u.release).str("cpu", host.cpu).integer("cpus", uint64_t(::sysconf(_SC_NPROCESSORS_ONLN))).str("kvm", host.backend);
 }
 
 // A Summary as a JSON object: p50, p99, max, min, mean, n.

@@ -36,6 +36,11 @@ std::string format_fault_state(const kvm_regs& r, const kvm_sregs& s, const kvm_
                        e.exception.injected, e.exception.nr, e.exception.has_error_code, e.exception.error_code,
                        e.exception.pending, e.interrupt.injected, e.interrupt.nr, e.nmi.injected, e.nmi.pending,
                        e.interrupt.shadow);
+    // KVM on AMD reinitialises the VMCB at a shutdown, so a triple fault reads as the reset
+    // state; what survives is the event that was being delivered.
+    if (r.rip == 0xfff0 && s.cs.base == 0xffff0000 && !(s.cr0 & 1))
+        out += "\n  (these registers are the CPU's reset state, which KVM on AMD loads at a shutdown; the events line "
+               "holds what the CPU was delivering when it gave up)";
     return out;
 }
 

@@ -11,6 +11,7 @@
 
 #include "common/log.hpp"
 #include "hv/fault_report.hpp"
+#include "hv/host_kvm.hpp"
 #include "hv/kvm_flex.hpp"
 #include "hv/vm.hpp"
 
@@ -405,8 +406,11 @@ Result<void> Vcpu::handle_exit() {
         return make_error(Errc::guest_fault, "the guest executed HLT with no interrupt source; guests halt with the HALT hypercall");
     // A fault stop carries the vCPU's registers and pending events (docs/guest-abi.md,
     // "When the guest faults"): the reason must be readable without a debugger.
-    case KVM_EXIT_SHUTDOWN:
-        return make_error(Errc::guest_fault, "the guest shut down the CPU (triple fault); vCPU state:" + describe_fault_state(fd()));
+    case KVM_EXIT_SHUTDOWN: {
+        const auto hazard = host_kvm_hazard(this_host_kvm());
+        return make_error(Errc::guest_fault, "the guest shut down the CPU (triple fault); vCPU state:" + describe_fault_state(fd()) +
+                                                 (hazard ? "\n  note: " + *hazard : std::string()));
+    }
     case KVM_EXIT_FAIL_ENTRY:
         return make_error(Errc::guest_fault, fmt::format("KVM could not enter the guest (hardware reason {:#x}); vCPU state:{}",
                                                          run_->fail_entry.hardware_entry_failure_reason, describe_fault_state(fd())));

@@ -3,12 +3,14 @@
 #include <sys/eventfd.h>
 
 #include <cstdio>
+#include <mutex>
 
 #include "common/codec.hpp"
 #include "common/log.hpp"
 #include "common/records.hpp"
 
 #include "guest/abi/understudy_abi.h"
+#include "hv/host_kvm.hpp"
 #include "hv/kvm_flex.hpp"
 #include "hv/legacy/cmos_rtc.hpp"
 #include "hv/legacy/i8042.hpp"
@@ -70,6 +72,8 @@ Result<std::unique_ptr<Vm>> Vm::create(VmConfig cfg, GuestMemory mem) {
         return make_error(Errc::invalid_input, "guest memory of " + std::to_string(mem.size() >> 20) +
                                                    " MiB given for a VM of " + std::to_string(cfg.memory_bytes >> 20) + " MiB");
     auto kvm = US_TRY(Kvm::open());
+    static std::once_flag hazard_told;
+    if (auto hazard = host_kvm_hazard(this_host_kvm())) std::call_once(hazard_told, [&] { log::warn("{}", *hazard); });
     UniqueFd fd(US_TRY(kvm_ioctl(kvm.fd(), KVM_CREATE_VM, 0, "KVM_CREATE_VM")));
     std::unique_ptr<Vm> vm(new Vm(std::move(cfg), std::move(kvm), std::move(fd), std::move(mem)));
     US_TRYV(vm->setup());

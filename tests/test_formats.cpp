@@ -10,6 +10,7 @@
 #include "hv/fault_report.hpp"
 #include "hv/guest_clock.hpp"
 #include "hv/guest_memory.hpp"
+#include "hv/host_kvm.hpp"
 #include "hv/io_bus.hpp"
 #include "hv/vcpu_state.hpp"
 #include "hv/vm.hpp"
@@ -183,8 +184,52 @@ TEST_CASE("a fault stop names the registers, descriptor tables and pending event
     CHECK_THAT(text, Catch::Contains("cs=0x0008"));
     CHECK_THAT(text, Catch::Contains("idt base=0x104000 limit=0x0"));
     CHECK_THAT(text, Catch::Contains("exception injected=1 nr=8"));
+    CHECK_THAT(text, !Catch::Contains("reset state"));
     // Without a vCPU the registers cannot be read, and the report says so instead of failing.
     CHECK_THAT(describe_fault_state(-1), Catch::Contains("registers unreadable: KVM_GET_REGS"));
+
+    // A triple fault on AMD: KVM has loaded the reset state; the report says so.
+    kvm_regs reset_r{};
+    kvm_sregs reset_s{};
+    reset_r.rip = 0xfff0;
+    reset_s.cs.base = 0xffff0000;
+    reset_s.cr0 = 0x10;
+    CHECK_THAT(format_fault_state(reset_r, reset_s, e), Catch::Contains("these registers are the CPU's reset state"));
+}
+
+TEST_CASE("the host's KVM: the CPU's name, module flags, and the emulator's nested paging named as a hazard", "[host]") {
+    using understudy::hv::HostKvm;
+    CHECK(understudy::hv::cpu_model_from_cpuinfo("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: QEMU TCG CPU "
+                                                  "version 2.5+\nflags\t: fpu\n") == "QEMU TCG CPU version 2.5+");
+    CHECK(understudy::hv::cpu_model_from_cpuinfo("model name\t:\nmodel name\t: Intel(R) Xeon(R)\r\n") == "Intel(R) Xeon(R)");
+    CHECK(understudy::hv::cpu_model_from_cpuinfo("") == "unknown");
+    CHECK(understudy::hv::cpu_model_from_cpuinfo("model name without a colon\n") == "unknown");
+    CHECK(understudy::hv::parse_module_flag("Y\n") == true);
+    CHECK(understudy::hv::parse_module_flag("1\n") == true);
+    CHECK(understudy::hv::parse_module_flag("N\n") == false);
+    CHECK(understudy::hv::parse_module_flag("0") == false);
+    CHECK_FALSE(understudy::hv::parse_module_flag("maybe\n").has_value());
+    CHECK_FALSE(understudy::hv::parse_module_flag("").has_value());
+
+    HostKvm h;
+    h.backend = "amd";
+    h.cpu = "QEMU TCG CPU version 2.5+";
+    h.nested_paging = true;
+    auto hazard = understudy::hv::host_kvm_hazard(h);
+    REQUIRE(hazard);
+    CHECK_THAT(*hazard, Catch::Contains("kvm_amd npt=0"));
+    CHECK_THAT(*hazard, Catch::Contains("QEMU TCG CPU version 2.5+"));
+    h.nested_paging = false; // the nested runner's default
+    CHECK_FALSE(understudy::hv::host_kvm_hazard(h));
+    h.nested_paging.reset();
+    CHECK_FALSE(understudy::hv::host_kvm_hazard(h));
+    h.nested_paging = true;
+    h.cpu = "AMD EPYC 7B13"; // hardware: nested paging is what it should be
+    CHECK_FALSE(understudy::hv::host_kvm_hazard(h));
+    // Whatever this machine is, the probe answers without failing.
+    const HostKvm& here = understudy::hv::this_host_kvm();
+    CHECK(&here == &understudy::hv::this_host_kvm());
+    CHECK((here.backend == "none" || here.backend == "pvm" || here.backend == "intel" || here.backend == "amd"));
 }
 
 TEST_CASE("the guest clock: no deadline means never, not the past", "[clock]") {
