@@ -29,8 +29,9 @@ public:
     explicit StallWatchdog(std::chrono::milliseconds limit = std::chrono::seconds(5)) : limit_(limit) {}
     // One sample. The first time the guest has gone `limit` without making a buffer
     // available on either queue while the device had work for it (received frames
-    // waiting, or frames to send that nothing holds up), returns the report (one line).
-    // Progress re-arms it.
+    // waiting for a buffer; frames to send that nothing holds up; or, from a polling
+    // driver, frames delivered since it last returned a buffer), returns the report (one
+    // line). Progress re-arms it.
     std::optional<std::string> observe(const GuestActivity& a, std::chrono::steady_clock::time_point now);
     uint64_t stalls() const { return stalls_; }
 
@@ -38,6 +39,7 @@ private:
     std::chrono::milliseconds limit_;
     bool known_ = false;
     uint16_t rx_avail_ = 0, tx_avail_ = 0;
+    uint16_t rx_next_at_return_ = 0; // the device's RX position when the guest last returned a buffer
     std::optional<std::chrono::steady_clock::time_point> waiting_since_; // the device has had work since
     bool reported_ = false;
     uint64_t stalls_ = 0;

@@ -284,6 +284,7 @@ NetQueueState VirtioNet::queue_state() const {
     q.suspended = suspended_;
     q.rx_pending = pending_.size();
     q.tx_stalled = tx_stalled_;
+    q.polled = !interrupt_;
     if (!transport_ || !transport_->live()) return q;
     q.live = true;
     auto& rx = transport_->queue(kRxQueue);

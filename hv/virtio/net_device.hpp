@@ -81,6 +81,10 @@ struct NetQueueState {
     uint16_t tx_avail = 0, tx_next = 0;
     uint64_t rx_pending = 0;
     bool tx_stalled = false; // the sink is full: TX waits for room, not for the guest
+    // No interrupt: the driver polls and returns each RX buffer as soon as it has taken
+    // the frame (the guest/ images), so frames delivered and no buffer returned for
+    // seconds mean a guest that no longer reads. Linux refills in batches; not this.
+    bool polled = false;
 };
 
 class VirtioNet final : public MmioDevice {
