@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <xxhash.h>
+#include <xxh_x86dispatch.h> // XXH3 on the widest vector unit the CPU has (same values)
 
 #include <cstdio>
 #include <cstring>
@@ -14,11 +15,23 @@ uint64_t checksum64(std::span<const uint8_t> bytes) { return XXH3_64bits(bytes.d
 static size_t padding(size_t len) { return (8 - len % 8) % 8; }
 
 void append_record(std::vector<uint8_t>& out, uint32_t type, std::span<const uint8_t> body) {
-    RecordHeader h{type, static_cast<uint32_t>(body.size()), checksum64(body)};
-    auto* hp = reinterpret_cast<const uint8_t*>(&h);
-    out.insert(out.end(), hp, hp + sizeof h);
+    size_t at = open_record(out);
     out.insert(out.end(), body.begin(), body.end());
-    out.insert(out.end(), padding(body.size()), 0);
+    close_record(out, at, type);
+}
+
+size_t open_record(std::vector<uint8_t>& out) {
+    size_t at = out.size();
+    out.resize(at + sizeof(RecordHeader));
+    return at;
+}
+
+uint64_t close_record(std::vector<uint8_t>& out, size_t at, uint32_t type) {
+    const size_t length = out.size() - at - sizeof(RecordHeader);
+    RecordHeader h{type, static_cast<uint32_t>(length), checksum64({out.data() + at + sizeof h, length})};
+    std::memcpy(out.data() + at, &h, sizeof h);
+    out.insert(out.end(), padding(length), 0);
+    return h.checksum;
 }
 
 Result<FileWriter> FileWriter::create(const std::string& path) {

@@ -30,6 +30,12 @@ uint64_t checksum64(std::span<const uint8_t> bytes);
 // Appends one framed record to out.
 void append_record(std::vector<uint8_t>& out, uint32_t type, std::span<const uint8_t> body);
 
+// The same in two steps, for a body written straight into out (no copy of it): open_record
+// leaves room for the header and returns where it starts; close_record, once the body
+// follows it, writes the header and the padding and returns the body's checksum.
+size_t open_record(std::vector<uint8_t>& out);
+uint64_t close_record(std::vector<uint8_t>& out, size_t at, uint32_t type);
+
 // Buffered, checked writing to a file descriptor.
 class FileWriter {
 public:

@@ -12,9 +12,18 @@ constexpr size_t kSendChunk = 4u << 20; // gather about this much before each se
 } // namespace
 
 Result<void> CheckpointWriter::record(uint32_t type, std::span<const uint8_t> body) {
-    if (body.size() > kMaxRecordLength) return make_error(Errc::state, "a record body exceeds the maximum record length");
-    if (type != kCheckpointBegin && type != kCheckpointEnd) digest_.add(type, body);
-    append_record(out_, type, body);
+    const size_t at = open_record(out_);
+    out_.insert(out_.end(), body.begin(), body.end());
+    return close(type, at);
+}
+
+Result<void> CheckpointWriter::close(uint32_t type, size_t at) {
+    if (out_.size() - at - sizeof(RecordHeader) > kMaxRecordLength) {
+        out_.resize(at);
+        return make_error(Errc::state, "a record body exceeds the maximum record length");
+    }
+    const uint64_t sum = close_record(out_, at, type); // one hash for the header and the digest
+    if (type != kCheckpointBegin && type != kCheckpointEnd) digest_.add_checksum(type, sum);
     if (out_.size() >= kSendChunk) US_TRYV(flush());
     return {};
 }
@@ -45,18 +54,22 @@ Result<void> CheckpointWriter::begin(uint64_t epoch, uint32_t flags) {
 Result<void> CheckpointWriter::pages(std::span<const uint64_t> indices, std::span<const uint8_t> data) {
     for (size_t first = 0; first < indices.size(); first += batch_pages_) {
         size_t n = std::min(batch_pages_, indices.size() - first);
-        body_.clear();
-        Encoder e(body_);
-        e.u64(epoch_);
+        // Encoded straight into the send buffer: a page batch is most of what is sent.
+        const size_t at = open_record(out_);
+        Encoder(out_).u64(epoch_);
         uint64_t t0 = now_ns();
-        auto cs = US_TRY(encoder_.encode(indices.subspan(first, n), data.subspan(first * 4096, n * 4096), body_));
+        auto cs = encoder_.encode(indices.subspan(first, n), data.subspan(first * 4096, n * 4096), out_);
+        if (!cs) {
+            out_.resize(at);
+            return std::move(cs.error());
+        }
         stats_.encode_ns += now_ns() - t0;
-        for (size_t k = 0; k < stats_.codec.pages.size(); ++k) stats_.codec.pages[k] += cs.pages[k];
-        stats_.codec.raw_bytes += cs.raw_bytes;
-        stats_.codec.encoded_bytes += cs.encoded_bytes;
+        for (size_t k = 0; k < stats_.codec.pages.size(); ++k) stats_.codec.pages[k] += cs->pages[k];
+        stats_.codec.raw_bytes += cs->raw_bytes;
+        stats_.codec.encoded_bytes += cs->encoded_bytes;
         stats_.pages += n;
         stats_.raw_bytes += n * 4096;
-        US_TRYV(record(kPages, body_));
+        US_TRYV(close(kPages, at));
     }
     return {};
 }

@@ -62,6 +62,8 @@ public:
 
 private:
     Result<void> record(uint32_t type, std::span<const uint8_t> body);
+    // Frames the record whose body follows out_[at] (open_record), adds it to the digest.
+    Result<void> close(uint32_t type, size_t at);
 
     Connection& conn_;
     PageEncoder& encoder_;

@@ -2,6 +2,7 @@
 
 #include <lz4.h>
 #include <xxhash.h>
+#include <xxh_x86dispatch.h> // XXH3 on the widest vector unit the CPU has (same values)
 
 #include <algorithm>
 #include <cstring>
@@ -213,10 +214,12 @@ namespace {
 void emit(std::vector<uint8_t>& out, uint64_t index, uint64_t hash, PageEncoding e, const uint8_t* payload,
           size_t len) {
     PageRecordHeader h{index, page_check(hash, index, e), static_cast<uint8_t>(e), {0, 0, 0}, static_cast<uint32_t>(len)};
-    size_t at = out.size();
-    out.resize(at + sizeof h + len + pad8(len)); // zero-fills the padding
-    std::memcpy(&out[at], &h, sizeof h);
-    if (len) std::memcpy(&out[at + sizeof h], payload, len);
+    // Appended, not resized and then overwritten: a resize would first zero the payload.
+    static constexpr uint8_t kPad[8] = {};
+    auto* hp = reinterpret_cast<const uint8_t*>(&h);
+    out.insert(out.end(), hp, hp + sizeof h);
+    out.insert(out.end(), payload, payload + len);
+    out.insert(out.end(), kPad, kPad + pad8(len));
 }
 } // namespace
 
@@ -365,15 +368,16 @@ Result<void> PageDecoder::decode_page(const PageRecordHeader& h, std::span<const
     }
 
     size_t at = out.data.size();
-    out.data.resize(at + kPageSize); // zero-filled: already the ZERO result
+    if (e == PageEncoding::raw)
+        out.data.insert(out.data.end(), payload.begin(), payload.end()); // no zero-fill first
+    else
+        out.data.resize(at + kPageSize); // zero-filled: already the ZERO result
     uint8_t* dst = &out.data[at];
     auto unstage = [&](const std::string& m) {
         out.data.resize(at);
         return bad(m);
     };
-    if (e == PageEncoding::raw) {
-        std::memcpy(dst, payload.data(), kPageSize);
-    } else if (e != PageEncoding::zero) {
+    if (e != PageEncoding::raw && e != PageEncoding::zero) {
         int n = LZ4_decompress_safe(reinterpret_cast<const char*>(payload.data()), reinterpret_cast<char*>(dst),
                                     static_cast<int>(len), kPageSize);
         if (n != static_cast<int>(kPageSize))

@@ -1,6 +1,7 @@
 #include "replicator/verification.hpp"
 
 #include <xxhash.h>
+#include <xxh_x86dispatch.h> // XXH3 on the widest vector unit the CPU has (same values)
 
 #include "common/codec.hpp"
 

@@ -65,7 +65,7 @@ const char* record_type_name(uint32_t type) {
     return "unknown";
 }
 
-void CheckpointDigest::add(uint32_t type, std::span<const uint8_t> body) { checksums_.push_back(checksum64(body) ^ type); }
+void CheckpointDigest::add(uint32_t type, std::span<const uint8_t> body) { add_checksum(type, checksum64(body)); }
 
 uint64_t CheckpointDigest::value() const {
     return checksum64({reinterpret_cast<const uint8_t*>(checksums_.data()), checksums_.size() * 8});

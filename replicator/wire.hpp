@@ -76,6 +76,7 @@ const char* record_type_name(uint32_t type);
 class CheckpointDigest {
 public:
     void add(uint32_t type, std::span<const uint8_t> body);
+    void add_checksum(uint32_t type, uint64_t body_checksum) { checksums_.push_back(body_checksum ^ type); }
     uint64_t value() const;
     uint64_t records() const { return checksums_.size(); }
     void clear() { checksums_.clear(); }
