@@ -184,8 +184,8 @@ TEST_CASE("request_checkpoint ends a long epoch early; without it the epoch runs
 TEST_CASE("killing the primary at random moments leaves one whole checkpoint on the backup", "[replication][kvm]") {
     BackupThread backup;
     std::mt19937 rng(std::random_device{}());
-    int killed_in_sync = 0, killed_protected = 0, checked = 0, before_header = 0;
-    uint64_t last_committed = 0;
+    int killed_in_sync = 0, killed_protected = 0, checked = 0, before_header = 0, kept_earlier = 0;
+    uint64_t last_committed = 0, kept_session = 0, kept_epoch = 0;
     for (int round = 0; round < 50; ++round) {
         VmConfig cfg;
         cfg.memory_bytes = 16 * kMiB;
@@ -227,6 +227,7 @@ TEST_CASE("killing the primary at random moments leaves one whole checkpoint on 
             std::this_thread::sleep_for(microseconds(rng() % 100000));
         }
         if ((*primary)->is_protected()) ++killed_protected; else ++killed_in_sync;
+        const uint64_t session = (*primary)->session_id();
         (*primary)->stop(); // the connection drops wherever the stream is
         (void)(*primary)->wait();
         vm->stop();
@@ -237,6 +238,16 @@ TEST_CASE("killing the primary at random moments leaves one whole checkpoint on 
         const BackupReplica* r = backup.server->replica();
         if (!r || !r->has_committed()) continue;
         INFO("round " << round << ", committed epoch " << r->committed_epoch());
+        if (r->committed_session_id() != session) {
+            // Killed before this session's first commit: the backup keeps the checkpoint
+            // an earlier round left, unchanged (and checked when that round committed it).
+            CHECK(r->committed_session_id() == kept_session);
+            CHECK(r->committed_epoch() == kept_epoch);
+            ++kept_earlier;
+            continue;
+        }
+        kept_session = session;
+        kept_epoch = r->committed_epoch();
         auto header = test::churn_header_gpa(r->memory());
         if (!header) {
             // Committed before churn wrote its header: only possible for a checkpoint
@@ -253,7 +264,8 @@ TEST_CASE("killing the primary at random moments leaves one whole checkpoint on 
         last_committed = r->committed_epoch();
     }
     INFO("killed during sync " << killed_in_sync << ", while protected " << killed_protected << "; stamps checked "
-                                << checked << " times, " << before_header << " committed images predate churn's header");
+                                << checked << " times, " << before_header << " committed images predate churn's header, "
+                                << kept_earlier << " rounds left an earlier round's checkpoint");
     CHECK(checked >= 20);
     CHECK(killed_protected >= 10);
     CHECK(killed_in_sync >= 5);
