@@ -2,14 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <random>
 #include <tuple>
 
 #include "common/codec.hpp"
 #include "common/clock.hpp"
 #include "common/log.hpp"
-#include "common/thread_priority.hpp"
 #include "hv/snapshot.hpp"
 #include "replicator/checkpoint_writer.hpp"
 
@@ -555,21 +553,6 @@ Result<uint64_t> Primary::copy_while_running(bool everything) {
 }
 
 Result<void> Primary::epoch_loop() {
-    // The end of each epoch (the rounds after the first, then the pause) runs at real-time
-    // priority where allowed: on a host whose cores are busy with the guest, the stream
-    // and the backup, a round that starts late leaves more pages to the pause, and a pause
-    // that loses its core lasts longer. bench_pipeline, churn at 500,000 pages/s on 2
-    // cores: pause less the stop p99 0.4-1.3 ms, against 1.2-6.5 ms at normal priority.
-    ThreadPriority priority;
-    auto raise = [&priority] {
-        static std::once_flag told;
-        if (int rc = priority.realtime(kCheckpointPriority); rc != 0)
-            std::call_once(told, [rc] {
-                log::warn("replication: checkpoints at normal thread priority ({}): real-time priority needs "
-                          "CAP_SYS_NICE; on a busy host the pause may be longer",
-                          std::strerror(rc));
-            });
-    };
     for (uint64_t epoch = 2; !stopping_; ++epoch) {
         auto start = steady_clock::now();
         std::unique_lock lock(mu_);
@@ -604,7 +587,6 @@ Result<void> Primary::epoch_loop() {
             bool converged = false;
             for (bool first = true; !stopping_; first = false) {
                 if (!first) {
-                    raise();
                     const auto lead = std::min<steady_clock::duration>(cfg_.epoch / 4, 2 * first_round);
                     const auto tick = std::max<steady_clock::duration>(2 * last_round, cfg_.epoch / kFinalRoundsPerEpoch);
                     wait_until(converged ? steady_clock::now() + tick : end() - lead);
@@ -636,7 +618,6 @@ Result<void> Primary::epoch_loop() {
                 return *stalled;
             }
             if (stopping_ || unacked_locked() < cfg_.max_in_flight) break;
-            priority.normal(); // waiting for the backup: no reason to outrank the guest
             if (cv_.wait_for(lock, cfg_.epoch / 2, [&] { return stopping_ || unacked_locked() < cfg_.max_in_flight; })) continue;
             if (!cfg_.in_epoch_copy) continue;
             lock.unlock();
@@ -651,9 +632,7 @@ Result<void> Primary::epoch_loop() {
         if (vm_.stop_reason()) break; // the guest is gone; nothing left to protect
         auto slice = plan_verify_slice_locked(epoch);
         lock.unlock();
-        raise();
         auto cp = US_TRY(capture(epoch, !last, paused, std::move(slice)));
-        priority.normal();
         lock.lock();
         if (paused) paused_request_->done_at = epoch;
         if (last) handover_step_locked(HandoverEvent::captured, epoch);
