@@ -21,11 +21,11 @@ constexpr size_t kFiguresKept = 4096;
 constexpr size_t kKeptBufferBytes = 64 * hv::kMiB;
 // A pause that finds fewer dirty pages than this left to copy is short enough (about
 // 0.2 ms of memcpy): a first in-epoch round that copied fewer ends the rounds, a later
-// one starts the final ticks.
+// one leads to one last round.
 constexpr uint64_t kPauseCopyGoalPages = 256;
-// Once the rounds converge, one runs every epoch / kFinalRoundsPerEpoch (500 us at 25 ms)
-// or twice the last round's time, whichever is longer, until the epoch's end.
-constexpr int kFinalRoundsPerEpoch = 50;
+// The last round starts at least epoch / kFinalRoundLeadDivisor (500 us at 25 ms) before
+// the pause: more than the epoch thread's wake-up on a busy host.
+constexpr int kFinalRoundLeadDivisor = 50;
 } // namespace
 
 struct Primary::Checkpoint {
@@ -577,19 +577,19 @@ Result<void> Primary::epoch_loop() {
             // the epoch's end the rounds run back to back, as pre-copy does, starting at
             // most twice the first round's time before the end (which bounds what a guest
             // rewriting a large hot set costs in copies). Once a later round finds fewer
-            // than kPauseCopyGoalPages pages, a round runs every tick until the end, so
-            // that the pause finds only what the guest wrote in the last tick. (One last
-            // round timed to end just before the pause was skipped whenever the thread
-            // woke later than that, and the pause then copied all the guest wrote since
-            // the round before.) A first round that finds so few ends the rounds: the
-            // guest is quiet.
+            // than kPauseCopyGoalPages pages, one last round runs just before the end, so
+            // that the pause finds only what the guest wrote during it and its lead. The
+            // lead is at least epoch / kFinalRoundLeadDivisor: twice a round that found
+            // nothing (a few µs) was less than the thread's wake-up, the last round was
+            // skipped, and the pause copied all the guest wrote since the round before. A
+            // first round that finds so few ends the rounds: the guest is quiet.
             steady_clock::duration first_round{}, last_round{};
             bool converged = false;
             for (bool first = true; !stopping_; first = false) {
                 if (!first) {
-                    const auto lead = std::min<steady_clock::duration>(cfg_.epoch / 4, 2 * first_round);
-                    const auto tick = std::max<steady_clock::duration>(2 * last_round, cfg_.epoch / kFinalRoundsPerEpoch);
-                    wait_until(converged ? steady_clock::now() + tick : end() - lead);
+                    const auto lead = converged ? std::max<steady_clock::duration>(2 * last_round, cfg_.epoch / kFinalRoundLeadDivisor)
+                                                : std::min<steady_clock::duration>(cfg_.epoch / 4, 2 * first_round);
+                    wait_until(end() - lead);
                 }
                 // An epoch that output ended early goes straight to its pause.
                 if (stopping_ || steady_clock::now() >= end()) break;
@@ -600,7 +600,7 @@ Result<void> Primary::epoch_loop() {
                 if (first) first_round = last_round;
                 lock.lock();
                 if (pages < kPauseCopyGoalPages) {
-                    if (first) break; // a quiet guest: the pause is short anyway
+                    if (first || converged) break; // a quiet guest: the pause is short anyway
                     converged = true;
                 }
             }
