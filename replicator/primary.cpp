@@ -21,11 +21,46 @@ constexpr size_t kFiguresKept = 4096;
 constexpr size_t kKeptBufferBytes = 64 * hv::kMiB;
 // A pause that finds fewer dirty pages than this left to copy is short enough (about
 // 0.2 ms of memcpy): a first in-epoch round that copied fewer ends the rounds, a later
-// one leads to one last round.
+// one starts the last rounds.
 constexpr uint64_t kPauseCopyGoalPages = 256;
-// The last round starts at least epoch / kFinalRoundLeadDivisor (500 us at 25 ms) before
+// The last rounds start at least epoch / kFinalRoundLeadDivisor (500 us at 25 ms) before
 // the pause: more than the epoch thread's wake-up on a busy host.
 constexpr int kFinalRoundLeadDivisor = 50;
+// The last rounds run back to back until one copies fewer pages than this; the pause
+// then finds only what the guest wrote during that short round.
+constexpr uint64_t kLastRoundPages = kPauseCopyGoalPages / 4;
+
+// What the in-epoch rounds have seen of the guest: how fast it dirties pages it had not
+// dirtied since the round before, and what a round costs per page. From these, when the
+// last rounds should start for them to end at the pause.
+class RoundModel {
+public:
+    explicit RoundModel(steady_clock::time_point last_harvest) : last_harvest_(last_harvest) {}
+
+    // A round that harvested at `harvest`, copied `pages` and took `took`.
+    void observe(steady_clock::time_point harvest, steady_clock::duration took, uint64_t pages) {
+        const auto since = harvest - last_harvest_;
+        last_harvest_ = harvest;
+        if (pages < kLastRoundPages || since.count() <= 0) return; // fixed costs would dominate
+        dirty_per_ns_ = double(pages) / double(since.count());
+        ns_per_page_ = double(took.count()) / double(pages);
+    }
+
+    // Rounds run back to back shrink by a = (round time per page) x (dirty rate) each: a
+    // first round started `lead` before `end` copies what was written since the last
+    // harvest, a second what was written during the first, and so on. The lead makes the
+    // first two end at `end`: lead = a (1 + a) / (1 + a (1 + a)) x (end - last harvest).
+    steady_clock::duration lead(steady_clock::time_point end) const {
+        const double a = std::min(ns_per_page_ * dirty_per_ns_, 0.9); // a >= 1 would never converge
+        const double share = a * (1 + a) / (1 + a * (1 + a));
+        return duration_cast<steady_clock::duration>((end - last_harvest_) * share);
+    }
+
+private:
+    steady_clock::time_point last_harvest_;
+    double dirty_per_ns_ = 0;
+    double ns_per_page_ = 0;
+};
 } // namespace
 
 struct Primary::Checkpoint {
@@ -569,6 +604,7 @@ Result<void> Primary::epoch_loop() {
             while (!stopping_ && steady_clock::now() < std::min(t, end()))
                 cv_.wait_until(lock, std::min(t, end()));
         };
+        bool pause_now = false; // the last in-epoch round has just run
         if (cfg_.in_epoch_copy) {
             wait_until(start + cfg_.epoch / 2);
             if (stopping_) break;
@@ -577,35 +613,52 @@ Result<void> Primary::epoch_loop() {
             // the epoch's end the rounds run back to back, as pre-copy does, starting at
             // most twice the first round's time before the end (which bounds what a guest
             // rewriting a large hot set costs in copies). Once a later round finds fewer
-            // than kPauseCopyGoalPages pages, one last round runs just before the end, so
-            // that the pause finds only what the guest wrote during it and its lead. The
-            // lead is at least epoch / kFinalRoundLeadDivisor: twice a round that found
-            // nothing (a few µs) was less than the thread's wake-up, the last round was
-            // skipped, and the pause copied all the guest wrote since the round before. A
-            // first round that finds so few ends the rounds: the guest is quiet.
-            steady_clock::duration first_round{}, last_round{};
-            bool converged = false;
+            // than kPauseCopyGoalPages pages, the last rounds start when RoundModel says
+            // they end at the pause (at least epoch / kFinalRoundLeadDivisor before it:
+            // a shorter lead was less than the thread's wake-up, the last rounds were
+            // skipped, and the pause copied all the guest wrote since the round before),
+            // run back to back until one finds fewer than kLastRoundPages, and the pause
+            // follows at once (the epoch may end a little early). A first round that finds
+            // fewer than kPauseCopyGoalPages ends the rounds: the guest is quiet.
+            RoundModel model(start);
+            steady_clock::duration first_round{};
+            bool converged = false, finishing = false, late_round = false;
             for (bool first = true; !stopping_; first = false) {
-                if (!first) {
-                    const auto lead = converged ? std::max<steady_clock::duration>(2 * last_round, cfg_.epoch / kFinalRoundLeadDivisor)
+                if (!first && !finishing) {
+                    const auto lead = converged ? std::clamp<steady_clock::duration>(model.lead(end()),
+                                                                                     cfg_.epoch / kFinalRoundLeadDivisor,
+                                                                                     cfg_.epoch / 4)
                                                 : std::min<steady_clock::duration>(cfg_.epoch / 4, 2 * first_round);
                     wait_until(end() - lead);
                 }
-                // An epoch that output ended early goes straight to its pause.
-                if (stopping_ || steady_clock::now() >= end()) break;
+                if (stopping_) break;
+                if (steady_clock::now() >= end()) {
+                    // Past the end, a last round that still found many pages gets one more,
+                    // shorter round: a slightly longer epoch for a much shorter pause. An
+                    // epoch that output ended early goes straight to its pause.
+                    if (!finishing || early_end_ || late_round) break;
+                    late_round = true;
+                }
                 lock.unlock();
                 const auto t0 = steady_clock::now();
                 const uint64_t pages = US_TRY(copy_while_running());
-                last_round = steady_clock::now() - t0;
-                if (first) first_round = last_round;
+                const auto took = steady_clock::now() - t0;
+                model.observe(t0, took, pages);
+                if (first) first_round = took;
                 lock.lock();
-                if (pages < kPauseCopyGoalPages) {
-                    if (first || converged) break; // a quiet guest: the pause is short anyway
+                if (converged) {
+                    finishing = true;
+                    if (pages < kLastRoundPages) {
+                        pause_now = true;
+                        break;
+                    }
+                } else if (pages < kPauseCopyGoalPages) {
+                    if (first) break; // a quiet guest: the pause is short anyway
                     converged = true;
                 }
             }
         }
-        wait_until(end());
+        if (!pause_now) wait_until(end());
         // Backpressure: no more than max_in_flight unacknowledged checkpoints. While
         // waiting, keep copying every half epoch so the pause stays short.
         for (;;) {
