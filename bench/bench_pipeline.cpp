@@ -358,7 +358,7 @@ int main(int argc, char** argv) {
     Setup s;
     std::vector<FakeContent> contents = {FakeContent::stamp, FakeContent::text, FakeContent::random, FakeContent::zero};
     std::vector<uint64_t> epochs = {25, 5};
-    std::vector<uint64_t> rates = {25000, 50000, 100000, 150000, 200000, 300000, 400000, 600000, 800000};
+    std::vector<uint64_t> rates = {25000, 50000, 100000, 150000, 200000, 300000, 400000, 450000, 500000, 600000, 800000};
     bool clear_rows = true; // the churn sweep again with link security disabled: what sealing costs
     if (opt.quick) {
         contents = {FakeContent::stamp};
@@ -499,11 +499,18 @@ int main(int argc, char** argv) {
         targets.num("seal_cost_churn", *cost).num("seal_cost_max", kSealCostMax).boolean("seal_cost_met", *cost <= kSealCostMax);
     if (auto cost = seal_cost(FakeContent::random)) targets.num("seal_cost_random", *cost);
     // The pause target (issue 20, item 3): excluding the stop, p99 <= 300 us at 10,000
-    // dirty pages. Judged on the kept churn row with the most pages per checkpoint.
+    // dirty pages. Judged on the kept sealed churn row with the fewest pages per
+    // checkpoint at or above 10,000 (faster rows judge the 2 cores' saturation, which
+    // their own rows show); with no such row, on the one with the most.
     const RowResult* big = nullptr;
+    auto judges_better = [](const RowResult& r, const RowResult* than) {
+        if (!than) return true;
+        const bool reaches = r.pages_per_ckpt >= kPauseTargetPages, it_reaches = than->pages_per_ckpt >= kPauseTargetPages;
+        if (reaches != it_reaches) return reaches;
+        return reaches ? r.pages_per_ckpt < than->pages_per_ckpt : r.pages_per_ckpt > than->pages_per_ckpt;
+    };
     for (const auto& r : results)
-        if (r.row.content == FakeContent::stamp && r.row.secure && r.kept && (!big || r.pages_per_ckpt > big->pages_per_ckpt))
-            big = &r;
+        if (r.row.content == FakeContent::stamp && r.row.secure && r.kept && judges_better(r, big)) big = &r;
     if (big)
         targets.num("pause_pages_per_checkpoint", big->pages_per_ckpt).integer("pause_epoch_ms", big->row.epoch_ms)
             .num("pause_excluding_stop_p99_us", big->pause_no_stop_us.p99).num("pause_excluding_stop_p99_max_us", kPauseNoStopP99MaxUs)
