@@ -6,14 +6,12 @@
 // silence each side saw between heartbeats, whether either side declared the other
 // failed, and the sync's throughput. Needs no KVM: the primary's memory is a plain
 // mapping with one written word per page (as a guest's touched memory).
-#include <pthread.h>
-#include <sched.h>
-
 #include <atomic>
 #include <thread>
 
 #include "bench/bench_common.hpp"
 #include "common/log.hpp"
+#include "common/thread_priority.hpp"
 #include "hv/guest_memory.hpp"
 #include "hv/snapshot.hpp"
 #include "replicator/backup.hpp"
@@ -60,9 +58,7 @@ Row run(uint64_t memory_bytes, unsigned hogs, const LinkSecurity& security, cons
     // real-time priority where allowed, notes how late it woke.
     std::atomic<uint64_t> probe_late_ns{0};
     std::thread probe([&] {
-        sched_param sp{};
-        sp.sched_priority = 10;
-        (void)pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
+        (void)set_thread_realtime(kHeartbeatPriority);
         while (busy.load(std::memory_order_relaxed)) {
             uint64_t t = now_ns();
             std::this_thread::sleep_for(milliseconds(1));

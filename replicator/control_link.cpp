@@ -2,14 +2,12 @@
 
 #include <fmt/format.h>
 
-#include <pthread.h>
-#include <sched.h>
-
 #include <cstring>
 #include <mutex>
 
 #include "common/codec.hpp"
 #include "common/log.hpp"
+#include "common/thread_priority.hpp"
 #include "replicator/wire.hpp"
 
 namespace understudy::replicator {
@@ -30,13 +28,11 @@ double ms(replicator::Clock::duration d) { return duration<double, std::milli>(d
 // (bench/bench_heartbeat). They do little and sleep between heartbeats. Without the
 // privilege (CAP_SYS_NICE or RLIMIT_RTPRIO) they run at normal priority, said once.
 void raise_to_realtime() {
-    sched_param sp{};
-    sp.sched_priority = 10;
-    int rc = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
+    int rc = set_thread_realtime(kHeartbeatPriority);
     static std::once_flag told;
     if (rc != 0)
         std::call_once(told, [rc] {
-            log::warn("heartbeats: normal thread priority ({}): real-time priority needs CAP_SYS_NICE; on a busy "
+            log::warn("heartbeats: normal thread priority ({}): real-time priority needs CAP_SYS_NICE or RLIMIT_RTPRIO; on a busy "
                       "host raise --failure-timeout-ms", std::strerror(rc));
         });
 }

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <tuple>
 
 #include "common/codec.hpp"
 #include "common/clock.hpp"
 #include "common/log.hpp"
+#include "common/thread_priority.hpp"
 #include "hv/snapshot.hpp"
 #include "replicator/checkpoint_writer.hpp"
 
@@ -588,6 +590,19 @@ Result<uint64_t> Primary::copy_while_running(bool everything) {
 }
 
 Result<void> Primary::epoch_loop() {
+    // The epoch thread runs at real-time priority where allowed, below the heartbeats: on
+    // a host whose cores are busy with the guest, the stream and the backup, a copy round
+    // that loses its core runs long and leaves its pages to the pause. bench_pipeline,
+    // churn at 500,000 pages/s (about 11,000 pages a checkpoint) on 2 cores, pause less
+    // the vCPUs' stop p99: 159-192 us, against 755-1,731 us at normal priority.
+    if (int rc = set_thread_realtime(kCheckpointPriority); rc != 0) {
+        static std::once_flag told;
+        std::call_once(told, [rc] {
+            log::warn("replication: the epoch thread at normal priority ({}): real-time priority needs CAP_SYS_NICE "
+                      "or RLIMIT_RTPRIO; on a busy host the pause may be longer",
+                      std::strerror(rc));
+        });
+    }
     for (uint64_t epoch = 2; !stopping_; ++epoch) {
         auto start = steady_clock::now();
         std::unique_lock lock(mu_);
