@@ -52,7 +52,7 @@ const std::vector<SharedSection>& shared_sections() {
         {"vm", {"memory", "vcpus", "dirty", "ring-entries"}},
         {"network", {"net-tap", "mac", "net-buffer", "output-gather-ms"}},
         {"protection", {"backup", "epoch-ms", "max-in-flight", "heartbeat-ms", "failure-timeout-ms", "ack-timeout-ms", "link-key", "link-security",
-                        "verify-interval-s", "verify-pages-per-checkpoint", "verify-mismatch"}},
+                        "verify-interval-s", "verify-pages-per-checkpoint", "verify-mismatch", "epoch-priority"}},
     };
     return s;
 }

@@ -104,6 +104,10 @@ const std::vector<OptionRule>& option_rules() {
             if (s == "resync" || s == "report") return {};
             return make_error(Errc::invalid_input, "'" + s + "' is not resync or report");
         }),
+        valid<std::string>("epoch-priority", [](const std::string& s) -> Result<void> {
+            if (s == "realtime" || s == "normal") return {};
+            return make_error(Errc::invalid_input, "'" + s + "' is not realtime or normal");
+        }),
         range<unsigned>("heartbeat-ms", 1, 60000, " ms"),
         {{"failure-timeout-ms", "heartbeat-ms"}, [](const po::variables_map& vm, const OptionNamer& n) -> Check {
              const unsigned* t = get<unsigned>(vm, "failure-timeout-ms");

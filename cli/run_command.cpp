@@ -52,6 +52,7 @@ struct SuperviseOptions {
     unsigned verify_interval_s = 600;
     unsigned verify_pages = 1024;
     std::string verify_mismatch = "resync";
+    std::string epoch_priority = "realtime";
     bool run_on_without_backup = false; // a backup that cannot be reached leaves the VM running unprotected
     OpsOptions ops;                     // --control-socket, --metrics-listen (cli/operations.hpp)
     LinkOptions link;                   // turned into `security` by check_snapshot_options
@@ -85,7 +86,10 @@ void add_supervise_options(po::options_description& d, SuperviseOptions& o) {
          "pages a verification pass digests in each checkpoint's pause: the bound on what it adds to a pause (1 to 65536)")
         ("verify-mismatch", po::value(&o.verify_mismatch)->default_value(o.verify_mismatch),
          "when a pass finds the replica different: resync (the next checkpoint carries every page) or report (only "
-         "report it)");
+         "report it)")
+        ("epoch-priority", po::value(&o.epoch_priority)->default_value(o.epoch_priority),
+         "the epoch thread's priority: realtime (SCHED_FIFO 5 where allowed: shorter pauses, its copy rounds taken "
+         "from the guest on a host with no core to spare) or normal");
     add_ops_options(d, o.ops);
     add_link_options(d, o.link);
     add_fencing_options(d, o.fencing);
@@ -169,6 +173,7 @@ replicator::PrimaryConfig primary_config(const SuperviseOptions& o, const replic
     pc.verify_interval = seconds(o.verify_interval_s);
     pc.verify_pages_per_checkpoint = o.verify_pages;
     pc.resync_on_mismatch = o.verify_mismatch == "resync";
+    pc.realtime_epoch = o.epoch_priority == "realtime";
     pc.security = security;
     return pc;
 }

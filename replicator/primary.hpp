@@ -36,6 +36,7 @@ struct PrimaryConfig {
     uint64_t cache_pages = 16384; // last-sent page copies kept for XOR deltas (64 MiB)
     size_t batch_pages = 1024;    // pages per PAGES record
     bool in_epoch_copy = true;    // harvest and copy at mid-epoch too, to shorten the pause
+    bool realtime_epoch = true;   // the epoch thread at SCHED_FIFO kCheckpointPriority where allowed
     unsigned max_sync_rounds = 8; // pre-copy rounds of the initial synchronization
     replicator::DetectorConfig heartbeat; // on the control connection, when there is one
     // Both connections run the link handshake first (required by default: give a key).

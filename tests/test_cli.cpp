@@ -250,6 +250,7 @@ TEST_CASE("cli: bad usage is one line on stderr and exit code 2", "[binary]") {
         {"run guest.elf --memory 3M", "--memory: guest memory size"},
         {"run guest.elf --epoch-ms nan", "--epoch-ms: 'nan' is not a finite number"},
         {"run guest.elf --epoch-ms 0 --backup 127.0.0.1:1", "--epoch-ms must be between 1 and 10000"},
+        {"run guest.elf --epoch-priority fast", "--epoch-priority: 'fast' is not realtime or normal"},
         {"run guest.elf --dirty sometimes", "dirty tracking mode 'sometimes'"},
         {"run guest.elf --snapshot-after 1", "--snapshot-after needs --snapshot-to"},
         {"run guest.elf --snapshot-to f", "--snapshot-to needs --snapshot-after"},

@@ -12,6 +12,10 @@
 #include <map>
 #include <thread>
 
+#include <pthread.h>
+#include <sched.h>
+
+#include "common/thread_priority.hpp"
 #include "replicator/primary.hpp"
 #include "tests/support/backup_thread.hpp"
 #include "tests/support/fake_vm.hpp"
@@ -161,6 +165,44 @@ TEST_CASE("a requested checkpoint ends a long epoch early, once", "[epoch]") {
     (*primary)->stop();
     CHECK((*primary)->wait());
     CHECK(seen.check_all_committed() >= 2);
+}
+
+TEST_CASE("the epoch thread runs at real-time priority where allowed, at normal priority when asked", "[epoch]") {
+    // Whether this process may have SCHED_FIFO at that priority at all (root, CAP_SYS_NICE
+    // or RLIMIT_RTPRIO), asked on a thread of its own.
+    const bool may = std::async(std::launch::async, [] { return set_thread_realtime(kCheckpointPriority) == 0; }).get();
+    for (bool realtime : {true, false}) {
+        INFO("realtime_epoch " << realtime << ", allowed " << may);
+        BackupThread backup;
+        auto vm = running_vm();
+        std::mutex mu;
+        std::map<uint64_t, std::pair<int, int>> policy; // epoch -> (policy, priority) in its pause
+        PrimaryHooks hooks;
+        hooks.on_capture = [&](uint64_t epoch, hv::Checkpointable&) {
+            int pol = -1;
+            sched_param sp{};
+            (void)pthread_getschedparam(pthread_self(), &pol, &sp);
+            std::lock_guard lock(mu);
+            policy[epoch] = {pol, sp.sched_priority};
+        };
+        auto pc = config(milliseconds(25));
+        pc.realtime_epoch = realtime;
+        auto primary = Primary::start(*vm, connect_to(*backup.server), pc, hooks);
+        REQUIRE(primary);
+        REQUIRE(wait_until([&] {
+            std::lock_guard lock(mu);
+            return policy.size() >= 4;
+        }, scaled(seconds(30))));
+        (*primary)->stop();
+        CHECK((*primary)->wait());
+        const std::pair<int, int> expected = realtime && may ? std::pair{SCHED_FIFO, kCheckpointPriority} : std::pair{SCHED_OTHER, 0};
+        std::lock_guard lock(mu);
+        for (const auto& [epoch, seen] : policy) {
+            if (epoch < 2) continue; // the initial synchronization's, before the epoch loop
+            INFO("checkpoint " << epoch);
+            CHECK(seen == expected);
+        }
+    }
 }
 
 TEST_CASE("a guest that stops ends replication; what was committed stays exact", "[epoch]") {
