@@ -72,6 +72,12 @@ size_t xor_and_replace(uint8_t* delta, uint8_t* cached, const uint8_t* page) {
 // A delta with fewer zero words than this is dense: the page changed throughout, and
 // LZ4 of the page itself does at least as well as LZ4 of the delta.
 constexpr size_t kSparseDeltaZeroWords = kPageSize / 8 / 4;
+// A page whose deltas came out dense this many times in a row (random or encrypted data
+// rewritten, a buffer refilled) leaves the cache: its copy costs a page of reads and writes
+// each time and saves nothing. It is kept out for 2^(streak - kDenseStreakToEvict + 1)
+// sends, at most kMaxUncachedSends, then tried again.
+constexpr uint8_t kDenseStreakToEvict = 2;
+constexpr uint8_t kMaxUncachedSends = 64;
 // The incompressibility probe: LZ4 of kProbeChunks chunks of kProbeChunkBytes spread over
 // the page (an eighth of it) that does not save 1/16 of the sample.
 constexpr size_t kProbeChunks = 8, kProbeChunkBytes = 64, kProbeBytes = kProbeChunks * kProbeChunkBytes;
@@ -110,7 +116,15 @@ CodecStats& CodecStats::operator+=(const CodecStats& o) {
 struct PageEncoder::State {
     State(uint64_t slots, uint64_t page_count)
         : data(slots * kPageSize), slot_page(slots, kNoPage), referenced(slots, 0), page_slot(page_count, kNoSlot),
-          lz4_state(LZ4_sizeofState()) {}
+          dense(page_count), lz4_state(LZ4_sizeofState()) {
+        free_all();
+    }
+
+    // Per page: how its recent deltas went, and whether it is kept out of the cache now.
+    struct DenseHistory {
+        uint8_t streak = 0;         // dense deltas in a row
+        uint8_t uncached_sends = 0; // sends left before the page may be cached again
+    };
 
     uint8_t* find(uint64_t page) {
         uint32_t s = page_slot[page];
@@ -134,18 +148,49 @@ struct PageEncoder::State {
         page_slot[page] = kNoSlot;
         slot_page[s] = kNoPage;
         referenced[s] = 0;
+        free_slots.push_back(s);
     }
     void clear() {
         std::fill(slot_page.begin(), slot_page.end(), kNoPage);
         std::fill(referenced.begin(), referenced.end(), 0);
         std::fill(page_slot.begin(), page_slot.end(), kNoSlot);
+        std::fill(dense.begin(), dense.end(), DenseHistory{});
+        free_all();
     }
-    // At most two sweeps: the first clears every reference bit.
+    void free_all() {
+        free_slots.resize(slot_page.size());
+        for (size_t s = 0; s < free_slots.size(); ++s) free_slots[s] = uint32_t(free_slots.size() - 1 - s);
+    }
+    // After an XOR against the cached copy of `page`, with a dense delta or not.
+    void note_delta(uint64_t page, bool was_dense) {
+        DenseHistory& d = dense[page];
+        if (!was_dense) {
+            d.streak = 0;
+            return;
+        }
+        d.streak = uint8_t(std::min<int>(d.streak + 1, 8));
+        if (d.streak < kDenseStreakToEvict) return;
+        d.uncached_sends = uint8_t(std::min<int>(1 << (d.streak - kDenseStreakToEvict + 1), kMaxUncachedSends));
+        drop(page);
+    }
+    // Whether an uncached page just sent may take a slot now.
+    bool admit(uint64_t page) {
+        DenseHistory& d = dense[page];
+        if (d.uncached_sends == 0) return true;
+        --d.uncached_sends;
+        return false;
+    }
+    // A free slot if there is one, else CLOCK: at most two sweeps, the first clears every
+    // reference bit.
     uint32_t take_slot() {
+        if (!free_slots.empty()) { // a dropped page's slot before any live copy
+            uint32_t s = free_slots.back();
+            free_slots.pop_back();
+            return s;
+        }
         for (;;) {
             uint32_t s = static_cast<uint32_t>(hand);
             hand = (hand + 1) % slot_page.size();
-            if (slot_page[s] == kNoPage) return s;
             if (referenced[s]) {
                 referenced[s] = 0;
                 continue;
@@ -165,6 +210,8 @@ struct PageEncoder::State {
     std::vector<uint64_t> slot_page;
     std::vector<uint8_t> referenced;
     std::vector<uint32_t> page_slot;
+    std::vector<DenseHistory> dense; // per page
+    std::vector<uint32_t> free_slots; // holding no page; taken from the back
     size_t hand = 0;
     std::vector<char> lz4_state;
     // True when a sample of the page does not compress: LZ4 of the whole page would not
@@ -247,9 +294,11 @@ PageEncoding PageEncoder::encode_page(uint64_t index, const uint8_t* page, std::
     if (prev) {
         const size_t zero_words = xor_and_replace(st.delta, prev, page);
         st.touch(index);
-        if (zero_words >= kSparseDeltaZeroWords)
+        if (zero_words >= kSparseDeltaZeroWords) {
             if (int n = st.compress(st.delta, st.xor_out, cfg_.lz4_max_bytes, cfg_.lz4_acceleration); n > 0)
                 e = PageEncoding::xor_lz4, payload = st.xor_out, len = n;
+        }
+        st.note_delta(index, zero_words < kSparseDeltaZeroWords);
     }
     // Plain LZ4 is slow, most of all on incompressible pages: skip it when the delta is
     // already small, or when a sample of the page does not compress.
@@ -260,7 +309,7 @@ PageEncoding PageEncoder::encode_page(uint64_t index, const uint8_t* page, std::
     }
     emit(out, index, h, e, payload, len);
     last_hash_[index] = h;
-    if (!prev) st.insert(index, page);
+    if (!prev && st.admit(index)) st.insert(index, page);
     return e;
 }
 

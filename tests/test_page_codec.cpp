@@ -214,6 +214,53 @@ TEST_CASE("reset forgets what was sent: a resync carries no SAME or XOR", "[page
     CHECK(p.in_sync());
 }
 
+TEST_CASE("a page rewritten throughout leaves the cache, stays out for a doubling while, and comes back", "[page_codec]") {
+    Pair p(4, /*cache_pages=*/2);
+    std::mt19937_64 rng(8);
+    auto send = [&](uint64_t i) {
+        CodecStats s;
+        REQUIRE(p.apply(p.encode({i}, &s)));
+        REQUIRE(p.in_sync());
+        return only_encoding(s);
+    };
+    // Page 0 rewritten with random bytes and sent; how many pages are cached after.
+    auto rewrite = [&] {
+        fill_random(p.page(0), rng);
+        CHECK(send(0) == PageEncoding::raw);
+        return p.enc.cached_pages();
+    };
+    CHECK(rewrite() == 1); // first send: cached
+    CHECK(rewrite() == 1); // one dense delta: still cached
+    CHECK(rewrite() == 0); // the second in a row: out, for 2 sends
+    // Its slot serves a page that XORs well.
+    fill_random(p.page(1), rng);
+    send(1);
+    p.page(1)[7] ^= 1;
+    CHECK(send(1) == PageEncoding::xor_lz4);
+    // Out for two sends: a small change meanwhile goes without XOR.
+    for (int k = 0; k < 2; ++k) {
+        p.page(0)[100 + k] ^= 1;
+        CHECK(send(0) == PageEncoding::raw);
+        CHECK(p.enc.cached_pages() == 1);
+    }
+    // Admitted again on the next send; a sparse delta then ends the streak.
+    CHECK(rewrite() == 2);
+    p.page(0)[9] ^= 1;
+    CHECK(send(0) == PageEncoding::xor_lz4);
+    // With the streak ended, one dense delta does not evict; a new streak of two does,
+    // for 2 sends again.
+    CHECK(rewrite() == 2);
+    CHECK(rewrite() == 1);
+    // While the deltas stay dense, the time out doubles: 2 sends out, then cached, then
+    // a third dense delta in a row evicts for 4 sends.
+    std::vector<uint64_t> cached;
+    for (int k = 0; k < 9; ++k) cached.push_back(rewrite());
+    CHECK(cached == std::vector<uint64_t>{1, 1, 2, 1, 1, 1, 1, 1, 2});
+    // reset() forgets the history too: after it, a page is cached at its first send.
+    p.enc.reset();
+    CHECK(rewrite() == 1);
+}
+
 TEST_CASE("a cache smaller than the working set evicts and still round-trips", "[page_codec]") {
     Pair p(256, /*cache_pages=*/8);
     std::mt19937_64 rng(6);
