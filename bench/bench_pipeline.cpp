@@ -45,6 +45,12 @@ constexpr double kChurnWireOverRawMax = 0.15;
 constexpr double kSealCostMax = 0.10; // encryption, of end-to-end throughput
 constexpr double kPauseNoStopP99MaxUs = 300; // the pause less the vCPUs' stop, at kPauseTargetPages
 constexpr double kPauseTargetPages = 10000;
+// Rows at kPauseTargetPages and a little more with the cores not saturated: at 25 ms
+// epochs 10,000 pages a checkpoint takes 400,000 pages/s, where the writers, both
+// processes and the rounds fill these 2 cores; at 50 ms half that rate gives as many.
+constexpr unsigned kPauseRowsEpochMs = 50;
+constexpr uint64_t kPauseRowsRates[] = {220000, 240000};
+constexpr double kPauseRowsSeconds = 10; // 200 checkpoints: a p99 that is not the maximum
 // A rate is kept protected when the writers achieved this share of it while they ran,
 // checkpoints came at this share of the epoch's rate, and replication did not fail.
 constexpr double kKeptWriteShare = 0.9;
@@ -423,19 +429,27 @@ int main(int argc, char** argv) {
     std::printf("%-7s %5s %5s %8s %9s %7s %9s %8s %7s %5s %13s %8s %8s %8s %8s %8s %8s %8s\n", "", "ms", "", "pages/s", "",
                 "", "", "", "", "", "-stop p50/99", "p50", "ns/page", "ns/page", "ns/page", "cpu ns", "cpu ns", "cpu ns");
     std::vector<RowResult> results;
+    auto run_and_print = [&](const Row& row, const Setup& setup) -> const RowResult& {
+        RowResult r = run_row(setup, row);
+        std::printf("%-7s %5u %5s %8llu %9.0f %7.1f %9.0f %8.1f %7.4f %5s %6.0f/%-6.0f %8.1f %8.0f %8.0f %8.0f %8.0f %8.0f %8.0f%s%s\n",
+                    content_name(row.content), row.epoch_ms, row.secure ? "AES" : "clear", (unsigned long long)row.rate,
+                    r.writes_per_s, r.ckpt_per_s, r.pages_per_s, r.raw_mbps, r.wire_over_raw, r.kept ? "yes" : "no",
+                    r.pause_no_stop_us.p50, r.pause_no_stop_us.p99, r.ack_ms.p50, r.copy_ns, r.encode_ns, r.transmit_ns, r.primary_cpu_ns,
+                    r.backup_cpu_ns, r.writer_cpu_ns, r.error.empty() ? "" : "  error: ", r.error.c_str());
+        std::fflush(stdout);
+        results.push_back(r);
+        return results.back();
+    };
     for (const auto& sw : sweeps) {
         unsigned misses = 0;
-        for (auto rate : rates) {
-            RowResult r = run_row(s, {sw.content, sw.epoch_ms, rate, sw.secure});
-            std::printf("%-7s %5u %5s %8llu %9.0f %7.1f %9.0f %8.1f %7.4f %5s %6.0f/%-6.0f %8.1f %8.0f %8.0f %8.0f %8.0f %8.0f %8.0f%s%s\n",
-                        content_name(sw.content), sw.epoch_ms, sw.secure ? "AES" : "clear", (unsigned long long)rate,
-                        r.writes_per_s, r.ckpt_per_s, r.pages_per_s, r.raw_mbps, r.wire_over_raw, r.kept ? "yes" : "no",
-                        r.pause_no_stop_us.p50, r.pause_no_stop_us.p99, r.ack_ms.p50, r.copy_ns, r.encode_ns, r.transmit_ns, r.primary_cpu_ns,
-                        r.backup_cpu_ns, r.writer_cpu_ns, r.error.empty() ? "" : "  error: ", r.error.c_str());
-            std::fflush(stdout);
-            results.push_back(r);
-            if (!r.kept && ++misses == 2) break;
-        }
+        for (auto rate : rates)
+            if (!run_and_print({sw.content, sw.epoch_ms, rate, sw.secure}, s).kept && ++misses == 2) break;
+    }
+    // The pause at 10,000 pages a checkpoint, below the cores' saturation (kPauseRowsEpochMs).
+    if (!opt.quick && std::find(contents.begin(), contents.end(), FakeContent::stamp) != contents.end()) {
+        Setup longer = s;
+        longer.seconds = std::max(s.seconds, kPauseRowsSeconds);
+        for (auto rate : kPauseRowsRates) run_and_print({FakeContent::stamp, kPauseRowsEpochMs, rate, true}, longer);
     }
 
     // Per sweep: the highest rate kept, and the most raw data carried in any of its rows.
@@ -499,9 +513,9 @@ int main(int argc, char** argv) {
         targets.num("seal_cost_churn", *cost).num("seal_cost_max", kSealCostMax).boolean("seal_cost_met", *cost <= kSealCostMax);
     if (auto cost = seal_cost(FakeContent::random)) targets.num("seal_cost_random", *cost);
     // The pause target (issue 20, item 3): excluding the stop, p99 <= 300 us at 10,000
-    // dirty pages. Judged on the kept sealed churn row with the fewest pages per
-    // checkpoint at or above 10,000 (faster rows judge the 2 cores' saturation, which
-    // their own rows show); with no such row, on the one with the most.
+    // dirty pages. Judged on the kept sealed churn row, of any epoch, with the fewest
+    // pages per checkpoint at or above 10,000 (faster rows judge the 2 cores' saturation,
+    // which their own rows show); with no such row, on the one with the most.
     const RowResult* big = nullptr;
     auto judges_better = [](const RowResult& r, const RowResult* than) {
         if (!than) return true;
