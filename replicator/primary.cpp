@@ -1,5 +1,7 @@
 #include "replicator/primary.hpp"
 
+#include <bit>
+
 #include <algorithm>
 #include <cstring>
 #include <mutex>
@@ -31,6 +33,11 @@ constexpr int kFinalRoundLeadDivisor = 50;
 // The last rounds run back to back until one copies fewer pages than this; the pause
 // then finds only what the guest wrote during that short round.
 constexpr uint64_t kLastRoundPages = kPauseCopyGoalPages / 4;
+// Growing a checkpoint buffer in the pause (a reallocation, then page faults on fresh
+// memory) took 25-38 ms at 3,750-6,750 pages in bench_pipeline. So a buffer gets room,
+// allocated and faulted in while the guest runs: at an epoch's first round for 5/4 of the
+// last checkpoint, before the pause for twice the last round's copy; at least this.
+constexpr uint64_t kMinRoomPages = kPauseCopyGoalPages;
 
 // What the in-epoch rounds have seen of the guest: how fast it dirties pages it had not
 // dirtied since the round before, and what a round costs per page. From these, when the
@@ -76,6 +83,10 @@ struct Primary::Checkpoint {
     uint64_t copied_at_pause = 0;
     std::optional<VerifySlice> verify; // sent after the checkpoint's END
     bool resync = false;               // carries every page, none encoded against the backup's copy
+    // How much of pages' allocation (at touched_at) was written at least once: kept across
+    // reuse, as the memory stays faulted in.
+    const uint8_t* touched_at = nullptr;
+    size_t touched_bytes = 0;
 };
 
 namespace {
@@ -297,6 +308,26 @@ void Primary::copy_dirty(Checkpoint& cp, const Bitmap& dirty) {
     });
 }
 
+void Primary::make_room(Checkpoint& cp, uint64_t pages) {
+    // Only pages not in cp yet are added: never more than the rest of the guest. Nor room
+    // past kKeptBufferBytes, which would make the buffer one that is freed at its return.
+    const size_t have = cp.pages.size();
+    const uint64_t below_kept = have < kKeptBufferBytes ? (kKeptBufferBytes - have) / hv::kPageSize : 0;
+    pages = std::min({std::max(pages, kMinRoomPages), vm_.memory().page_count() - cp.indices.size(), below_kept});
+    const size_t want = have + pages * hv::kPageSize;
+    // A power of two, as the vector's own growth keeps it: a buffer that grew to the next
+    // one above kKeptBufferBytes would be freed at each return and grown again.
+    if (want > cp.pages.capacity()) cp.pages.reserve(std::bit_ceil(want));
+    // A new allocation (here or by a round's copy) is touched only as far as copied into.
+    if (cp.pages.data() != cp.touched_at) cp.touched_at = cp.pages.data(), cp.touched_bytes = 0;
+    cp.touched_bytes = std::max(cp.touched_bytes, have);
+    cp.indices.reserve(cp.indices.size() + pages);
+    if (want <= cp.touched_bytes) return; // faulted in by an earlier checkpoint
+    cp.pages.resize(want); // writes zeros up to `want`: the page faults happen here
+    cp.pages.resize(have);
+    cp.touched_bytes = want;
+}
+
 Result<void> Primary::copy_disk_blocks(Checkpoint* cp) {
     constexpr uint64_t kBlock = hv::kDiskBlockBytes;
     constexpr uint64_t kRunBlocks = 256; // one read covers at most this many blocks
@@ -352,6 +383,7 @@ void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
     if (cp->pages.capacity() > kKeptBufferBytes) {
         std::vector<uint8_t>().swap(cp->pages);
         std::vector<uint64_t>().swap(cp->indices);
+        cp->touched_at = nullptr;
     }
     std::lock_guard lock(mu_);
     if (spare_.size() < cfg_.max_in_flight + 2) spare_.push_back(std::move(cp));
@@ -364,6 +396,7 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bo
     auto cp = std::move(building_);
     if (!cp) cp = take_buffer();
     cp->epoch = epoch;
+    make_room(*cp, 2 * last_round_pages_);
     uint64_t t0 = now_ns();
     vm_.pause_all();
     uint64_t t1 = now_ns();
@@ -375,6 +408,7 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bo
     if (state) {
         copy_dirty(*cp, dirty_);
         cp->copied_at_pause = dirty_.count();
+        last_round_pages_ = cp->copied_at_pause;
         // Every write the guest's disks completed is in: no request is in flight at a pause.
         if (auto copied = copy_disk_blocks(cp.get()); !copied) state = std::move(copied.error());
     }
@@ -402,6 +436,7 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bo
     if (!state) return std::move(state.error()).wrap("capturing checkpoint " + std::to_string(epoch));
     cp->state = std::move(*state);
     for (uint64_t idx : cp->indices) slot_of_page_[idx] = -1;
+    if (!cp->resync) last_checkpoint_pages_ = cp->indices.size();
     return cp;
 }
 
@@ -577,7 +612,10 @@ std::vector<DiskSyncFigures> Primary::disk_sync() const {
 }
 
 Result<uint64_t> Primary::copy_while_running(bool everything) {
-    if (!building_) building_ = take_buffer();
+    if (!building_) {
+        building_ = take_buffer();
+        make_room(*building_, last_checkpoint_pages_ + last_checkpoint_pages_ / 4);
+    }
     dirty_.clear_all();
     US_TRYV(vm_.harvest_dirty(dirty_)); // restarts tracking: later writes are copied again
     if (everything) {
@@ -586,7 +624,9 @@ Result<uint64_t> Primary::copy_while_running(bool everything) {
     }
     copy_dirty(*building_, dirty_);
     US_TRYV(copy_disk_blocks(building_.get()));
-    return uint64_t(dirty_.count());
+    const uint64_t copied = dirty_.count();
+    if (!everything) last_round_pages_ = copied; // a resync's copy says nothing of the pause
+    return copied;
 }
 
 Result<void> Primary::epoch_loop() {
