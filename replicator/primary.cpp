@@ -21,7 +21,8 @@ using namespace std::chrono;
 
 namespace {
 constexpr size_t kFiguresKept = 4096;
-// A checkpoint buffer above this (a resync, a burst of writes) is freed, not kept for reuse.
+// A checkpoint buffer above this, or above twice the pages of the last checkpoints (see
+// kept_buffer_bytes()), is freed, not kept for reuse: a resync's, a burst of writes.
 constexpr size_t kKeptBufferBytes = 64 * hv::kMiB;
 // A pause that finds fewer dirty pages than this left to copy is short enough (about
 // 0.2 ms of memcpy): a first in-epoch round that copied fewer ends the rounds, a later
@@ -310,13 +311,13 @@ void Primary::copy_dirty(Checkpoint& cp, const Bitmap& dirty) {
 
 void Primary::make_room(Checkpoint& cp, uint64_t pages) {
     // Only pages not in cp yet are added: never more than the rest of the guest. Nor room
-    // past kKeptBufferBytes, which would make the buffer one that is freed at its return.
-    const size_t have = cp.pages.size();
-    const uint64_t below_kept = have < kKeptBufferBytes ? (kKeptBufferBytes - have) / hv::kPageSize : 0;
+    // past what is kept, which would make the buffer one that is freed at its return.
+    const size_t have = cp.pages.size(), kept = kept_buffer_bytes();
+    const uint64_t below_kept = have < kept ? (kept - have) / hv::kPageSize : 0;
     pages = std::min({std::max(pages, kMinRoomPages), vm_.memory().page_count() - cp.indices.size(), below_kept});
     const size_t want = have + pages * hv::kPageSize;
     // A power of two, as the vector's own growth keeps it: a buffer that grew to the next
-    // one above kKeptBufferBytes would be freed at each return and grown again.
+    // one above what is kept would be freed at each return and grown again.
     if (want > cp.pages.capacity()) cp.pages.reserve(std::bit_ceil(want));
     // A new allocation (here or by a round's copy) is touched only as far as copied into.
     if (cp.pages.data() != cp.touched_at) cp.touched_at = cp.pages.data(), cp.touched_bytes = 0;
@@ -369,7 +370,14 @@ std::unique_ptr<Primary::Checkpoint> Primary::take_buffer() {
     return cp;
 }
 
+size_t Primary::kept_buffer_bytes() const {
+    // A guest that dirties more than 64 MiB an epoch keeps buffers its size: freeing them
+    // would grow a fresh one, page faults and copies included, for every checkpoint.
+    return std::max(kKeptBufferBytes, std::bit_ceil(2 * last_checkpoint_pages_.load() * hv::kPageSize));
+}
+
 void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
+    const bool too_large = cp->pages.capacity() > (cp->resync ? kKeptBufferBytes : kept_buffer_bytes());
     cp->indices.clear();
     cp->pages.clear(); // keeps its capacity, already faulted in
     cp->state = {};
@@ -380,7 +388,7 @@ void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
         if (d.data.capacity() > kKeptBufferBytes) std::vector<uint8_t>().swap(d.data);
     }
     // A resync's buffer holds all of guest memory: not kept for reuse at that size.
-    if (cp->pages.capacity() > kKeptBufferBytes) {
+    if (too_large) {
         std::vector<uint8_t>().swap(cp->pages);
         std::vector<uint64_t>().swap(cp->indices);
         cp->touched_at = nullptr;
@@ -614,7 +622,8 @@ std::vector<DiskSyncFigures> Primary::disk_sync() const {
 Result<uint64_t> Primary::copy_while_running(bool everything) {
     if (!building_) {
         building_ = take_buffer();
-        make_room(*building_, last_checkpoint_pages_ + last_checkpoint_pages_ / 4);
+        const uint64_t last = last_checkpoint_pages_;
+        make_room(*building_, last + last / 4);
     }
     dirty_.clear_all();
     US_TRYV(vm_.harvest_dirty(dirty_)); // restarts tracking: later writes are copied again

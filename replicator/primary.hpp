@@ -229,6 +229,8 @@ private:
     // While the guest runs: room in cp for `pages` more pages (at least a minimum),
     // allocated and faulted in, so that the pause's copy neither reallocates nor faults.
     void make_room(Checkpoint& cp, uint64_t pages);
+    // The largest checkpoint buffer kept for reuse.
+    size_t kept_buffer_bytes() const;
     // Harvests each disk's written blocks and reads them into cp (or, without cp, only
     // restarts the tracking).
     Result<void> copy_disk_blocks(Checkpoint* cp);
@@ -316,7 +318,7 @@ private:
     std::vector<DiskSyncFigures> disk_sync_; // guarded by mu_
     std::vector<int32_t> slot_of_page_; // page index -> slot in the checkpoint being built
     uint64_t last_round_pages_ = 0;      // copied by the last in-epoch round or pause
-    uint64_t last_checkpoint_pages_ = 0; // in the last checkpoint (not a resync)
+    std::atomic<uint64_t> last_checkpoint_pages_{0}; // in the last checkpoint (not a resync)
     std::unique_ptr<Checkpoint> building_;
     std::vector<std::unique_ptr<Checkpoint>> spare_; // guarded by mu_
 
