@@ -11,6 +11,7 @@
 #include "common/codec.hpp"
 #include "common/clock.hpp"
 #include "common/log.hpp"
+#include "common/prefault.hpp"
 #include "common/thread_priority.hpp"
 #include "hv/snapshot.hpp"
 #include "replicator/checkpoint_writer.hpp"
@@ -21,9 +22,13 @@ using namespace std::chrono;
 
 namespace {
 constexpr size_t kFiguresKept = 4096;
-// A checkpoint buffer above this, or above twice the pages of the last checkpoints (see
+// A checkpoint buffer above this, or above twice the pages of the recent checkpoints (see
 // kept_buffer_bytes()), is freed, not kept for reuse: a resync's, a burst of writes.
 constexpr size_t kKeptBufferBytes = 64 * hv::kMiB;
+// The checkpoint size that buffers are kept for falls by 1/kPeakDecay of itself per smaller
+// checkpoint (halving in about 180 of them, 4.4 s at 25 ms epochs): a guest whose dirty set
+// swings between checkpoints keeps its buffers instead of freeing and faulting them in again.
+constexpr uint64_t kPeakDecay = 256;
 // A pause that finds fewer dirty pages than this left to copy is short enough (about
 // 0.2 ms of memcpy): a first in-epoch round that copied fewer ends the rounds, a later
 // one starts the last rounds.
@@ -36,8 +41,9 @@ constexpr int kFinalRoundLeadDivisor = 50;
 constexpr uint64_t kLastRoundPages = kPauseCopyGoalPages / 4;
 // Growing a checkpoint buffer in the pause (a reallocation, then page faults on fresh
 // memory) took 25-38 ms at 3,750-6,750 pages in bench_pipeline. So a buffer gets room,
-// allocated and faulted in while the guest runs: at an epoch's first round for 5/4 of the
-// last checkpoint, before the pause for twice the last round's copy; at least this.
+// allocated and faulted in (common/prefault.hpp) while the guest runs: at an epoch's first
+// round for 5/4 of the last checkpoint, before the pause for twice the last round's copy;
+// at least this.
 constexpr uint64_t kMinRoomPages = kPauseCopyGoalPages;
 
 // What the in-epoch rounds have seen of the guest: how fast it dirties pages it had not
@@ -324,8 +330,7 @@ void Primary::make_room(Checkpoint& cp, uint64_t pages) {
     cp.touched_bytes = std::max(cp.touched_bytes, have);
     cp.indices.reserve(cp.indices.size() + pages);
     if (want <= cp.touched_bytes) return; // faulted in by an earlier checkpoint
-    cp.pages.resize(want); // writes zeros up to `want`: the page faults happen here
-    cp.pages.resize(have);
+    prefault_for_write(cp.pages.data() + cp.touched_bytes, want - cp.touched_bytes);
     cp.touched_bytes = want;
 }
 
@@ -373,7 +378,7 @@ std::unique_ptr<Primary::Checkpoint> Primary::take_buffer() {
 size_t Primary::kept_buffer_bytes() const {
     // A guest that dirties more than 64 MiB an epoch keeps buffers its size: freeing them
     // would grow a fresh one, page faults and copies included, for every checkpoint.
-    return std::max(kKeptBufferBytes, std::bit_ceil(2 * last_checkpoint_pages_.load() * hv::kPageSize));
+    return std::max(kKeptBufferBytes, std::bit_ceil(2 * peak_checkpoint_pages_.load() * hv::kPageSize));
 }
 
 void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
@@ -444,7 +449,11 @@ Result<std::unique_ptr<Primary::Checkpoint>> Primary::capture(uint64_t epoch, bo
     if (!state) return std::move(state.error()).wrap("capturing checkpoint " + std::to_string(epoch));
     cp->state = std::move(*state);
     for (uint64_t idx : cp->indices) slot_of_page_[idx] = -1;
-    if (!cp->resync) last_checkpoint_pages_ = cp->indices.size();
+    if (!cp->resync) {
+        const uint64_t n = cp->indices.size(), peak = peak_checkpoint_pages_;
+        last_checkpoint_pages_ = n;
+        peak_checkpoint_pages_ = std::max(n, peak - peak / kPeakDecay);
+    }
     return cp;
 }
 

@@ -319,6 +319,7 @@ private:
     std::vector<int32_t> slot_of_page_; // page index -> slot in the checkpoint being built
     uint64_t last_round_pages_ = 0;      // copied by the last in-epoch round or pause
     std::atomic<uint64_t> last_checkpoint_pages_{0}; // in the last checkpoint (not a resync)
+    std::atomic<uint64_t> peak_checkpoint_pages_{0}; // the recent largest, decaying (kPeakDecay)
     std::unique_ptr<Checkpoint> building_;
     std::vector<std::unique_ptr<Checkpoint>> spare_; // guarded by mu_
 

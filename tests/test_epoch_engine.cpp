@@ -14,7 +14,10 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include "common/prefault.hpp"
 #include "common/thread_priority.hpp"
 #include "replicator/primary.hpp"
 #include "tests/support/backup_thread.hpp"
@@ -165,6 +168,33 @@ TEST_CASE("a requested checkpoint ends a long epoch early, once", "[epoch]") {
     (*primary)->stop();
     CHECK((*primary)->wait());
     CHECK(seen.check_all_committed() >= 2);
+}
+
+TEST_CASE("a checkpoint buffer's room is faulted in ahead: whole pages resident, no byte changed", "[epoch]") {
+    const size_t page = size_t(::sysconf(_SC_PAGESIZE)), pages = 64;
+    void* m = ::mmap(nullptr, pages * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(m != MAP_FAILED);
+    auto* p = static_cast<uint8_t*>(m);
+    auto resident = [&] {
+        std::vector<unsigned char> v(pages);
+        REQUIRE(::mincore(m, pages * page, v.data()) == 0);
+        std::vector<bool> r;
+        for (unsigned char c : v) r.push_back(c & 1);
+        return r;
+    };
+    // Pages 0-1 written (as a buffer's first pages are); the room asked for starts inside
+    // page 1 and ends inside page 40.
+    for (size_t i = 0; i < 2 * page; ++i) p[i] = uint8_t(i * 7 + 1);
+    REQUIRE(resident()[2] == false);
+    prefault_for_write(p + page + 100, 39 * page);
+    const auto r = resident();
+    for (size_t k = 0; k < pages; ++k) {
+        INFO("page " << k);
+        CHECK(r[k] == (k <= 39)); // 2..39 faulted in; 40, partly asked for, and beyond are not
+    }
+    for (size_t i = 0; i < 2 * page; ++i) REQUIRE(p[i] == uint8_t(i * 7 + 1));
+    for (size_t i = 2 * page; i < pages * page; ++i) REQUIRE(p[i] == 0);
+    ::munmap(m, pages * page);
 }
 
 TEST_CASE("the epoch thread runs at real-time priority where allowed, at normal priority when asked", "[epoch]") {
