@@ -313,6 +313,9 @@ void Primary::copy_dirty(Checkpoint& cp, const Bitmap& dirty) {
         }
         std::memcpy(cp.pages.data() + size_t(slot) * hv::kPageSize, page, hv::kPageSize);
     });
+    // Outgrown: the new allocation is touched as far as copied into. Noted here, not left to
+    // make_room, which would take a later allocation at the old address for the old one.
+    if (cp.pages.data() != cp.touched_at) cp.touched_at = cp.pages.data(), cp.touched_bytes = cp.pages.size();
 }
 
 void Primary::make_room(Checkpoint& cp, uint64_t pages) {
@@ -325,7 +328,7 @@ void Primary::make_room(Checkpoint& cp, uint64_t pages) {
     // A power of two, as the vector's own growth keeps it: a buffer that grew to the next
     // one above what is kept would be freed at each return and grown again.
     if (want > cp.pages.capacity()) cp.pages.reserve(std::bit_ceil(want));
-    // A new allocation (here or by a round's copy) is touched only as far as copied into.
+    // A new allocation (here, or a fresh buffer) is touched only as far as copied into.
     if (cp.pages.data() != cp.touched_at) cp.touched_at = cp.pages.data(), cp.touched_bytes = 0;
     cp.touched_bytes = std::max(cp.touched_bytes, have);
     cp.indices.reserve(cp.indices.size() + pages);
