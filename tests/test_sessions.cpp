@@ -31,7 +31,11 @@ using namespace std::chrono;
 
 namespace {
 
-constexpr milliseconds kHandshake{300};
+// Deadlines on the peer that the tests below run into. Long enough that a loaded host (a
+// parallel ctest, page faults at 10 us) never runs into them where a test does not mean to:
+// 300 ms did, in the handshake of a 32 MiB primary and in the first ACKs.
+const milliseconds kHandshake = scaled(milliseconds(1000));
+const milliseconds kAckTimeout = scaled(milliseconds(1000));
 
 std::unique_ptr<FakeVm> running_vm(FakeVmConfig fc = {}) {
     auto vm = FakeVm::create(fc);
@@ -130,7 +134,7 @@ TEST_CASE("a primary fails when the backup accepts but never answers the handsha
     REQUIRE(failed);
     REQUIRE(!r);
     CHECK(r.error().code == Errc::timeout);
-    CHECK_THAT(r.error().describe(), Catch::Contains("within the handshake timeout of 300 ms"));
+    CHECK_THAT(r.error().describe(), Catch::Contains("within the handshake timeout of " + std::to_string(kHandshake.count()) + " ms"));
 }
 
 TEST_CASE("only a session whose own checkpoint is committed may lead to a promotion", "[sessions]") {
@@ -220,7 +224,7 @@ TEST_CASE("a backup that heartbeats but acknowledges nothing is given up after t
     auto session = std::async(std::launch::async, [&] { return server->serve_one(seconds(30)); });
     auto vm = running_vm();
     auto pc = primary_config();
-    pc.ack_timeout = milliseconds(300);
+    pc.ack_timeout = kAckTimeout;
     auto p = start_primary(*vm, *server, pc);
     bool failed = wait_until([&] { return p->failure().has_value(); }, seconds(20));
     release.set_value();
@@ -229,7 +233,8 @@ TEST_CASE("a backup that heartbeats but acknowledges nothing is given up after t
     REQUIRE(failed);
     REQUIRE(!r);
     CHECK(r.error().code == Errc::timeout);
-    CHECK_THAT(r.error().describe(), Catch::Contains("acknowledged no checkpoint") && Catch::Contains("300 ms"));
+    CHECK_THAT(r.error().describe(), Catch::Contains("acknowledged no checkpoint") &&
+                                         Catch::Contains(std::to_string(kAckTimeout.count()) + " ms"));
     CHECK(p->acked_epoch() == 4);
     // The backup heard the goodbye: an orderly end, which no backup promotes on.
     REQUIRE(session.wait_for(scaled(seconds(10))) == std::future_status::ready);
