@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <mutex>
 #include <random>
 #include <tuple>
@@ -40,9 +39,8 @@ constexpr int kFinalRoundLeadDivisor = 50;
 // The last rounds run back to back until one copies fewer pages than this; the pause
 // then finds only what the guest wrote during that short round.
 constexpr uint64_t kLastRoundPages = kPauseCopyGoalPages / 4;
-// After a wait for the backup, at most this many last rounds. They also stop at a round that
-// did not halve the one before: a guest that rewrites its pages as fast as a round copies
-// them (a small hot set, a slow host) would have each round copy all of it again.
+// After a wait for the backup, the last rounds stop here even where the guest writes as fast
+// as they copy: each round copies about what the guest wrote during the one before.
 constexpr unsigned kCatchUpRounds = 4;
 // Growing a checkpoint buffer in the pause (a reallocation, then page faults on fresh
 // memory) took 25-38 ms at 3,750-6,750 pages in bench_pipeline. So a buffer gets room,
@@ -768,12 +766,8 @@ Result<void> Primary::epoch_loop() {
             // (1,000-2,800 pages, up to 16 ms, in bench_pipeline's random rows): the last
             // rounds run first, as at an epoch's end.
             lock.unlock();
-            uint64_t before = std::numeric_limits<uint64_t>::max();
-            for (unsigned round = 0; round < kCatchUpRounds; ++round) {
-                const uint64_t pages = US_TRY(copy_while_running());
-                if (pages < kLastRoundPages || pages > before / 2) break; // converged, or not converging
-                before = pages;
-            }
+            for (unsigned round = 0; round < kCatchUpRounds; ++round)
+                if (US_TRY(copy_while_running()) < kLastRoundPages) break;
             lock.lock();
             if (stopping_) break;
         }
