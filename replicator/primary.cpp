@@ -39,9 +39,6 @@ constexpr int kFinalRoundLeadDivisor = 50;
 // The last rounds run back to back until one copies fewer pages than this; the pause
 // then finds only what the guest wrote during that short round.
 constexpr uint64_t kLastRoundPages = kPauseCopyGoalPages / 4;
-// After a wait for the backup, the last rounds stop here even where the guest writes as fast
-// as they copy: each round copies about what the guest wrote during the one before.
-constexpr unsigned kCatchUpRounds = 4;
 // Growing a checkpoint buffer in the pause (a reallocation, then page faults on fresh
 // memory) took 25-38 ms at 3,750-6,750 pages in bench_pipeline. So a buffer gets room,
 // allocated and faulted in (common/prefault.hpp) while the guest runs: at an epoch's first
@@ -742,7 +739,6 @@ Result<void> Primary::epoch_loop() {
         if (!pause_now) wait_until(end());
         // Backpressure: no more than max_in_flight unacknowledged checkpoints. While
         // waiting, keep copying every half epoch so the pause stays short.
-        bool waited = false;
         for (;;) {
             if (auto stalled = backup_stalled_locked()) {
                 // It still heartbeats, so it would hear a close as a dead primary and promote.
@@ -753,7 +749,6 @@ Result<void> Primary::epoch_loop() {
                 return *stalled;
             }
             if (stopping_ || unacked_locked() < cfg_.max_in_flight) break;
-            waited = true;
             if (cv_.wait_for(lock, cfg_.epoch / 2, [&] { return stopping_ || unacked_locked() < cfg_.max_in_flight; })) continue;
             if (!cfg_.in_epoch_copy) continue;
             lock.unlock();
@@ -761,16 +756,6 @@ Result<void> Primary::epoch_loop() {
             lock.lock();
         }
         if (stopping_) break;
-        if (waited && cfg_.in_epoch_copy) {
-            // All the guest wrote while the backup caught up would be left to the pause
-            // (1,000-2,800 pages, up to 16 ms, in bench_pipeline's random rows): the last
-            // rounds run first, as at an epoch's end.
-            lock.unlock();
-            for (unsigned round = 0; round < kCatchUpRounds; ++round)
-                if (US_TRY(copy_while_running()) < kLastRoundPages) break;
-            lock.lock();
-            if (stopping_) break;
-        }
         early_end_.reset(); // output from here on belongs to the next checkpoint
         const bool last = handover_.phase() == HandoverPhase::requested;
         std::function<void(hv::Checkpointable&)> paused;
