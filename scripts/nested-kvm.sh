@@ -113,7 +113,7 @@ done
 kvm_amd_options=${NESTED_KVM_AMD_OPTIONS-npt=0}
 [[ $kvm_amd_options =~ ^[a-z_]+=[A-Za-z0-9]+( [a-z_]+=[A-Za-z0-9]+)*$|^$ ]] ||
   fail 120 "NESTED_KVM_AMD_OPTIONS='$kvm_amd_options' is not a list of name=value"
-pulse=${NESTED_KVM_PULSE:-120}
+pulse=${NESTED_KVM_PULSE:-60}
 [[ $pulse =~ ^[0-9]+$ ]] || fail 120 "NESTED_KVM_PULSE=$pulse is not a whole number of seconds"
 # Run inside the VM: the modules, loopback, then the command; its status comes back in a file.
 {
@@ -137,7 +137,7 @@ if [ ! -c /dev/kvm ]; then echo unreachable >'$run/status'; echo "nested-kvm: no
 cd '$PWD' || { echo unreachable >'$run/status'; exit; }
 python3 '$repo/scripts/nested-kvm-anchor.py' || { echo unreachable >'$run/status'; exit; }
 echo started >'$run/status'
-# A sign of life every NESTED_KVM_PULSE seconds (default 120; 0: none): the VM's uptime,
+# A sign of life every NESTED_KVM_PULSE seconds (default 60; 0: none): the VM's uptime,
 # load and busiest processes, so that a slow run can be told from a stuck one.
 pulse=$pulse
 if [ "\$pulse" -gt 0 ] 2>/dev/null; then
