@@ -189,7 +189,7 @@ private:
 
 // Where and how a figure was measured, for its JSON (docs: bench/README.md "Provenance"):
 // date, commit, command line, host name, kernel, CPU model and count, and which KVM
-// backend the kernel has loaded ("none" without one).
+// backend offers /dev/kvm ("none" without it).
 inline void add_provenance(Json& j, int argc, char** argv) {
     struct utsname u{};
     ::uname(&u);

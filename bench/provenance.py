@@ -24,7 +24,9 @@ def provenance():
                     break
     except OSError:
         pass
-    kvm = next((name for module, name in (("kvm_pvm", "pvm"), ("kvm_intel", "intel"), ("kvm_amd", "amd"))
-                if os.path.exists("/sys/module/" + module)), "none")
+    # The module behind /dev/kvm; a module loaded without /dev/kvm (kvm_pvm in a PVM guest) is no KVM.
+    kvm = "none" if not os.path.exists("/dev/kvm") else next(
+        (name for module, name in (("kvm_pvm", "pvm"), ("kvm_intel", "intel"), ("kvm_amd", "amd"))
+         if os.path.exists("/sys/module/" + module)), "none")
     return {"commit": commit, "command": " ".join(sys.argv), "host": platform.node(), "kernel": platform.release(),
             "cpu": cpu, "cpus": os.cpu_count(), "kvm": kvm}

@@ -49,7 +49,10 @@ std::optional<bool> parse_module_flag(std::string_view param) {
 
 HostKvm probe_host_kvm() {
     HostKvm h;
-    if (module_loaded("kvm_pvm")) h.backend = "pvm";
+    // A vendor module can be loaded without offering /dev/kvm (kvm_pvm in a kernel that is
+    // itself a PVM guest does not bind): that host has no KVM.
+    if (::access("/dev/kvm", F_OK) != 0) h.backend = "none";
+    else if (module_loaded("kvm_pvm")) h.backend = "pvm";
     else if (module_loaded("kvm_intel")) h.backend = "intel";
     else if (module_loaded("kvm_amd")) h.backend = "amd";
     if (auto info = read_text("/proc/cpuinfo")) h.cpu = cpu_model_from_cpuinfo(*info);

@@ -12,13 +12,13 @@
 namespace understudy::hv {
 
 struct HostKvm {
-    std::string backend = "none";       // the vendor module loaded: "pvm", "intel", "amd" or "none"
+    std::string backend = "none";       // the vendor module behind /dev/kvm: "pvm", "intel", "amd" or "none"
     std::string cpu = "unknown";        // the first "model name" of /proc/cpuinfo
     std::optional<bool> nested_paging;  // kvm_amd's npt or kvm_intel's ept, where the module says
     bool emulated_cpu() const;          // the CPU is QEMU's emulator (TCG), not hardware
 };
 
-// Reads /sys/module and /proc/cpuinfo; what cannot be read stays at its default.
+// Reads /dev/kvm's presence, /sys/module and /proc/cpuinfo; what cannot be read stays at its default.
 HostKvm probe_host_kvm();
 // The probe, made once per process.
 const HostKvm& this_host_kvm();
