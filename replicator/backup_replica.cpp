@@ -103,7 +103,7 @@ void BackupReplica::fold_staged_from(size_t first) {
         staged_slot_[idx] = static_cast<int64_t>(kept++);
     }
     staged_.indices.resize(kept);
-    staged_.data.resize(kept * hv::kPageSize);
+    staged_.data.truncate(kept * hv::kPageSize);
 }
 
 const uint8_t* BackupReplica::base_page(uint64_t index) const {

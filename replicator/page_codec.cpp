@@ -384,7 +384,7 @@ Result<CodecStats> PageDecoder::decode(std::span<const uint8_t> batch, const Bas
     }();
     if (!result) {
         out.indices.resize(staged_before);
-        out.data.resize(staged_before * kPageSize);
+        out.data.truncate(staged_before * kPageSize);
         return result;
     }
     result->elapsed = Clock::now() - start;
@@ -420,13 +420,11 @@ Result<void> PageDecoder::decode_page(const PageRecordHeader& h, std::span<const
     }
 
     size_t at = out.data.size();
-    if (e == PageEncoding::raw)
-        out.data.insert(out.data.end(), payload.begin(), payload.end()); // no zero-fill first
-    else
-        out.data.resize(at + kPageSize); // zero-filled: already the ZERO result
-    uint8_t* dst = &out.data[at];
+    uint8_t* dst = out.data.extend(kPageSize);
+    if (e == PageEncoding::raw) std::memcpy(dst, payload.data(), kPageSize);
+    if (e == PageEncoding::zero) std::memset(dst, 0, kPageSize);
     auto unstage = [&](const std::string& m) {
-        out.data.resize(at);
+        out.data.truncate(at);
         return bad(m);
     };
     if (e != PageEncoding::raw && e != PageEncoding::zero) {

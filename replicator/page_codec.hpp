@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/error.hpp"
+#include "common/prefault.hpp"
 #include "hv/guest_memory.hpp"
 
 namespace understudy::replicator {
@@ -112,7 +113,7 @@ private:
 // Where decoded pages go until the caller applies the whole checkpoint at once.
 struct StagedPages {
     std::vector<uint64_t> indices;
-    std::vector<uint8_t> data; // indices.size() pages, in the same order
+    PrefaultedBuffer data; // indices.size() pages, in the same order; kept faulted in between checkpoints
     std::span<const uint8_t> page(size_t i) const { return {data.data() + i * kPageSize, kPageSize}; }
     void clear() {
         indices.clear();

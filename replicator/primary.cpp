@@ -83,17 +83,13 @@ struct Primary::Checkpoint {
     uint64_t epoch = 0;
     uint32_t flags = 0;
     std::vector<uint64_t> indices;
-    std::vector<uint8_t> pages;
+    PrefaultedBuffer pages; // faulted in ahead: the pause copies into it
     std::vector<DiskBlockSet> disks; // one per disk of the VM
     hv::VmState state;
     uint64_t pause_ns = 0, stop_ns = 0, harvest_ns = 0, state_ns = 0, copy_ns = 0, verify_ns = 0;
     uint64_t copied_at_pause = 0;
     std::optional<VerifySlice> verify; // sent after the checkpoint's END
     bool resync = false;               // carries every page, none encoded against the backup's copy
-    // How much of pages' allocation (at touched_at) was written at least once: kept across
-    // reuse, as the memory stays faulted in.
-    const uint8_t* touched_at = nullptr;
-    size_t touched_bytes = 0;
 };
 
 namespace {
@@ -308,14 +304,11 @@ void Primary::copy_dirty(Checkpoint& cp, const Bitmap& dirty) {
         if (slot < 0) {
             slot_of_page_[idx] = static_cast<int32_t>(cp.indices.size());
             cp.indices.push_back(idx);
-            cp.pages.insert(cp.pages.end(), page, page + hv::kPageSize); // no zero-fill first, as resize does
+            cp.pages.append(page, hv::kPageSize);
             return;
         }
         std::memcpy(cp.pages.data() + size_t(slot) * hv::kPageSize, page, hv::kPageSize);
     });
-    // Outgrown: the new allocation is touched as far as copied into. Noted here, not left to
-    // make_room, which would take a later allocation at the old address for the old one.
-    if (cp.pages.data() != cp.touched_at) cp.touched_at = cp.pages.data(), cp.touched_bytes = cp.pages.size();
 }
 
 void Primary::make_room(Checkpoint& cp, uint64_t pages) {
@@ -324,17 +317,8 @@ void Primary::make_room(Checkpoint& cp, uint64_t pages) {
     const size_t have = cp.pages.size(), kept = kept_buffer_bytes();
     const uint64_t below_kept = have < kept ? (kept - have) / hv::kPageSize : 0;
     pages = std::min({std::max(pages, kMinRoomPages), vm_.memory().page_count() - cp.indices.size(), below_kept});
-    const size_t want = have + pages * hv::kPageSize;
-    // A power of two, as the vector's own growth keeps it: a buffer that grew to the next
-    // one above what is kept would be freed at each return and grown again.
-    if (want > cp.pages.capacity()) cp.pages.reserve(std::bit_ceil(want));
-    // A new allocation (here, or a fresh buffer) is touched only as far as copied into.
-    if (cp.pages.data() != cp.touched_at) cp.touched_at = cp.pages.data(), cp.touched_bytes = 0;
-    cp.touched_bytes = std::max(cp.touched_bytes, have);
+    cp.pages.reserve_faulted(have + pages * hv::kPageSize);
     cp.indices.reserve(cp.indices.size() + pages);
-    if (want <= cp.touched_bytes) return; // faulted in by an earlier checkpoint
-    prefault_for_write(cp.pages.data() + cp.touched_bytes, want - cp.touched_bytes);
-    cp.touched_bytes = want;
 }
 
 Result<void> Primary::copy_disk_blocks(Checkpoint* cp) {
@@ -387,7 +371,7 @@ size_t Primary::kept_buffer_bytes() const {
 void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
     const bool too_large = cp->pages.capacity() > (cp->resync ? kKeptBufferBytes : kept_buffer_bytes());
     cp->indices.clear();
-    cp->pages.clear(); // keeps its capacity, already faulted in
+    cp->pages.clear(); // keeps its allocation, already faulted in
     cp->state = {};
     cp->verify.reset();
     cp->resync = false;
@@ -397,9 +381,8 @@ void Primary::return_buffer(std::unique_ptr<Checkpoint> cp) {
     }
     // A resync's buffer holds all of guest memory: not kept for reuse at that size.
     if (too_large) {
-        std::vector<uint8_t>().swap(cp->pages);
+        cp->pages.release();
         std::vector<uint64_t>().swap(cp->indices);
-        cp->touched_at = nullptr;
     }
     std::lock_guard lock(mu_);
     if (spare_.size() < cfg_.max_in_flight + 2) spare_.push_back(std::move(cp));
@@ -531,7 +514,7 @@ Result<void> Primary::initial_sync() {
     // that the stop-and-copy pause only copies what changes after this.
     US_TRYV(copy_while_running());
     auto cp = US_TRY(capture(1));
-    US_TRYV(w.pages(cp->indices, cp->pages));
+    US_TRYV(w.pages(cp->indices, cp->pages.bytes()));
     for (size_t i = 0; i < cp->disks.size(); ++i) US_TRYV(w.disk_blocks(uint32_t(i), cp->disks[i]));
     US_TRYV(w.state(cp->state));
     {
@@ -955,7 +938,7 @@ void Primary::sender_main() {
         if (cp->resync) encoder_.reset();
         auto r = [&]() -> Result<WriterStats> {
             US_TRYV(w.begin(cp->epoch, 0));
-            US_TRYV(w.pages(cp->indices, cp->pages));
+            US_TRYV(w.pages(cp->indices, cp->pages.bytes()));
             for (size_t i = 0; i < cp->disks.size(); ++i) US_TRYV(w.disk_blocks(uint32_t(i), cp->disks[i]));
             US_TRYV(w.state(cp->state));
             auto ws = US_TRY(w.end());

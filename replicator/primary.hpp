@@ -15,8 +15,9 @@
 #include <mutex>
 #include <thread>
 
-#include "replicator/failure_detector.hpp"
+#include "common/prefault.hpp"
 #include "hv/checkpointable.hpp"
+#include "replicator/failure_detector.hpp"
 #include "replicator/control_link.hpp"
 #include "replicator/disk_records.hpp"
 #include "replicator/handover_state.hpp"
@@ -111,8 +112,7 @@ struct PrimaryHooks {
     std::function<void(const VerifyReport&)> on_verified;
     // Tests only: alters a checkpoint after its verification digests were taken and
     // before it is sent (a page left out, a wrong register), to prove that a pass finds it.
-    std::function<void(uint64_t epoch, std::vector<uint64_t>& indices, std::vector<uint8_t>& pages, hv::VmState& state)>
-        tamper;
+    std::function<void(uint64_t epoch, std::vector<uint64_t>& indices, PrefaultedBuffer& pages, hv::VmState& state)> tamper;
 };
 
 // Online verification so far (Primary::verification()).

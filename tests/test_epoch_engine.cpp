@@ -7,6 +7,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstring>
 #include <future>
 #include <map>
@@ -195,6 +196,52 @@ TEST_CASE("a checkpoint buffer's room is faulted in ahead: whole pages resident,
     for (size_t i = 0; i < 2 * page; ++i) REQUIRE(p[i] == uint8_t(i * 7 + 1));
     for (size_t i = 2 * page; i < pages * page; ++i) REQUIRE(p[i] == 0);
     ::munmap(m, pages * page);
+}
+
+TEST_CASE("a checkpoint buffer grows faulted in ahead, its contents kept", "[epoch]") {
+    const size_t page = size_t(::sysconf(_SC_PAGESIZE));
+    PrefaultedBuffer b;
+    // Resident pages of [from, to) bytes of the buffer's allocation (page-aligned).
+    auto resident = [&](size_t from, size_t to) {
+        REQUIRE(uintptr_t(b.data()) % page == 0);
+        std::vector<unsigned char> v((to - from + page - 1) / page);
+        REQUIRE(::mincore(b.data() + from, to - from, v.data()) == 0);
+        return size_t(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
+    };
+    std::vector<uint8_t> src(page);
+    auto fill = [&](size_t k) {
+        for (size_t i = 0; i < page; ++i) src[i] = uint8_t(k * 31 + i);
+    };
+    b.reserve_faulted(300 * page); // more than malloc's mmap threshold: fresh pages
+    CHECK(b.capacity() == 512 * page);
+    CHECK(b.size() == 0);
+    CHECK(resident(0, 300 * page) == 300);
+    for (size_t k = 0; k < 300; ++k) fill(k), b.append(src.data(), page);
+    // Past the room faulted in: room up to the next power of two, faulted in before the copy.
+    fill(300);
+    b.append(src.data(), page);
+    CHECK(b.faulted_bytes() == 512 * page);
+    CHECK(resident(0, 512 * page) == 512);
+    // A larger allocation: faulted in as far as asked, then the contents moved in.
+    const uint8_t* before = b.data();
+    b.reserve_faulted(700 * page);
+    CHECK(b.data() != before);
+    CHECK(b.capacity() == 1024 * page);
+    CHECK(resident(0, 700 * page) == 700);
+    REQUIRE(b.size() == 301 * page);
+    for (size_t k = 0; k < 301; ++k) {
+        fill(k);
+        INFO("page " << k);
+        REQUIRE(std::memcmp(b.data() + k * page, src.data(), page) == 0);
+    }
+    // Cleared, the allocation stays, faulted in; released, it is gone.
+    b.clear();
+    CHECK(b.size() == 0);
+    CHECK(b.capacity() == 1024 * page);
+    CHECK(b.faulted_bytes() == 700 * page);
+    b.release();
+    CHECK(b.capacity() == 0);
+    CHECK(b.data() == nullptr);
 }
 
 TEST_CASE("the epoch thread runs at real-time priority where allowed, at normal priority when asked", "[epoch]") {

@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -176,12 +177,14 @@ TEST_CASE("a page left out of a checkpoint is found and named; a resync puts the
     // The test-only hook drops the device page from the first checkpoint that carries it.
     std::atomic<bool> armed{false}, dropped{false};
     PrimaryHooks tamper;
-    tamper.tamper = [&](uint64_t, std::vector<uint64_t>& indices, std::vector<uint8_t>& pages, hv::VmState&) {
+    tamper.tamper = [&](uint64_t, std::vector<uint64_t>& indices, PrefaultedBuffer& pages, hv::VmState&) {
         if (!armed || dropped) return;
         for (size_t i = 0; i < indices.size(); ++i)
             if (indices[i] == kDevicePage) {
                 indices.erase(indices.begin() + i);
-                pages.erase(pages.begin() + i * hv::kPageSize, pages.begin() + (i + 1) * hv::kPageSize);
+                std::memmove(pages.data() + i * hv::kPageSize, pages.data() + (i + 1) * hv::kPageSize,
+                             pages.size() - (i + 1) * hv::kPageSize);
+                pages.truncate(pages.size() - hv::kPageSize);
                 dropped = true;
                 return;
             }
@@ -262,7 +265,7 @@ TEST_CASE("a page gone wrong on the backup is found, and the resync sends it who
 
 TEST_CASE("a wrong vCPU register is found and named", "[verification]") {
     PrimaryHooks tamper;
-    tamper.tamper = [](uint64_t, std::vector<uint64_t>&, std::vector<uint8_t>&, hv::VmState& s) {
+    tamper.tamper = [](uint64_t, std::vector<uint64_t>&, PrefaultedBuffer&, hv::VmState& s) {
         if (s.vcpus.size() > 1) s.vcpus[1].regs.rbx ^= 1; // what the backup receives, not what the VM holds
     };
     auto cfg = config();

@@ -11,6 +11,7 @@
 //     into batches; the decoder, applying them to a replica of the bases, must
 //     reproduce every page exactly (SAME and XOR_LZ4 appear in the second round).
 #include <array>
+#include <cstring>
 #include <map>
 
 #include "fuzz/fuzz_support.hpp"
@@ -45,11 +46,11 @@ void decode_batch(fuzz::Input& in, uint8_t flags, uint64_t seed, uint64_t pages,
 
     StagedPages out;
     out.indices.push_back(0); // something already staged, which an error must leave alone
-    out.data.assign(kPageSize, 0xA5);
+    std::memset(out.data.extend(kPageSize), 0xA5, kPageSize);
     auto r = dec->decode(batch, base, out);
     if (!r) {
         if (out.indices.size() != 1 || out.data.size() != kPageSize) fuzz::fail("page_codec: a failed decode changed the staging area");
-        for (uint8_t b : out.data)
+        for (uint8_t b : out.data.bytes())
             if (b != 0xA5) fuzz::fail("page_codec: a failed decode changed a staged page");
         return;
     }
