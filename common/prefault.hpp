@@ -20,7 +20,6 @@ namespace understudy {
 // memory is short it does nothing, and the pages fault when first used.
 void prefault_for_write(void* begin, size_t bytes);
 
-
 // A growing byte buffer whose room is faulted in ahead, for buffers filled in a pause. A
 // std::vector that outgrows its allocation faults the new one in a page at a time, first
 // while it moves the old contents in, then as it is appended to; here a new allocation is

@@ -17,9 +17,9 @@
 
 #include "common/prefault.hpp"
 #include "hv/checkpointable.hpp"
-#include "replicator/failure_detector.hpp"
 #include "replicator/control_link.hpp"
 #include "replicator/disk_records.hpp"
+#include "replicator/failure_detector.hpp"
 #include "replicator/handover_state.hpp"
 #include "replicator/link_security.hpp"
 #include "replicator/page_codec.hpp"
